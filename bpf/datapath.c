@@ -1,0 +1,1009 @@
+//go:build ignore
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * The Sluice pod datapath, attached to each pod's host-side veth:
+ *   from_pod  tcx ingress (packets the pod sends): service load balancing,
+ *             DNAT, conntrack, reject of services without backends, hairpin.
+ *   to_pod    tcx egress (packets delivered to the pod): reverse NAT of
+ *             replies and of ICMP errors about translated flows.
+ *
+ * Headers are read with bpf_skb_load_bytes and written with the csum helpers,
+ * so non-linear and truncated packets are handled without direct packet
+ * bounds juggling; anything the programs cannot parse passes untouched and is
+ * left to the kernel's own checks.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/icmpv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "sluice.h"
+
+/* linux/icmp.h drags in libc's socket headers; these are all we need. */
+#define ICMP_DEST_UNREACH 3
+#define ICMP_PORT_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+
+struct icmphdr {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__be32 rest;
+};
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* Load-time constants, set by the loader on the CollectionSpec. */
+volatile const __u32 maglev_size = 16381;
+volatile const __u64 ct_timeout_syn_ns = 60ULL * 1000000000ULL;
+volatile const __u64 ct_timeout_tcp_ns = 21600ULL * 1000000000ULL;
+volatile const __u64 ct_timeout_close_ns = 10ULL * 1000000000ULL;
+volatile const __u64 ct_timeout_other_ns = 60ULL * 1000000000ULL;
+/* Source address used when a pod is load-balanced to itself (hairpin). */
+volatile const __u8 hairpin_addr4[SLUICE_ADDR_LEN] = {
+	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 169, 254, 42, 1};
+volatile const __u8 hairpin_addr6[SLUICE_ADDR_LEN] = {
+	0xfd, 0x73, 0x6c, 0x75, 0x69, 0x63, 0x65, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+
+/* Force the exported types into BTF so bpf2go -type can generate them. */
+const struct drop_event *unused_drop_event __attribute__((unused));
+const struct endpoint_key *unused_endpoint_key __attribute__((unused));
+const struct endpoint_value *unused_endpoint_value __attribute__((unused));
+const enum drop_reason *unused_drop_reason __attribute__((unused));
+const enum svc_flags *unused_svc_flags __attribute__((unused));
+const enum backend_flags *unused_backend_flags __attribute__((unused));
+const enum ct_flags *unused_ct_flags __attribute__((unused));
+const enum ct_dir *unused_ct_dir __attribute__((unused));
+const enum svc_scope *unused_svc_scope __attribute__((unused));
+const enum hook *unused_hook __attribute__((unused));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct svc_key);
+	__type(value, struct svc_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_services_v1 SEC(".maps");
+
+/* Backend IDs are allocated per (service, endpoint): removing an endpoint
+ * from a service deletes its ID, which is what ends the flows using it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, __u32);
+	__type(value, struct backend_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_backends_v1 SEC(".maps");
+
+/* Per service (indexed by svc_value.id) a Maglev lookup table of
+ * maglev_size slots, each a backend ID. The loader sets the inner size. */
+struct maglev_table {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 16381);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct maglev_table);
+} sluice_maglev_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_ct_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_affinity_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_endpoints_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_REASON_MAX);
+	__type(key, __u32);
+	__type(value, struct drop_counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_drops_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_events_v1 SEC(".maps");
+
+/* ---- packet parsing ---------------------------------------------------- */
+
+struct pkt {
+	__u8 src[SLUICE_ADDR_LEN];
+	__u8 dst[SLUICE_ADDR_LEN];
+	__be16 sport;
+	__be16 dport;
+	__u32 l3_off;
+	__u32 l4_off;
+	__u32 l4_len; /* L4 header + payload, from the IP length fields */
+	__u8 family;  /* 4 or 6 */
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 frag; /* not the first fragment: no L4 header present */
+};
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
+static __always_inline void addr_from_v4(__u8 *dst, __be32 v4)
+{
+	__builtin_memset(dst, 0, 10);
+	dst[10] = 0xff;
+	dst[11] = 0xff;
+	__builtin_memcpy(dst + 12, &v4, 4);
+}
+
+static __always_inline int addr_eq(const __u8 *a, const volatile __u8 *b)
+{
+	const __u64 *x = (const __u64 *)a;
+	const volatile __u64 *y = (const volatile __u64 *)b;
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+static __always_inline int has_ports(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
+}
+
+/* parse_l3 reads the IP header at off and, when present, the L4 ports. */
+static __always_inline int parse_l3(struct __sk_buff *skb, __u32 off, __u8 family, struct pkt *p)
+{
+	p->family = family;
+	p->l3_off = off;
+	if (family == 4) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+			return -1;
+		if (ip.version != 4 || ip.ihl < 5)
+			return -1;
+		addr_from_v4(p->src, ip.saddr);
+		addr_from_v4(p->dst, ip.daddr);
+		p->proto = ip.protocol;
+		p->l4_off = off + ip.ihl * 4;
+		p->frag = (ip.frag_off & bpf_htons(0x1fff)) != 0;
+		__u32 tot = bpf_ntohs(ip.tot_len);
+		p->l4_len = tot > ip.ihl * 4 ? tot - ip.ihl * 4 : 0;
+	} else {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+			return -1;
+		if (ip6.version != 6)
+			return -1;
+		__builtin_memcpy(p->src, &ip6.saddr, SLUICE_ADDR_LEN);
+		__builtin_memcpy(p->dst, &ip6.daddr, SLUICE_ADDR_LEN);
+		__u8 next = ip6.nexthdr;
+		__u32 l4 = off + sizeof(ip6);
+		__u32 ext_len = 0;
+
+		/* Skip a bounded number of extension headers. */
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			struct {
+				__u8 next;
+				__u8 len;
+				__be16 frag_off;
+			} ext;
+
+			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
+			    next != IPPROTO_DSTOPTS && next != IPPROTO_FRAGMENT)
+				break;
+			if (bpf_skb_load_bytes(skb, l4, &ext, sizeof(ext)) < 0)
+				return -1;
+			if (next == IPPROTO_FRAGMENT) {
+				if (ext.frag_off & bpf_htons(0xfff8))
+					p->frag = 1;
+				l4 += 8;
+				ext_len += 8;
+			} else {
+				l4 += (ext.len + 1) * 8;
+				ext_len += (ext.len + 1) * 8;
+			}
+			next = ext.next;
+		}
+		p->proto = next;
+		p->l4_off = l4;
+		__u32 payload = bpf_ntohs(ip6.payload_len);
+		p->l4_len = payload > ext_len ? payload - ext_len : 0;
+	}
+	if (!p->frag && has_ports(p->proto)) {
+		__be16 ports[2];
+
+		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
+			return -1;
+		p->sport = ports[0];
+		p->dport = ports[1];
+	}
+	return 0;
+}
+
+/* parse reads the Ethernet, IP and L4 headers of the packet. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 family;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		family = 4;
+	else if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		family = 6;
+	else
+		return -1;
+	if (parse_l3(skb, ETH_HLEN, family, p) < 0)
+		return -1;
+	if (p->proto == IPPROTO_TCP && !p->frag &&
+	    bpf_skb_load_bytes(skb, p->l4_off + 13, &p->tcp_flags, 1) < 0)
+		return -1;
+	return 0;
+}
+
+/* ---- drops and events -------------------------------------------------- */
+
+static __always_inline void record_drop(struct __sk_buff *skb, const struct pkt *p,
+					__u16 reason, __u32 svc_id, __u8 hook)
+{
+	__u32 key = reason;
+	struct drop_counter *c = bpf_map_lookup_elem(&sluice_drops_v1, &key);
+
+	if (c) {
+		c->packets++;
+		c->bytes += skb->len;
+	}
+	struct drop_event *e = bpf_ringbuf_reserve(&sluice_events_v1, sizeof(*e), 0);
+	if (!e)
+		return;
+	e->timestamp_ns = bpf_ktime_get_ns();
+	e->ifindex = skb->ifindex;
+	e->reason = reason;
+	e->proto = p->proto;
+	e->hook = hook;
+	__builtin_memcpy(e->src, p->src, SLUICE_ADDR_LEN);
+	__builtin_memcpy(e->dst, p->dst, SLUICE_ADDR_LEN);
+	e->sport = p->sport;
+	e->dport = p->dport;
+	e->svc_id = svc_id;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* ---- header rewriting -------------------------------------------------- */
+
+static __always_inline int l4_csum_off(const struct pkt *p)
+{
+	if (p->proto == IPPROTO_TCP)
+		return p->l4_off + offsetof(struct tcphdr, check);
+	if (p->proto == IPPROTO_UDP)
+		return p->l4_off + offsetof(struct udphdr, check);
+	return -1; /* SCTP's CRC32c does not cover the IP addresses */
+}
+
+static __always_inline __u64 l4_csum_flags(const struct pkt *p)
+{
+	/* A zero UDP checksum over IPv4 means "none" and must stay zero. */
+	return p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+}
+
+/*
+ * store_addr writes a new address at addr_off and folds the change into the
+ * IPv4 header checksum at l3_csum (if >= 0) and the checksum at l4_csum (if
+ * >= 0) using l4_flags (BPF_F_PSEUDO_HDR when the address is part of that
+ * checksum's pseudo header).
+ */
+static __always_inline int store_addr(struct __sk_buff *skb, __u8 family, __u32 addr_off,
+				      const __u8 *old, const __u8 *new, int l3_csum,
+				      int l4_csum, __u64 l4_flags)
+{
+	if (family == 4) {
+		__be32 o, n;
+
+		__builtin_memcpy(&o, old + 12, 4);
+		__builtin_memcpy(&n, new + 12, 4);
+		if (o == n)
+			return 0;
+		if (l3_csum >= 0 && bpf_l3_csum_replace(skb, l3_csum, o, n, 4) < 0)
+			return -1;
+		if (l4_csum >= 0 && bpf_l4_csum_replace(skb, l4_csum, o, n, l4_flags | 4) < 0)
+			return -1;
+		return bpf_skb_store_bytes(skb, addr_off, &n, 4, 0);
+	}
+	__u32 o6[4], n6[4];
+
+	__builtin_memcpy(o6, old, 16);
+	__builtin_memcpy(n6, new, 16);
+	if (l4_csum >= 0) {
+		__s64 diff = bpf_csum_diff(o6, 16, n6, 16, 0);
+
+		if (bpf_l4_csum_replace(skb, l4_csum, 0, diff, l4_flags) < 0)
+			return -1;
+	}
+	return bpf_skb_store_bytes(skb, addr_off, n6, 16, 0);
+}
+
+static __always_inline int store_port(struct __sk_buff *skb, __u32 off, __be16 old, __be16 new,
+				      int l4_csum, __u64 l4_flags)
+{
+	if (old == new)
+		return 0;
+	if (l4_csum >= 0 && bpf_l4_csum_replace(skb, l4_csum, old, new, l4_flags | 2) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &new, 2, 0);
+}
+
+static __always_inline __u32 saddr_off(const struct pkt *p)
+{
+	return p->l3_off + (p->family == 4 ? offsetof(struct iphdr, saddr)
+					   : offsetof(struct ipv6hdr, saddr));
+}
+
+static __always_inline __u32 daddr_off(const struct pkt *p)
+{
+	return p->l3_off + (p->family == 4 ? offsetof(struct iphdr, daddr)
+					   : offsetof(struct ipv6hdr, daddr));
+}
+
+static __always_inline int ip_csum_off(const struct pkt *p)
+{
+	return p->family == 4 ? (int)(p->l3_off + offsetof(struct iphdr, check)) : -1;
+}
+
+/* nat_dst rewrites the packet's destination to addr:port. */
+static __always_inline int nat_dst(struct __sk_buff *skb, struct pkt *p, const __u8 *addr, __be16 port)
+{
+	int csum = l4_csum_off(p);
+	__u64 flags = l4_csum_flags(p);
+
+	if (store_addr(skb, p->family, daddr_off(p), p->dst, addr, ip_csum_off(p), csum,
+		       flags | BPF_F_PSEUDO_HDR) < 0)
+		return -1;
+	if (store_port(skb, p->l4_off + 2, p->dport, port, csum, flags) < 0)
+		return -1;
+	__builtin_memcpy(p->dst, addr, SLUICE_ADDR_LEN);
+	p->dport = port;
+	return 0;
+}
+
+/* nat_src rewrites the packet's source to addr:port. */
+static __always_inline int nat_src(struct __sk_buff *skb, struct pkt *p, const __u8 *addr, __be16 port)
+{
+	int csum = l4_csum_off(p);
+	__u64 flags = l4_csum_flags(p);
+
+	if (store_addr(skb, p->family, saddr_off(p), p->src, addr, ip_csum_off(p), csum,
+		       flags | BPF_F_PSEUDO_HDR) < 0)
+		return -1;
+	if (store_port(skb, p->l4_off, p->sport, port, csum, flags) < 0)
+		return -1;
+	__builtin_memcpy(p->src, addr, SLUICE_ADDR_LEN);
+	p->sport = port;
+	return 0;
+}
+
+/* ---- rejecting ----------------------------------------------------------- */
+
+static __always_inline __u16 csum_fold(__s64 sum)
+{
+	__u64 s = (__u32)sum;
+
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+/* swap_eth turns the frame around: the reply goes back to the sender. */
+static __always_inline int swap_eth(struct __sk_buff *skb, struct ethhdr *eth)
+{
+	__u8 tmp[ETH_ALEN];
+
+	if (bpf_skb_load_bytes(skb, 0, eth, sizeof(*eth)) < 0)
+		return -1;
+	__builtin_memcpy(tmp, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, tmp, ETH_ALEN);
+	return 0;
+}
+
+static __always_inline void fill_ip4(struct iphdr *ip, const struct pkt *p, __u16 len, __u8 proto)
+{
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0;
+	ip->tot_len = bpf_htons(len);
+	ip->id = 0;
+	ip->frag_off = bpf_htons(0x4000); /* DF */
+	ip->ttl = 64;
+	ip->protocol = proto;
+	ip->check = 0;
+	__builtin_memcpy(&ip->saddr, p->dst + 12, 4);
+	__builtin_memcpy(&ip->daddr, p->src + 12, 4);
+	ip->check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
+}
+
+static __always_inline void fill_ip6(struct ipv6hdr *ip6, const struct pkt *p, __u16 payload, __u8 proto)
+{
+	__builtin_memset(ip6, 0, sizeof(*ip6));
+	ip6->version = 6;
+	ip6->payload_len = bpf_htons(payload);
+	ip6->nexthdr = proto;
+	ip6->hop_limit = 64;
+	__builtin_memcpy(&ip6->saddr, p->dst, 16);
+	__builtin_memcpy(&ip6->daddr, p->src, 16);
+}
+
+/* pseudo_sum sums the pseudo header of a reply from p->dst to p->src. */
+static __always_inline __s64 pseudo_sum(const struct pkt *p, __u32 len, __u8 proto)
+{
+	if (p->family == 4) {
+		struct {
+			__u8 saddr[4];
+			__u8 daddr[4];
+			__u8 zero;
+			__u8 proto;
+			__be16 len;
+		} ph = {};
+
+		__builtin_memcpy(ph.saddr, p->dst + 12, 4);
+		__builtin_memcpy(ph.daddr, p->src + 12, 4);
+		ph.proto = proto;
+		ph.len = bpf_htons(len);
+		return bpf_csum_diff(0, 0, (__be32 *)&ph, sizeof(ph), 0);
+	}
+	struct {
+		__u8 saddr[16];
+		__u8 daddr[16];
+		__be32 len;
+		__u8 zero[3];
+		__u8 next;
+	} ph6 = {};
+
+	__builtin_memcpy(ph6.saddr, p->dst, 16);
+	__builtin_memcpy(ph6.daddr, p->src, 16);
+	ph6.len = bpf_htonl(len);
+	ph6.next = proto;
+	return bpf_csum_diff(0, 0, (__be32 *)&ph6, sizeof(ph6), 0);
+}
+
+static __always_inline int store_reply_l2_l4(struct __sk_buff *skb, const struct ethhdr *eth,
+					     const void *l4, __u32 l4_len, __u32 l4_off)
+{
+	if (bpf_skb_store_bytes(skb, 0, eth, sizeof(*eth), 0) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, l4_off, l4, l4_len, 0);
+}
+
+/* reject_tcp answers a TCP segment with a RST from the service address,
+ * as RFC 9293 section 3.10.7.1 describes for a closed port. */
+static __always_inline int reject_tcp(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct tcphdr in, rst = {};
+
+	if (bpf_skb_load_bytes(skb, p->l4_off, &in, sizeof(in)) < 0)
+		return -1;
+	rst.source = in.dest;
+	rst.dest = in.source;
+	rst.doff = 5;
+	rst.rst = 1;
+	if (in.ack) {
+		rst.seq = in.ack_seq;
+	} else {
+		__u32 seg = p->l4_len > in.doff * 4u ? p->l4_len - in.doff * 4u : 0;
+
+		rst.ack = 1;
+		rst.ack_seq = bpf_htonl(bpf_ntohl(in.seq) + seg + in.syn + in.fin);
+	}
+	__s64 sum = pseudo_sum(p, sizeof(rst), IPPROTO_TCP);
+	rst.check = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&rst, sizeof(rst), sum));
+
+	struct ethhdr eth;
+	if (swap_eth(skb, &eth) < 0)
+		return -1;
+	if (p->family == 4) {
+		struct iphdr ip;
+
+		fill_ip4(&ip, p, sizeof(ip) + sizeof(rst), IPPROTO_TCP);
+		if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip) + sizeof(rst), 0) < 0 ||
+		    bpf_skb_store_bytes(skb, ETH_HLEN, &ip, sizeof(ip), 0) < 0)
+			return -1;
+		return store_reply_l2_l4(skb, &eth, &rst, sizeof(rst), ETH_HLEN + sizeof(ip));
+	}
+	struct ipv6hdr ip6;
+
+	fill_ip6(&ip6, p, sizeof(rst), IPPROTO_TCP);
+	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip6) + sizeof(rst), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN, &ip6, sizeof(ip6), 0) < 0)
+		return -1;
+	return store_reply_l2_l4(skb, &eth, &rst, sizeof(rst), ETH_HLEN + sizeof(ip6));
+}
+
+#define ICMP_QUOTE_MAX 128
+
+/* reject_unreach answers a UDP or SCTP packet with ICMP(v6) port
+ * unreachable from the service address, quoting the offending packet's IP
+ * header(s) and first 8 bytes of L4 like the kernel's own icmp_send. */
+static __always_inline int reject_unreach(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u32 quote = p->l4_off - p->l3_off + 8;
+	__u8 buf[ICMP_QUOTE_MAX] = {};
+	struct ethhdr eth;
+
+	if (quote < 28 || quote > ICMP_QUOTE_MAX || (quote & 3))
+		return -1;
+	/* Re-derive the length in one register the verifier can bound:
+	 * clang otherwise passes a copy taken before the checks. */
+	__u64 len = quote - 4;
+	asm volatile("%0 &= 0x7c" : "+r"(len));
+	if (bpf_skb_load_bytes(skb, p->l3_off, buf, len + 4) < 0 || swap_eth(skb, &eth) < 0)
+		return -1;
+	/* ICMPv6 sums a pseudo header too. Zero bytes beyond the quote add
+	 * nothing, so the whole fixed-size buffer can be summed. */
+	__u32 seed = p->family == 6 ? (__u32)pseudo_sum(p, 8 + quote, IPPROTO_ICMPV6) : 0;
+	__u32 sum = bpf_csum_diff(0, 0, (__be32 *)buf, sizeof(buf), seed);
+
+	if (p->family == 4) {
+		struct {
+			struct iphdr ip;
+			struct icmphdr icmp;
+		} hdr = {};
+
+		fill_ip4(&hdr.ip, p, sizeof(hdr) + quote, IPPROTO_ICMP);
+		hdr.icmp.type = ICMP_DEST_UNREACH;
+		hdr.icmp.code = ICMP_PORT_UNREACH;
+		hdr.icmp.checksum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&hdr.icmp,
+							    sizeof(hdr.icmp), sum));
+		if (bpf_skb_change_tail(skb, ETH_HLEN + quote, 0) < 0 ||
+		    bpf_skb_adjust_room(skb, sizeof(hdr), BPF_ADJ_ROOM_MAC, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0)
+			return -1;
+		return bpf_skb_store_bytes(skb, ETH_HLEN, &hdr, sizeof(hdr), 0);
+	}
+	struct {
+		struct ipv6hdr ip6;
+		struct icmp6hdr icmp6;
+	} hdr6 = {};
+
+	fill_ip6(&hdr6.ip6, p, sizeof(hdr6.icmp6) + quote, IPPROTO_ICMPV6);
+	hdr6.icmp6.icmp6_type = ICMPV6_DEST_UNREACH;
+	hdr6.icmp6.icmp6_code = ICMPV6_PORT_UNREACH;
+	hdr6.icmp6.icmp6_cksum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&hdr6.icmp6,
+							 sizeof(hdr6.icmp6), sum));
+	if (bpf_skb_change_tail(skb, ETH_HLEN + quote, 0) < 0 ||
+	    bpf_skb_adjust_room(skb, sizeof(hdr6), BPF_ADJ_ROOM_MAC, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, ETH_HLEN, &hdr6, sizeof(hdr6), 0);
+}
+
+/* reject refuses a packet for a service without usable backends the way
+ * kube-proxy does, and sends the answer straight back into the pod. */
+static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 svc_id)
+{
+	record_drop(skb, p, DROP_NO_BACKEND, svc_id, HOOK_FROM_POD);
+	int err = p->proto == IPPROTO_TCP ? reject_tcp(skb, p) : reject_unreach(skb, p);
+
+	if (err < 0) {
+		record_drop(skb, p, DROP_REJECT_FAILED, svc_id, HOOK_FROM_POD);
+		return TC_ACT_SHOT;
+	}
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* ---- conntrack ----------------------------------------------------------- */
+
+/* ct_update folds the packet's TCP flags into the entry's state and returns
+ * its new lifetime. */
+static __always_inline __u64 ct_update(const struct pkt *p, __u8 *flags)
+{
+	if (p->proto != IPPROTO_TCP)
+		return ct_timeout_other_ns;
+	if (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+		*flags |= CT_F_CLOSING;
+	else if (!(p->tcp_flags & TCP_FLAG_SYN))
+		*flags |= CT_F_ESTABLISHED;
+	if (*flags & CT_F_CLOSING)
+		return ct_timeout_close_ns;
+	if (*flags & CT_F_ESTABLISHED)
+		return ct_timeout_tcp_ns;
+	return ct_timeout_syn_ns;
+}
+
+/* ct_refresh extends a live entry. Writes are skipped unless the state
+ * changes or a second has passed, to keep the entry's cache line clean. */
+static __always_inline void ct_refresh(struct ct_value *ct, const struct pkt *p, __u64 now)
+{
+	__u8 flags = ct->flags;
+	__u64 expires = now + ct_update(p, &flags);
+
+	if (flags != ct->flags)
+		ct->flags = flags;
+	else if (expires < ct->expires_ns + 1000000000ULL && expires >= ct->expires_ns)
+		return;
+	ct->expires_ns = expires;
+}
+
+/* ---- load balancing ------------------------------------------------------ */
+
+static __always_inline __u32 rotl32(__u32 x, __u32 r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+static __always_inline __u32 hash_mix(__u32 h, __u32 k)
+{
+	k *= 0xcc9e2d51;
+	k = rotl32(k, 15);
+	k *= 0x1b873593;
+	h ^= k;
+	h = rotl32(h, 13);
+	return h * 5 + 0xe6546b64;
+}
+
+/* flow_hash is murmur3 over the client's address, the ports and protocol. */
+static __always_inline __u32 flow_hash(const struct pkt *p)
+{
+	__u32 w[4], h = 0x736c7563;
+
+	__builtin_memcpy(w, p->src, 16);
+	h = hash_mix(h, w[0]);
+	h = hash_mix(h, w[1]);
+	h = hash_mix(h, w[2]);
+	h = hash_mix(h, w[3]);
+	h = hash_mix(h, ((__u32)p->sport << 16) | p->dport);
+	h = hash_mix(h, p->proto);
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+static __always_inline int backend_usable(const struct svc_value *svc, const struct backend_value *be)
+{
+	if ((svc->flags & SVC_F_LOCAL_ONLY) && !(be->flags & BACKEND_F_LOCAL))
+		return 0;
+	if ((be->flags & BACKEND_F_TERMINATING) && !(svc->flags & SVC_F_TERMINATING_FALLBACK))
+		return 0;
+	return 1;
+}
+
+static __always_inline struct backend_value *maglev_pick(const struct svc_value *svc,
+							 const struct pkt *p, __u32 *id)
+{
+	__u32 svc_id = svc->id;
+	void *table = bpf_map_lookup_elem(&sluice_maglev_v1, &svc_id);
+
+	if (!table || maglev_size == 0)
+		return 0;
+	__u32 slot = flow_hash(p) % maglev_size;
+	__u32 *bid = bpf_map_lookup_elem(table, &slot);
+	if (!bid)
+		return 0;
+	*id = *bid;
+	return bpf_map_lookup_elem(&sluice_backends_v1, bid);
+}
+
+/* select_backend picks the backend for a new flow: the client's affinity
+ * backend while it is fresh and still usable, otherwise the Maglev slot. */
+static __always_inline struct backend_value *select_backend(const struct svc_value *svc,
+							    const struct pkt *p, __u64 now,
+							    __u32 *id)
+{
+	struct affinity_key ak = {};
+	struct backend_value *be;
+
+	if (svc->affinity_timeout) {
+		__builtin_memcpy(ak.client, p->src, SLUICE_ADDR_LEN);
+		ak.svc_id = svc->id;
+		struct affinity_value *av = bpf_map_lookup_elem(&sluice_affinity_v1, &ak);
+
+		if (av && now - av->last_used_ns <= (__u64)svc->affinity_timeout * 1000000000ULL) {
+			be = bpf_map_lookup_elem(&sluice_backends_v1, &av->backend_id);
+			if (be && backend_usable(svc, be)) {
+				av->last_used_ns = now;
+				*id = av->backend_id;
+				return be;
+			}
+		}
+	}
+	be = maglev_pick(svc, p, id);
+	if (be && svc->affinity_timeout) {
+		struct affinity_value nv = {.last_used_ns = now, .backend_id = *id};
+
+		bpf_map_update_elem(&sluice_affinity_v1, &ak, &nv, BPF_ANY);
+	}
+	return be;
+}
+
+/* ct_create records both directions of a new service flow. */
+static __always_inline void ct_create(const struct ct_key *fwd, const struct pkt *p,
+				      const struct svc_value *svc, const struct backend_value *be,
+				      __u32 backend_id, __u8 hairpin, __u64 now)
+{
+	struct ct_value v = {};
+	struct ct_key rev = {};
+
+	v.expires_ns = now + ct_update(p, &v.flags);
+	v.backend_id = backend_id;
+	v.svc_id = svc->id;
+	if (hairpin)
+		v.flags |= CT_F_HAIRPIN;
+	__builtin_memcpy(v.nat_addr, be->addr, SLUICE_ADDR_LEN);
+	v.nat_port = be->port;
+	bpf_map_update_elem(&sluice_ct_v1, fwd, &v, BPF_ANY);
+
+	/* The reply comes from the backend to the client, or to the hairpin
+	 * address when the client is its own backend. */
+	__builtin_memcpy(rev.src, be->addr, SLUICE_ADDR_LEN);
+	if (hairpin) {
+		if (p->family == 4)
+			__builtin_memcpy(rev.dst, (const void *)hairpin_addr4, SLUICE_ADDR_LEN);
+		else
+			__builtin_memcpy(rev.dst, (const void *)hairpin_addr6, SLUICE_ADDR_LEN);
+	} else {
+		__builtin_memcpy(rev.dst, p->src, SLUICE_ADDR_LEN);
+	}
+	rev.sport = be->port;
+	rev.dport = p->sport;
+	rev.proto = p->proto;
+	rev.dir = CT_DIR_REPLY;
+	__builtin_memcpy(v.nat_addr, p->dst, SLUICE_ADDR_LEN);
+	v.nat_port = p->dport;
+	bpf_map_update_elem(&sluice_ct_v1, &rev, &v, BPF_ANY);
+}
+
+static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc)
+{
+	struct ct_key fwd = {};
+	struct backend_value *be = 0;
+	__u32 backend_id = 0;
+	__u8 hairpin = 0;
+	__u64 now = bpf_ktime_get_ns();
+
+	__builtin_memcpy(fwd.src, p->src, SLUICE_ADDR_LEN);
+	__builtin_memcpy(fwd.dst, p->dst, SLUICE_ADDR_LEN);
+	fwd.sport = p->sport;
+	fwd.dport = p->dport;
+	fwd.proto = p->proto;
+	fwd.dir = CT_DIR_SERVICE;
+
+	/* A live flow keeps its backend for as long as that backend exists,
+	 * whatever happened to the service's backend set since. */
+	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &fwd);
+	if (ct && ct->expires_ns > now && ct->svc_id == svc->id) {
+		be = bpf_map_lookup_elem(&sluice_backends_v1, &ct->backend_id);
+		if (be && addr_eq(be->addr, ct->nat_addr) && be->port == ct->nat_port) {
+			ct_refresh(ct, p, now);
+			hairpin = ct->flags & CT_F_HAIRPIN;
+			goto nat;
+		}
+	}
+
+	if (svc->backend_count == 0)
+		return reject(skb, p, svc->id);
+	be = select_backend(svc, p, now, &backend_id);
+	if (!be) {
+		record_drop(skb, p, DROP_BACKEND_MISSING, svc->id, HOOK_FROM_POD);
+		return TC_ACT_SHOT;
+	}
+	hairpin = addr_eq(be->addr, p->src);
+	ct_create(&fwd, p, svc, be, backend_id, hairpin, now);
+
+nat:
+	if (p->proto == IPPROTO_SCTP && be->port != p->dport) {
+		record_drop(skb, p, DROP_SCTP_PORT_NAT, svc->id, HOOK_FROM_POD);
+		return TC_ACT_SHOT;
+	}
+	struct pkt orig = *p;
+	if (nat_dst(skb, p, be->addr, be->port) < 0)
+		goto fail;
+	if (!hairpin)
+		return TC_ACT_OK;
+	/* The pod talks to itself: give it a source it does not own, or its
+	 * stack would drop the packet as a martian and answer itself locally. */
+	if (nat_src(skb, p, p->family == 4 ? (const __u8 *)hairpin_addr4
+					   : (const __u8 *)hairpin_addr6, p->sport) < 0)
+		goto fail;
+	return bpf_redirect(skb->ifindex, 0);
+fail:
+	record_drop(skb, &orig, DROP_NAT_FAILED, svc->id, HOOK_FROM_POD);
+	return TC_ACT_SHOT;
+}
+
+/* hairpin_reply turns a pod's reply to the hairpin address into the reply
+ * from the service and sends it straight back into the pod. */
+static __always_inline int hairpin_reply(struct __sk_buff *skb, struct pkt *p)
+{
+	struct ct_key rk = {};
+
+	__builtin_memcpy(rk.src, p->src, SLUICE_ADDR_LEN);
+	__builtin_memcpy(rk.dst, p->dst, SLUICE_ADDR_LEN);
+	rk.sport = p->sport;
+	rk.dport = p->dport;
+	rk.proto = p->proto;
+	rk.dir = CT_DIR_REPLY;
+	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &rk);
+	__u64 now = bpf_ktime_get_ns();
+	if (!ct || ct->expires_ns <= now || !(ct->flags & CT_F_HAIRPIN))
+		return TC_ACT_OK;
+	ct_refresh(ct, p, now);
+
+	__u8 client[SLUICE_ADDR_LEN];
+	__u8 vip[SLUICE_ADDR_LEN];
+	__be16 vport = ct->nat_port;
+	struct pkt orig = *p;
+
+	__builtin_memcpy(client, p->src, SLUICE_ADDR_LEN);
+	__builtin_memcpy(vip, ct->nat_addr, SLUICE_ADDR_LEN);
+	if (nat_dst(skb, p, client, p->dport) < 0 || nat_src(skb, p, vip, vport) < 0) {
+		record_drop(skb, &orig, DROP_NAT_FAILED, ct->svc_id, HOOK_FROM_POD);
+		return TC_ACT_SHOT;
+	}
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+SEC("tc")
+int from_pod(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+
+	if (parse(skb, &p) < 0 || p.frag || !has_ports(p.proto))
+		return TC_ACT_OK;
+	if (addr_eq(p.dst, p.family == 4 ? hairpin_addr4 : hairpin_addr6))
+		return hairpin_reply(skb, &p);
+
+	struct svc_key key = {};
+	__builtin_memcpy(key.addr, p.dst, SLUICE_ADDR_LEN);
+	key.port = p.dport;
+	key.proto = p.proto;
+	key.scope = SVC_SCOPE_INTERNAL;
+	struct svc_value *svc = bpf_map_lookup_elem(&sluice_services_v1, &key);
+	if (!svc)
+		return TC_ACT_OK;
+	return lb_service(skb, &p, svc);
+}
+
+/* ---- reverse NAT ----------------------------------------------------------- */
+
+static __always_inline int is_icmp_error(const struct pkt *p, __u8 type)
+{
+	if (p->family == 4)
+		return p->proto == IPPROTO_ICMP &&
+		       (type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED ||
+			type == ICMP_PARAMETERPROB);
+	return p->proto == IPPROTO_ICMPV6 && type >= ICMPV6_DEST_UNREACH &&
+	       type <= ICMPV6_PARAMPROB;
+}
+
+/*
+ * icmp_error_revnat translates an ICMP error about a service flow: the quoted
+ * packet went from the client to the backend, and the client only knows it
+ * as going to the service. The quoted destination becomes the service
+ * address and port again, and so does the outer source when the backend
+ * itself sent the error. The inner L4 checksum is left alone (it is
+ * truncated and no stack checks it); the ICMP and IP checksums are kept
+ * exact.
+ */
+static __always_inline int icmp_error_revnat(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 type;
+
+	if (p->frag || bpf_skb_load_bytes(skb, p->l4_off, &type, 1) < 0 || !is_icmp_error(p, type))
+		return TC_ACT_OK;
+
+	struct pkt in = {};
+	if (parse_l3(skb, p->l4_off + 8, p->family, &in) < 0 || in.frag || !has_ports(in.proto))
+		return TC_ACT_OK;
+
+	struct ct_key rk = {};
+	__builtin_memcpy(rk.src, in.dst, SLUICE_ADDR_LEN);
+	__builtin_memcpy(rk.dst, in.src, SLUICE_ADDR_LEN);
+	rk.sport = in.dport;
+	rk.dport = in.sport;
+	rk.proto = in.proto;
+	rk.dir = CT_DIR_REPLY;
+	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &rk);
+	if (!ct || ct->expires_ns <= bpf_ktime_get_ns())
+		return TC_ACT_OK;
+
+	__u8 vip[SLUICE_ADDR_LEN];
+	__be16 vport = ct->nat_port;
+	__builtin_memcpy(vip, ct->nat_addr, SLUICE_ADDR_LEN);
+
+	/* ICMPv4's checksum covers only the ICMP message; ICMPv6's also the
+	 * pseudo header, so the outer source change counts there too. */
+	int icmp_csum = p->l4_off + 2;
+	struct pkt orig = *p;
+	int outer_ok = 0;
+
+	if (addr_eq(p->src, in.dst))
+		outer_ok = store_addr(skb, p->family, saddr_off(p), p->src, vip, ip_csum_off(p),
+				      p->family == 6 ? icmp_csum : -1, BPF_F_PSEUDO_HDR);
+	if (outer_ok < 0)
+		goto fail;
+
+	if (p->family == 4) {
+		__u32 inner_csum = in.l3_off + offsetof(struct iphdr, check);
+		__be16 before, after;
+
+		if (bpf_skb_load_bytes(skb, inner_csum, &before, 2) < 0 ||
+		    store_addr(skb, 4, daddr_off(&in), in.dst, vip, inner_csum, icmp_csum, 0) < 0 ||
+		    bpf_skb_load_bytes(skb, inner_csum, &after, 2) < 0 ||
+		    bpf_l4_csum_replace(skb, icmp_csum, before, after, 2) < 0)
+			goto fail;
+	} else if (store_addr(skb, 6, daddr_off(&in), in.dst, vip, -1, icmp_csum, 0) < 0) {
+		goto fail;
+	}
+	if (store_port(skb, in.l4_off + 2, in.dport, vport, icmp_csum, 0) < 0)
+		goto fail;
+	return TC_ACT_OK;
+fail:
+	record_drop(skb, &orig, DROP_NAT_FAILED, ct->svc_id, HOOK_TO_POD);
+	return TC_ACT_SHOT;
+}
+
+SEC("tc")
+int to_pod(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+
+	if (parse(skb, &p) < 0)
+		return TC_ACT_OK;
+	if (p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6)
+		return icmp_error_revnat(skb, &p);
+	if (p.frag || !has_ports(p.proto))
+		return TC_ACT_OK;
+
+	struct ct_key rk = {};
+	__builtin_memcpy(rk.src, p.src, SLUICE_ADDR_LEN);
+	__builtin_memcpy(rk.dst, p.dst, SLUICE_ADDR_LEN);
+	rk.sport = p.sport;
+	rk.dport = p.dport;
+	rk.proto = p.proto;
+	rk.dir = CT_DIR_REPLY;
+	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &rk);
+	__u64 now = bpf_ktime_get_ns();
+	if (!ct || ct->expires_ns <= now || (ct->flags & CT_F_HAIRPIN))
+		return TC_ACT_OK;
+	ct_refresh(ct, &p, now);
+
+	__u8 vip[SLUICE_ADDR_LEN];
+	__builtin_memcpy(vip, ct->nat_addr, SLUICE_ADDR_LEN);
+	struct pkt orig = p;
+	if (nat_src(skb, &p, vip, ct->nat_port) < 0) {
+		record_drop(skb, &orig, DROP_NAT_FAILED, ct->svc_id, HOOK_TO_POD);
+		return TC_ACT_SHOT;
+	}
+	return TC_ACT_OK;
+}

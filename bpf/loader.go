@@ -1,0 +1,322 @@
+// Package bpf loads, pins and attaches Sluice's tc eBPF datapath and gives
+// typed access to its maps. It imports nothing else of Sluice, so both the
+// agent and the CNI plugin can use it.
+//
+// Everything lives under one bpffs directory (Config.PinRoot):
+//
+//	<root>/maps/   the datapath's maps, pinned by name (name carries a layout version)
+//	<root>/progs/  from_pod and to_pod, for the CNI plugin to attach
+//	<root>/links/  tcx links per host veth, so attachments outlive the process
+//
+// Several simulated nodes can share one kernel by using different roots.
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// DefaultPinRoot is where a node's datapath is pinned unless configured.
+const DefaultPinRoot = "/sys/fs/bpf/sluice"
+
+// Config sizes and tunes the datapath at load time. Zero fields take the
+// defaults of DefaultConfig.
+type Config struct {
+	// PinRoot is the bpffs directory holding this node's datapath.
+	PinRoot string
+	// MaglevSize is the number of slots in each service's Maglev table. It
+	// must be a prime well above the largest backend count (M >= 100*N
+	// keeps the disruption on backend changes near the ideal 1/N).
+	MaglevSize uint32
+	// Map capacities.
+	MaxServices, MaxBackends, MaxConntrack, MaxAffinity, MaxEndpoints uint32
+	// Conntrack lifetimes by state.
+	CTTimeoutSYN, CTTimeoutTCP, CTTimeoutClose, CTTimeoutOther time.Duration
+}
+
+// DefaultConfig returns the configuration used for zero Config fields.
+func DefaultConfig() Config {
+	return Config{
+		PinRoot:        DefaultPinRoot,
+		MaglevSize:     16381,
+		MaxServices:    65536,
+		MaxBackends:    262144,
+		MaxConntrack:   262144,
+		MaxAffinity:    65536,
+		MaxEndpoints:   4096,
+		CTTimeoutSYN:   60 * time.Second,
+		CTTimeoutTCP:   6 * time.Hour,
+		CTTimeoutClose: 10 * time.Second,
+		CTTimeoutOther: 60 * time.Second,
+	}
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	setDefault := func(v *uint32, def uint32) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setDefaultDur := func(v *time.Duration, def time.Duration) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	if c.PinRoot == "" {
+		c.PinRoot = d.PinRoot
+	}
+	setDefault(&c.MaglevSize, d.MaglevSize)
+	setDefault(&c.MaxServices, d.MaxServices)
+	setDefault(&c.MaxBackends, d.MaxBackends)
+	setDefault(&c.MaxConntrack, d.MaxConntrack)
+	setDefault(&c.MaxAffinity, d.MaxAffinity)
+	setDefault(&c.MaxEndpoints, d.MaxEndpoints)
+	setDefaultDur(&c.CTTimeoutSYN, d.CTTimeoutSYN)
+	setDefaultDur(&c.CTTimeoutTCP, d.CTTimeoutTCP)
+	setDefaultDur(&c.CTTimeoutClose, d.CTTimeoutClose)
+	setDefaultDur(&c.CTTimeoutOther, d.CTTimeoutOther)
+	return c
+}
+
+func (c Config) validate() error {
+	if !isPrime(c.MaglevSize) {
+		return fmt.Errorf("MaglevSize: %d is not prime; Maglev needs a prime table size such as 16381", c.MaglevSize)
+	}
+	return nil
+}
+
+func isPrime(n uint32) bool {
+	if n < 2 {
+		return false
+	}
+	for d := uint32(2); d*d <= n; d++ {
+		if n%d == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Datapath holds the loaded programs and maps of one node.
+type Datapath struct {
+	FromPod *ebpf.Program
+	ToPod   *ebpf.Program
+
+	Services  *ebpf.Map
+	Backends  *ebpf.Map
+	Maglev    *ebpf.Map
+	Conntrack *ebpf.Map
+	Affinity  *ebpf.Map
+	Endpoints *ebpf.Map
+	Drops     *ebpf.Map
+	Events    *ebpf.Map
+
+	root       string
+	maglevSpec *ebpf.MapSpec // template for a service's Maglev table; nil when opened read-only
+}
+
+func mapsDir(root string) string  { return filepath.Join(root, "maps") }
+func progsDir(root string) string { return filepath.Join(root, "progs") }
+func linksDir(root string) string { return filepath.Join(root, "links") }
+
+// Load loads the datapath for a node and pins it under cfg.PinRoot. Maps
+// already pinned there are reused with their contents, so a restarted agent
+// picks up the working datapath without disturbing it. A pinned map whose
+// layout differs from this build's is an error, never silently reused.
+// Programs are loaded anew and their pins replaced atomically; existing
+// attachments keep running until they are re-attached.
+func Load(cfg Config) (*Datapath, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	spec, err := loadDatapath()
+	if err != nil {
+		return nil, fmt.Errorf("parse embedded datapath object: %w", err)
+	}
+	if err := configureSpec(spec, cfg); err != nil {
+		return nil, err
+	}
+	for _, dir := range []string{mapsDir(cfg.PinRoot), progsDir(cfg.PinRoot), linksDir(cfg.PinRoot)} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("create pin directory %s (is bpffs mounted at its parent?): %w", dir, err)
+		}
+	}
+
+	var objs datapathObjects
+	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: mapsDir(cfg.PinRoot)}})
+	if err != nil {
+		var verr *ebpf.VerifierError
+		switch {
+		case errors.Is(err, ebpf.ErrMapIncompatible):
+			return nil, fmt.Errorf("a map pinned under %s has a layout this build cannot use (%w); it was made by "+
+				"another Sluice version or configuration: drain the node and remove %s to start afresh",
+				mapsDir(cfg.PinRoot), err, cfg.PinRoot)
+		case errors.As(err, &verr):
+			return nil, fmt.Errorf("kernel verifier rejected the datapath: %+v", verr)
+		}
+		return nil, fmt.Errorf("load datapath: %w", err)
+	}
+	d := &Datapath{
+		FromPod: objs.FromPod, ToPod: objs.ToPod,
+		Services: objs.SluiceServicesV1, Backends: objs.SluiceBackendsV1, Maglev: objs.SluiceMaglevV1,
+		Conntrack: objs.SluiceCtV1, Affinity: objs.SluiceAffinityV1, Endpoints: objs.SluiceEndpointsV1,
+		Drops: objs.SluiceDropsV1, Events: objs.SluiceEventsV1,
+		root:       cfg.PinRoot,
+		maglevSpec: spec.Maps[datapathMapSluiceMaglevV1].InnerMap.Copy(),
+	}
+	if err := d.checkMaglevTables(cfg.MaglevSize); err != nil {
+		d.Close()
+		return nil, err
+	}
+	for name, prog := range map[string]*ebpf.Program{"from_pod": d.FromPod, "to_pod": d.ToPod} {
+		if err := replacePin(prog, filepath.Join(progsDir(cfg.PinRoot), name)); err != nil {
+			d.Close()
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
+	consts := map[string]any{
+		"maglev_size":         cfg.MaglevSize,
+		"ct_timeout_syn_ns":   uint64(cfg.CTTimeoutSYN.Nanoseconds()),
+		"ct_timeout_tcp_ns":   uint64(cfg.CTTimeoutTCP.Nanoseconds()),
+		"ct_timeout_close_ns": uint64(cfg.CTTimeoutClose.Nanoseconds()),
+		"ct_timeout_other_ns": uint64(cfg.CTTimeoutOther.Nanoseconds()),
+	}
+	for name, v := range consts {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set datapath constant %s: %w", name, err)
+		}
+	}
+	sizes := map[string]uint32{
+		datapathMapSluiceServicesV1:  cfg.MaxServices,
+		datapathMapSluiceBackendsV1:  cfg.MaxBackends,
+		datapathMapSluiceMaglevV1:    cfg.MaxServices,
+		datapathMapSluiceCtV1:        cfg.MaxConntrack,
+		datapathMapSluiceAffinityV1:  cfg.MaxAffinity,
+		datapathMapSluiceEndpointsV1: cfg.MaxEndpoints,
+	}
+	for name, n := range sizes {
+		spec.Maps[name].MaxEntries = n
+	}
+	spec.Maps[datapathMapSluiceMaglevV1].InnerMap.MaxEntries = cfg.MaglevSize
+	return nil
+}
+
+// checkMaglevTables refuses pinned Maglev tables of another size: the
+// kernel does not compare an outer map's inner template on reuse, and a
+// program hashing into slots the tables lack would drop traffic.
+func (d *Datapath) checkMaglevTables(size uint32) error {
+	var key uint32
+	var inner *ebpf.Map
+	it := d.Maglev.Iterate()
+	if !it.Next(&key, &inner) {
+		return it.Err()
+	}
+	defer inner.Close()
+	info, err := inner.Info()
+	if err != nil {
+		return fmt.Errorf("inspect pinned Maglev table of service %d: %w", key, err)
+	}
+	if info.MaxEntries != size {
+		return fmt.Errorf("pinned Maglev tables have %d slots but MaglevSize is %d: keep the size the node "+
+			"was started with, or drain the node and remove %s", info.MaxEntries, size, d.root)
+	}
+	return nil
+}
+
+// replacePin pins prog at path, atomically replacing an older pin so that a
+// concurrent reader (the CNI plugin) always finds a program.
+func replacePin(prog *ebpf.Program, path string) error {
+	tmp := path + "_new" // bpffs reserves dots in names
+	_ = os.Remove(tmp)
+	if err := prog.Pin(tmp); err != nil {
+		return fmt.Errorf("pin program at %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("replace program pin %s: %w", path, err)
+	}
+	return nil
+}
+
+// OpenPinned opens a datapath that an agent pinned under root, without
+// loading or changing anything. The CNI plugin uses it on every call.
+func OpenPinned(root string) (*Datapath, error) {
+	d := &Datapath{root: root}
+	var err error
+	open := func(name string) *ebpf.Map {
+		if err != nil {
+			return nil
+		}
+		var m *ebpf.Map
+		path := filepath.Join(mapsDir(root), name)
+		if m, err = ebpf.LoadPinnedMap(path, nil); err != nil {
+			err = fmt.Errorf("open pinned map %s (has the agent loaded the datapath?): %w", path, err)
+		}
+		return m
+	}
+	d.Services = open(datapathMapSluiceServicesV1)
+	d.Backends = open(datapathMapSluiceBackendsV1)
+	d.Maglev = open(datapathMapSluiceMaglevV1)
+	d.Conntrack = open(datapathMapSluiceCtV1)
+	d.Affinity = open(datapathMapSluiceAffinityV1)
+	d.Endpoints = open(datapathMapSluiceEndpointsV1)
+	d.Drops = open(datapathMapSluiceDropsV1)
+	d.Events = open(datapathMapSluiceEventsV1)
+	for _, p := range []struct {
+		name string
+		dst  **ebpf.Program
+	}{{"from_pod", &d.FromPod}, {"to_pod", &d.ToPod}} {
+		if err != nil {
+			break
+		}
+		path := filepath.Join(progsDir(root), p.name)
+		if *p.dst, err = ebpf.LoadPinnedProgram(path, nil); err != nil {
+			err = fmt.Errorf("open pinned program %s (has the agent loaded the datapath?): %w", path, err)
+		}
+	}
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// PinRoot is the bpffs directory this datapath is pinned under.
+func (d *Datapath) PinRoot() string { return d.root }
+
+// Close releases this process's handles; pinned objects stay in the kernel.
+func (d *Datapath) Close() error {
+	var errs []error
+	for _, p := range []*ebpf.Program{d.FromPod, d.ToPod} {
+		if p != nil {
+			errs = append(errs, p.Close())
+		}
+	}
+	for _, m := range []*ebpf.Map{d.Services, d.Backends, d.Maglev, d.Conntrack, d.Affinity, d.Endpoints, d.Drops, d.Events} {
+		if m != nil {
+			errs = append(errs, m.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Remove unpins everything under root: maps, programs and links (which
+// detaches them). It is the uninstall path and the tests' cleanup; a
+// missing root is not an error.
+func Remove(root string) error {
+	if err := os.RemoveAll(root); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove datapath pins under %s: %w", root, err)
+	}
+	return nil
+}

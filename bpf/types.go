@@ -1,0 +1,102 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+)
+
+// Map key and value types, generated from bpf/include/sluice.h by bpf2go.
+type (
+	ServiceKey    = datapathSvcKey
+	ServiceValue  = datapathSvcValue
+	BackendValue  = datapathBackendValue
+	AffinityKey   = datapathAffinityKey
+	AffinityValue = datapathAffinityValue
+	CTKey         = datapathCtKey
+	CTValue       = datapathCtValue
+	EndpointKey   = datapathEndpointKey
+	EndpointValue = datapathEndpointValue
+	DropCounter   = datapathDropCounter
+	DropEvent     = datapathDropEvent
+	DropReason    = datapathDropReason
+)
+
+// Service scopes (ServiceKey.Scope).
+const (
+	ScopeInternal = uint8(datapathSvcScopeSVC_SCOPE_INTERNAL)
+	ScopeExternal = uint8(datapathSvcScopeSVC_SCOPE_EXTERNAL)
+)
+
+// Service flags (ServiceValue.Flags).
+const (
+	ServiceLocalOnly           = uint32(datapathSvcFlagsSVC_F_LOCAL_ONLY)
+	ServiceTerminatingFallback = uint32(datapathSvcFlagsSVC_F_TERMINATING_FALLBACK)
+)
+
+// Backend flags (BackendValue.Flags).
+const (
+	BackendLocal       = uint8(datapathBackendFlagsBACKEND_F_LOCAL)
+	BackendTerminating = uint8(datapathBackendFlagsBACKEND_F_TERMINATING)
+)
+
+// Conntrack directions (CTKey.Dir) and flags (CTValue.Flags).
+const (
+	CTDirService      = uint8(datapathCtDirCT_DIR_SERVICE)
+	CTDirReply        = uint8(datapathCtDirCT_DIR_REPLY)
+	CTFlagEstablished = uint8(datapathCtFlagsCT_F_ESTABLISHED)
+	CTFlagClosing     = uint8(datapathCtFlagsCT_F_CLOSING)
+	CTFlagHairpin     = uint8(datapathCtFlagsCT_F_HAIRPIN)
+)
+
+// Drop reasons, the index of the drop counters.
+const (
+	DropNoBackend      = datapathDropReasonDROP_NO_BACKEND
+	DropBackendMissing = datapathDropReasonDROP_BACKEND_MISSING
+	DropSCTPPortNAT    = datapathDropReasonDROP_SCTP_PORT_NAT
+	DropNATFailed      = datapathDropReasonDROP_NAT_FAILED
+	DropRejectFailed   = datapathDropReasonDROP_REJECT_FAILED
+	dropReasonMax      = datapathDropReasonDROP_REASON_MAX
+)
+
+var dropReasonNames = map[DropReason]string{
+	datapathDropReasonDROP_UNKNOWN: "unknown",
+	DropNoBackend:                  "no_backend",
+	DropBackendMissing:             "backend_missing",
+	DropSCTPPortNAT:                "sctp_port_nat",
+	DropNATFailed:                  "nat_failed",
+	DropRejectFailed:               "reject_failed",
+}
+
+// String names the reason as metrics and logs show it.
+func (r DropReason) String() string {
+	if n, ok := dropReasonNames[r]; ok {
+		return n
+	}
+	return fmt.Sprintf("reason_%d", uint32(r))
+}
+
+// Addr converts an address to the datapath's 16-byte form (IPv4-mapped for
+// IPv4).
+func Addr(a netip.Addr) [16]uint8 {
+	return a.As16()
+}
+
+// AddrFrom converts a datapath address back, unmapping IPv4.
+func AddrFrom(b [16]uint8) netip.Addr {
+	return netip.AddrFrom16(b).Unmap()
+}
+
+// Port converts a host-order port to the network-order value the maps hold.
+func Port(p uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], p)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+// PortFrom converts a network-order port from a map to host order.
+func PortFrom(p uint16) uint16 {
+	var b [2]byte
+	binary.NativeEndian.PutUint16(b[:], p)
+	return binary.BigEndian.Uint16(b[:])
+}
