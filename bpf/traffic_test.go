@@ -1,0 +1,186 @@
+package bpf
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestTrafficThroughVIP sends real TCP and UDP through the attached
+// programs: a client namespace reaches a server namespace through a service
+// address, across a router namespace standing in for the node, where both
+// pods' host-side veths carry from_pod and to_pod. Replies must come back
+// from the service address, and the server must see the real client.
+func TestTrafficThroughVIP(t *testing.T) {
+	d := loadTest(t, Config{})
+	node := newNS(t, "sl-node")
+	client := newNS(t, "sl-client")
+	server := newNS(t, "sl-server")
+	vethPair(t, node, "hclient", client, "eth0c")
+	vethPair(t, node, "hserver", server, "eth0s")
+
+	node.ip(t, "addr", "add", "10.200.1.1/24", "dev", "hclient")
+	node.ip(t, "addr", "add", "10.200.2.1/24", "dev", "hserver")
+	node.ip(t, "addr", "add", "fd00:200:1::1/64", "dev", "hclient", "nodad")
+	node.ip(t, "addr", "add", "fd00:200:2::1/64", "dev", "hserver", "nodad")
+	node.sysctl(t, "net.ipv4.ip_forward=1")
+	node.sysctl(t, "net.ipv6.conf.all.forwarding=1")
+	client.ip(t, "addr", "add", "10.200.1.2/24", "dev", "eth0c")
+	client.ip(t, "addr", "add", "fd00:200:1::2/64", "dev", "eth0c", "nodad")
+	client.ip(t, "route", "add", "default", "via", "10.200.1.1")
+	client.ip(t, "-6", "route", "add", "default", "via", "fd00:200:1::1")
+	server.ip(t, "addr", "add", "10.200.2.2/24", "dev", "eth0s")
+	server.ip(t, "addr", "add", "fd00:200:2::2/64", "dev", "eth0s", "nodad")
+	server.ip(t, "route", "add", "default", "via", "10.200.2.1")
+	server.ip(t, "-6", "route", "add", "default", "via", "fd00:200:2::1")
+
+	node.do(t, func() {
+		for _, dev := range []string{"hclient", "hserver"} {
+			if err := d.AttachPod(dev, AttachAuto); err != nil {
+				t.Fatalf("attach %s: %v", dev, err)
+			}
+		}
+	})
+
+	install(t, d, oneBackend(1, ap("10.96.0.10:80"), unix.IPPROTO_TCP, ap("10.200.2.2:8080")))
+	install(t, d, oneBackend(2, ap("10.96.0.10:53"), unix.IPPROTO_UDP, ap("10.200.2.2:5353")))
+	install(t, d, oneBackend(3, ap("[fd00:96::10]:80"), unix.IPPROTO_TCP, ap("[fd00:200:2::2]:8080")))
+	install(t, d, oneBackend(4, ap("[fd00:96::10]:53"), unix.IPPROTO_UDP, ap("[fd00:200:2::2]:5353")))
+
+	// The server answers with the address it saw the client at.
+	// One listener per family: Go decides dual-stack support once per
+	// process, from the root namespace, which may have IPv6 off.
+	for _, fam := range []struct{ tcp, udp, any string }{{"tcp4", "udp4", "0.0.0.0"}, {"tcp6", "udp6", "::"}} {
+		var tcpLn net.Listener
+		var udpConn net.PacketConn
+		server.do(t, func() {
+			var err error
+			if tcpLn, err = net.Listen(fam.tcp, net.JoinHostPort(fam.any, "8080")); err != nil {
+				t.Fatal(err)
+			}
+			if udpConn, err = net.ListenPacket(fam.udp, net.JoinHostPort(fam.any, "5353")); err != nil {
+				t.Fatal(err)
+			}
+		})
+		defer tcpLn.Close()
+		defer udpConn.Close()
+		serve(tcpLn, udpConn)
+	}
+
+	for _, c := range []struct {
+		vip    string
+		client string
+		udp    string
+	}{{"10.96.0.10", "10.200.1.2", "udp4"}, {"fd00:96::10", "fd00:200:1::2", "udp6"}} {
+		t.Run("tcp to "+c.vip, func(t *testing.T) {
+			var got string
+			var remote netip.AddrPort
+			client.do(t, func() {
+				conn, err := net.DialTimeout("tcp", net.JoinHostPort(c.vip, "80"), 3*time.Second)
+				if err != nil {
+					t.Fatalf("connect to service: %v", err)
+				}
+				defer conn.Close()
+				_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+				remote = conn.RemoteAddr().(*net.TCPAddr).AddrPort()
+				got, err = bufio.NewReader(conn).ReadString('\n')
+				if err != nil {
+					t.Fatalf("read from service: %v", err)
+				}
+			})
+			if want := "tcp hello " + c.client + "\n"; got != want {
+				t.Errorf("server answered %q, want %q (the server must see the client's own address)", got, want)
+			}
+			if remote.Addr().Unmap().String() != c.vip || remote.Port() != 80 {
+				t.Errorf("connection's peer is %v, want the service", remote)
+			}
+		})
+		t.Run("udp to "+c.vip, func(t *testing.T) {
+			var got string
+			var from net.Addr
+			client.do(t, func() {
+				conn, err := net.ListenPacket(c.udp, ":0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close()
+				_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+				dst := net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(c.vip), 53))
+				if _, err := conn.WriteTo([]byte("ping"), dst); err != nil {
+					t.Fatal(err)
+				}
+				buf := make([]byte, 64)
+				n, f, err := conn.ReadFrom(buf)
+				if err != nil {
+					t.Fatalf("no UDP reply from the service: %v", err)
+				}
+				got, from = string(buf[:n]), f
+			})
+			if from == nil {
+				return
+			}
+			if want := "udp hello " + c.client; got != want {
+				t.Errorf("server answered %q, want %q", got, want)
+			}
+			fromAP := from.(*net.UDPAddr).AddrPort()
+			if fromAP.Addr().Unmap().String() != c.vip || fromAP.Port() != 53 {
+				t.Errorf("UDP reply came from %v, want the service %s:53", fromAP, c.vip)
+			}
+		})
+	}
+	t.Run("tcp to a service without backends is refused", func(t *testing.T) {
+		install(t, d, testService{id: 5, vip: ap("10.96.0.11:80"), proto: unix.IPPROTO_TCP})
+		client.do(t, func() {
+			_, err := net.DialTimeout("tcp", "10.96.0.11:80", 3*time.Second)
+			if err == nil || !strings.Contains(err.Error(), "connection refused") {
+				t.Errorf("dial got %v, want connection refused", err)
+			}
+		})
+	})
+	t.Run("udp to a service without backends gets port unreachable", func(t *testing.T) {
+		install(t, d, testService{id: 6, vip: ap("10.96.0.11:53"), proto: unix.IPPROTO_UDP})
+		client.do(t, func() {
+			conn, err := net.Dial("udp", "10.96.0.11:53")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+			_, _ = conn.Write([]byte("ping"))
+			_, err = conn.Read(make([]byte, 8))
+			if err == nil || !strings.Contains(err.Error(), "connection refused") {
+				t.Errorf("read got %v, want connection refused from ICMP port unreachable", err)
+			}
+		})
+	})
+}
+
+// serve answers TCP and UDP with the address the client was seen at.
+func serve(tcpLn net.Listener, udpConn net.PacketConn) {
+	go func() {
+		for {
+			c, err := tcpLn.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "tcp hello %s\n", c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
+			c.Close()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			_, from, err := udpConn.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = udpConn.WriteTo([]byte("udp hello "+from.(*net.UDPAddr).AddrPort().Addr().Unmap().String()), from)
+		}
+	}()
+}
