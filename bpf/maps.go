@@ -19,33 +19,55 @@ func (d *Datapath) MaglevSize() (uint32, error) {
 	return d.maglevSpec.MaxEntries, nil
 }
 
-// SetMaglevTable installs a service's Maglev table (one backend ID per
-// slot). The table is built in a fresh inner map and swapped in with one
-// update, so packets never see a half-written table.
-func (d *Datapath) SetMaglevTable(svcID uint32, table []uint32) error {
+// SetMaglevTables installs Maglev tables (one backend ID per slot) for
+// many services at once. Each table is built in a fresh inner map and
+// swapped in by one batch update of the outer map, so packets never see a
+// half-written table. Batching matters: the kernel waits for an RCU grace
+// period after every map-in-map update call, milliseconds each.
+func (d *Datapath) SetMaglevTables(tables map[uint32][]uint32) error {
 	size, err := d.MaglevSize()
 	if err != nil {
 		return err
 	}
-	if uint32(len(table)) != size {
-		return fmt.Errorf("maglev table for service %d: has %d slots, want %d", svcID, len(table), size)
-	}
-	inner, err := ebpf.NewMap(d.maglevSpec)
-	if err != nil {
-		return fmt.Errorf("create maglev table for service %d: %w", svcID, err)
-	}
-	defer inner.Close()
 	keys := make([]uint32, size)
 	for i := range keys {
 		keys[i] = uint32(i)
 	}
-	if _, err := inner.BatchUpdate(keys, table, nil); err != nil {
-		return fmt.Errorf("fill maglev table for service %d: %w", svcID, err)
+	ids := make([]uint32, 0, len(tables))
+	fds := make([]uint32, 0, len(tables))
+	inners := make([]*ebpf.Map, 0, len(tables))
+	defer func() {
+		for _, m := range inners {
+			m.Close()
+		}
+	}()
+	for id, table := range tables {
+		if uint32(len(table)) != size {
+			return fmt.Errorf("maglev table for service %d: has %d slots, want %d", id, len(table), size)
+		}
+		inner, err := ebpf.NewMap(d.maglevSpec)
+		if err != nil {
+			return fmt.Errorf("create maglev table for service %d: %w", id, err)
+		}
+		inners = append(inners, inner)
+		if _, err := inner.BatchUpdate(keys, table, nil); err != nil {
+			return fmt.Errorf("fill maglev table for service %d: %w", id, err)
+		}
+		ids = append(ids, id)
+		fds = append(fds, uint32(inner.FD()))
 	}
-	if err := d.Maglev.Put(svcID, inner); err != nil {
-		return fmt.Errorf("install maglev table for service %d: %w", svcID, err)
+	if len(ids) == 0 {
+		return nil
+	}
+	if _, err := d.Maglev.BatchUpdate(ids, fds, nil); err != nil {
+		return fmt.Errorf("install %d maglev tables: %w", len(ids), err)
 	}
 	return nil
+}
+
+// SetMaglevTable installs one service's table; see SetMaglevTables.
+func (d *Datapath) SetMaglevTable(svcID uint32, table []uint32) error {
+	return d.SetMaglevTables(map[uint32][]uint32{svcID: table})
 }
 
 // DeleteMaglevTable removes a service's table; a missing one is not an error.
