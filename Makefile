@@ -5,7 +5,7 @@ PKGS    := ./...
 
 export CGO_ENABLED := 0
 
-.PHONY: all build generate check-generate lint test unit deps bench
+.PHONY: all build generate check-generate lint test unit deps bench fuzz
 
 all: build
 
@@ -40,4 +40,9 @@ test: deps check-generate lint unit
 
 ## bench: datapath benchmarks
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 1x ./bpf/
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1000000x ./bpf/ | tee bench.out
+
+## fuzz: feed random frames through the datapath programs
+FUZZTIME ?= 60s
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDatapath -fuzztime $(FUZZTIME) ./bpf/

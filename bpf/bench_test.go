@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 )
 
@@ -122,6 +124,34 @@ func BenchmarkFromPodNonService(b *testing.B) {
 			pkt := build(b, flow{src: ap("10.244.0.2:40000"), dst: ap("10.244.1.2:80"), proto: unix.IPPROTO_TCP, tcpFlags: "A", payload: make([]byte, 64)})
 			b.ResetTimer()
 			_, per, err := d.FromPod.Benchmark(pkt, b.N, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(per.Nanoseconds()), "ns/packet")
+		})
+	}
+}
+
+// BenchmarkHelperCallCost measures what one BPF helper call costs on this
+// machine (an empty program versus one making four bpf_ktime_get_ns calls),
+// the unit that the datapath's per-packet cost is mostly made of.
+func BenchmarkHelperCallCost(b *testing.B) {
+	requireBPF(b)
+	for _, calls := range []int{0, 4} {
+		b.Run(fmt.Sprintf("calls=%d", calls), func(b *testing.B) {
+			var ins asm.Instructions
+			for range calls {
+				ins = append(ins, asm.FnKtimeGetNs.Call())
+			}
+			ins = append(ins, asm.Mov.Imm(asm.R0, 0), asm.Return())
+			prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: ins})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer prog.Close()
+			pkt := build(b, flow{src: client4, dst: vip4, proto: unix.IPPROTO_TCP, tcpFlags: "A"})
+			b.ResetTimer()
+			_, per, err := prog.Benchmark(pkt, b.N, nil)
 			if err != nil {
 				b.Fatal(err)
 			}
