@@ -15,7 +15,7 @@ deps:
 ## build: static binaries into bin/
 build:
 	@mkdir -p $(BIN)
-	$(GO) build $(PKGS)
+	$(GO) build -trimpath -o $(BIN)/sluice-cni ./cni
 
 ## generate: rebuild the BPF objects and Go bindings with Debian's clang-19
 generate:

@@ -210,3 +210,33 @@ func (d *Datapath) Attached(ifname string) (Attachment, error) {
 	}
 	return a, nil
 }
+
+// PruneLinkPins unpins (detaching) every tcx link under root whose device
+// keep rejects. The CNI plugin's GC uses it for devices of dead pods.
+func PruneLinkPins(root string, keep func(ifname string) bool) error {
+	entries, err := os.ReadDir(linksDir(root))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list link pins: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		name := e.Name()
+		for _, h := range []hook{ingressHook, egressHook} {
+			dev, ok := strings.CutSuffix(name, "_"+h.name)
+			if !ok {
+				continue
+			}
+			dev = strings.ReplaceAll(dev, ":", ".")
+			if keep(dev) {
+				continue
+			}
+			if err := os.Remove(filepath.Join(linksDir(root), name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("remove link pin %s: %w", name, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

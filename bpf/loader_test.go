@@ -10,6 +10,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-net/sluice/hack/netnstest"
 )
 
 // TestReloadKeepsPinnedState: a restarted agent finds its services and
@@ -142,9 +144,9 @@ func TestAttach(t *testing.T) {
 	}{{"tcx", AttachTCX}, {"legacy clsact", AttachLegacy}} {
 		t.Run(mode.name, func(t *testing.T) {
 			d := loadTest(t, Config{})
-			ns := newNS(t, "sl-attach")
-			vethPair(t, ns, "hveth0", nil, "pveth0")
-			ns.do(t, func() {
+			ns := netnstest.New(t, "sl-attach")
+			ns.VethPair(t, "hveth0", nil, "pveth0")
+			ns.Do(t, func() {
 				for i := range 2 {
 					if err := d.AttachPod("hveth0", mode.mode); err != nil {
 						t.Fatalf("attach #%d: %v", i+1, err)
@@ -170,7 +172,7 @@ func TestAttach(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ro.Close()
-			ns.do(t, func() {
+			ns.Do(t, func() {
 				if a, err := ro.Attached("hveth0"); err != nil || !a.FromPodIngress || !a.ToPodEgress {
 					t.Errorf("after loader closed: %+v, %v", a, err)
 				}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-net/sluice/hack/netnstest"
 )
 
 // TestTrafficThroughVIP sends real TCP and UDP through the attached
@@ -19,28 +21,28 @@ import (
 // from the service address, and the server must see the real client.
 func TestTrafficThroughVIP(t *testing.T) {
 	d := loadTest(t, Config{})
-	node := newNS(t, "sl-node")
-	client := newNS(t, "sl-client")
-	server := newNS(t, "sl-server")
-	vethPair(t, node, "hclient", client, "eth0c")
-	vethPair(t, node, "hserver", server, "eth0s")
+	node := netnstest.New(t, "sl-node")
+	client := netnstest.New(t, "sl-client")
+	server := netnstest.New(t, "sl-server")
+	node.VethPair(t, "hclient", client, "eth0c")
+	node.VethPair(t, "hserver", server, "eth0s")
 
-	node.ip(t, "addr", "add", "10.200.1.1/24", "dev", "hclient")
-	node.ip(t, "addr", "add", "10.200.2.1/24", "dev", "hserver")
-	node.ip(t, "addr", "add", "fd00:200:1::1/64", "dev", "hclient", "nodad")
-	node.ip(t, "addr", "add", "fd00:200:2::1/64", "dev", "hserver", "nodad")
-	node.sysctl(t, "net.ipv4.ip_forward=1")
-	node.sysctl(t, "net.ipv6.conf.all.forwarding=1")
-	client.ip(t, "addr", "add", "10.200.1.2/24", "dev", "eth0c")
-	client.ip(t, "addr", "add", "fd00:200:1::2/64", "dev", "eth0c", "nodad")
-	client.ip(t, "route", "add", "default", "via", "10.200.1.1")
-	client.ip(t, "-6", "route", "add", "default", "via", "fd00:200:1::1")
-	server.ip(t, "addr", "add", "10.200.2.2/24", "dev", "eth0s")
-	server.ip(t, "addr", "add", "fd00:200:2::2/64", "dev", "eth0s", "nodad")
-	server.ip(t, "route", "add", "default", "via", "10.200.2.1")
-	server.ip(t, "-6", "route", "add", "default", "via", "fd00:200:2::1")
+	node.IP(t, "addr", "add", "10.200.1.1/24", "dev", "hclient")
+	node.IP(t, "addr", "add", "10.200.2.1/24", "dev", "hserver")
+	node.IP(t, "addr", "add", "fd00:200:1::1/64", "dev", "hclient", "nodad")
+	node.IP(t, "addr", "add", "fd00:200:2::1/64", "dev", "hserver", "nodad")
+	node.Sysctl(t, "net.ipv4.ip_forward=1")
+	node.Sysctl(t, "net.ipv6.conf.all.forwarding=1")
+	client.IP(t, "addr", "add", "10.200.1.2/24", "dev", "eth0c")
+	client.IP(t, "addr", "add", "fd00:200:1::2/64", "dev", "eth0c", "nodad")
+	client.IP(t, "route", "add", "default", "via", "10.200.1.1")
+	client.IP(t, "-6", "route", "add", "default", "via", "fd00:200:1::1")
+	server.IP(t, "addr", "add", "10.200.2.2/24", "dev", "eth0s")
+	server.IP(t, "addr", "add", "fd00:200:2::2/64", "dev", "eth0s", "nodad")
+	server.IP(t, "route", "add", "default", "via", "10.200.2.1")
+	server.IP(t, "-6", "route", "add", "default", "via", "fd00:200:2::1")
 
-	node.do(t, func() {
+	node.Do(t, func() {
 		for _, dev := range []string{"hclient", "hserver"} {
 			if err := d.AttachPod(dev, AttachAuto); err != nil {
 				t.Fatalf("attach %s: %v", dev, err)
@@ -59,7 +61,7 @@ func TestTrafficThroughVIP(t *testing.T) {
 	for _, fam := range []struct{ tcp, udp, any string }{{"tcp4", "udp4", "0.0.0.0"}, {"tcp6", "udp6", "::"}} {
 		var tcpLn net.Listener
 		var udpConn net.PacketConn
-		server.do(t, func() {
+		server.Do(t, func() {
 			var err error
 			if tcpLn, err = net.Listen(fam.tcp, net.JoinHostPort(fam.any, "8080")); err != nil {
 				t.Fatal(err)
@@ -81,7 +83,7 @@ func TestTrafficThroughVIP(t *testing.T) {
 		t.Run("tcp to "+c.vip, func(t *testing.T) {
 			var got string
 			var remote netip.AddrPort
-			client.do(t, func() {
+			client.Do(t, func() {
 				conn, err := net.DialTimeout("tcp", net.JoinHostPort(c.vip, "80"), 3*time.Second)
 				if err != nil {
 					t.Fatalf("connect to service: %v", err)
@@ -104,7 +106,7 @@ func TestTrafficThroughVIP(t *testing.T) {
 		t.Run("udp to "+c.vip, func(t *testing.T) {
 			var got string
 			var from net.Addr
-			client.do(t, func() {
+			client.Do(t, func() {
 				conn, err := net.ListenPacket(c.udp, ":0")
 				if err != nil {
 					t.Fatal(err)
@@ -136,7 +138,7 @@ func TestTrafficThroughVIP(t *testing.T) {
 	}
 	t.Run("tcp to a service without backends is refused", func(t *testing.T) {
 		install(t, d, testService{id: 5, vip: ap("10.96.0.11:80"), proto: unix.IPPROTO_TCP})
-		client.do(t, func() {
+		client.Do(t, func() {
 			_, err := net.DialTimeout("tcp", "10.96.0.11:80", 3*time.Second)
 			if err == nil || !strings.Contains(err.Error(), "connection refused") {
 				t.Errorf("dial got %v, want connection refused", err)
@@ -145,7 +147,7 @@ func TestTrafficThroughVIP(t *testing.T) {
 	})
 	t.Run("udp to a service without backends gets port unreachable", func(t *testing.T) {
 		install(t, d, testService{id: 6, vip: ap("10.96.0.11:53"), proto: unix.IPPROTO_UDP})
-		client.do(t, func() {
+		client.Do(t, func() {
 			conn, err := net.Dial("udp", "10.96.0.11:53")
 			if err != nil {
 				t.Fatal(err)

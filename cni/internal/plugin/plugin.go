@@ -1,0 +1,386 @@
+// Package plugin implements the Sluice CNI commands (ADD, DEL, CHECK, GC,
+// STATUS) on top of netconf, ipam, netsetup and the pinned datapath.
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/sluice-net/sluice/bpf"
+	"github.com/sluice-net/sluice/cni/internal/ipam"
+	"github.com/sluice-net/sluice/cni/internal/netconf"
+	"github.com/sluice-net/sluice/cni/internal/netsetup"
+)
+
+// Error codes beyond the spec's, in its plugin-specific range (100+).
+const ErrAddressPoolExhausted uint = 100
+
+// Funcs wires the commands for skel.
+func Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: Add, Del: Del, Check: Check, GC: GC, Status: Status}
+}
+
+// load parses the configuration and opens the log. Every command starts here.
+func load(args *skel.CmdArgs, cmd string) (*netconf.Config, *slog.Logger, func(), error) {
+	conf, err := netconf.Parse(args.StdinData)
+	if err != nil {
+		var ce *netconf.Error
+		if errors.As(err, &ce) {
+			return nil, nil, nil, types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
+		}
+		return nil, nil, nil, types.NewError(types.ErrDecodingFailure, err.Error(), "")
+	}
+	var out io.Writer = os.Stderr // never stdout: it carries the result
+	closeLog := func() {}
+	if err := os.MkdirAll(filepath.Dir(conf.LogFile), 0o755); err == nil {
+		if f, err := os.OpenFile(conf.LogFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+			out, closeLog = f, func() { f.Close() }
+		}
+	}
+	log := slog.New(slog.NewJSONHandler(out, nil)).With("cmd", cmd, "network", conf.Name,
+		"containerID", args.ContainerID, "ifName", args.IfName)
+	return conf, log, closeLog, nil
+}
+
+func attachMode(s string) bpf.AttachMode {
+	switch s {
+	case "tcx":
+		return bpf.AttachTCX
+	case "legacy":
+		return bpf.AttachLegacy
+	}
+	return bpf.AttachAuto
+}
+
+// podCIDRs returns the configured CIDRs, else the ones the agent published.
+func podCIDRs(conf *netconf.Config) ([]netip.Prefix, error) {
+	if len(conf.PodCIDRs) > 0 {
+		return netconf.ParseCIDRs("podCIDRs", conf.PodCIDRs)
+	}
+	state, err := netconf.ReadNodeState(conf.NodeStateFile)
+	if err != nil {
+		return nil, err
+	}
+	cidrs, err := netconf.ParseCIDRs("podCIDRs in "+conf.NodeStateFile, state.PodCIDRs)
+	if err != nil {
+		return nil, err
+	}
+	if len(cidrs) == 0 {
+		return nil, fmt.Errorf("%w: %s lists no pod CIDRs (is Node.spec.podCIDRs set?)", netconf.ErrNotReady, conf.NodeStateFile)
+	}
+	return cidrs, nil
+}
+
+func notReady(err error) error {
+	return types.NewError(types.ErrTryAgainLater, err.Error(), "")
+}
+
+// Add wires a pod: addresses, veth, routes, programs, endpoint entries. A
+// failure part way undoes everything done so far.
+func Add(args *skel.CmdArgs) (err error) {
+	start := time.Now()
+	conf, log, closeLog, err := load(args, "ADD")
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	defer func() {
+		if err != nil {
+			log.Error("ADD failed", "err", err)
+		} else {
+			log.Info("pod wired", "netns", args.Netns, "took", time.Since(start))
+		}
+	}()
+
+	cidrs, err := podCIDRs(conf)
+	if err != nil {
+		return notReady(err)
+	}
+	dp, err := bpf.OpenPinned(conf.BPFRoot)
+	if err != nil {
+		return notReady(fmt.Errorf("%w: %v", netconf.ErrNotReady, err))
+	}
+	defer dp.Close()
+
+	pool, err := ipam.Open(conf.IPAMDir, conf.Name)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	defer pool.Close()
+	addrs, err := pool.Allocate(args.ContainerID, args.IfName, cidrs)
+	if err != nil {
+		if errors.Is(err, ipam.ErrExhausted) {
+			return types.NewError(ErrAddressPoolExhausted, err.Error(), "")
+		}
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	hostVeth := netsetup.HostVethName(args.ContainerID, args.IfName)
+	defer func() {
+		if err != nil {
+			undo(log, conf, pool, dp, args, hostVeth, addrs)
+		}
+	}()
+
+	pod := netsetup.Pod{NetNS: args.Netns, IfName: args.IfName, HostVeth: hostVeth, MTU: conf.MTU, Addrs: addrs}
+	wired, err := netsetup.Setup(pod)
+	if err != nil {
+		return err
+	}
+	if err := dp.AttachPod(hostVeth, attachMode(conf.AttachMode)); err != nil {
+		return fmt.Errorf("attach datapath to %s: %w", hostVeth, err)
+	}
+	for _, a := range addrs {
+		v := bpf.EndpointValue{Ifindex: uint32(wired.HostIndex)}
+		copy(v.Mac[:], wired.PodMAC)
+		copy(v.HostMac[:], wired.HostMAC)
+		if err := dp.Endpoints.Put(bpf.EndpointKey{Addr: bpf.Addr(a)}, v); err != nil {
+			return fmt.Errorf("record endpoint %s in the datapath (map %s full?): %w", a, "sluice_endpoints_v1", err)
+		}
+	}
+	return types.PrintResult(result(conf, args, pod, wired), conf.CNIVersion)
+}
+
+func result(conf *netconf.Config, args *skel.CmdArgs, pod netsetup.Pod, w *netsetup.Wired) *current.Result {
+	r := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			{Name: pod.HostVeth, Mac: w.HostMAC.String()},
+			{Name: pod.IfName, Mac: w.PodMAC.String(), Sandbox: args.Netns, Mtu: conf.MTU},
+		},
+		DNS: conf.DNS,
+	}
+	for _, a := range pod.Addrs {
+		gw := netsetup.GatewayV4
+		if a.Is6() {
+			gw = netsetup.GatewayV6
+		}
+		r.IPs = append(r.IPs, &current.IPConfig{
+			Interface: current.Int(1),
+			Address:   net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())},
+			Gateway:   gw.AsSlice(),
+		})
+		def := &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+		if a.Is6() {
+			def = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+		}
+		r.Routes = append(r.Routes, &types.Route{Dst: *def, GW: gw.AsSlice()})
+	}
+	return r
+}
+
+// undo removes everything an attachment may have: used by a failed ADD
+// and by DEL. Each step tolerates what is already gone.
+func undo(log *slog.Logger, conf *netconf.Config, pool *ipam.Pool, dp *bpf.Datapath, args *skel.CmdArgs, hostVeth string, addrs []netip.Addr) []error {
+	var errs []error
+	if dp != nil {
+		for _, a := range addrs {
+			if err := dp.Endpoints.Delete(bpf.EndpointKey{Addr: bpf.Addr(a)}); err != nil && !isNotExist(err) {
+				errs = append(errs, fmt.Errorf("delete endpoint %s: %w", a, err))
+			}
+		}
+	}
+	if err := bpf.DetachPod(conf.BPFRoot, hostVeth); err != nil {
+		errs = append(errs, err)
+	}
+	if err := netsetup.Teardown(hostVeth); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := pool.Release(args.ContainerID, args.IfName); err != nil {
+		errs = append(errs, err)
+	}
+	for _, e := range errs {
+		log.Warn("cleanup step failed", "err", e)
+	}
+	return errs
+}
+
+// Del releases the attachment. It succeeds for unknown containers, missing
+// namespaces and repeated calls.
+func Del(args *skel.CmdArgs) (err error) {
+	conf, log, closeLog, err := load(args, "DEL")
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	pool, err := ipam.Open(conf.IPAMDir, conf.Name)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	defer pool.Close()
+	addrs := pool.Addresses(args.ContainerID, args.IfName)
+	// Without a datapath (agent gone, node torn down) there is no endpoint
+	// entry to remove; the rest of the cleanup still runs.
+	dp, dpErr := bpf.OpenPinned(conf.BPFRoot)
+	if dpErr == nil {
+		defer dp.Close()
+	}
+	if errs := undo(log, conf, pool, dp, args, netsetup.HostVethName(args.ContainerID, args.IfName), addrs); len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	log.Info("pod released", "addresses", addrs)
+	return nil
+}
+
+// Check verifies that the attachment is wired as ADD left it.
+func Check(args *skel.CmdArgs) error {
+	conf, log, closeLog, err := load(args, "CHECK")
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	if conf.RawPrevResult == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "invalid network config: prevResult: missing; CHECK needs the result of ADD", "")
+	}
+	if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
+		return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: %v", err), "")
+	}
+	prev, err := current.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: %v", err), "")
+	}
+	var addrs []netip.Addr
+	for _, ipc := range prev.IPs {
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok {
+			addrs = append(addrs, a.Unmap())
+		}
+	}
+	hostVeth := netsetup.HostVethName(args.ContainerID, args.IfName)
+	var problems []error
+	if err := netsetup.Check(netsetup.Pod{NetNS: args.Netns, IfName: args.IfName, HostVeth: hostVeth, Addrs: addrs}); err != nil {
+		problems = append(problems, err)
+	}
+	dp, err := bpf.OpenPinned(conf.BPFRoot)
+	if err != nil {
+		problems = append(problems, err)
+	} else {
+		defer dp.Close()
+		problems = append(problems, checkDatapath(dp, hostVeth, addrs)...)
+	}
+	if err := errors.Join(problems...); err != nil {
+		log.Warn("CHECK failed", "err", err)
+		return err
+	}
+	return nil
+}
+
+func checkDatapath(dp *bpf.Datapath, hostVeth string, addrs []netip.Addr) []error {
+	var problems []error
+	if a, err := dp.Attached(hostVeth); err == nil {
+		if !a.FromPodIngress {
+			problems = append(problems, fmt.Errorf("from_pod is not attached to %s ingress", hostVeth))
+		}
+		if !a.ToPodEgress {
+			problems = append(problems, fmt.Errorf("to_pod is not attached to %s egress", hostVeth))
+		}
+	}
+	for _, a := range addrs {
+		var v bpf.EndpointValue
+		if err := dp.Endpoints.Lookup(bpf.EndpointKey{Addr: bpf.Addr(a)}, &v); err != nil {
+			problems = append(problems, fmt.Errorf("endpoint entry for %s is missing", a))
+			continue
+		}
+		if l, err := net.InterfaceByName(hostVeth); err == nil && int(v.Ifindex) != l.Index {
+			problems = append(problems, fmt.Errorf("endpoint entry for %s points at ifindex %d, want %d (%s)", a, v.Ifindex, l.Index, hostVeth))
+		}
+	}
+	return problems
+}
+
+// GC releases every allocation, endpoint entry, host veth and link pin that
+// no valid attachment accounts for.
+func GC(args *skel.CmdArgs) error {
+	conf, log, closeLog, err := load(args, "GC")
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	pool, err := ipam.Open(conf.IPAMDir, conf.Name)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	defer pool.Close()
+	if err := pool.GC(conf.ValidAttachments); err != nil {
+		return err
+	}
+	valid := map[string]bool{}
+	for _, a := range conf.ValidAttachments {
+		valid[netsetup.HostVethName(a.ContainerID, a.IfName)] = true
+	}
+	var errs []error
+	veths, err := netsetup.HostVeths()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	removed := 0
+	for _, v := range veths {
+		if valid[v] {
+			continue
+		}
+		errs = append(errs, bpf.DetachPod(conf.BPFRoot, v), netsetup.Teardown(v))
+		removed++
+	}
+	if dp, err := bpf.OpenPinned(conf.BPFRoot); err == nil {
+		defer dp.Close()
+		stale, err := staleEndpoints(dp, pool)
+		errs = append(errs, err)
+		for _, k := range stale {
+			errs = append(errs, dp.Endpoints.Delete(k))
+		}
+		log.Info("garbage collected", "hostVeths", removed, "endpoints", len(stale))
+	}
+	errs = append(errs, bpf.PruneLinkPins(conf.BPFRoot, func(ifname string) bool { return valid[ifname] }))
+	return errors.Join(errs...)
+}
+
+// staleEndpoints are endpoint entries whose address is no longer allocated.
+func staleEndpoints(dp *bpf.Datapath, pool *ipam.Pool) ([]bpf.EndpointKey, error) {
+	allocated, err := pool.Allocated()
+	if err != nil {
+		return nil, err
+	}
+	var stale []bpf.EndpointKey
+	var k bpf.EndpointKey
+	var v bpf.EndpointValue
+	it := dp.Endpoints.Iterate()
+	for it.Next(&k, &v) {
+		if !allocated[bpf.AddrFrom(k.Addr)] {
+			stale = append(stale, k)
+		}
+	}
+	return stale, it.Err()
+}
+
+// Status succeeds once the agent has signalled a programmed datapath.
+func Status(args *skel.CmdArgs) error {
+	conf, _, closeLog, err := load(args, "STATUS")
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	if _, err := netconf.ReadNodeState(conf.NodeStateFile); err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
+	}
+	dp, err := bpf.OpenPinned(conf.BPFRoot)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("datapath not ready: %v", err), "")
+	}
+	dp.Close()
+	return nil
+}
+
+func isNotExist(err error) bool {
+	return errors.Is(err, os.ErrNotExist) || errors.Is(err, ebpf.ErrKeyNotExist)
+}

@@ -1,0 +1,110 @@
+// Package netnstest gives tests network namespaces of their own: created
+// with iproute2, deleted with every link in them when the test ends. All
+// traffic a test sends must stay inside such namespaces.
+package netnstest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netns"
+)
+
+// NS is a network namespace the test created.
+type NS struct {
+	Name string
+}
+
+// New creates a namespace named prefix-<random> and deletes it when the
+// test ends. IPv6 DAD is off in it so addresses are usable at once.
+func New(t testing.TB, prefix string) *NS {
+	t.Helper()
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	n := &NS{Name: prefix + "-" + hex.EncodeToString(b)}
+	IP(t, "netns", "add", n.Name)
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", n.Name).CombinedOutput(); err != nil {
+			t.Errorf("delete netns %s: %v: %s", n.Name, err, out)
+		}
+	})
+	n.Sysctl(t, "net.ipv6.conf.default.accept_dad=0")
+	return n
+}
+
+// Path is the namespace's bind mount, as CNI_NETNS expects it.
+func (n *NS) Path() string { return "/var/run/netns/" + n.Name }
+
+// IP runs an iproute2 command inside the namespace.
+func (n *NS) IP(t testing.TB, args ...string) {
+	t.Helper()
+	IP(t, append([]string{"-n", n.Name}, args...)...)
+}
+
+// Sysctl sets a sysctl inside the namespace.
+func (n *NS) Sysctl(t testing.TB, kv string) {
+	t.Helper()
+	if out, err := exec.Command("ip", "netns", "exec", n.Name, "sysctl", "-qw", kv).CombinedOutput(); err != nil {
+		t.Fatalf("sysctl %s in %s: %v: %s", kv, n.Name, err, out)
+	}
+}
+
+// Do runs fn on an OS thread switched into the namespace (network only:
+// bpffs and cgroups stay visible). Sockets and child processes created in
+// fn belong to the namespace.
+func (n *NS) Do(t testing.TB, fn func()) {
+	t.Helper()
+	h, err := netns.GetFromName(n.Name)
+	if err != nil {
+		t.Fatalf("open netns %s: %v", n.Name, err)
+	}
+	defer h.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			t.Errorf("get current netns: %v", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(h); err != nil {
+			t.Errorf("enter netns %s: %v", n.Name, err)
+			return
+		}
+		fn()
+		// A thread that cannot go back stays locked: Go then retires it
+		// instead of reusing it in the wrong namespace.
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+	}()
+	<-done
+}
+
+// VethPair creates a veth pair inside n, moves the peer into peerNS (nil
+// keeps it in n) and brings both up.
+func (n *NS) VethPair(t testing.TB, name string, peerNS *NS, peer string) {
+	t.Helper()
+	n.IP(t, "link", "add", name, "type", "veth", "peer", "name", peer)
+	if peerNS != nil {
+		n.IP(t, "link", "set", peer, "netns", peerNS.Name)
+		peerNS.IP(t, "link", "set", peer, "up")
+	} else {
+		n.IP(t, "link", "set", peer, "up")
+	}
+	n.IP(t, "link", "set", name, "up")
+}
+
+// IP runs an iproute2 command, failing the test on error.
+func IP(t testing.TB, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
