@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -56,7 +57,7 @@ const (
 // under its own bpffs root (as the agent leaves it), the agent's state file
 // and the shipped conflist pointed at all of these.
 type node struct {
-	t         *testing.T
+	t         testing.TB
 	ns        *netnstest.NS
 	dp        *bpf.Datapath
 	dir       string
@@ -83,7 +84,7 @@ func requireRoot(t testing.TB) {
 	}
 }
 
-func newNode(t *testing.T, o nodeOpts) *node {
+func newNode(t testing.TB, o nodeOpts) *node {
 	t.Helper()
 	requireRoot(t)
 	n := &node{t: t, ns: netnstest.New(t, "sl-node"), dir: t.TempDir()}
@@ -650,4 +651,41 @@ func TestLegacyAttach(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.assertClean(t)
+}
+
+// BenchmarkAddDel measures ADD and DEL latency as a runtime sees it:
+// libcni exec of the binary through completion, with tcx and with legacy
+// tc attachment.
+//
+//	go test -run '^$' -bench AddDel -benchtime 200x ./cni/
+func BenchmarkAddDel(b *testing.B) {
+	for _, mode := range []string{"tcx", "legacy"} {
+		b.Run("attach="+mode, func(b *testing.B) {
+			n := newNode(b, nodeOpts{attachMode: mode})
+			pod := netnstest.New(b, "sl-pod")
+			var adds, dels []time.Duration
+			b.ResetTimer()
+			for i := range b.N {
+				id := fmt.Sprintf("bench-%d", i)
+				start := time.Now()
+				if _, err := n.add(id, pod); err != nil {
+					b.Fatal(err)
+				}
+				mid := time.Now()
+				if err := n.del(id, pod); err != nil {
+					b.Fatal(err)
+				}
+				adds = append(adds, mid.Sub(start))
+				dels = append(dels, time.Since(mid))
+			}
+			b.StopTimer()
+			report := func(name string, ds []time.Duration) {
+				slices.Sort(ds)
+				b.ReportMetric(float64(ds[len(ds)/2].Microseconds())/1000, name+"-p50-ms")
+				b.ReportMetric(float64(ds[len(ds)*99/100].Microseconds())/1000, name+"-p99-ms")
+			}
+			report("add", adds)
+			report("del", dels)
+		})
+	}
 }

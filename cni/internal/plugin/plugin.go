@@ -192,10 +192,13 @@ func undo(log *slog.Logger, conf *netconf.Config, pool *ipam.Pool, dp *bpf.Datap
 			}
 		}
 	}
-	if err := bpf.DetachPod(conf.BPFRoot, hostVeth); err != nil {
+	// Deleting the veth detaches its programs with it; unpinning the dead
+	// links afterwards is then cheap, where detaching first would wait for
+	// an RCU grace period per hook.
+	if err := netsetup.Teardown(hostVeth); err != nil {
 		errs = append(errs, err)
 	}
-	if err := netsetup.Teardown(hostVeth); err != nil {
+	if err := bpf.DetachPod(conf.BPFRoot, hostVeth); err != nil {
 		errs = append(errs, err)
 	}
 	if _, err := pool.Release(args.ContainerID, args.IfName); err != nil {
@@ -329,7 +332,7 @@ func GC(args *skel.CmdArgs) error {
 		if valid[v] {
 			continue
 		}
-		errs = append(errs, bpf.DetachPod(conf.BPFRoot, v), netsetup.Teardown(v))
+		errs = append(errs, netsetup.Teardown(v), bpf.DetachPod(conf.BPFRoot, v))
 		removed++
 	}
 	if dp, err := bpf.OpenPinned(conf.BPFRoot); err == nil {
