@@ -1,0 +1,404 @@
+// Package compile turns Services and EndpointSlices into the complete
+// desired set of service frontends and their backends for one node, the
+// way kube-proxy decides them. It is pure: no kernel, no API server, so
+// every rule is table-tested (compile_test.go).
+package compile
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Labels and annotations with meaning for a service proxy.
+const (
+	LabelServiceProxyName  = "service.kubernetes.io/service-proxy-name"
+	LabelServiceName       = discovery.LabelServiceName
+	AnnotationTopologyMode = "service.kubernetes.io/topology-mode"
+	// DefaultAffinityTimeout is ClientIP affinity's default, 3 hours.
+	DefaultAffinityTimeout = 10800
+)
+
+// Protocol numbers as the datapath keys them.
+const (
+	ProtoTCP  uint8 = 6
+	ProtoUDP  uint8 = 17
+	ProtoSCTP uint8 = 132
+)
+
+// Scope says which traffic a frontend answers (the datapath's svc_scope).
+type Scope uint8
+
+const (
+	// ScopeInternal: traffic from pods and host processes on the node.
+	ScopeInternal Scope = 0
+	// ScopeExternal: traffic entering the node from outside (NodePort,
+	// ExternalIPs, LoadBalancer IPs).
+	ScopeExternal Scope = 1
+)
+
+// Node is what the compiler needs to know about the node it runs on.
+type Node struct {
+	Name string
+	Zone string // topology.kubernetes.io/zone
+	// NodePortAddrs are the node addresses NodePorts answer on.
+	NodePortAddrs []netip.Addr
+}
+
+// Frontend is one address, port and protocol a service answers on.
+type Frontend struct {
+	Addr  netip.AddrPort
+	Proto uint8
+	Scope Scope
+}
+
+func (f Frontend) String() string {
+	s := "internal"
+	if f.Scope == ScopeExternal {
+		s = "external"
+	}
+	return fmt.Sprintf("%s/%d/%s", f.Addr, f.Proto, s)
+}
+
+// Backend is one endpoint serving a frontend.
+type Backend struct {
+	Addr        netip.AddrPort
+	Local       bool // on this node
+	Terminating bool // serving but terminating
+}
+
+// Entry is the desired state of one frontend.
+type Entry struct {
+	Service  types.NamespacedName
+	PortName string
+	// Backends that may take new connections, sorted by address. Empty
+	// means the frontend rejects.
+	Backends []Backend
+	// AffinityTimeout is ClientIP affinity in seconds; 0 means none.
+	AffinityTimeout uint32
+	// LocalOnly: only this node's endpoints serve (a Local traffic policy).
+	LocalOnly bool
+	// TerminatingFallback: no endpoint is ready, so serving terminating
+	// endpoints take the traffic.
+	TerminatingFallback bool
+}
+
+// Desired is the complete set of frontends for a node.
+type Desired map[Frontend]Entry
+
+// Error reports one object that could not be (fully) compiled; the rest of
+// the state still compiles.
+type Error struct {
+	Object types.NamespacedName
+	Kind   string
+	Field  string
+	Reason string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("%s %s: %s: %s", e.Kind, e.Object, e.Field, e.Reason)
+}
+
+// Skipped says why the proxy ignores a Service, or "" when it handles it.
+func Skipped(svc *v1.Service) string {
+	switch {
+	case svc.Labels[LabelServiceProxyName] != "":
+		return "handled by service proxy " + svc.Labels[LabelServiceProxyName]
+	case svc.Spec.Type == v1.ServiceTypeExternalName:
+		return "ExternalName service"
+	case svc.Spec.ClusterIP == v1.ClusterIPNone:
+		return "headless service"
+	}
+	return ""
+}
+
+func protocol(p v1.Protocol) (uint8, bool) {
+	switch p {
+	case v1.ProtocolTCP, "":
+		return ProtoTCP, true
+	case v1.ProtocolUDP:
+		return ProtoUDP, true
+	case v1.ProtocolSCTP:
+		return ProtoSCTP, true
+	}
+	return 0, false
+}
+
+// Compile computes the desired frontends of every Service on this node.
+func Compile(services []*v1.Service, slices []*discovery.EndpointSlice, node Node) (Desired, []error) {
+	bySvc := map[types.NamespacedName][]*discovery.EndpointSlice{}
+	for _, s := range slices {
+		name := s.Labels[LabelServiceName]
+		if name == "" {
+			continue
+		}
+		key := types.NamespacedName{Namespace: s.Namespace, Name: name}
+		bySvc[key] = append(bySvc[key], s)
+	}
+	out := Desired{}
+	var errs []error
+	for _, svc := range services {
+		if Skipped(svc) != "" {
+			continue
+		}
+		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+		errs = append(errs, compileService(out, svc, key, bySvc[key], node)...)
+	}
+	return out, errs
+}
+
+func compileService(out Desired, svc *v1.Service, key types.NamespacedName, slices []*discovery.EndpointSlice, node Node) []error {
+	var errs []error
+	bad := func(field, reason string) {
+		errs = append(errs, &Error{Object: key, Kind: "Service", Field: field, Reason: reason})
+	}
+	clusterIPs := svc.Spec.ClusterIPs
+	if len(clusterIPs) == 0 && svc.Spec.ClusterIP != "" {
+		clusterIPs = []string{svc.Spec.ClusterIP}
+	}
+	var internal, external []netip.Addr
+	for i, s := range clusterIPs {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			bad(fmt.Sprintf("spec.clusterIPs[%d]", i), fmt.Sprintf("%q is not an IP address", s))
+			continue
+		}
+		internal = append(internal, a)
+	}
+	for i, s := range svc.Spec.ExternalIPs {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			bad(fmt.Sprintf("spec.externalIPs[%d]", i), fmt.Sprintf("%q is not an IP address", s))
+			continue
+		}
+		external = append(external, a)
+	}
+	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
+		for i, ing := range svc.Status.LoadBalancer.Ingress {
+			if ing.IP == "" {
+				continue
+			}
+			a, err := netip.ParseAddr(ing.IP)
+			if err != nil {
+				bad(fmt.Sprintf("status.loadBalancer.ingress[%d].ip", i), fmt.Sprintf("%q is not an IP address", ing.IP))
+				continue
+			}
+			external = append(external, a)
+		}
+	}
+
+	var affinity uint32
+	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
+		affinity = DefaultAffinityTimeout
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			affinity = uint32(*c.ClientIP.TimeoutSeconds)
+		}
+	}
+	internalLocal := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
+	externalLocal := svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
+	nodePorts := svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer
+	// NodePorts answer only in the service's own IP families.
+	hasFamily := map[bool]bool{}
+	for _, a := range internal {
+		hasFamily[a.Is4()] = true
+	}
+	for _, f := range svc.Spec.IPFamilies {
+		hasFamily[f == v1.IPv4Protocol] = true
+	}
+
+	for i, sp := range svc.Spec.Ports {
+		proto, ok := protocol(sp.Protocol)
+		if !ok {
+			bad(fmt.Sprintf("spec.ports[%d].protocol", i), fmt.Sprintf("%q is not TCP, UDP or SCTP", sp.Protocol))
+			continue
+		}
+		if sp.Port <= 0 || sp.Port > 65535 {
+			bad(fmt.Sprintf("spec.ports[%d].port", i), fmt.Sprintf("%d is not a port", sp.Port))
+			continue
+		}
+		eps := endpointsFor(slices, sp.Name, sp.Protocol, node)
+		topo := topologyAware(svc)
+		for _, family := range []bool{true, false} { // IPv4, then IPv6
+			all := selectBackends(eps, family, false, topo, node.Zone)
+			local := selectBackends(eps, family, true, false, node.Zone)
+			entry := func(sel selection, localOnly bool) Entry {
+				return Entry{Service: key, PortName: sp.Name, Backends: sel.backends, AffinityTimeout: affinity,
+					LocalOnly: localOnly, TerminatingFallback: sel.fallback}
+			}
+			port := uint16(sp.Port)
+			for _, a := range internal {
+				if a.Is4() == family {
+					f := Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeInternal}
+					if internalLocal {
+						out[f] = entry(local, true)
+					} else {
+						out[f] = entry(all, false)
+					}
+				}
+			}
+			addExternal := func(a netip.Addr, port uint16) {
+				// Pods reaching an external address get any endpoint, as
+				// kube-proxy short-circuits them; traffic from outside
+				// honours externalTrafficPolicy.
+				out[Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeInternal}] = entry(all, false)
+				if externalLocal {
+					out[Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeExternal}] = entry(local, true)
+				} else {
+					out[Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeExternal}] = entry(all, false)
+				}
+			}
+			for _, a := range external {
+				if a.Is4() == family {
+					addExternal(a, port)
+				}
+			}
+			if nodePorts && sp.NodePort > 0 && hasFamily[family] {
+				for _, a := range node.NodePortAddrs {
+					if a.Is4() == family {
+						addExternal(a, uint16(sp.NodePort))
+					}
+				}
+			}
+		}
+	}
+	return errs
+}
+
+// topologyAware says whether the service asks for zone-local routing.
+func topologyAware(svc *v1.Service) bool {
+	if d := svc.Spec.TrafficDistribution; d != nil && (*d == v1.ServiceTrafficDistributionPreferClose ||
+		*d == "PreferSameZone") {
+		return true
+	}
+	m := svc.Annotations[AnnotationTopologyMode]
+	return m == "Auto" || m == "auto"
+}
+
+type endpoint struct {
+	addr        netip.AddrPort
+	local       bool
+	ready       bool
+	serving     bool
+	terminating bool
+	zones       []string
+	hinted      bool
+}
+
+// endpointsFor collects the endpoints of one service port across slices,
+// resolving the target port by the port's name (named targetPorts arrive
+// resolved per endpoint slice).
+func endpointsFor(slices []*discovery.EndpointSlice, portName string, proto v1.Protocol, node Node) []endpoint {
+	if proto == "" {
+		proto = v1.ProtocolTCP
+	}
+	var out []endpoint
+	seen := map[netip.AddrPort]bool{}
+	for _, s := range slices {
+		if s.AddressType != discovery.AddressTypeIPv4 && s.AddressType != discovery.AddressTypeIPv6 {
+			continue
+		}
+		var port int32 = -1
+		for _, p := range s.Ports {
+			pn := ""
+			if p.Name != nil {
+				pn = *p.Name
+			}
+			pp := v1.ProtocolTCP
+			if p.Protocol != nil {
+				pp = *p.Protocol
+			}
+			if pn == portName && pp == proto && p.Port != nil {
+				port = *p.Port
+			}
+		}
+		if port <= 0 || port > 65535 {
+			continue
+		}
+		for _, ep := range s.Endpoints {
+			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
+			serving := ready
+			if ep.Conditions.Serving != nil {
+				serving = *ep.Conditions.Serving
+			}
+			terminating := ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
+			var zones []string
+			if ep.Hints != nil {
+				for _, z := range ep.Hints.ForZones {
+					zones = append(zones, z.Name)
+				}
+			}
+			for _, as := range ep.Addresses {
+				a, err := netip.ParseAddr(as)
+				if err != nil {
+					continue // the API server validates addresses; skip garbage
+				}
+				ap := netip.AddrPortFrom(a, uint16(port))
+				if seen[ap] {
+					continue
+				}
+				seen[ap] = true
+				out = append(out, endpoint{
+					addr: ap, local: ep.NodeName != nil && *ep.NodeName == node.Name,
+					ready: ready, serving: serving, terminating: terminating,
+					zones: zones, hinted: ep.Hints != nil && len(zones) > 0,
+				})
+			}
+		}
+	}
+	return out
+}
+
+type selection struct {
+	backends []Backend
+	fallback bool
+}
+
+// selectBackends applies kube-proxy's rules: ready endpoints first; when
+// none is ready, serving-and-terminating ones; optionally only local ones;
+// with topology, only same-zone ones when every endpoint carries hints and
+// some name this zone.
+func selectBackends(eps []endpoint, ipv4, localOnly, topology bool, zone string) selection {
+	var cands []endpoint
+	for _, e := range eps {
+		if e.addr.Addr().Is4() == ipv4 && (!localOnly || e.local) {
+			cands = append(cands, e)
+		}
+	}
+	if topology && zone != "" {
+		allHinted, any := true, false
+		for _, e := range cands {
+			allHinted = allHinted && e.hinted
+			any = any || slices.Contains(e.zones, zone)
+		}
+		if allHinted && any {
+			var inZone []endpoint
+			for _, e := range cands {
+				if slices.Contains(e.zones, zone) {
+					inZone = append(inZone, e)
+				}
+			}
+			cands = inZone
+		}
+	}
+	var sel selection
+	for _, e := range cands {
+		if e.ready {
+			sel.backends = append(sel.backends, Backend{Addr: e.addr, Local: e.local})
+		}
+	}
+	if len(sel.backends) == 0 {
+		for _, e := range cands {
+			if e.serving && e.terminating {
+				sel.backends = append(sel.backends, Backend{Addr: e.addr, Local: e.local, Terminating: true})
+			}
+		}
+		sel.fallback = len(sel.backends) > 0
+	}
+	slices.SortFunc(sel.backends, func(a, b Backend) int { return cmp.Compare(a.Addr.String(), b.Addr.String()) })
+	return sel
+}

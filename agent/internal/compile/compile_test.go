@@ -1,0 +1,300 @@
+package compile
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Small builders in the style of kube-proxy's proxier tests.
+
+func svc(name string, mutate ...func(*v1.Service)) *v1.Service {
+	s := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
+		Spec: v1.ServiceSpec{
+			Type: v1.ServiceTypeClusterIP, ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"},
+			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}},
+		},
+	}
+	for _, m := range mutate {
+		m(s)
+	}
+	return s
+}
+
+type ep struct {
+	addr        string
+	node        string
+	notReady    bool
+	terminating bool
+	notServing  bool
+	zones       []string
+}
+
+func slice(svcName string, family discovery.AddressType, ports map[string]int32, eps ...ep) *discovery.EndpointSlice {
+	s := &discovery.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: svcName + "-" + string(family), Labels: map[string]string{LabelServiceName: svcName}},
+		AddressType: family,
+	}
+	names := make([]string, 0, len(ports))
+	for n := range ports {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		name, port, proto := n, ports[n], v1.ProtocolTCP
+		if strings.HasPrefix(n, "udp:") {
+			name, proto = strings.TrimPrefix(n, "udp:"), v1.ProtocolUDP
+		}
+		s.Ports = append(s.Ports, discovery.EndpointPort{Name: &name, Port: &port, Protocol: &proto})
+	}
+	for _, e := range eps {
+		ready, serving, term := !e.notReady, !e.notServing, e.terminating
+		d := discovery.Endpoint{Addresses: []string{e.addr},
+			Conditions: discovery.EndpointConditions{Ready: &ready, Serving: &serving, Terminating: &term}}
+		if e.node != "" {
+			node := e.node
+			d.NodeName = &node
+		}
+		if e.zones != nil {
+			d.Hints = &discovery.EndpointHints{}
+			for _, z := range e.zones {
+				d.Hints.ForZones = append(d.Hints.ForZones, discovery.ForZone{Name: z})
+			}
+		}
+		s.Endpoints = append(s.Endpoints, d)
+	}
+	return s
+}
+
+var thisNode = Node{Name: "node-a", Zone: "zone-1", NodePortAddrs: []netip.Addr{netip.MustParseAddr("192.168.1.10"), netip.MustParseAddr("fd00:1::10")}}
+
+// render turns Desired into sorted text lines, so tests compare the whole
+// state order-insensitively and failures read like a diff.
+func render(d Desired) string {
+	var lines []string
+	for f, e := range d {
+		var bs []string
+		for _, b := range e.Backends {
+			s := b.Addr.String()
+			if b.Local {
+				s += "(local)"
+			}
+			if b.Terminating {
+				s += "(terminating)"
+			}
+			bs = append(bs, s)
+		}
+		flags := ""
+		if e.LocalOnly {
+			flags += " local-only"
+		}
+		if e.TerminatingFallback {
+			flags += " terminating-fallback"
+		}
+		if e.AffinityTimeout > 0 {
+			flags += fmt.Sprintf(" affinity=%ds", e.AffinityTimeout)
+		}
+		lines = append(lines, fmt.Sprintf("%s -> [%s]%s", f, strings.Join(bs, " "), flags))
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+func TestCompile(t *testing.T) {
+	local := func(s *v1.Service) {
+		p := v1.ServiceInternalTrafficPolicyLocal
+		s.Spec.InternalTrafficPolicy = &p
+	}
+	nodePort := func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeNodePort
+		s.Spec.Ports[0].NodePort = 30080
+	}
+	cases := []struct {
+		name     string
+		services []*v1.Service
+		slices   []*discovery.EndpointSlice
+		want     string
+	}{
+		{
+			name:     "clusterIP with ready endpoints",
+			services: []*v1.Service{svc("web")},
+			slices:   []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080}, ep{addr: "10.244.1.5", node: "node-b"}, ep{addr: "10.244.0.7", node: "node-a"})},
+			want:     "10.96.0.10:80/6/internal -> [10.244.0.7:8080(local) 10.244.1.5:8080]",
+		},
+		{
+			name:     "no endpoints rejects",
+			services: []*v1.Service{svc("web")},
+			want:     "10.96.0.10:80/6/internal -> []",
+		},
+		{
+			name: "multi-port with named target ports resolved per slice",
+			services: []*v1.Service{svc("web", func(s *v1.Service) {
+				s.Spec.Ports = []v1.ServicePort{{Name: "http", Port: 80}, {Name: "dns", Port: 53, Protocol: v1.ProtocolUDP}}
+			})},
+			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080, "udp:dns": 5353}, ep{addr: "10.244.1.5"})},
+			want: "10.96.0.10:53/17/internal -> [10.244.1.5:5353]\n" +
+				"10.96.0.10:80/6/internal -> [10.244.1.5:8080]",
+		},
+		{
+			name: "dual stack",
+			services: []*v1.Service{svc("web", func(s *v1.Service) {
+				s.Spec.ClusterIPs = []string{"10.96.0.10", "fd00:96::10"}
+			})},
+			slices: []*discovery.EndpointSlice{
+				slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080}, ep{addr: "10.244.1.5"}),
+				slice("web", discovery.AddressTypeIPv6, map[string]int32{"http": 8080}, ep{addr: "fd00:244::5"}),
+			},
+			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080]\n" +
+				"[fd00:96::10]:80/6/internal -> [[fd00:244::5]:8080]",
+		},
+		{
+			name:     "terminating endpoints only when none is ready",
+			services: []*v1.Service{svc("web")},
+			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
+				ep{addr: "10.244.1.5"}, ep{addr: "10.244.1.6", notReady: true, terminating: true})},
+			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080]",
+		},
+		{
+			name:     "serving terminating endpoints as fallback",
+			services: []*v1.Service{svc("web")},
+			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
+				ep{addr: "10.244.1.6", notReady: true, terminating: true},
+				ep{addr: "10.244.1.7", notReady: true, terminating: true, notServing: true})},
+			want: "10.96.0.10:80/6/internal -> [10.244.1.6:8080(terminating)] terminating-fallback",
+		},
+		{
+			name:     "internalTrafficPolicy Local",
+			services: []*v1.Service{svc("web", local)},
+			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
+				ep{addr: "10.244.1.5", node: "node-b"}, ep{addr: "10.244.0.7", node: "node-a"})},
+			want: "10.96.0.10:80/6/internal -> [10.244.0.7:8080(local)] local-only",
+		},
+		{
+			name: "session affinity",
+			services: []*v1.Service{svc("web", func(s *v1.Service) {
+				s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+				to := int32(60)
+				s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: &to}}
+			}), svc("default-timeout", func(s *v1.Service) {
+				s.Spec.ClusterIPs = []string{"10.96.0.11"}
+				s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+			})},
+			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080}, ep{addr: "10.244.1.5"})},
+			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080] affinity=60s\n" +
+				"10.96.0.11:80/6/internal -> [] affinity=10800s",
+		},
+		{
+			name:     "NodePort with externalTrafficPolicy Cluster",
+			services: []*v1.Service{svc("web", nodePort)},
+			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
+				ep{addr: "10.244.1.5", node: "node-b"})},
+			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080]\n" +
+				"192.168.1.10:30080/6/external -> [10.244.1.5:8080]\n" +
+				"192.168.1.10:30080/6/internal -> [10.244.1.5:8080]",
+		},
+		{
+			name: "LoadBalancer and ExternalIPs with externalTrafficPolicy Local",
+			services: []*v1.Service{svc("web", nodePort, func(s *v1.Service) {
+				s.Spec.Type = v1.ServiceTypeLoadBalancer
+				s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+				s.Spec.ExternalIPs = []string{"203.0.113.7"}
+				s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "198.51.100.9"}, {Hostname: "lb.example"}}
+			})},
+			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
+				ep{addr: "10.244.1.5", node: "node-b"}, ep{addr: "10.244.0.7", node: "node-a"})},
+			want: "10.96.0.10:80/6/internal -> [10.244.0.7:8080(local) 10.244.1.5:8080]\n" +
+				"192.168.1.10:30080/6/external -> [10.244.0.7:8080(local)] local-only\n" +
+				"192.168.1.10:30080/6/internal -> [10.244.0.7:8080(local) 10.244.1.5:8080]\n" +
+				"198.51.100.9:80/6/external -> [10.244.0.7:8080(local)] local-only\n" +
+				"198.51.100.9:80/6/internal -> [10.244.0.7:8080(local) 10.244.1.5:8080]\n" +
+				"203.0.113.7:80/6/external -> [10.244.0.7:8080(local)] local-only\n" +
+				"203.0.113.7:80/6/internal -> [10.244.0.7:8080(local) 10.244.1.5:8080]",
+		},
+		{
+			name: "topology hints keep traffic in the zone",
+			services: []*v1.Service{svc("web", func(s *v1.Service) {
+				d := v1.ServiceTrafficDistributionPreferClose
+				s.Spec.TrafficDistribution = &d
+			})},
+			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
+				ep{addr: "10.244.1.5", zones: []string{"zone-1"}}, ep{addr: "10.244.2.5", zones: []string{"zone-2"}})},
+			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080]",
+		},
+		{
+			name: "topology ignored when an endpoint lacks hints",
+			services: []*v1.Service{svc("web", func(s *v1.Service) {
+				d := v1.ServiceTrafficDistributionPreferClose
+				s.Spec.TrafficDistribution = &d
+			})},
+			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
+				ep{addr: "10.244.1.5", zones: []string{"zone-1"}}, ep{addr: "10.244.2.5"})},
+			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080 10.244.2.5:8080]",
+		},
+		{
+			name: "skipped: headless, ExternalName, other proxy",
+			services: []*v1.Service{
+				svc("headless", func(s *v1.Service) {
+					s.Spec.ClusterIP, s.Spec.ClusterIPs = v1.ClusterIPNone, []string{v1.ClusterIPNone}
+				}),
+				svc("external", func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeExternalName }),
+				svc("other", func(s *v1.Service) { s.Labels = map[string]string{LabelServiceProxyName: "someone-else"} }),
+			},
+			want: "",
+		},
+		{
+			name:     "endpoint in two slices counted once",
+			services: []*v1.Service{svc("web")},
+			slices: []*discovery.EndpointSlice{
+				slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080}, ep{addr: "10.244.1.5"}),
+				func() *discovery.EndpointSlice {
+					s := slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080}, ep{addr: "10.244.1.5"})
+					s.Name = "web-dup"
+					return s
+				}(),
+			},
+			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080]",
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, errs := Compile(c.services, c.slices, thisNode)
+			if len(errs) > 0 {
+				t.Fatalf("errors: %v", errs)
+			}
+			if r := render(got); r != c.want {
+				t.Errorf("got:\n%s\nwant:\n%s", r, c.want)
+			}
+		})
+	}
+}
+
+// TestCompileMalformed: a bad field is reported naming the object and field,
+// and everything else still compiles.
+func TestCompileMalformed(t *testing.T) {
+	bad := svc("bad", func(s *v1.Service) {
+		s.Spec.ClusterIPs = []string{"not-an-ip", "10.96.0.12"}
+		s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "weird", Port: 81, Protocol: "ICMP"})
+	})
+	good := svc("good", func(s *v1.Service) { s.Spec.ClusterIPs = []string{"10.96.0.13"} })
+	got, errs := Compile([]*v1.Service{bad, good}, nil, thisNode)
+	msgs := fmt.Sprint(errs)
+	for _, want := range []string{
+		`Service ns/bad: spec.clusterIPs[0]: "not-an-ip" is not an IP address`,
+		`Service ns/bad: spec.ports[1].protocol: "ICMP" is not TCP, UDP or SCTP`,
+	} {
+		if !strings.Contains(msgs, want) {
+			t.Errorf("errors %s; want %q", msgs, want)
+		}
+	}
+	want := "10.96.0.12:80/6/internal -> []\n10.96.0.13:80/6/internal -> []"
+	if r := render(got); r != want {
+		t.Errorf("got:\n%s\nwant:\n%s", r, want)
+	}
+}
