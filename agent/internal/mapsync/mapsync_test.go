@@ -1,0 +1,242 @@
+package mapsync
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"golang.org/x/sys/unix"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/sluice-net/sluice/agent/internal/compile"
+	"github.com/sluice-net/sluice/bpf"
+)
+
+func loadDatapath(t *testing.T) (*bpf.Datapath, string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to load BPF programs (run the tests as root)")
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		t.Skip("needs bpffs at /sys/fs/bpf (hack/install-deps.sh mounts it)")
+	}
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	root := filepath.Join("/sys/fs/bpf", "sluice-mapsync-"+hex.EncodeToString(b))
+	t.Cleanup(func() { _ = bpf.Remove(root) })
+	dp, err := bpf.Load(bpf.Config{PinRoot: root, MaglevSize: 251, MaxServices: 1024, MaxBackends: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	return dp, root
+}
+
+func fe(s string) compile.Frontend {
+	return compile.Frontend{Addr: netip.MustParseAddrPort(s), Proto: compile.ProtoTCP, Scope: compile.ScopeInternal}
+}
+
+func backends(addrs ...string) []compile.Backend {
+	var out []compile.Backend
+	for _, a := range addrs {
+		out = append(out, compile.Backend{Addr: netip.MustParseAddrPort(a)})
+	}
+	return out
+}
+
+var web = types.NamespacedName{Namespace: "ns", Name: "web"}
+
+// dump reads the maps back as the datapath sees them: each service key with
+// its backend count and the set of backend addresses its table reaches.
+func dump(t *testing.T, dp *bpf.Datapath) map[string][]string {
+	t.Helper()
+	out := map[string][]string{}
+	var k bpf.ServiceKey
+	var v bpf.ServiceValue
+	it := dp.Services.Iterate()
+	for it.Next(&k, &v) {
+		name := netip.AddrPortFrom(bpf.AddrFrom(k.Addr), bpf.PortFrom(k.Port)).String()
+		var addrs []string
+		var inner *ebpf.Map
+		if err := dp.Maglev.Lookup(v.Id, &inner); err == nil {
+			seen := map[uint32]bool{}
+			var slot, id uint32
+			iit := inner.Iterate()
+			for iit.Next(&slot, &id) {
+				if seen[id] {
+					continue
+				}
+				seen[id] = true
+				var be bpf.BackendValue
+				if err := dp.Backends.Lookup(id, &be); err != nil {
+					t.Errorf("service %s: table names backend %d, which is not in the backend map", name, id)
+					continue
+				}
+				addrs = append(addrs, netip.AddrPortFrom(bpf.AddrFrom(be.Addr), bpf.PortFrom(be.Port)).String())
+			}
+			inner.Close()
+		}
+		slices.Sort(addrs)
+		if int(v.BackendCount) != len(addrs) {
+			t.Errorf("service %s: backend_count %d, table reaches %d", name, v.BackendCount, len(addrs))
+		}
+		out[name] = addrs
+	}
+	return out
+}
+
+func TestSyncAppliesOnlyTheDifference(t *testing.T) {
+	dp, _ := loadDatapath(t)
+	w, err := New(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desired := compile.Desired{
+		fe("10.96.0.10:80"): {Service: web, Backends: backends("10.244.1.5:8080", "10.244.1.6:8080", "10.244.2.7:8080")},
+		fe("10.96.0.11:80"): {Service: web},
+	}
+	st, err := w.Sync(desired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ServicesWritten != 2 || st.BackendsWritten != 3 || st.TablesWritten != 1 {
+		t.Errorf("first sync: %+v", st)
+	}
+	got := dump(t, dp)
+	if want := []string{"10.244.1.5:8080", "10.244.1.6:8080", "10.244.2.7:8080"}; !slices.Equal(got["10.96.0.10:80"], want) {
+		t.Errorf("10.96.0.10:80 reaches %v, want %v", got["10.96.0.10:80"], want)
+	}
+	if len(got["10.96.0.11:80"]) != 0 {
+		t.Errorf("service without endpoints reaches %v", got["10.96.0.11:80"])
+	}
+
+	if st, err := w.Sync(desired); err != nil || st.Changed() {
+		t.Errorf("unchanged state rewrote maps: %+v, %v", st, err)
+	}
+
+	// One endpoint replaced: one backend in, one out, one table, and the
+	// service entry (same count) untouched.
+	desired[fe("10.96.0.10:80")] = compile.Entry{Service: web, Backends: backends("10.244.1.5:8080", "10.244.1.6:8080", "10.244.3.9:8080")}
+	st, err = w.Sync(desired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.BackendsWritten != 1 || st.BackendsDeleted != 1 || st.TablesWritten != 1 || st.ServicesWritten != 0 {
+		t.Errorf("endpoint replaced: %+v", st)
+	}
+	if want := []string{"10.244.1.5:8080", "10.244.1.6:8080", "10.244.3.9:8080"}; !slices.Equal(dump(t, dp)["10.96.0.10:80"], want) {
+		t.Errorf("after replacement: %v", dump(t, dp)["10.96.0.10:80"])
+	}
+
+	delete(desired, fe("10.96.0.10:80"))
+	st, err = w.Sync(desired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ServicesDeleted != 1 || st.BackendsDeleted != 3 || st.Services != 1 || st.Backends != 0 {
+		t.Errorf("service deleted: %+v", st)
+	}
+	var inner *ebpf.Map
+	if err := dp.Maglev.Lookup(uint32(1), &inner); err == nil {
+		inner.Close()
+		t.Error("deleted service's Maglev table is still installed")
+	}
+}
+
+// TestRestartRewritesNothing: a new writer on the pinned maps (agent
+// restart) finds the state right and leaves it alone, pruning only orphans.
+func TestRestartRewritesNothing(t *testing.T) {
+	dp, root := loadDatapath(t)
+	w, err := New(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desired := compile.Desired{
+		fe("10.96.0.10:80"): {Service: web, Backends: backends("10.244.1.5:8080", "10.244.1.6:8080"), AffinityTimeout: 60},
+		fe("10.96.0.12:80"): {Service: web, Backends: backends("10.244.1.5:8080"), LocalOnly: true},
+	}
+	if _, err := w.Sync(desired); err != nil {
+		t.Fatal(err)
+	}
+	// An orphan left by a crash between writes.
+	if err := dp.Backends.Put(uint32(999), bpf.BackendValue{}); err != nil {
+		t.Fatal(err)
+	}
+	before := dump(t, dp)
+
+	dp2, err := bpf.Load(bpf.Config{PinRoot: root, MaglevSize: 251, MaxServices: 1024, MaxBackends: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp2.Close()
+	w2, err := New(dp2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := w2.Sync(desired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ServicesWritten != 0 || st.TablesWritten != 0 || st.BackendsWritten != 0 || st.BackendsDeleted != 1 {
+		t.Errorf("after restart: %+v, want only the orphan backend deleted", st)
+	}
+	after := dump(t, dp2)
+	for k, v := range before {
+		if !slices.Equal(after[k], v) {
+			t.Errorf("%s changed across restart: %v -> %v", k, v, after[k])
+		}
+	}
+}
+
+// TestDatapathFollowsSync: packets follow what Sync wrote.
+func TestDatapathFollowsSync(t *testing.T) {
+	dp, _ := loadDatapath(t)
+	w, err := New(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desired := compile.Desired{
+		fe("10.96.0.10:80"): {Service: web, Backends: backends("10.244.1.5:8080", "10.244.1.6:8080")},
+		fe("10.96.0.11:80"): {Service: web},
+	}
+	if _, err := w.Sync(desired); err != nil {
+		t.Fatal(err)
+	}
+	ret, out := synTo(t, dp, "10.96.0.10:80")
+	dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte(out[30:34])), binary.BigEndian.Uint16(out[36:38]))
+	if ret != 0 || (dst.String() != "10.244.1.5:8080" && dst.String() != "10.244.1.6:8080") {
+		t.Errorf("SYN to the service: verdict %d, sent to %v", ret, dst)
+	}
+	if ret, _ := synTo(t, dp, "10.96.0.11:80"); ret != 7 {
+		t.Errorf("SYN to a service without endpoints: verdict %d, want redirect (RST back to the pod)", ret)
+	}
+}
+
+func synTo(t *testing.T, dp *bpf.Datapath, vip string) (uint32, []byte) {
+	t.Helper()
+	dst := netip.MustParseAddrPort(vip)
+	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: net.IP{10, 244, 0, 2}, DstIP: dst.Addr().AsSlice()}
+	tcp := &layers.TCP{SrcPort: 40000, DstPort: layers.TCPPort(dst.Port()), SYN: true, Window: 1000}
+	_ = tcp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, eth, ip, tcp); err != nil {
+		t.Fatal(err)
+	}
+	opts := &ebpf.RunOptions{Data: buf.Bytes(), DataOut: make([]byte, 256)}
+	ret, err := dp.FromPod.Run(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ret, opts.DataOut
+}
