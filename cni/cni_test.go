@@ -24,7 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-net/sluice/bpf"
-	"github.com/sluice-net/sluice/cni/internal/netconf"
+	"github.com/sluice-net/sluice/cni/nodestate"
 	"github.com/sluice-net/sluice/hack/netnstest"
 )
 
@@ -136,7 +136,7 @@ func newNode(t testing.TB, o nodeOpts) *node {
 
 func (n *node) setReady(ready bool) {
 	n.t.Helper()
-	if err := netconf.WriteNodeState(n.stateFile, netconf.NodeState{Ready: ready, PodCIDRs: []string{podCIDR4, podCIDR6}}); err != nil {
+	if err := nodestate.Write(n.stateFile, nodestate.State{Ready: ready, PodCIDRs: []string{podCIDR4, podCIDR6}}); err != nil {
 		n.t.Fatal(err)
 	}
 }

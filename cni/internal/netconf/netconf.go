@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -117,51 +116,4 @@ func ParseCIDRs(field string, cidrs []string) ([]netip.Prefix, error) {
 		out = append(out, p)
 	}
 	return out, nil
-}
-
-// NodeState is what the agent publishes for the CNI plugin.
-type NodeState struct {
-	// Ready is true once the datapath is loaded and programmed.
-	Ready bool `json:"ready"`
-	// PodCIDRs are the node's Node.spec.podCIDRs.
-	PodCIDRs []string `json:"podCIDRs"`
-}
-
-// ErrNotReady means the agent has not (yet) signalled a ready datapath.
-var ErrNotReady = errors.New("datapath not ready")
-
-// ReadNodeState reads the agent's state file. It wraps ErrNotReady when the
-// file is missing or says the datapath is not ready.
-func ReadNodeState(path string) (*NodeState, error) {
-	data, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %s does not exist; the Sluice agent writes it once the node's datapath is programmed", ErrNotReady, path)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read node state %s: %w", path, err)
-	}
-	s := &NodeState{}
-	if err := json.Unmarshal(data, s); err != nil {
-		return nil, fmt.Errorf("node state %s is not valid JSON: %w", path, err)
-	}
-	if !s.Ready {
-		return nil, fmt.Errorf("%w: %s says the agent has not finished programming the datapath", ErrNotReady, path)
-	}
-	return s, nil
-}
-
-// WriteNodeState writes the state file atomically (the agent's side).
-func WriteNodeState(path string, s NodeState) error {
-	data, err := json.Marshal(s)
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return fmt.Errorf("write node state: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("replace node state %s: %w", path, err)
-	}
-	return nil
 }

@@ -2,8 +2,6 @@ package netconf
 
 import (
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -40,31 +38,5 @@ func TestParseNamesTheBadField(t *testing.T) {
 	}
 	if _, err := Parse([]byte(`{"name":`)); err == nil || !strings.Contains(err.Error(), "decode network config") {
 		t.Errorf("truncated JSON: %v", err)
-	}
-}
-
-func TestNodeState(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "node.json")
-	if _, err := ReadNodeState(path); !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "does not exist") {
-		t.Errorf("missing file: %v", err)
-	}
-	if err := WriteNodeState(path, NodeState{Ready: false}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ReadNodeState(path); !errors.Is(err, ErrNotReady) {
-		t.Errorf("not ready: %v", err)
-	}
-	if err := WriteNodeState(path, NodeState{Ready: true, PodCIDRs: []string{"10.244.0.0/24"}}); err != nil {
-		t.Fatal(err)
-	}
-	s, err := ReadNodeState(path)
-	if err != nil || len(s.PodCIDRs) != 1 {
-		t.Errorf("ready: %+v %v", s, err)
-	}
-	if err := os.WriteFile(path, []byte("{"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := ReadNodeState(path); err == nil || !strings.Contains(err.Error(), "not valid JSON") {
-		t.Errorf("corrupt file: %v", err)
 	}
 }

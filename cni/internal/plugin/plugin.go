@@ -23,6 +23,7 @@ import (
 	"github.com/sluice-net/sluice/cni/internal/ipam"
 	"github.com/sluice-net/sluice/cni/internal/netconf"
 	"github.com/sluice-net/sluice/cni/internal/netsetup"
+	"github.com/sluice-net/sluice/cni/nodestate"
 )
 
 // Error codes beyond the spec's, in its plugin-specific range (100+).
@@ -70,7 +71,7 @@ func podCIDRs(conf *netconf.Config) ([]netip.Prefix, error) {
 	if len(conf.PodCIDRs) > 0 {
 		return netconf.ParseCIDRs("podCIDRs", conf.PodCIDRs)
 	}
-	state, err := netconf.ReadNodeState(conf.NodeStateFile)
+	state, err := nodestate.Read(conf.NodeStateFile)
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +80,7 @@ func podCIDRs(conf *netconf.Config) ([]netip.Prefix, error) {
 		return nil, err
 	}
 	if len(cidrs) == 0 {
-		return nil, fmt.Errorf("%w: %s lists no pod CIDRs (is Node.spec.podCIDRs set?)", netconf.ErrNotReady, conf.NodeStateFile)
+		return nil, fmt.Errorf("%w: %s lists no pod CIDRs (is Node.spec.podCIDRs set?)", nodestate.ErrNotReady, conf.NodeStateFile)
 	}
 	return cidrs, nil
 }
@@ -111,7 +112,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	}
 	dp, err := bpf.OpenPinned(conf.BPFRoot)
 	if err != nil {
-		return notReady(fmt.Errorf("%w: %v", netconf.ErrNotReady, err))
+		return notReady(fmt.Errorf("%w: %v", nodestate.ErrNotReady, err))
 	}
 	defer dp.Close()
 
@@ -373,7 +374,7 @@ func Status(args *skel.CmdArgs) error {
 		return err
 	}
 	defer closeLog()
-	if _, err := netconf.ReadNodeState(conf.NodeStateFile); err != nil {
+	if _, err := nodestate.Read(conf.NodeStateFile); err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
 	}
 	dp, err := bpf.OpenPinned(conf.BPFRoot)

@@ -1,0 +1,218 @@
+// Package config holds the agent's settings: defaults, a config file (the
+// keys the install ConfigMap carries) and flags, in rising precedence.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Config is every agent setting. The JSON names are the config file keys;
+// each has a flag of the same name (see docs/reference.md).
+type Config struct {
+	// API server access. ClusterIPs do not work before the agent runs, so
+	// the real address is configured: k8sAPIServer, or host and port.
+	K8sAPIServer   string `json:"k8sAPIServer,omitempty"`
+	K8sServiceHost string `json:"k8sServiceHost,omitempty"`
+	K8sServicePort string `json:"k8sServicePort,omitempty"`
+	Kubeconfig     string `json:"kubeconfig,omitempty"`
+
+	NodeName string `json:"nodeName,omitempty"`
+
+	BPFRoot         string `json:"bpfRoot,omitempty"`
+	MaglevTableSize uint32 `json:"maglevTableSize,omitempty"`
+	MaxServices     uint32 `json:"maxServices,omitempty"`
+	MaxBackends     uint32 `json:"maxBackends,omitempty"`
+	MaxConntrack    uint32 `json:"maxConntrack,omitempty"`
+
+	NodeStateFile string `json:"nodeStateFile,omitempty"`
+	// NodePortAddresses are CIDRs selecting the node addresses NodePorts
+	// answer on; empty means every InternalIP and ExternalIP of the Node.
+	NodePortAddresses []string `json:"nodePortAddresses,omitempty"`
+
+	SyncMinInterval Duration `json:"syncMinInterval,omitempty"`
+	SyncMaxInterval Duration `json:"syncMaxInterval,omitempty"`
+	CTGCInterval    Duration `json:"conntrackGCInterval,omitempty"`
+
+	MetricsAddr string `json:"metricsAddr,omitempty"`
+	HealthAddr  string `json:"healthAddr,omitempty"`
+	LogFormat   string `json:"logFormat,omitempty"`
+	LogLevel    string `json:"logLevel,omitempty"`
+}
+
+// Duration is a time.Duration written as "250ms" in the config file.
+type Duration struct{ time.Duration }
+
+// UnmarshalJSON accepts Go duration strings.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	s := string(b)
+	if len(s) >= 2 && s[0] == '"' {
+		s = s[1 : len(s)-1]
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration such as 250ms or 1m", s)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return []byte(`"` + d.String() + `"`), nil }
+
+// Default returns the settings used when nothing is configured.
+func Default() Config {
+	return Config{
+		BPFRoot:         "/sys/fs/bpf/sluice",
+		MaglevTableSize: 16381,
+		MaxServices:     65536,
+		MaxBackends:     262144,
+		MaxConntrack:    262144,
+		NodeStateFile:   "/run/sluice/node.json",
+		SyncMinInterval: Duration{time.Second},
+		SyncMaxInterval: Duration{time.Hour},
+		CTGCInterval:    Duration{time.Minute},
+		MetricsAddr:     ":9962",
+		HealthAddr:      ":9963",
+		LogFormat:       "json",
+		LogLevel:        "info",
+	}
+}
+
+// Load applies the config file named by --config (if any) over the
+// defaults, then every flag set on the command line.
+func Load(args []string) (Config, error) {
+	c := Default()
+	fs := flag.NewFlagSet("sluice-agent", flag.ContinueOnError)
+	file := fs.String("config", "", "config file (YAML or JSON) with the keys below; flags override it")
+	var flagVals Config
+	bind(fs, &flagVals)
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if *file != "" {
+		data, err := os.ReadFile(*file)
+		if err != nil {
+			return c, fmt.Errorf("read config file: %w", err)
+		}
+		if err := yaml.UnmarshalStrict(data, &c); err != nil {
+			return c, fmt.Errorf("config file %s: %w", *file, err)
+		}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	overlay(&c, &flagVals, set)
+	if c.NodeName == "" {
+		c.NodeName = os.Getenv("NODE_NAME")
+	}
+	return c, c.Validate()
+}
+
+func bind(fs *flag.FlagSet, c *Config) {
+	fs.StringVar(&c.K8sAPIServer, "k8sAPIServer", "", "API server URL, e.g. https://10.0.0.1:6443")
+	fs.StringVar(&c.K8sServiceHost, "k8sServiceHost", "", "API server host (with k8sServicePort), when k8sAPIServer is not set")
+	fs.StringVar(&c.K8sServicePort, "k8sServicePort", "", "API server port")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file; default: in-cluster service account")
+	fs.StringVar(&c.NodeName, "nodeName", "", "this node's name (default: $NODE_NAME)")
+	fs.StringVar(&c.BPFRoot, "bpfRoot", "", "bpffs directory of this node's datapath")
+	fs.Func("maglevTableSize", "Maglev slots per service (prime)", uintFlag(&c.MaglevTableSize))
+	fs.Func("maxServices", "service map capacity", uintFlag(&c.MaxServices))
+	fs.Func("maxBackends", "backend map capacity", uintFlag(&c.MaxBackends))
+	fs.Func("maxConntrack", "conntrack map capacity", uintFlag(&c.MaxConntrack))
+	fs.StringVar(&c.NodeStateFile, "nodeStateFile", "", "where readiness and pod CIDRs are published for the CNI plugin")
+	fs.Func("nodePortAddresses", "comma-separated CIDRs of node addresses for NodePorts", func(s string) error {
+		c.NodePortAddresses = splitComma(s)
+		return nil
+	})
+	fs.Func("syncMinInterval", "minimum time between datapath syncs", durFlag(&c.SyncMinInterval))
+	fs.Func("syncMaxInterval", "maximum time between full datapath syncs", durFlag(&c.SyncMaxInterval))
+	fs.Func("conntrackGCInterval", "how often expired conntrack entries are deleted", durFlag(&c.CTGCInterval))
+	fs.StringVar(&c.MetricsAddr, "metricsAddr", "", "Prometheus /metrics listen address")
+	fs.StringVar(&c.HealthAddr, "healthAddr", "", "/healthz and /readyz listen address")
+	fs.StringVar(&c.LogFormat, "logFormat", "", "json or text")
+	fs.StringVar(&c.LogLevel, "logLevel", "", "debug, info, warn or error")
+}
+
+func overlay(dst, src *Config, set map[string]bool) {
+	pick := func(name string, apply func()) {
+		if set[name] {
+			apply()
+		}
+	}
+	pick("k8sAPIServer", func() { dst.K8sAPIServer = src.K8sAPIServer })
+	pick("k8sServiceHost", func() { dst.K8sServiceHost = src.K8sServiceHost })
+	pick("k8sServicePort", func() { dst.K8sServicePort = src.K8sServicePort })
+	pick("kubeconfig", func() { dst.Kubeconfig = src.Kubeconfig })
+	pick("nodeName", func() { dst.NodeName = src.NodeName })
+	pick("bpfRoot", func() { dst.BPFRoot = src.BPFRoot })
+	pick("maglevTableSize", func() { dst.MaglevTableSize = src.MaglevTableSize })
+	pick("maxServices", func() { dst.MaxServices = src.MaxServices })
+	pick("maxBackends", func() { dst.MaxBackends = src.MaxBackends })
+	pick("maxConntrack", func() { dst.MaxConntrack = src.MaxConntrack })
+	pick("nodeStateFile", func() { dst.NodeStateFile = src.NodeStateFile })
+	pick("nodePortAddresses", func() { dst.NodePortAddresses = src.NodePortAddresses })
+	pick("syncMinInterval", func() { dst.SyncMinInterval = src.SyncMinInterval })
+	pick("syncMaxInterval", func() { dst.SyncMaxInterval = src.SyncMaxInterval })
+	pick("conntrackGCInterval", func() { dst.CTGCInterval = src.CTGCInterval })
+	pick("metricsAddr", func() { dst.MetricsAddr = src.MetricsAddr })
+	pick("healthAddr", func() { dst.HealthAddr = src.HealthAddr })
+	pick("logFormat", func() { dst.LogFormat = src.LogFormat })
+	pick("logLevel", func() { dst.LogLevel = src.LogLevel })
+}
+
+// Validate names the first wrong setting.
+func (c Config) Validate() error {
+	if c.NodeName == "" {
+		return errors.New("nodeName: missing; set --nodeName or $NODE_NAME (the DaemonSet passes spec.nodeName)")
+	}
+	if c.K8sAPIServer == "" && c.Kubeconfig == "" && (c.K8sServiceHost == "") != (c.K8sServicePort == "") {
+		return errors.New("k8sServiceHost and k8sServicePort: set both, or neither")
+	}
+	for i, s := range c.NodePortAddresses {
+		if _, err := netip.ParsePrefix(s); err != nil {
+			return fmt.Errorf("nodePortAddresses[%d]: %q is not a CIDR", i, s)
+		}
+	}
+	if c.SyncMinInterval.Duration <= 0 || c.SyncMaxInterval.Duration < c.SyncMinInterval.Duration {
+		return fmt.Errorf("syncMinInterval/syncMaxInterval: want 0 < min (%v) <= max (%v)", c.SyncMinInterval, c.SyncMaxInterval)
+	}
+	switch c.LogFormat {
+	case "json", "text":
+	default:
+		return fmt.Errorf("logFormat: %q is not json or text", c.LogFormat)
+	}
+	return nil
+}
+
+func uintFlag(dst *uint32) func(string) error {
+	return func(s string) error {
+		var v uint32
+		if _, err := fmt.Sscan(s, &v); err != nil {
+			return fmt.Errorf("%q is not a number", s)
+		}
+		*dst = v
+		return nil
+	}
+}
+
+func durFlag(dst *Duration) func(string) error {
+	return func(s string) error {
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("%q is not a duration", s)
+		}
+		dst.Duration = v
+		return nil
+	}
+}
+
+func splitComma(s string) []string {
+	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' })
+}
