@@ -16,6 +16,7 @@ deps:
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -o $(BIN)/sluice-cni ./cni
+	$(GO) build -trimpath -o $(BIN)/sluice-agent ./agent
 
 ## generate: rebuild the BPF objects and Go bindings with Debian's clang-19
 generate:

@@ -1,0 +1,134 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/sluice-net/sluice/agent/internal/mapsync"
+	"github.com/sluice-net/sluice/agent/internal/metrics"
+	"github.com/sluice-net/sluice/bpf"
+	"github.com/sluice-net/sluice/cni/nodestate"
+)
+
+// The API is faked here (the wiring from informer events to the maps is
+// under test); the maps and programs are real.
+func setup(t *testing.T) (*fake.Clientset, *bpf.Datapath, *Proxy, string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to load BPF programs (run the tests as root)")
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		t.Skip("needs bpffs at /sys/fs/bpf (hack/install-deps.sh mounts it)")
+	}
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	root := filepath.Join("/sys/fs/bpf", "sluice-proxy-"+hex.EncodeToString(b))
+	t.Cleanup(func() { _ = bpf.Remove(root) })
+	dp, err := bpf.Load(bpf.Config{PinRoot: root, MaglevSize: 251, MaxServices: 1024, MaxBackends: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	w, err := mapsync.New(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := fake.NewClientset(&v1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "node-a"},
+		Spec:       v1.NodeSpec{PodCIDRs: []string{"10.244.0.0/24"}},
+		Status:     v1.NodeStatus{Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "192.168.1.10"}}},
+	})
+	state := filepath.Join(t.TempDir(), "node.json")
+	factory := informers.NewSharedInformerFactory(client, 0)
+	p, err := New(slog.New(slog.NewTextHandler(io.Discard, nil)), factory, w, metrics.New(dp), Options{
+		NodeName: "node-a", NodeStateFile: state, MinSync: 10 * time.Millisecond, MaxSync: time.Hour,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = p.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return client, dp, p, state
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func backendCount(dp *bpf.Datapath, vip string) (uint32, bool) {
+	ap := netip.MustParseAddrPort(vip)
+	var v bpf.ServiceValue
+	if err := dp.Services.Lookup(bpf.ServiceKey{Addr: bpf.Addr(ap.Addr()), Port: bpf.Port(ap.Port()), Proto: 6}, &v); err != nil {
+		return 0, false
+	}
+	return v.BackendCount, true
+}
+
+func TestProxyFollowsTheAPI(t *testing.T) {
+	client, dp, p, state := setup(t)
+	ctx := context.Background()
+
+	eventually(t, "readiness", func() bool { ok, _ := p.Ready(); return ok })
+	s, err := nodestate.Read(state)
+	if err != nil || len(s.PodCIDRs) != 1 || s.PodCIDRs[0] != "10.244.0.0/24" {
+		t.Fatalf("node state: %+v, %v", s, err)
+	}
+
+	svc := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
+		Spec: v1.ServiceSpec{ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"},
+			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}},
+	}
+	if _, err := client.CoreV1().Services("ns").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the service to reject (no endpoints yet)", func() bool { n, ok := backendCount(dp, "10.96.0.10:80"); return ok && n == 0 })
+
+	name, port, proto := "http", int32(8080), v1.ProtocolTCP
+	slice := &discovery.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: "web-1", Labels: map[string]string{discovery.LabelServiceName: "web"}},
+		AddressType: discovery.AddressTypeIPv4,
+		Ports:       []discovery.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
+		Endpoints:   []discovery.Endpoint{{Addresses: []string{"10.244.1.5"}}, {Addresses: []string{"10.244.1.6"}}},
+	}
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "two backends", func() bool { n, _ := backendCount(dp, "10.96.0.10:80"); return n == 2 })
+
+	slice.Endpoints = slice.Endpoints[:1]
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, slice, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "one backend", func() bool { n, _ := backendCount(dp, "10.96.0.10:80"); return n == 1 })
+
+	if err := client.CoreV1().Services("ns").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the service to go", func() bool { _, ok := backendCount(dp, "10.96.0.10:80"); return !ok })
+}

@@ -1,0 +1,202 @@
+// Command sluice-agent is Sluice's node agent: it loads the datapath, keeps
+// its service maps in step with Services and EndpointSlices (replacing
+// kube-proxy), publishes the node's readiness for the CNI plugin, collects
+// conntrack garbage and serves health and metrics. Settings: see
+// docs/reference.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/sluice-net/sluice/agent/internal/config"
+	"github.com/sluice-net/sluice/agent/internal/mapsync"
+	"github.com/sluice-net/sluice/agent/internal/metrics"
+	"github.com/sluice-net/sluice/agent/internal/proxy"
+	"github.com/sluice-net/sluice/bpf"
+)
+
+func main() {
+	cfg, err := config.Load(os.Args[1:])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sluice-agent: %v\n", err)
+		os.Exit(2)
+	}
+	log := newLogger(cfg)
+	// client-go logs through klog; send it to the same structured log.
+	klog.SetSlogLogger(log)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, log, cfg); err != nil {
+		log.Error("agent stopped", "err", err)
+		os.Exit(1)
+	}
+	log.Info("agent stopped; the datapath keeps forwarding")
+}
+
+func newLogger(cfg config.Config) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+}
+
+func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
+	restCfg, err := restConfig(cfg)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("API client: %w", err)
+	}
+
+	dp, err := bpf.Load(bpf.Config{
+		PinRoot: cfg.BPFRoot, MaglevSize: cfg.MaglevTableSize,
+		MaxServices: cfg.MaxServices, MaxBackends: cfg.MaxBackends, MaxConntrack: cfg.MaxConntrack,
+	})
+	if err != nil {
+		return err
+	}
+	defer dp.Close() // the pins stay: the datapath outlives the agent
+	log.Info("datapath loaded", "bpfRoot", cfg.BPFRoot, "maglevTableSize", cfg.MaglevTableSize)
+
+	writer, err := mapsync.New(dp)
+	if err != nil {
+		return err
+	}
+	m := metrics.New(dp)
+	var nodePortCIDRs []netip.Prefix
+	for _, s := range cfg.NodePortAddresses {
+		nodePortCIDRs = append(nodePortCIDRs, netip.MustParsePrefix(s)) // validated by config
+	}
+	factory := informers.NewSharedInformerFactory(client, 0)
+	px, err := proxy.New(log, factory, writer, m, proxy.Options{
+		NodeName: cfg.NodeName, NodePortCIDRs: nodePortCIDRs, NodeStateFile: cfg.NodeStateFile,
+		MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration,
+	})
+	if err != nil {
+		return err
+	}
+
+	errs := make(chan error, 3)
+	go func() { errs <- serve(ctx, log, "metrics", cfg.MetricsAddr, metricsMux(m)) }()
+	go func() { errs <- serve(ctx, log, "health", cfg.HealthAddr, healthMux(px)) }()
+	go gcConntrack(ctx, log, dp, m, cfg.CTGCInterval.Duration)
+	go func() { errs <- px.Run(ctx) }()
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errs:
+		return err
+	}
+}
+
+// Service account credentials every pod gets.
+const (
+	saToken = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+	saCA    = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+)
+
+// restConfig builds API access: a kubeconfig, or the pod's service account
+// with the configured real API server address (ClusterIPs do not work
+// before the agent has programmed them).
+func restConfig(cfg config.Config) (*rest.Config, error) {
+	if cfg.Kubeconfig != "" {
+		c, err := clientcmd.BuildConfigFromFlags(cfg.K8sAPIServer, cfg.Kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig %s: %w", cfg.Kubeconfig, err)
+		}
+		return c, nil
+	}
+	host := cfg.K8sAPIServer
+	if host == "" && cfg.K8sServiceHost != "" {
+		host = "https://" + net.JoinHostPort(cfg.K8sServiceHost, cfg.K8sServicePort)
+	}
+	if host == "" {
+		return nil, errors.New("k8sAPIServer: missing; set k8sAPIServer (or k8sServiceHost and k8sServicePort, or kubeconfig)")
+	}
+	if _, err := os.Stat(saToken); err != nil {
+		return nil, fmt.Errorf("service account token: %w (run in a pod, or set kubeconfig)", err)
+	}
+	return &rest.Config{Host: host, BearerTokenFile: saToken, TLSClientConfig: rest.TLSClientConfig{CAFile: saCA}}, nil
+}
+
+func metricsMux(m *metrics.Metrics) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func healthMux(px *proxy.Proxy) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if ok, why := px.Ready(); !ok {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+func serve(ctx context.Context, log *slog.Logger, name, addr string, h http.Handler) error {
+	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	log.Info("serving "+name, "addr", addr)
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("%s server on %s: %w", name, addr, err)
+	}
+	return nil
+}
+
+// gcConntrack deletes expired conntrack entries periodically.
+func gcConntrack(ctx context.Context, log *slog.Logger, dp *bpf.Datapath, m *metrics.Metrics, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st, err := dp.GCConntrack()
+		if err != nil {
+			log.Error("conntrack garbage collection failed", "err", err)
+			continue
+		}
+		m.ConntrackEntries.Set(float64(st.Live))
+		m.MapEntries.WithLabelValues("conntrack").Set(float64(st.Live))
+		m.ConntrackGCDeleted.Add(float64(st.Deleted))
+		if st.Deleted > 0 {
+			log.Debug("conntrack garbage collected", "deleted", st.Deleted, "live", st.Live)
+		}
+	}
+}
