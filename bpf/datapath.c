@@ -83,21 +83,20 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_backends_v1 SEC(".maps");
 
-/* Per service (indexed by svc_value.id) a Maglev lookup table of
- * maglev_size slots, each a backend ID. The loader sets the inner size. */
-struct maglev_table {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 16381);
-	__type(key, __u32);
-	__type(value, __u32);
-};
-
+/* Per service (keyed by svc_value.id) its Maglev lookup table: one value
+ * of maglev_size backend IDs. The loader sets value_size to
+ * maglev_size * 4. One hash value per table, rather than a map per
+ * service, keeps installs cheap (no map-in-map RCU wait per update) and
+ * costs one lookup per new flow; values are allocated only for services
+ * that exist (BPF_F_NO_PREALLOC). A table replaced while packets read it
+ * is swapped whole by the kernel's hash update. */
 struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
-	__type(key, __u32);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, 16381 * sizeof(__u32));
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__array(values, struct maglev_table);
 } sluice_maglev_v1 SEC(".maps");
 
 struct {
@@ -800,14 +799,14 @@ static __always_inline struct backend_value *maglev_pick(const struct svc_value 
 							 const struct pkt *p, __u32 *id)
 {
 	__u32 svc_id = svc->id;
-	void *table = bpf_map_lookup_elem(&sluice_maglev_v1, &svc_id);
+	__u32 *table = bpf_map_lookup_elem(&sluice_maglev_v1, &svc_id);
 
 	if (!table || maglev_size == 0)
 		return 0;
 	__u32 slot = flow_hash(p) % maglev_size;
-	__u32 *bid = bpf_map_lookup_elem(table, &slot);
-	if (!bid)
+	if (slot >= maglev_size) /* for the verifier: slot indexes the value */
 		return 0;
+	__u32 *bid = &table[slot];
 	*id = *bid;
 	return bpf_map_lookup_elem(&sluice_backends_v1, bid);
 }

@@ -99,7 +99,7 @@ func install(t testing.TB, d *Datapath, s testService) {
 		}
 		names = append(names, b.addr.String())
 	}
-	size, _ := d.MaglevSize()
+	size := d.MaglevSize()
 	if len(s.backends) > 0 {
 		idx, err := maglev.Table(names, size)
 		if err != nil {

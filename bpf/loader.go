@@ -117,8 +117,7 @@ type Datapath struct {
 	Drops     *ebpf.Map
 	Events    *ebpf.Map
 
-	root       string
-	maglevSpec *ebpf.MapSpec // template for a service's Maglev table; nil when opened read-only
+	root string
 }
 
 func mapsDir(root string) string  { return filepath.Join(root, "maps") }
@@ -168,12 +167,7 @@ func Load(cfg Config) (*Datapath, error) {
 		Services: objs.SluiceServicesV1, Backends: objs.SluiceBackendsV1, Maglev: objs.SluiceMaglevV1,
 		Conntrack: objs.SluiceCtV1, Affinity: objs.SluiceAffinityV1, Endpoints: objs.SluiceEndpointsV1,
 		Drops: objs.SluiceDropsV1, Events: objs.SluiceEventsV1,
-		root:       cfg.PinRoot,
-		maglevSpec: spec.Maps[datapathMapSluiceMaglevV1].InnerMap.Copy(),
-	}
-	if err := d.checkMaglevTables(cfg.MaglevSize); err != nil {
-		d.Close()
-		return nil, err
+		root: cfg.PinRoot,
 	}
 	for name, prog := range map[string]*ebpf.Program{"from_pod": d.FromPod, "to_pod": d.ToPod} {
 		if err := replacePin(prog, filepath.Join(progsDir(cfg.PinRoot), name)); err != nil {
@@ -208,29 +202,9 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = n
 	}
-	spec.Maps[datapathMapSluiceMaglevV1].InnerMap.MaxEntries = cfg.MaglevSize
-	return nil
-}
-
-// checkMaglevTables refuses pinned Maglev tables of another size: the
-// kernel does not compare an outer map's inner template on reuse, and a
-// program hashing into slots the tables lack would drop traffic.
-func (d *Datapath) checkMaglevTables(size uint32) error {
-	var key uint32
-	var inner *ebpf.Map
-	it := d.Maglev.Iterate()
-	if !it.Next(&key, &inner) {
-		return it.Err()
-	}
-	defer inner.Close()
-	info, err := inner.Info()
-	if err != nil {
-		return fmt.Errorf("inspect pinned Maglev table of service %d: %w", key, err)
-	}
-	if info.MaxEntries != size {
-		return fmt.Errorf("pinned Maglev tables have %d slots but MaglevSize is %d: keep the size the node "+
-			"was started with, or drain the node and remove %s", info.MaxEntries, size, d.root)
-	}
+	// A table is one value of MaglevSize backend IDs; a pinned map made
+	// for another size then differs in ValueSize and is refused.
+	spec.Maps[datapathMapSluiceMaglevV1].ValueSize = cfg.MaglevSize * 4
 	return nil
 }
 

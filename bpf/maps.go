@@ -12,62 +12,62 @@ import (
 )
 
 // MaglevSize is the slot count of this datapath's Maglev tables.
-func (d *Datapath) MaglevSize() (uint32, error) {
-	if d.maglevSpec == nil {
-		return 0, errors.New("datapath was opened read-only; only the loader knows the Maglev table size")
-	}
-	return d.maglevSpec.MaxEntries, nil
+func (d *Datapath) MaglevSize() uint32 {
+	return d.Maglev.ValueSize() / 4
 }
 
 // SetMaglevTables installs Maglev tables (one backend ID per slot) for
-// many services at once. Each table is built in a fresh inner map and
-// swapped in by one batch update of the outer map, so packets never see a
-// half-written table. Batching matters: the kernel waits for an RCU grace
-// period after every map-in-map update call, milliseconds each.
+// many services in one batch update. Each table replaces the old one
+// whole: a packet reads either the old or the new table.
 func (d *Datapath) SetMaglevTables(tables map[uint32][]uint32) error {
-	size, err := d.MaglevSize()
-	if err != nil {
-		return err
-	}
-	keys := make([]uint32, size)
-	for i := range keys {
-		keys[i] = uint32(i)
-	}
+	size := d.MaglevSize()
 	ids := make([]uint32, 0, len(tables))
-	fds := make([]uint32, 0, len(tables))
-	inners := make([]*ebpf.Map, 0, len(tables))
-	defer func() {
-		for _, m := range inners {
-			m.Close()
-		}
-	}()
+	rows := make(maglevRows, 0, len(tables))
 	for id, table := range tables {
 		if uint32(len(table)) != size {
 			return fmt.Errorf("maglev table for service %d: has %d slots, want %d", id, len(table), size)
 		}
-		inner, err := ebpf.NewMap(d.maglevSpec)
-		if err != nil {
-			return fmt.Errorf("create maglev table for service %d: %w", id, err)
-		}
-		inners = append(inners, inner)
-		if _, err := inner.BatchUpdate(keys, table, nil); err != nil {
-			return fmt.Errorf("fill maglev table for service %d: %w", id, err)
-		}
 		ids = append(ids, id)
-		fds = append(fds, uint32(inner.FD()))
+		rows = append(rows, table)
 	}
 	if len(ids) == 0 {
 		return nil
 	}
-	if _, err := d.Maglev.BatchUpdate(ids, fds, nil); err != nil {
-		return fmt.Errorf("install %d maglev tables: %w", len(ids), err)
+	if _, err := d.Maglev.BatchUpdate(ids, rows, nil); err != nil {
+		return fmt.Errorf("install %d maglev tables (map full? MaxServices is %d): %w", len(ids), d.Maglev.MaxEntries(), err)
 	}
 	return nil
+}
+
+// maglevRows are batch values whose size is only known at load time: one
+// row (table) per key, marshalled back to back.
+type maglevRows [][]uint32
+
+func (r maglevRows) MarshalBinary() ([]byte, error) {
+	var out []byte
+	for _, row := range r {
+		for _, id := range row {
+			out = binary.NativeEndian.AppendUint32(out, id)
+		}
+	}
+	return out, nil
 }
 
 // SetMaglevTable installs one service's table; see SetMaglevTables.
 func (d *Datapath) SetMaglevTable(svcID uint32, table []uint32) error {
 	return d.SetMaglevTables(map[uint32][]uint32{svcID: table})
+}
+
+// MaglevTable reads a service's table; ok is false when it has none.
+func (d *Datapath) MaglevTable(svcID uint32) (table []uint32, ok bool, err error) {
+	table = make([]uint32, d.MaglevSize())
+	if err := d.Maglev.Lookup(svcID, &table); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil, false, nil
+		}
+		return nil, false, fmt.Errorf("read maglev table of service %d: %w", svcID, err)
+	}
+	return table, true, nil
 }
 
 // DeleteMaglevTable removes a service's table; a missing one is not an error.

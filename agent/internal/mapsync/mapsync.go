@@ -64,12 +64,8 @@ func (s Stats) Changed() bool {
 // New restores the writer's view from the datapath's (possibly pinned and
 // populated) maps.
 func New(dp *bpf.Datapath) (*Writer, error) {
-	size, err := dp.MaglevSize()
-	if err != nil {
-		return nil, err
-	}
 	w := &Writer{
-		dp: dp, maglevSize: size,
+		dp: dp, maglevSize: dp.MaglevSize(),
 		services:   map[bpf.ServiceKey]service{},
 		backendIDs: map[backendKey]uint32{},
 		backends:   map[uint32]bpf.BackendValue{},
@@ -121,11 +117,10 @@ func (w *Writer) restore() error {
 // by an agent that stopped between writing a table and its service).
 func (w *Writer) pruneOrphanTables() error {
 	var id uint32
-	var inner *ebpf.Map
 	var orphans []uint32
 	it := w.dp.Maglev.Iterate()
-	for it.Next(&id, &inner) {
-		inner.Close()
+	value := make([]byte, w.dp.Maglev.ValueSize())
+	for it.Next(&id, &value) {
 		if !w.svcIDs.inUse[id] {
 			orphans = append(orphans, id)
 		}
@@ -143,26 +138,20 @@ func (w *Writer) pruneOrphanTables() error {
 
 // tableIDs reads the distinct backend IDs of a service's Maglev table.
 func (w *Writer) tableIDs(svcID uint32) ([]uint32, error) {
-	var inner *ebpf.Map
-	if err := w.dp.Maglev.Lookup(svcID, &inner); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("read Maglev table of service %d: %w", svcID, err)
+	table, ok, err := w.dp.MaglevTable(svcID)
+	if err != nil || !ok {
+		return nil, err
 	}
-	defer inner.Close()
 	seen := map[uint32]bool{}
-	var slot, id uint32
-	it := inner.Iterate()
-	for it.Next(&slot, &id) {
-		seen[id] = true
-	}
-	ids := make([]uint32, 0, len(seen))
-	for id := range seen {
-		ids = append(ids, id)
+	var ids []uint32
+	for _, id := range table {
+		if !seen[id] {
+			seen[id] = true
+			ids = append(ids, id)
+		}
 	}
 	slices.Sort(ids)
-	return ids, it.Err()
+	return ids, nil
 }
 
 func (w *Writer) tableSignature(ids []uint32) string {

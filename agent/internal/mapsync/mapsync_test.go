@@ -67,12 +67,9 @@ func dump(t *testing.T, dp *bpf.Datapath) map[string][]string {
 	for it.Next(&k, &v) {
 		name := netip.AddrPortFrom(bpf.AddrFrom(k.Addr), bpf.PortFrom(k.Port)).String()
 		var addrs []string
-		var inner *ebpf.Map
-		if err := dp.Maglev.Lookup(v.Id, &inner); err == nil {
+		if table, ok, err := dp.MaglevTable(v.Id); err == nil && ok {
 			seen := map[uint32]bool{}
-			var slot, id uint32
-			iit := inner.Iterate()
-			for iit.Next(&slot, &id) {
+			for _, id := range table {
 				if seen[id] {
 					continue
 				}
@@ -84,7 +81,6 @@ func dump(t *testing.T, dp *bpf.Datapath) map[string][]string {
 				}
 				addrs = append(addrs, netip.AddrPortFrom(bpf.AddrFrom(be.Addr), bpf.PortFrom(be.Port)).String())
 			}
-			inner.Close()
 		}
 		slices.Sort(addrs)
 		if int(v.BackendCount) != len(addrs) {
@@ -146,9 +142,7 @@ func TestSyncAppliesOnlyTheDifference(t *testing.T) {
 	if st.ServicesDeleted != 1 || st.BackendsDeleted != 3 || st.Services != 1 || st.Backends != 0 {
 		t.Errorf("service deleted: %+v", st)
 	}
-	var inner *ebpf.Map
-	if err := dp.Maglev.Lookup(uint32(1), &inner); err == nil {
-		inner.Close()
+	if _, ok, _ := dp.MaglevTable(1); ok {
 		t.Error("deleted service's Maglev table is still installed")
 	}
 }
