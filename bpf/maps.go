@@ -3,6 +3,7 @@ package bpf
 import (
 	"bytes"
 	"encoding/binary"
+	"unsafe"
 	"errors"
 	"fmt"
 
@@ -44,10 +45,15 @@ func (d *Datapath) SetMaglevTables(tables map[uint32][]uint32) error {
 type maglevRows [][]uint32
 
 func (r maglevRows) MarshalBinary() ([]byte, error) {
-	var out []byte
+	n := 0
 	for _, row := range r {
-		for _, id := range row {
-			out = binary.NativeEndian.AppendUint32(out, id)
+		n += len(row)
+	}
+	out := make([]byte, 0, 4*n)
+	for _, row := range r {
+		if len(row) > 0 {
+			// Native byte order is the kernel's: copy the memory as is.
+			out = append(out, unsafe.Slice((*byte)(unsafe.Pointer(&row[0])), 4*len(row))...)
 		}
 	}
 	return out, nil

@@ -13,10 +13,10 @@ import (
 )
 
 // Table returns a lookup table of m slots, each holding an index into
-// backends. backends are stable names (for example "10.0.0.5:8080"); their
+// backends (int32 halves the memory the fill loop walks). backends are stable names (for example "10.0.0.5:8080"); their
 // order does not matter. m must be prime and should be well above
 // len(backends). An empty backend list yields an empty table.
-func Table(backends []string, m uint32) ([]int, error) {
+func Table(backends []string, m uint32) ([]int32, error) {
 	if m < 2 || !prime(m) {
 		return nil, fmt.Errorf("table size %d is not prime", m)
 	}
@@ -41,27 +41,32 @@ func Table(backends []string, m uint32) ([]int, error) {
 		return 0
 	})
 
-	offset := make([]uint64, len(order))
-	skip := make([]uint64, len(order))
+	// pos[i] walks backend i's permutation offset, offset+skip, ...
+	// (mod m) by addition, without a division per step.
+	pos := make([]uint32, len(order))
+	skip := make([]uint32, len(order))
 	for i, b := range order {
-		offset[i] = hash(backends[b], 0) % uint64(m)
-		skip[i] = hash(backends[b], 1)%uint64(m-1) + 1
+		pos[i] = uint32(hash(backends[b], 0) % uint64(m))
+		skip[i] = uint32(hash(backends[b], 1)%uint64(m-1)) + 1
 	}
-	table := make([]int, m)
+	table := make([]int32, m)
 	for i := range table {
 		table[i] = -1
 	}
-	next := make([]uint64, len(order))
 	filled := uint32(0)
 	for {
 		for i, b := range order {
-			slot := (offset[i] + next[i]*skip[i]) % uint64(m)
-			for table[slot] >= 0 {
-				next[i]++
-				slot = (offset[i] + next[i]*skip[i]) % uint64(m)
+			p := pos[i]
+			for table[p] >= 0 {
+				if p += skip[i]; p >= m {
+					p -= m
+				}
 			}
-			table[slot] = b
-			next[i]++
+			table[p] = int32(b)
+			if p += skip[i]; p >= m {
+				p -= m
+			}
+			pos[i] = p
 			filled++
 			if filled == m {
 				return table, nil

@@ -143,13 +143,26 @@ func Compile(services []*v1.Service, slices []*discovery.EndpointSlice, node Nod
 	out := Desired{}
 	var errs []error
 	for _, svc := range services {
-		if Skipped(svc) != "" {
-			continue
-		}
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		errs = append(errs, compileService(out, svc, key, bySvc[key], node)...)
+		d, e := Service(svc, bySvc[key], node)
+		for f, entry := range d {
+			out[f] = entry
+		}
+		errs = append(errs, e...)
 	}
 	return out, errs
+}
+
+// Service compiles one Service with its EndpointSlices: the unit an
+// incremental sync recompiles when either changes. A skipped Service
+// compiles to nothing.
+func Service(svc *v1.Service, slices []*discovery.EndpointSlice, node Node) (Desired, []error) {
+	out := Desired{}
+	if Skipped(svc) != "" {
+		return out, nil
+	}
+	key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+	return out, compileService(out, svc, key, slices, node)
 }
 
 func compileService(out Desired, svc *v1.Service, key types.NamespacedName, slices []*discovery.EndpointSlice, node Node) []error {

@@ -13,8 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"slices"
-	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
 
@@ -23,17 +24,32 @@ import (
 	"github.com/sluice-net/sluice/bpf/maglev"
 )
 
-// backendKey identifies a backend ID: IDs are per (service, endpoint), so
-// removing an endpoint from a service deletes exactly its ID.
-type backendKey struct {
-	svcID uint32
-	addr  netip.AddrPort
-}
-
+// service is what the maps hold for one frontend.
 type service struct {
 	id    uint32
 	value bpf.ServiceValue
-	table string // the Maglev table's inputs: backend IDs and names, in order
+	// ids are this frontend's backend IDs by endpoint. Backend IDs are per
+	// (frontend, endpoint): removing an endpoint deletes exactly its ID,
+	// which is what moves the flows that used it.
+	ids map[netip.AddrPort]uint32
+	// table lists the backend IDs the Maglev table was built from, sorted.
+	table []uint32
+	// entry is the desired entry last applied; nil after a restore, so the
+	// first sync re-plans the frontend (writing only real differences).
+	entry *compile.Entry
+}
+
+// tableChunk is how many Maglev tables are built and installed at once.
+const tableChunk = 256
+
+// plan is one changed frontend with its IDs assigned.
+type plan struct {
+	key     bpf.ServiceKey
+	svc     service
+	ordered []uint32 // backend IDs in table order (sorted by address)
+	names   []string
+	table   bool     // the Maglev table must be rebuilt
+	removed []uint32 // backend IDs the frontend no longer uses
 }
 
 // Writer owns the service-related maps of one node's datapath.
@@ -41,11 +57,13 @@ type Writer struct {
 	dp         *bpf.Datapath
 	maglevSize uint32
 
-	services   map[bpf.ServiceKey]service
-	backendIDs map[backendKey]uint32
-	backends   map[uint32]bpf.BackendValue
-	svcIDs     *idPool
-	beIDs      *idPool
+	services map[bpf.ServiceKey]*service
+	backends map[uint32]bpf.BackendValue
+	svcIDs   *idPool
+	beIDs    *idPool
+	// orphans are backends found at restore that no frontend uses (left
+	// by an agent that stopped mid-sync); the next Sync deletes them.
+	orphans []uint32
 }
 
 // Stats counts what one Sync changed in the maps.
@@ -66,11 +84,10 @@ func (s Stats) Changed() bool {
 func New(dp *bpf.Datapath) (*Writer, error) {
 	w := &Writer{
 		dp: dp, maglevSize: dp.MaglevSize(),
-		services:   map[bpf.ServiceKey]service{},
-		backendIDs: map[backendKey]uint32{},
-		backends:   map[uint32]bpf.BackendValue{},
-		svcIDs:     newIDPool(dp.Services.MaxEntries() - 1),
-		beIDs:      newIDPool(dp.Backends.MaxEntries()),
+		services: map[bpf.ServiceKey]*service{},
+		backends: map[uint32]bpf.BackendValue{},
+		svcIDs:   newIDPool(dp.Services.MaxEntries() - 1),
+		beIDs:    newIDPool(dp.Backends.MaxEntries()),
 	}
 	if err := w.restore(); err != nil {
 		return nil, fmt.Errorf("restore state from pinned maps: %w", err)
@@ -98,19 +115,34 @@ func (w *Writer) restore() error {
 		if err != nil {
 			return err
 		}
-		var refs []uint32
+		svc := &service{id: v.Id, value: v, ids: map[netip.AddrPort]uint32{}}
 		for _, id := range ids {
 			if be, ok := w.backends[id]; ok {
-				w.backendIDs[backendKey{v.Id, netip.AddrPortFrom(bpf.AddrFrom(be.Addr), bpf.PortFrom(be.Port))}] = id
-				refs = append(refs, id)
+				svc.ids[endpoint(be)] = id
+				svc.table = append(svc.table, id)
 			}
 		}
-		w.services[k] = service{id: v.Id, value: v, table: w.tableSignature(refs)}
+		w.services[k] = svc
 	}
 	if err := sit.Err(); err != nil {
 		return err
 	}
+	used := map[uint32]bool{}
+	for _, svc := range w.services {
+		for _, id := range svc.ids {
+			used[id] = true
+		}
+	}
+	for id := range w.backends {
+		if !used[id] {
+			w.orphans = append(w.orphans, id)
+		}
+	}
 	return w.pruneOrphanTables()
+}
+
+func endpoint(be bpf.BackendValue) netip.AddrPort {
+	return netip.AddrPortFrom(bpf.AddrFrom(be.Addr), bpf.PortFrom(be.Port))
 }
 
 // pruneOrphanTables deletes Maglev tables no service entry points at (left
@@ -154,91 +186,53 @@ func (w *Writer) tableIDs(svcID uint32) ([]uint32, error) {
 	return ids, nil
 }
 
-func (w *Writer) tableSignature(ids []uint32) string {
-	sorted := slices.Clone(ids)
-	slices.Sort(sorted)
-	var b strings.Builder
-	for _, id := range sorted {
-		be := w.backends[id]
-		fmt.Fprintf(&b, "%d=%s:%d;", id, bpf.AddrFrom(be.Addr), bpf.PortFrom(be.Port))
-	}
-	return b.String()
-}
-
 func serviceKey(f compile.Frontend) bpf.ServiceKey {
 	return bpf.ServiceKey{Addr: bpf.Addr(f.Addr.Addr()), Port: bpf.Port(f.Addr.Port()), Proto: f.Proto, Scope: uint8(f.Scope)}
 }
 
-// Sync makes the maps hold exactly desired. On error the maps hold a
-// consistent mix of old and new state and the next Sync retries the rest.
+func sameEntry(a, b compile.Entry) bool {
+	return a.AffinityTimeout == b.AffinityTimeout && a.LocalOnly == b.LocalOnly &&
+		a.TerminatingFallback == b.TerminatingFallback && slices.Equal(a.Backends, b.Backends)
+}
+
+// Sync makes the maps hold exactly desired. Frontends whose entry is the
+// one last applied cost a comparison; the rest are planned and written in
+// batches. On error the maps hold a consistent mix of old and new state
+// and the next Sync retries the rest.
 func (w *Writer) Sync(desired compile.Desired) (Stats, error) {
 	var st Stats
-	type plan struct {
-		key   bpf.ServiceKey
-		svc   service
-		ids   []uint32 // backend IDs in table order (sorted by address)
-		names []string
-	}
-	var plans []plan
-	wantBackends := map[uint32]bpf.BackendValue{}
 	var errs []error
-
-	// Assign IDs and work out the complete desired maps.
+	var plans []*plan
+	seen := make(map[bpf.ServiceKey]bool, len(desired))
 	for f, e := range desired {
 		key := serviceKey(f)
-		cur, exists := w.services[key]
-		id := cur.id
-		if !exists {
-			var ok bool
-			if id, ok = w.svcIDs.get(); !ok {
-				errs = append(errs, fmt.Errorf("service %s (%s): no free service ID: the service map holds %d entries; raise MaxServices", e.Service, f, w.dp.Services.MaxEntries()))
-				continue
-			}
+		seen[key] = true
+		cur := w.services[key]
+		if cur != nil && cur.entry != nil && sameEntry(*cur.entry, e) {
+			continue
 		}
-		p := plan{key: key}
-		for _, b := range e.Backends {
-			bk := backendKey{id, b.Addr}
-			bid, ok := w.backendIDs[bk]
-			if !ok {
-				if bid, ok = w.beIDs.get(); !ok {
-					errs = append(errs, fmt.Errorf("service %s: no free backend ID: the backend map holds %d entries; raise MaxBackends", e.Service, w.dp.Backends.MaxEntries()))
-					break
-				}
-				w.backendIDs[bk] = bid
-			}
-			var flags uint8
-			if b.Local {
-				flags |= bpf.BackendLocal
-			}
-			if b.Terminating {
-				flags |= bpf.BackendTerminating
-			}
-			wantBackends[bid] = bpf.BackendValue{Addr: bpf.Addr(b.Addr.Addr()), Port: bpf.Port(b.Addr.Port()), Flags: flags}
-			p.ids = append(p.ids, bid)
-			p.names = append(p.names, b.Addr.String())
+		p, err := w.plan(key, cur, e)
+		if err != nil {
+			errs = append(errs, err)
+			continue
 		}
-		var flags uint32
-		if e.LocalOnly {
-			flags |= bpf.ServiceLocalOnly
-		}
-		if e.TerminatingFallback {
-			flags |= bpf.ServiceTerminatingFallback
-		}
-		p.svc = service{id: id, value: bpf.ServiceValue{Id: id, BackendCount: uint32(len(p.ids)), AffinityTimeout: e.AffinityTimeout, Flags: flags}}
 		plans = append(plans, p)
 	}
 
 	// 1. Backends.
 	var bids []uint32
 	var bvals []bpf.BackendValue
-	for id, v := range wantBackends {
-		if cur, ok := w.backends[id]; !ok || cur != v {
-			bids, bvals = append(bids, id), append(bvals, v)
+	for _, p := range plans {
+		for i, id := range p.ordered {
+			want := backendValue(p, i)
+			if cur, ok := w.backends[id]; !ok || cur != want {
+				bids, bvals = append(bids, id), append(bvals, want)
+			}
 		}
 	}
 	if len(bids) > 0 {
 		if _, err := w.dp.Backends.BatchUpdate(bids, bvals, nil); err != nil {
-			return st, errors.Join(append(errs, fmt.Errorf("write %d backends: %w", len(bids), err))...)
+			return st, errors.Join(append(errs, fmt.Errorf("write %d backends (backend map full? MaxBackends is %d): %w", len(bids), w.dp.Backends.MaxEntries(), err))...)
 		}
 		for i, id := range bids {
 			w.backends[id] = bvals[i]
@@ -246,89 +240,70 @@ func (w *Writer) Sync(desired compile.Desired) (Stats, error) {
 		st.BackendsWritten = len(bids)
 	}
 
-	// 2. Maglev tables of services whose backend set changed.
-	tables := map[uint32][]uint32{}
-	for i := range plans {
-		p := &plans[i]
-		p.svc.table = w.tableSignature(p.ids)
-		if len(p.ids) == 0 {
-			continue
+	// 2. Maglev tables, computed on every core (0.3 ms each at 16381
+	// slots), installed in chunks so a cold sync of 10,000 services holds
+	// tens of MiB of tables at a time, not gigabytes.
+	var jobs []*plan
+	for _, p := range plans {
+		if p.table {
+			jobs = append(jobs, p)
 		}
-		if cur, ok := w.services[p.key]; ok && cur.table == p.svc.table {
-			continue
-		}
-		idx, err := maglev.Table(p.names, w.maglevSize)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("maglev table for %v: %w", p.key, err))
-			continue
-		}
-		table := make([]uint32, len(idx))
-		for slot, bi := range idx {
-			table[slot] = p.ids[bi]
-		}
-		tables[p.svc.id] = table
 	}
-	if len(tables) > 0 {
+	for chunk := range slices.Chunk(jobs, tableChunk) {
+		tables, tableErrs := w.buildTables(chunk)
+		errs = append(errs, tableErrs...)
 		if err := w.dp.SetMaglevTables(tables); err != nil {
 			return st, errors.Join(append(errs, err)...)
 		}
-		st.TablesWritten = len(tables)
+		st.TablesWritten += len(tables)
 	}
 
 	// 3. Service entries.
 	var skeys []bpf.ServiceKey
 	var svals []bpf.ServiceValue
 	for _, p := range plans {
-		if cur, ok := w.services[p.key]; !ok || cur.value != p.svc.value {
+		if cur := w.services[p.key]; cur == nil || cur.value != p.svc.value {
 			skeys, svals = append(skeys, p.key), append(svals, p.svc.value)
 		}
 	}
 	if len(skeys) > 0 {
 		if _, err := w.dp.Services.BatchUpdate(skeys, svals, nil); err != nil {
-			return st, errors.Join(append(errs, fmt.Errorf("write %d services: %w", len(skeys), err))...)
+			return st, errors.Join(append(errs, fmt.Errorf("write %d services (service map full? MaxServices is %d): %w", len(skeys), w.dp.Services.MaxEntries(), err))...)
 		}
 		st.ServicesWritten = len(skeys)
 	}
-	wantKeys := map[bpf.ServiceKey]bool{}
+	unused := w.orphans
+	w.orphans = nil
 	for _, p := range plans {
-		w.services[p.key] = p.svc
-		wantKeys[p.key] = true
+		svc := p.svc
+		w.services[p.key] = &svc
+		unused = append(unused, p.removed...)
+		if len(p.ordered) == 0 {
+			// A frontend without backends rejects; its table is not read.
+			errs = append(errs, w.dp.DeleteMaglevTable(svc.id))
+		}
 	}
 
-	// 4. Stale services and their tables.
-	var stale []bpf.ServiceKey
-	for k := range w.services {
-		if !wantKeys[k] {
-			stale = append(stale, k)
-		}
-	}
-	for _, k := range stale {
-		id := w.services[k].id
-		if err := w.dp.Services.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("delete service %v: %w", k, err))
+	// 4. Frontends no longer desired, with their tables.
+	for key, svc := range w.services {
+		if seen[key] {
 			continue
 		}
-		if err := w.dp.DeleteMaglevTable(id); err != nil {
-			errs = append(errs, err)
+		if err := w.dp.Services.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("delete service %v: %w", key, err))
+			continue
 		}
-		delete(w.services, k)
-		w.svcIDs.put(id)
+		errs = append(errs, w.dp.DeleteMaglevTable(svc.id))
+		for _, id := range svc.ids {
+			unused = append(unused, id)
+		}
+		delete(w.services, key)
+		w.svcIDs.put(svc.id)
 		st.ServicesDeleted++
 	}
-	// Tables of services that now have no backends are no longer read.
-	for _, p := range plans {
-		if len(p.ids) == 0 {
-			if err := w.dp.DeleteMaglevTable(p.svc.id); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
 
-	// 5. Backends nobody references any more.
-	for id := range w.backends {
-		if _, ok := wantBackends[id]; ok {
-			continue
-		}
+	// 5. Backends nobody uses any more.
+	for _, id := range unused {
 		if err := w.dp.Backends.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, fmt.Errorf("delete backend %d: %w", id, err))
 			continue
@@ -337,13 +312,121 @@ func (w *Writer) Sync(desired compile.Desired) (Stats, error) {
 		w.beIDs.put(id)
 		st.BackendsDeleted++
 	}
-	for bk, id := range w.backendIDs {
-		if _, ok := wantBackends[id]; !ok {
-			delete(w.backendIDs, bk)
-		}
-	}
 	st.Services, st.Backends = len(w.services), len(w.backends)
 	return st, errors.Join(errs...)
+}
+
+// plan assigns IDs for a changed frontend and works out what to write.
+func (w *Writer) plan(key bpf.ServiceKey, cur *service, e compile.Entry) (*plan, error) {
+	p := &plan{key: key}
+	if cur != nil {
+		p.svc.id = cur.id
+	} else {
+		id, ok := w.svcIDs.get()
+		if !ok {
+			return nil, fmt.Errorf("service %s: no free service ID: the service map holds %d entries; raise MaxServices", e.Service, w.dp.Services.MaxEntries())
+		}
+		p.svc.id = id
+	}
+	p.svc.ids = make(map[netip.AddrPort]uint32, len(e.Backends))
+	var fresh []uint32 // IDs taken by this plan, returned if it fails
+	for _, b := range e.Backends {
+		id, ok := uint32(0), false
+		if cur != nil {
+			id, ok = cur.ids[b.Addr]
+		}
+		if !ok {
+			if id, ok = w.beIDs.get(); !ok {
+				for _, f := range fresh {
+					w.beIDs.put(f)
+				}
+				if cur == nil {
+					w.svcIDs.put(p.svc.id)
+				}
+				return nil, fmt.Errorf("service %s: no free backend ID: the backend map holds %d entries; raise MaxBackends", e.Service, w.dp.Backends.MaxEntries())
+			}
+			fresh = append(fresh, id)
+		}
+		p.svc.ids[b.Addr] = id
+		p.ordered = append(p.ordered, id)
+		p.names = append(p.names, b.Addr.String())
+	}
+	if cur != nil {
+		for addr, id := range cur.ids {
+			if _, kept := p.svc.ids[addr]; !kept {
+				p.removed = append(p.removed, id)
+			}
+		}
+	}
+	var flags uint32
+	if e.LocalOnly {
+		flags |= bpf.ServiceLocalOnly
+	}
+	if e.TerminatingFallback {
+		flags |= bpf.ServiceTerminatingFallback
+	}
+	p.svc.value = bpf.ServiceValue{Id: p.svc.id, BackendCount: uint32(len(p.ordered)), AffinityTimeout: e.AffinityTimeout, Flags: flags}
+	p.svc.table = sortedIDs(p.ordered)
+	p.table = len(p.ordered) > 0 && (cur == nil || !slices.Equal(cur.table, p.svc.table))
+	entry := e
+	p.svc.entry = &entry
+	return p, nil
+}
+
+// backendValue is the map value of the plan's i-th backend.
+func backendValue(p *plan, i int) bpf.BackendValue {
+	b := p.svc.entry.Backends[i]
+	var flags uint8
+	if b.Local {
+		flags |= bpf.BackendLocal
+	}
+	if b.Terminating {
+		flags |= bpf.BackendTerminating
+	}
+	return bpf.BackendValue{Addr: bpf.Addr(b.Addr.Addr()), Port: bpf.Port(b.Addr.Port()), Flags: flags}
+}
+
+// buildTables computes the Maglev tables of the given plans in parallel.
+func (w *Writer) buildTables(jobs []*plan) (map[uint32][]uint32, []error) {
+	results := make([][]uint32, len(jobs))
+	jobErrs := make([]error, len(jobs))
+	var wg sync.WaitGroup
+	workers := runtime.GOMAXPROCS(0)
+	for wk := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := wk; j < len(jobs); j += workers {
+				idx, err := maglev.Table(jobs[j].names, w.maglevSize)
+				if err != nil {
+					jobErrs[j] = fmt.Errorf("maglev table for %v: %w", jobs[j].key, err)
+					continue
+				}
+				table := make([]uint32, len(idx))
+				for slot, bi := range idx {
+					table[slot] = jobs[j].ordered[bi]
+				}
+				results[j] = table
+			}
+		}()
+	}
+	wg.Wait()
+	tables := make(map[uint32][]uint32, len(jobs))
+	var errs []error
+	for j, p := range jobs {
+		if jobErrs[j] != nil {
+			errs = append(errs, jobErrs[j])
+			continue
+		}
+		tables[p.svc.id] = results[j]
+	}
+	return tables, errs
+}
+
+func sortedIDs(ids []uint32) []uint32 {
+	out := slices.Clone(ids)
+	slices.Sort(out)
+	return out
 }
 
 // idPool hands out IDs 1..max (0 is invalid in the datapath). Freed IDs

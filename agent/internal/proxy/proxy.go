@@ -1,6 +1,7 @@
-// Package proxy is the agent's service proxy: informer events request a
-// sync from a bounded-frequency runner; a sync compiles every Service and
-// EndpointSlice from the informer caches and applies the difference to the
+// Package proxy is the agent's service proxy: informer events mark the
+// Services they touch and request a sync from a bounded-frequency runner; a
+// sync recompiles only the marked Services (all of them after a change of
+// this Node) from the informer caches and applies the difference to the
 // datapath. Handlers never block and never touch the maps.
 package proxy
 
@@ -15,7 +16,10 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
@@ -45,8 +49,13 @@ type Proxy struct {
 	metrics *metrics.Metrics
 	runner  *runner.Runner
 
-	mu   sync.Mutex
-	node *v1.Node // this node, once seen
+	mu    sync.Mutex
+	node  *v1.Node                      // this node, once seen
+	dirty map[types.NamespacedName]bool // Services to recompile
+	full  bool                          // recompile everything
+
+	// perService is the compiled state, by Service; only sync touches it.
+	perService map[types.NamespacedName]compile.Desired
 
 	ready     atomic.Bool
 	lastError atomic.Value // string
@@ -57,7 +66,18 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *maps
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
 	}
-	p := &Proxy{log: log, opts: opts, factory: factory, writer: writer, metrics: m}
+	p := &Proxy{log: log, opts: opts, factory: factory, writer: writer, metrics: m,
+		dirty: map[types.NamespacedName]bool{}, full: true, perService: map[types.NamespacedName]compile.Desired{}}
+	err := factory.Discovery().V1().EndpointSlices().Informer().AddIndexers(cache.Indexers{sliceIndex: func(obj any) ([]string, error) {
+		s, ok := obj.(*discovery.EndpointSlice)
+		if !ok || s.Labels[discovery.LabelServiceName] == "" {
+			return nil, nil
+		}
+		return []string{s.Namespace + "/" + s.Labels[discovery.LabelServiceName]}, nil
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("index EndpointSlices by Service: %w", err)
+	}
 	p.runner = runner.New(p.sync, opts.MinSync, opts.MaxSync, opts.MinSync, opts.Clock)
 	p.lastError.Store("no sync yet")
 
@@ -87,18 +107,27 @@ func (p *Proxy) changed(kind, what string, obj any) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
 	}
-	if n, ok := obj.(*v1.Node); ok {
-		if n.Name != p.opts.NodeName {
+	p.mu.Lock()
+	switch o := obj.(type) {
+	case *v1.Node:
+		if o.Name != p.opts.NodeName {
+			p.mu.Unlock()
 			return // other nodes matter for routes, not for services
 		}
-		p.mu.Lock()
 		if what == "deleted" {
 			p.node = nil
 		} else {
-			p.node = n.DeepCopy()
+			p.node = o.DeepCopy()
 		}
-		p.mu.Unlock()
+		p.full = true
+	case *v1.Service:
+		p.dirty[types.NamespacedName{Namespace: o.Namespace, Name: o.Name}] = true
+	case *discovery.EndpointSlice:
+		if name := o.Labels[discovery.LabelServiceName]; name != "" {
+			p.dirty[types.NamespacedName{Namespace: o.Namespace, Name: name}] = true
+		}
 	}
+	p.mu.Unlock()
 	if o, ok := obj.(interface {
 		GetNamespace() string
 		GetName() string
@@ -176,18 +205,9 @@ func (p *Proxy) syncOnce(start time.Time) error {
 	if err != nil {
 		return err
 	}
-	svcs, err := p.factory.Core().V1().Services().Lister().List(labels.Everything())
+	desired, err := p.compile(node)
 	if err != nil {
 		return err
-	}
-	eps, err := p.factory.Discovery().V1().EndpointSlices().Lister().List(labels.Everything())
-	if err != nil {
-		return err
-	}
-	desired, objErrs := compile.Compile(svcs, eps, node)
-	for _, e := range objErrs {
-		p.metrics.ObjectErrors.Inc()
-		p.log.Warn("object partly ignored", "err", e)
 	}
 	st, err := p.writer.Sync(desired)
 	p.metrics.ServicesProgrammed.Set(float64(st.Services))
@@ -213,4 +233,67 @@ func (p *Proxy) syncOnce(start time.Time) error {
 		p.log.Info("datapath programmed; node ready for pods", "podCIDRs", podCIDRs, "stateFile", p.opts.NodeStateFile)
 	}
 	return nil
+}
+
+const sliceIndex = "service"
+
+// compile recompiles the Services marked dirty (all after a Node change)
+// and returns the complete desired state.
+func (p *Proxy) compile(node compile.Node) (compile.Desired, error) {
+	p.mu.Lock()
+	dirty, full := p.dirty, p.full
+	p.dirty, p.full = map[types.NamespacedName]bool{}, false
+	p.mu.Unlock()
+	restore := func() {
+		p.mu.Lock()
+		p.full = true
+		p.mu.Unlock()
+	}
+	services := p.factory.Core().V1().Services().Lister()
+	if full {
+		all, err := services.List(labels.Everything())
+		if err != nil {
+			restore()
+			return nil, err
+		}
+		p.perService = map[types.NamespacedName]compile.Desired{}
+		dirty = map[types.NamespacedName]bool{}
+		for _, s := range all {
+			dirty[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = true
+		}
+	}
+	index := p.factory.Discovery().V1().EndpointSlices().Informer().GetIndexer()
+	for key := range dirty {
+		svc, err := services.Services(key.Namespace).Get(key.Name)
+		if apierrors.IsNotFound(err) {
+			delete(p.perService, key)
+			continue
+		}
+		if err != nil {
+			restore()
+			return nil, err
+		}
+		objs, err := index.ByIndex(sliceIndex, key.String())
+		if err != nil {
+			restore()
+			return nil, err
+		}
+		slices := make([]*discovery.EndpointSlice, 0, len(objs))
+		for _, o := range objs {
+			slices = append(slices, o.(*discovery.EndpointSlice))
+		}
+		d, errs := compile.Service(svc, slices, node)
+		for _, e := range errs {
+			p.metrics.ObjectErrors.Inc()
+			p.log.Warn("object partly ignored", "err", e)
+		}
+		p.perService[key] = d
+	}
+	desired := compile.Desired{}
+	for _, d := range p.perService {
+		for f, e := range d {
+			desired[f] = e
+		}
+	}
+	return desired, nil
 }
