@@ -29,6 +29,7 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/agent/internal/proxy"
+	"github.com/sluice-net/sluice/agent/internal/routes"
 	"github.com/sluice-net/sluice/bpf"
 )
 
@@ -99,6 +100,17 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	}
 
 	errs := make(chan error, 3)
+	if *cfg.NativeRouting {
+		rc, err := routes.NewController(log, cfg.NodeName, factory.Core().V1().Nodes(), cfg.SyncMinInterval.Duration, cfg.SyncMaxInterval.Duration)
+		if err != nil {
+			return err
+		}
+		go func() {
+			factory.Start(ctx.Done())
+			factory.WaitForCacheSync(ctx.Done())
+			rc.Run(ctx)
+		}()
+	}
 	go func() { errs <- serve(ctx, log, "metrics", cfg.MetricsAddr, metricsMux(m)) }()
 	go func() { errs <- serve(ctx, log, "health", cfg.HealthAddr, healthMux(px)) }()
 	go gcConntrack(ctx, log, dp, m, cfg.CTGCInterval.Duration)

@@ -37,6 +37,10 @@ type Config struct {
 	// answer on; empty means every InternalIP and ExternalIP of the Node.
 	NodePortAddresses []string `json:"nodePortAddresses,omitempty"`
 
+	// NativeRouting adds a route to every other node's pod CIDRs via its
+	// InternalIP (nodes on one L2 network or a routed underlay).
+	NativeRouting *bool `json:"nativeRouting,omitempty"`
+
 	SyncMinInterval Duration `json:"syncMinInterval,omitempty"`
 	SyncMaxInterval Duration `json:"syncMaxInterval,omitempty"`
 	CTGCInterval    Duration `json:"conntrackGCInterval,omitempty"`
@@ -76,6 +80,7 @@ func Default() Config {
 		MaxBackends:     262144,
 		MaxConntrack:    262144,
 		NodeStateFile:   "/run/sluice/node.json",
+		NativeRouting:   ptr(true),
 		SyncMinInterval: Duration{time.Second},
 		SyncMaxInterval: Duration{time.Hour},
 		CTGCInterval:    Duration{time.Minute},
@@ -131,6 +136,14 @@ func bind(fs *flag.FlagSet, c *Config) {
 		c.NodePortAddresses = splitComma(s)
 		return nil
 	})
+	fs.BoolFunc("nativeRouting", "route other nodes' pod CIDRs via their InternalIP (default true)", func(s string) error {
+		v := s == "true"
+		if s != "true" && s != "false" {
+			return fmt.Errorf("%q is not true or false", s)
+		}
+		c.NativeRouting = &v
+		return nil
+	})
 	fs.Func("syncMinInterval", "minimum time between datapath syncs", durFlag(&c.SyncMinInterval))
 	fs.Func("syncMaxInterval", "maximum time between full datapath syncs", durFlag(&c.SyncMaxInterval))
 	fs.Func("conntrackGCInterval", "how often expired conntrack entries are deleted", durFlag(&c.CTGCInterval))
@@ -158,6 +171,7 @@ func overlay(dst, src *Config, set map[string]bool) {
 	pick("maxConntrack", func() { dst.MaxConntrack = src.MaxConntrack })
 	pick("nodeStateFile", func() { dst.NodeStateFile = src.NodeStateFile })
 	pick("nodePortAddresses", func() { dst.NodePortAddresses = src.NodePortAddresses })
+	pick("nativeRouting", func() { dst.NativeRouting = src.NativeRouting })
 	pick("syncMinInterval", func() { dst.SyncMinInterval = src.SyncMinInterval })
 	pick("syncMaxInterval", func() { dst.SyncMaxInterval = src.SyncMaxInterval })
 	pick("conntrackGCInterval", func() { dst.CTGCInterval = src.CTGCInterval })
@@ -216,3 +230,5 @@ func durFlag(dst *Duration) func(string) error {
 func splitComma(s string) []string {
 	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' })
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,193 @@
+// Package routes routes pod traffic natively between nodes: a route to
+// every other node's pod CIDR via that node's InternalIP, kept in step with
+// the Node objects. Routes Sluice owns carry their own routing protocol
+// number, so it never touches anyone else's.
+package routes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
+
+	"github.com/sluice-net/sluice/agent/internal/runner"
+)
+
+// Protocol marks Sluice's routes (rtnetlink protocol; shown by `ip route`
+// as "proto 92").
+const Protocol netlink.RouteProtocol = 92
+
+// Route is one desired route.
+type Route struct {
+	Dst netip.Prefix
+	Via netip.Addr
+}
+
+// Desired computes the routes this node needs: for every other Node, each
+// pod CIDR via its InternalIP of the same family. Nodes without an
+// InternalIP of that family, or with malformed fields, are skipped and
+// reported.
+func Desired(nodes []*v1.Node, self string) ([]Route, []error) {
+	var out []Route
+	var errs []error
+	for _, n := range nodes {
+		if n.Name == self {
+			continue
+		}
+		var via4, via6 netip.Addr
+		for _, a := range n.Status.Addresses {
+			if a.Type != v1.NodeInternalIP {
+				continue
+			}
+			ip, err := netip.ParseAddr(a.Address)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("node %s: status.addresses: %q is not an IP address", n.Name, a.Address))
+				continue
+			}
+			if ip.Is4() && !via4.IsValid() {
+				via4 = ip
+			} else if ip.Is6() && !via6.IsValid() {
+				via6 = ip
+			}
+		}
+		cidrs := n.Spec.PodCIDRs
+		if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+			cidrs = []string{n.Spec.PodCIDR}
+		}
+		for i, c := range cidrs {
+			p, err := netip.ParsePrefix(c)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("node %s: spec.podCIDRs[%d]: %q is not a CIDR", n.Name, i, c))
+				continue
+			}
+			via := via4
+			if p.Addr().Is6() {
+				via = via6
+			}
+			if !via.IsValid() {
+				errs = append(errs, fmt.Errorf("node %s: no InternalIP of the family of pod CIDR %s", n.Name, p))
+				continue
+			}
+			out = append(out, Route{Dst: p.Masked(), Via: via})
+		}
+	}
+	slices.SortFunc(out, func(a, b Route) int { return a.Dst.Addr().Compare(b.Dst.Addr()) })
+	return out, errs
+}
+
+// Sync makes the main routing table of the current network namespace hold
+// exactly the desired Sluice routes: missing ones added, changed ones
+// replaced, stale ones (ours only) deleted. It returns how many it changed.
+func Sync(desired []Route) (int, error) {
+	have, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: Protocol, Table: unix.RT_TABLE_MAIN},
+		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return 0, fmt.Errorf("list routes: %w", err)
+	}
+	current := map[netip.Prefix]netip.Addr{}
+	for _, r := range have {
+		if r.Dst == nil {
+			continue
+		}
+		dst, _ := netip.AddrFromSlice(r.Dst.IP)
+		ones, _ := r.Dst.Mask.Size()
+		gw, _ := netip.AddrFromSlice(r.Gw)
+		current[netip.PrefixFrom(dst.Unmap(), ones)] = gw.Unmap()
+	}
+	changed := 0
+	var errs []error
+	want := map[netip.Prefix]bool{}
+	for _, r := range desired {
+		want[r.Dst] = true
+		if gw, ok := current[r.Dst]; ok && gw == r.Via {
+			continue
+		}
+		nr := &netlink.Route{
+			Dst:      &net.IPNet{IP: r.Dst.Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), r.Dst.Addr().BitLen())},
+			Gw:       r.Via.AsSlice(),
+			Protocol: Protocol,
+		}
+		if err := netlink.RouteReplace(nr); err != nil {
+			errs = append(errs, fmt.Errorf("route %s via %s: %w", r.Dst, r.Via, err))
+			continue
+		}
+		changed++
+	}
+	for dst, gw := range current {
+		if want[dst] {
+			continue
+		}
+		old := &netlink.Route{
+			Dst:      &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())},
+			Gw:       gw.AsSlice(),
+			Protocol: Protocol,
+		}
+		if err := netlink.RouteDel(old); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("delete stale route %s via %s: %w", dst, gw, err))
+			continue
+		}
+		changed++
+	}
+	return changed, errors.Join(errs...)
+}
+
+// Controller keeps the routes in step with the Node informer.
+type Controller struct {
+	log    *slog.Logger
+	self   string
+	nodes  corelisters.NodeLister
+	runner *runner.Runner
+}
+
+// NewController syncs routes whenever a Node changes, at most every
+// minInterval, and every maxInterval regardless.
+func NewController(log *slog.Logger, self string, inf coreinformers.NodeInformer, minInterval, maxInterval time.Duration) (*Controller, error) {
+	c := &Controller{log: log, self: self, nodes: inf.Lister()}
+	c.runner = runner.New(c.sync, minInterval, maxInterval, minInterval, clock.RealClock{})
+	kick := func(any) { c.runner.Run() }
+	if _, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: kick, UpdateFunc: func(_, o any) { kick(o) }, DeleteFunc: kick,
+	}); err != nil {
+		return nil, fmt.Errorf("watch Nodes: %w", err)
+	}
+	return c, nil
+}
+
+// Run syncs until ctx ends; the caller starts the informer factory and
+// waits for its caches first.
+func (c *Controller) Run(ctx context.Context) {
+	c.runner.Run()
+	c.runner.Loop(ctx)
+}
+
+func (c *Controller) sync() error {
+	nodes, err := c.nodes.List(labels.Everything())
+	if err != nil {
+		return err
+	}
+	desired, errs := Desired(nodes, c.self)
+	for _, e := range errs {
+		c.log.Warn("node not routed", "err", e)
+	}
+	n, err := Sync(desired)
+	if n > 0 {
+		c.log.Info("routes to other nodes' pod CIDRs updated", "changed", n, "routes", len(desired))
+	}
+	if err != nil {
+		c.log.Error("route sync failed; will retry", "err", err)
+	}
+	return err
+}
