@@ -3,9 +3,9 @@ package bpf
 import (
 	"bytes"
 	"encoding/binary"
-	"unsafe"
 	"errors"
 	"fmt"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"

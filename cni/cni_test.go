@@ -21,9 +21,9 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"golang.org/x/sys/unix"
 
 	"github.com/sluice-net/sluice/bpf"
+	"github.com/sluice-net/sluice/bpf/bpftest"
 	"github.com/sluice-net/sluice/cni/nodestate"
 	"github.com/sluice-net/sluice/hack/netnstest"
 )
@@ -73,29 +73,10 @@ type nodeOpts struct {
 	attachMode string
 }
 
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and loads BPF (run the tests as root)")
-	}
-	var st unix.Statfs_t
-	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
-		t.Skip("needs bpffs at /sys/fs/bpf (hack/install-deps.sh mounts it)")
-	}
-}
-
 func newNode(t testing.TB, o nodeOpts) *node {
 	t.Helper()
-	requireRoot(t)
-	n := &node{t: t, ns: netnstest.New(t, "sl-node"), dir: t.TempDir()}
-	root := filepath.Join("/sys/fs/bpf", filepath.Base(n.ns.Name))
-	t.Cleanup(func() { _ = bpf.Remove(root) })
-	dp, err := bpf.Load(bpf.Config{PinRoot: root, MaglevSize: 251})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Close() })
-	n.dp = dp
+	n := &node{t: t, dp: bpftest.Load(t, bpf.Config{}), ns: netnstest.New(t, "sl-node"), dir: t.TempDir()}
+	root := n.dp.PinRoot()
 	n.stateFile = filepath.Join(n.dir, "node.json")
 	if !o.notReady {
 		n.setReady(true)

@@ -1,45 +1,26 @@
 package mapsync
 
 import (
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
-	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/sluice-net/sluice/agent/internal/compile"
 	"github.com/sluice-net/sluice/bpf"
+	"github.com/sluice-net/sluice/bpf/bpftest"
 )
 
 func loadDatapath(t *testing.T) (*bpf.Datapath, string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs (run the tests as root)")
-	}
-	var st unix.Statfs_t
-	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
-		t.Skip("needs bpffs at /sys/fs/bpf (hack/install-deps.sh mounts it)")
-	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	root := filepath.Join("/sys/fs/bpf", "sluice-mapsync-"+hex.EncodeToString(b))
-	t.Cleanup(func() { _ = bpf.Remove(root) })
-	dp, err := bpf.Load(bpf.Config{PinRoot: root, MaglevSize: 251, MaxServices: 1024, MaxBackends: 4096})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Close() })
-	return dp, root
+	dp := bpftest.Load(t, bpf.Config{MaxServices: 1024, MaxBackends: 4096})
+	return dp, dp.PinRoot()
 }
 
 func fe(s string) compile.Frontend {

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -26,6 +25,7 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/bpf"
+	"github.com/sluice-net/sluice/bpf/bpftest"
 )
 
 const (
@@ -59,22 +59,8 @@ func benchObjects(n, eps int) ([]*v1.Service, []*discovery.EndpointSlice) {
 
 func benchDatapath(b *testing.B) *bpf.Datapath {
 	b.Helper()
-	if os.Geteuid() != 0 {
-		b.Skip("needs root to load BPF programs")
-	}
-	var st unix.Statfs_t
-	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
-		b.Skip("needs bpffs at /sys/fs/bpf")
-	}
-	root := filepath.Join("/sys/fs/bpf", fmt.Sprintf("sluice-agent-bench-%d", os.Getpid()))
-	b.Cleanup(func() { _ = bpf.Remove(root) })
-	// Default table size: this is the agent as shipped.
-	dp, err := bpf.Load(bpf.Config{PinRoot: root, MaxBackends: 1 << 18})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { dp.Close() })
-	return dp
+	// The default table size: this is the agent as shipped.
+	return bpftest.Load(b, bpf.Config{MaglevSize: bpf.DefaultConfig().MaglevSize, MaxBackends: 1 << 18})
 }
 
 func rssMiB() float64 {

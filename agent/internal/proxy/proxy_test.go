@@ -2,17 +2,13 @@ package proxy
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"io"
 	"log/slog"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -22,6 +18,7 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/bpf"
+	"github.com/sluice-net/sluice/bpf/bpftest"
 	"github.com/sluice-net/sluice/cni/nodestate"
 )
 
@@ -29,22 +26,7 @@ import (
 // under test); the maps and programs are real.
 func setup(t *testing.T) (*fake.Clientset, *bpf.Datapath, *Proxy, string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs (run the tests as root)")
-	}
-	var st unix.Statfs_t
-	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
-		t.Skip("needs bpffs at /sys/fs/bpf (hack/install-deps.sh mounts it)")
-	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	root := filepath.Join("/sys/fs/bpf", "sluice-proxy-"+hex.EncodeToString(b))
-	t.Cleanup(func() { _ = bpf.Remove(root) })
-	dp, err := bpf.Load(bpf.Config{PinRoot: root, MaglevSize: 251, MaxServices: 1024, MaxBackends: 4096})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Close() })
+	dp := bpftest.Load(t, bpf.Config{MaxServices: 1024, MaxBackends: 4096})
 	w, err := mapsync.New(dp)
 	if err != nil {
 		t.Fatal(err)

@@ -56,6 +56,15 @@ func load(args *skel.CmdArgs, cmd string) (*netconf.Config, *slog.Logger, func()
 	return conf, log, closeLog, nil
 }
 
+// openPool opens the network's address store; failing that is an I/O error.
+func openPool(conf *netconf.Config) (*ipam.Pool, error) {
+	pool, err := ipam.Open(conf.IPAMDir, conf.Name)
+	if err != nil {
+		return nil, types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	return pool, nil
+}
+
 func attachMode(s string) bpf.AttachMode {
 	switch s {
 	case "tcx":
@@ -116,9 +125,9 @@ func Add(args *skel.CmdArgs) (err error) {
 	}
 	defer dp.Close()
 
-	pool, err := ipam.Open(conf.IPAMDir, conf.Name)
+	pool, err := openPool(conf)
 	if err != nil {
-		return types.NewError(types.ErrIOFailure, err.Error(), "")
+		return err
 	}
 	defer pool.Close()
 	addrs, err := pool.Allocate(args.ContainerID, args.IfName, cidrs)
@@ -219,9 +228,9 @@ func Del(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	defer closeLog()
-	pool, err := ipam.Open(conf.IPAMDir, conf.Name)
+	pool, err := openPool(conf)
 	if err != nil {
-		return types.NewError(types.ErrIOFailure, err.Error(), "")
+		return err
 	}
 	defer pool.Close()
 	addrs := pool.Addresses(args.ContainerID, args.IfName)
@@ -311,9 +320,9 @@ func GC(args *skel.CmdArgs) error {
 		return err
 	}
 	defer closeLog()
-	pool, err := ipam.Open(conf.IPAMDir, conf.Name)
+	pool, err := openPool(conf)
 	if err != nil {
-		return types.NewError(types.ErrIOFailure, err.Error(), "")
+		return err
 	}
 	defer pool.Close()
 	if err := pool.GC(conf.ValidAttachments); err != nil {
