@@ -670,3 +670,45 @@ func BenchmarkAddDel(b *testing.B) {
 		})
 	}
 }
+
+// TestOlderSpecVersions: runtimes speaking CNI 0.4.0 or 1.0.0 get a result
+// in their version, and DNS settings from the config come back in it.
+func TestOlderSpecVersions(t *testing.T) {
+	for _, v := range []string{"0.4.0", "1.0.0"} {
+		t.Run(v, func(t *testing.T) {
+			n := newNode(t, nodeOpts{})
+			var list map[string]any
+			_ = json.Unmarshal(n.raw, &list)
+			list["cniVersion"] = v
+			list["plugins"].([]any)[0].(map[string]any)["dns"] = map[string]any{"nameservers": []string{"10.96.0.10"}, "search": []string{"svc.cluster.local"}}
+			raw, _ := json.Marshal(list)
+			var err error
+			if n.list, err = libcni.ConfListFromBytes(raw); err != nil {
+				t.Fatal(err)
+			}
+			pod := netnstest.New(t, "sl-pod")
+			var res types.Result
+			n.in(func() { res, err = n.cni.AddNetworkList(context.Background(), n.list, rt("old-"+v, pod)) })
+			if err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			if res.Version() != v {
+				t.Errorf("result version %s, want %s", res.Version(), v)
+			}
+			cur, err := current.NewResultFromResult(res)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(cur.IPs) != 2 || len(cur.DNS.Nameservers) != 1 || cur.DNS.Nameservers[0] != "10.96.0.10" {
+				t.Errorf("result: IPs %v, DNS %+v", cur.IPs, cur.DNS)
+			}
+			if err := n.check("old-"+v, pod); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			if err := n.del("old-"+v, pod); err != nil {
+				t.Fatal(err)
+			}
+			n.assertClean(t)
+		})
+	}
+}
