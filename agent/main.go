@@ -26,6 +26,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/sluice-net/sluice/agent/internal/config"
+	"github.com/sluice-net/sluice/agent/internal/healthcheck"
 	"github.com/sluice-net/sluice/agent/internal/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/agent/internal/proxy"
@@ -91,9 +92,11 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 		nodePortCIDRs = append(nodePortCIDRs, netip.MustParsePrefix(s)) // validated by config
 	}
 	factory := informers.NewSharedInformerFactory(client, 0)
+	hc := healthcheck.New(log, "")
+	defer hc.Close()
 	px, err := proxy.New(log, factory, writer, m, proxy.Options{
 		NodeName: cfg.NodeName, NodePortCIDRs: nodePortCIDRs, NodeStateFile: cfg.NodeStateFile,
-		MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration,
+		MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration, HealthChecks: hc,
 	})
 	if err != nil {
 		return err

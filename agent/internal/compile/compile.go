@@ -415,3 +415,34 @@ func selectBackends(eps []endpoint, ipv4, localOnly, topology bool, zone string)
 	slices.SortFunc(sel.backends, func(a, b Backend) int { return cmp.Compare(a.Addr.String(), b.Addr.String()) })
 	return sel
 }
+
+// HealthCheck is what a Service's healthCheckNodePort reports: external
+// load balancers send traffic only to nodes with local endpoints.
+type HealthCheck struct {
+	Port           uint16
+	Service        types.NamespacedName
+	LocalEndpoints int
+}
+
+// ServiceHealthCheck returns the health check of a LoadBalancer Service
+// with externalTrafficPolicy Local, counting this node's ready endpoints as
+// kube-proxy does; ok is false for every other Service.
+func ServiceHealthCheck(svc *v1.Service, slices []*discovery.EndpointSlice, node Node) (hc HealthCheck, ok bool) {
+	if Skipped(svc) != "" || svc.Spec.Type != v1.ServiceTypeLoadBalancer ||
+		svc.Spec.ExternalTrafficPolicy != v1.ServiceExternalTrafficPolicyLocal ||
+		svc.Spec.HealthCheckNodePort <= 0 || svc.Spec.HealthCheckNodePort > 65535 {
+		return hc, false
+	}
+	hc = HealthCheck{Port: uint16(svc.Spec.HealthCheckNodePort), Service: types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}}
+	local := map[string]bool{}
+	for _, s := range slices {
+		for _, ep := range s.Endpoints {
+			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
+			if ready && ep.NodeName != nil && *ep.NodeName == node.Name && len(ep.Addresses) > 0 {
+				local[ep.Addresses[0]] = true
+			}
+		}
+	}
+	hc.LocalEndpoints = len(local)
+	return hc, true
+}

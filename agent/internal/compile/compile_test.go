@@ -298,3 +298,26 @@ func TestCompileMalformed(t *testing.T) {
 		t.Errorf("got:\n%s\nwant:\n%s", r, want)
 	}
 }
+
+func TestServiceHealthCheck(t *testing.T) {
+	lb := func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+		s.Spec.HealthCheckNodePort = 32000
+	}
+	eps := []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
+		ep{addr: "10.244.0.7", node: "node-a"}, ep{addr: "10.244.0.8", node: "node-a", notReady: true},
+		ep{addr: "10.244.1.5", node: "node-b"})}
+	hc, ok := ServiceHealthCheck(svc("web", lb), eps, thisNode)
+	if !ok || hc.Port != 32000 || hc.LocalEndpoints != 1 || hc.Service.String() != "ns/web" {
+		t.Errorf("got %+v %v, want port 32000 with 1 local endpoint", hc, ok)
+	}
+	if _, ok := ServiceHealthCheck(svc("web", lb, func(s *v1.Service) {
+		s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyCluster
+	}), eps, thisNode); ok {
+		t.Error("externalTrafficPolicy Cluster has no health check")
+	}
+	if _, ok := ServiceHealthCheck(svc("web"), eps, thisNode); ok {
+		t.Error("ClusterIP service has no health check")
+	}
+}

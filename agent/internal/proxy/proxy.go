@@ -25,6 +25,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/sluice-net/sluice/agent/internal/compile"
+	"github.com/sluice-net/sluice/agent/internal/healthcheck"
 	"github.com/sluice-net/sluice/agent/internal/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/agent/internal/runner"
@@ -38,6 +39,8 @@ type Options struct {
 	NodeStateFile    string
 	MinSync, MaxSync time.Duration
 	Clock            clock.Clock
+	// HealthChecks serves healthCheckNodePorts; nil disables them.
+	HealthChecks *healthcheck.Server
 }
 
 // Proxy keeps the datapath's service maps in step with the API.
@@ -55,7 +58,8 @@ type Proxy struct {
 	full  bool                          // recompile everything
 
 	// perService is the compiled state, by Service; only sync touches it.
-	perService map[types.NamespacedName]compile.Desired
+	perService   map[types.NamespacedName]compile.Desired
+	healthChecks map[types.NamespacedName]compile.HealthCheck
 
 	ready     atomic.Bool
 	lastError atomic.Value // string
@@ -67,7 +71,8 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *maps
 		opts.Clock = clock.RealClock{}
 	}
 	p := &Proxy{log: log, opts: opts, factory: factory, writer: writer, metrics: m,
-		dirty: map[types.NamespacedName]bool{}, full: true, perService: map[types.NamespacedName]compile.Desired{}}
+		dirty: map[types.NamespacedName]bool{}, full: true, perService: map[types.NamespacedName]compile.Desired{},
+		healthChecks: map[types.NamespacedName]compile.HealthCheck{}}
 	err := factory.Discovery().V1().EndpointSlices().Informer().AddIndexers(cache.Indexers{sliceIndex: func(obj any) ([]string, error) {
 		s, ok := obj.(*discovery.EndpointSlice)
 		if !ok || s.Labels[discovery.LabelServiceName] == "" {
@@ -223,6 +228,15 @@ func (p *Proxy) syncOnce(start time.Time) error {
 			"backendsWritten", st.BackendsWritten, "backendsDeleted", st.BackendsDeleted,
 			"tablesWritten", st.TablesWritten, "took", p.opts.Clock.Since(start))
 	}
+	if p.opts.HealthChecks != nil {
+		var checks []compile.HealthCheck
+		for _, hc := range p.healthChecks {
+			checks = append(checks, hc)
+		}
+		if err := p.opts.HealthChecks.Sync(checks); err != nil {
+			p.log.Error("health check ports", "err", err)
+		}
+	}
 	if len(podCIDRs) == 0 {
 		return fmt.Errorf("node %q has no spec.podCIDRs yet: pods cannot get addresses", p.opts.NodeName)
 	}
@@ -257,6 +271,7 @@ func (p *Proxy) compile(node compile.Node) (compile.Desired, error) {
 			return nil, err
 		}
 		p.perService = map[types.NamespacedName]compile.Desired{}
+		p.healthChecks = map[types.NamespacedName]compile.HealthCheck{}
 		dirty = map[types.NamespacedName]bool{}
 		for _, s := range all {
 			dirty[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = true
@@ -267,6 +282,7 @@ func (p *Proxy) compile(node compile.Node) (compile.Desired, error) {
 		svc, err := services.Services(key.Namespace).Get(key.Name)
 		if apierrors.IsNotFound(err) {
 			delete(p.perService, key)
+			delete(p.healthChecks, key)
 			continue
 		}
 		if err != nil {
@@ -288,6 +304,11 @@ func (p *Proxy) compile(node compile.Node) (compile.Desired, error) {
 			p.log.Warn("object partly ignored", "err", e)
 		}
 		p.perService[key] = d
+		if hc, ok := compile.ServiceHealthCheck(svc, slices, node); ok {
+			p.healthChecks[key] = hc
+		} else {
+			delete(p.healthChecks, key)
+		}
 	}
 	desired := compile.Desired{}
 	for _, d := range p.perService {

@@ -4,8 +4,11 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/sluice-net/sluice/agent/internal/healthcheck"
 	"github.com/sluice-net/sluice/agent/internal/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/bpf"
@@ -25,6 +29,10 @@ import (
 // The API is faked here (the wiring from informer events to the maps is
 // under test); the maps and programs are real.
 func setup(t *testing.T) (*fake.Clientset, *bpf.Datapath, *Proxy, string) {
+	return setupWith(t, nil)
+}
+
+func setupWith(t *testing.T, hc *healthcheck.Server) (*fake.Clientset, *bpf.Datapath, *Proxy, string) {
 	t.Helper()
 	dp := bpftest.Load(t, bpf.Config{MaxServices: 1024, MaxBackends: 4096})
 	w, err := mapsync.New(dp)
@@ -40,6 +48,7 @@ func setup(t *testing.T) (*fake.Clientset, *bpf.Datapath, *Proxy, string) {
 	factory := informers.NewSharedInformerFactory(client, 0)
 	p, err := New(slog.New(slog.NewTextHandler(io.Discard, nil)), factory, w, metrics.New(dp), Options{
 		NodeName: "node-a", NodeStateFile: state, MinSync: 10 * time.Millisecond, MaxSync: time.Hour,
+		HealthChecks: hc,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -113,4 +122,49 @@ func TestProxyFollowsTheAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "the service to go", func() bool { _, ok := backendCount(dp, "10.96.0.10:80"); return !ok })
+}
+
+// TestHealthCheckNodePort: a LoadBalancer Service with
+// externalTrafficPolicy Local gets its health check port, answering 503
+// until this node has an endpoint and 200 after.
+func TestHealthCheckNodePort(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	hc := healthcheck.New(slog.New(slog.NewTextHandler(io.Discard, nil)), "127.0.0.1")
+	defer hc.Close()
+	client, _, _, _ := setupWith(t, hc)
+	ctx := context.Background()
+	svc := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "lb"},
+		Spec: v1.ServiceSpec{Type: v1.ServiceTypeLoadBalancer, ClusterIP: "10.96.0.20", ClusterIPs: []string{"10.96.0.20"},
+			ExternalTrafficPolicy: v1.ServiceExternalTrafficPolicyLocal, HealthCheckNodePort: int32(port),
+			Ports: []v1.ServicePort{{Name: "http", Port: 80, NodePort: 30080, Protocol: v1.ProtocolTCP}}},
+	}
+	if _, err := client.CoreV1().Services("ns").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	status := func() int {
+		resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(port) + "/")
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	eventually(t, "503 without local endpoints", func() bool { return status() == 503 })
+	name, tport, proto, self := "http", int32(8080), v1.ProtocolTCP, "node-a"
+	slice := &discovery.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: "lb-1", Labels: map[string]string{discovery.LabelServiceName: "lb"}},
+		AddressType: discovery.AddressTypeIPv4,
+		Ports:       []discovery.EndpointPort{{Name: &name, Port: &tport, Protocol: &proto}},
+		Endpoints:   []discovery.Endpoint{{Addresses: []string{"10.244.0.5"}, NodeName: &self}},
+	}
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "200 with a local endpoint", func() bool { return status() == 200 })
 }
