@@ -5,7 +5,7 @@ PKGS    := ./...
 
 export CGO_ENABLED := 0
 
-.PHONY: all build generate check-generate lint test unit deps bench fuzz
+.PHONY: all build generate check-generate lint test unit deps bench fuzz k8s
 
 all: build
 
@@ -32,9 +32,14 @@ lint:
 	$(GO) vet $(PKGS)
 	$(GO) tool staticcheck $(PKGS)
 
-## unit: every Go test (root-only tests skip without root)
+## k8s: build etcd, kube-apiserver, ... from Go modules into the cache (cold: ~7 min)
+k8s:
+	./hack/build-k8s.sh
+
+## unit: every Go test (root-only tests skip without root); the API server
+## tests use the binaries hack/build-k8s.sh builds and caches
 unit:
-	$(GO) test -count=1 $(PKGS)
+	SLUICE_K8S_BIN="$$(./hack/build-k8s.sh | tail -n 1)" $(GO) test -count=1 $(PKGS)
 
 ## test: the README's test command, and what CI runs
 test: deps check-generate lint unit

@@ -4,12 +4,16 @@
 package netnstest
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"net"
+	"net/http"
 	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netns"
 )
@@ -85,6 +89,24 @@ func (n *NS) Do(t testing.TB, fn func()) {
 		}
 	}()
 	<-done
+}
+
+// Dialer returns a dial function whose connections are made from inside
+// the namespace, for clients (HTTP, client-go) that dial on goroutines of
+// their own.
+func (n *NS) Dialer(t testing.TB) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+		n.Do(t, func() {
+			var d net.Dialer
+			c, err = d.DialContext(ctx, network, addr)
+		})
+		return c, err
+	}
+}
+
+// HTTPClient is an HTTP client whose connections start inside the namespace.
+func (n *NS) HTTPClient(t testing.TB) *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: n.Dialer(t)}}
 }
 
 // VethPair creates a veth pair inside n, moves the peer into peerNS (nil

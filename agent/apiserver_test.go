@@ -1,0 +1,242 @@
+package main_test
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/sluice-net/sluice/bpf"
+	"github.com/sluice-net/sluice/bpf/bpftest"
+	"github.com/sluice-net/sluice/cni/nodestate"
+	"github.com/sluice-net/sluice/hack/netnstest"
+)
+
+// controlPlane is etcd and kube-apiserver running inside the test's own
+// network namespace, reachable on its loopback only.
+type controlPlane struct {
+	kubeconfig string
+	client     *kubernetes.Clientset
+}
+
+// k8sBin is where hack/build-k8s.sh put the Kubernetes binaries; make test
+// sets SLUICE_K8S_BIN.
+func k8sBin(t *testing.T) string {
+	dir := os.Getenv("SLUICE_K8S_BIN")
+	if dir == "" {
+		t.Skip("SLUICE_K8S_BIN not set: run through make test, which builds etcd and kube-apiserver (hack/build-k8s.sh)")
+	}
+	return dir
+}
+
+// start runs a command in ns, logging to a file, and stops it by its PID
+// when the test ends.
+func start(t *testing.T, ns *netnstest.NS, dir, name string, args ...string) {
+	t.Helper()
+	logf, err := os.Create(filepath.Join(dir, name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cmd *exec.Cmd
+	ns.Do(t, func() {
+		cmd = exec.Command(args[0], args[1:]...)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		err = cmd.Start()
+	})
+	if err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_, _ = cmd.Process.Wait()
+		logf.Close()
+		if t.Failed() {
+			out, _ := os.ReadFile(logf.Name())
+			t.Logf("%s log (tail):\n%s", name, tail(string(out), 30))
+		}
+	})
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func startControlPlane(t *testing.T, ns *netnstest.NS) *controlPlane {
+	t.Helper()
+	bin := k8sBin(t)
+	dir := t.TempDir()
+	start(t, ns, dir, "etcd", filepath.Join(bin, "etcd"), "--data-dir", filepath.Join(dir, "etcd"),
+		"--listen-client-urls", "http://127.0.0.1:2379", "--advertise-client-urls", "http://127.0.0.1:2379",
+		"--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
+		"--initial-cluster", "default=http://127.0.0.1:2380", "--name", "default")
+
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, "sa.key")
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tokens := filepath.Join(dir, "tokens.csv")
+	if err := os.WriteFile(tokens, []byte("sluice-test-admin-token,admin,admin,system:masters\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start(t, ns, dir, "kube-apiserver", filepath.Join(bin, "kube-apiserver"),
+		"--etcd-servers", "http://127.0.0.1:2379", "--bind-address", "127.0.0.1", "--secure-port", "6443",
+		"--advertise-address", "127.0.0.1", "--endpoint-reconciler-type", "none",
+		"--cert-dir", filepath.Join(dir, "certs"), "--token-auth-file", tokens, "--authorization-mode", "RBAC",
+		"--service-cluster-ip-range", "10.96.0.0/16", "--service-account-issuer", "https://kubernetes.default.svc",
+		"--service-account-key-file", keyFile, "--service-account-signing-key-file", keyFile)
+
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: {server: "https://127.0.0.1:6443", insecure-skip-tls-verify: true}}]
+users: [{name: admin, user: {token: sluice-test-admin-token}}]
+contexts: [{name: test, context: {cluster: test, user: admin}}]
+current-context: test
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The client runs in the test process; its connections must be made
+	// from inside the namespace, so dial from a thread in it.
+	cfg.Dial = ns.Dialer(t)
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if _, err = client.CoreV1().Namespaces().Get(context.Background(), "default", metav1.GetOptions{}); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kube-apiserver not ready after 90s: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return &controlPlane{kubeconfig: kubeconfig, client: client}
+}
+
+// TestAgentAgainstAPIServer runs the real agent binary against a real
+// kube-apiserver and etcd, all inside one network namespace, and follows a
+// Service from creation to its endpoints in the datapath maps.
+func TestAgentAgainstAPIServer(t *testing.T) {
+	bpftest.Require(t)
+	ns := netnstest.New(t, "sl-agent")
+	ns.IP(t, "link", "set", "lo", "up")
+	cp := startControlPlane(t, ns)
+	ctx := context.Background()
+
+	agentBin := filepath.Join(t.TempDir(), "sluice-agent")
+	if out, err := exec.Command("go", "build", "-o", agentBin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build agent: %v\n%s", err, out)
+	}
+	root := bpftest.Root(t)
+	dir := t.TempDir()
+	state := filepath.Join(dir, "node.json")
+
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}, Spec: v1.NodeSpec{PodCIDRs: []string{"10.244.0.0/24"}},
+		Status: v1.NodeStatus{Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "192.168.50.10"}}}}
+	if _, err := cp.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	start(t, ns, dir, "sluice-agent", agentBin, "--kubeconfig", cp.kubeconfig, "--nodeName", "node-a",
+		"--bpfRoot", root, "--maglevTableSize", "251", "--nodeStateFile", state,
+		"--metricsAddr", "127.0.0.1:9962", "--healthAddr", "127.0.0.1:9963", "--syncMinInterval", "50ms",
+		"--logFormat", "text")
+
+	httpGet := func(path string) (int, string) {
+		resp, err := ns.HTTPClient(t).Get("http://127.0.0.1" + path)
+		if err != nil {
+			return 0, ""
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	eventually(t, "agent ready", func() bool { c, _ := httpGet(":9963/readyz"); return c == 200 })
+	if s, err := nodestate.Read(state); err != nil || s.PodCIDRs[0] != "10.244.0.0/24" {
+		t.Fatalf("node state for the CNI: %+v, %v", s, err)
+	}
+
+	svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},
+		Spec: v1.ServiceSpec{Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}}}
+	svc, err := cp.client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), 80)
+	name, port, proto := "http", int32(8080), v1.ProtocolTCP
+	slice := &discovery.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: "web-1", Labels: map[string]string{discovery.LabelServiceName: "web"}},
+		AddressType: discovery.AddressTypeIPv4,
+		Ports:       []discovery.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
+		Endpoints:   []discovery.Endpoint{{Addresses: []string{"10.244.1.5"}}, {Addresses: []string{"10.244.2.5"}}},
+	}
+	if _, err := cp.client.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	dp, err := bpf.OpenPinned(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	backends := func() int {
+		var v bpf.ServiceValue
+		if err := dp.Services.Lookup(bpf.ServiceKey{Addr: bpf.Addr(vip.Addr()), Port: bpf.Port(80), Proto: 6}, &v); err != nil {
+			return -1
+		}
+		return int(v.BackendCount)
+	}
+	eventually(t, fmt.Sprintf("ClusterIP %v with 2 backends in the datapath", vip), func() bool { return backends() == 2 })
+
+	if err := cp.client.CoreV1().Services("default").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the Service gone from the datapath", func() bool { return backends() == -1 })
+
+	_, metrics := httpGet(":9962/metrics")
+	for _, m := range []string{"sluice_sync_duration_seconds_count", "sluice_services_programmed", "sluice_map_capacity{map=\"services\"}"} {
+		if !strings.Contains(metrics, m) {
+			t.Errorf("metrics lack %s", m)
+		}
+	}
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
