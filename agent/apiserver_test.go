@@ -16,16 +16,20 @@ import (
 	"testing"
 	"time"
 
+	authv1 "k8s.io/api/authentication/v1"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/bpf/bpftest"
 	"github.com/sluice-net/sluice/cni/nodestate"
 	"github.com/sluice-net/sluice/hack/netnstest"
+	"github.com/sluice-net/sluice/manifests"
 )
 
 // controlPlane is etcd and kube-apiserver running inside the test's own
@@ -110,15 +114,7 @@ func startControlPlane(t *testing.T, ns *netnstest.NS) *controlPlane {
 		"--service-account-key-file", keyFile, "--service-account-signing-key-file", keyFile)
 
 	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
-kind: Config
-clusters: [{name: test, cluster: {server: "https://127.0.0.1:6443", insecure-skip-tls-verify: true}}]
-users: [{name: admin, user: {token: sluice-test-admin-token}}]
-contexts: [{name: test, context: {cluster: test, user: admin}}]
-current-context: test
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeKubeconfig(t, kubeconfig, "sluice-test-admin-token")
 	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
 	if err != nil {
 		t.Fatal(err)
@@ -161,12 +157,26 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	dir := t.TempDir()
 	state := filepath.Join(dir, "node.json")
 
+	// The agent runs as the manifest's ServiceAccount with the manifest's
+	// ClusterRole: RBAC is tested for real.
+	token := applyRBAC(t, cp)
+	agentKubeconfig := filepath.Join(dir, "agent.kubeconfig")
+	writeKubeconfig(t, agentKubeconfig, token)
+	agentConfig := filepath.Join(dir, "agent.yaml")
+	shipped, err := manifests.ConfigData("agent.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(agentConfig, []byte(shipped), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
 	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}, Spec: v1.NodeSpec{PodCIDRs: []string{"10.244.0.0/24"}},
 		Status: v1.NodeStatus{Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "192.168.50.10"}}}}
 	if _, err := cp.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	start(t, ns, dir, "sluice-agent", agentBin, "--kubeconfig", cp.kubeconfig, "--nodeName", "node-a",
+	start(t, ns, dir, "sluice-agent", agentBin, "--config", agentConfig, "--kubeconfig", agentKubeconfig, "--nodeName", "node-a",
 		"--bpfRoot", root, "--maglevTableSize", "251", "--nodeStateFile", state,
 		"--metricsAddr", "127.0.0.1:9962", "--healthAddr", "127.0.0.1:9963", "--syncMinInterval", "50ms",
 		"--logFormat", "text")
@@ -187,7 +197,7 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 
 	svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},
 		Spec: v1.ServiceSpec{Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}}}
-	svc, err := cp.client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{})
+	svc, err = cp.client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,4 +249,50 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+func writeKubeconfig(t *testing.T, path, token string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: {server: "https://127.0.0.1:6443", insecure-skip-tls-verify: true}}]
+users: [{name: user, user: {token: `+token+`}}]
+contexts: [{name: test, context: {cluster: test, user: user}}]
+current-context: test
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// applyRBAC creates the manifest's Namespace, ServiceAccount, ClusterRole
+// and ClusterRoleBinding, and returns a token of that ServiceAccount.
+func applyRBAC(t *testing.T, cp *controlPlane) string {
+	t.Helper()
+	ctx := context.Background()
+	decode := scheme.Codecs.UniversalDeserializer().Decode
+	for _, doc := range manifests.Documents() {
+		obj, _, err := decode([]byte(doc), nil, nil)
+		if err != nil {
+			t.Fatalf("manifest document does not decode: %v\n%s", err, doc)
+		}
+		switch o := obj.(type) {
+		case *v1.Namespace:
+			_, err = cp.client.CoreV1().Namespaces().Create(ctx, o, metav1.CreateOptions{})
+		case *v1.ServiceAccount:
+			_, err = cp.client.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+		case *rbacv1.ClusterRole:
+			_, err = cp.client.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
+		case *rbacv1.ClusterRoleBinding:
+			_, err = cp.client.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
+		}
+		if err != nil {
+			t.Fatalf("apply %T: %v", obj, err)
+		}
+	}
+	tr, err := cp.client.CoreV1().ServiceAccounts("sluice-system").CreateToken(ctx, "sluice-agent",
+		&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("token for the agent's ServiceAccount: %v", err)
+	}
+	return tr.Status.Token
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/sluice-net/sluice/bpf/bpftest"
 	"github.com/sluice-net/sluice/cni/nodestate"
 	"github.com/sluice-net/sluice/hack/netnstest"
+	"github.com/sluice-net/sluice/manifests"
 )
 
 var binDir string
@@ -88,12 +89,12 @@ func newNode(t testing.TB, o nodeOpts) *node {
 	n.ns.IP(t, "addr", "add", "10.99.0.1/32", "dev", "lo")
 	n.ns.IP(t, "addr", "add", "fd00:99::1/128", "dev", "lo")
 
-	shipped, err := os.ReadFile("../manifests/10-sluice.conflist")
+	shipped, err := manifests.ConfigData("10-sluice.conflist")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var list map[string]any
-	if err := json.Unmarshal(shipped, &list); err != nil {
+	if err := json.Unmarshal([]byte(shipped), &list); err != nil {
 		t.Fatal(err)
 	}
 	plugin := list["plugins"].([]any)[0].(map[string]any)
