@@ -28,6 +28,7 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/config"
 	"github.com/sluice-net/sluice/agent/internal/healthcheck"
 	"github.com/sluice-net/sluice/agent/internal/mapsync"
+	"github.com/sluice-net/sluice/agent/internal/masq"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/agent/internal/proxy"
 	"github.com/sluice-net/sluice/agent/internal/routes"
@@ -81,6 +82,15 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	}
 	defer dp.Close() // the pins stay: the datapath outlives the agent
 	log.Info("datapath loaded", "bpfRoot", cfg.BPFRoot, "maglevTableSize", cfg.MaglevTableSize)
+
+	var clusterCIDRs []netip.Prefix
+	for _, s := range cfg.ClusterCIDRs {
+		clusterCIDRs = append(clusterCIDRs, netip.MustParsePrefix(s)) // validated by config
+	}
+	if err := masq.Apply(clusterCIDRs); err != nil {
+		return err
+	}
+	log.Info("masquerade of traffic leaving the cluster CIDRs", "clusterCIDRs", cfg.ClusterCIDRs, "table", "inet "+masq.TableName)
 
 	writer, err := mapsync.New(dp)
 	if err != nil {

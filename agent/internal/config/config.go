@@ -41,6 +41,11 @@ type Config struct {
 	// InternalIP (nodes on one L2 network or a routed underlay).
 	NativeRouting *bool `json:"nativeRouting,omitempty"`
 
+	// ClusterCIDRs are the pod CIDRs of the whole cluster; pod traffic to
+	// anywhere outside them is masqueraded to the node's address. Empty:
+	// no masquerade.
+	ClusterCIDRs []string `json:"clusterCIDRs,omitempty"`
+
 	SyncMinInterval Duration `json:"syncMinInterval,omitempty"`
 	SyncMaxInterval Duration `json:"syncMaxInterval,omitempty"`
 	CTGCInterval    Duration `json:"conntrackGCInterval,omitempty"`
@@ -144,6 +149,10 @@ func bind(fs *flag.FlagSet, c *Config) {
 		c.NativeRouting = &v
 		return nil
 	})
+	fs.Func("clusterCIDRs", "comma-separated pod CIDRs of the cluster; traffic leaving them is masqueraded", func(s string) error {
+		c.ClusterCIDRs = splitComma(s)
+		return nil
+	})
 	fs.Func("syncMinInterval", "minimum time between datapath syncs", durFlag(&c.SyncMinInterval))
 	fs.Func("syncMaxInterval", "maximum time between full datapath syncs", durFlag(&c.SyncMaxInterval))
 	fs.Func("conntrackGCInterval", "how often expired conntrack entries are deleted", durFlag(&c.CTGCInterval))
@@ -172,6 +181,7 @@ func overlay(dst, src *Config, set map[string]bool) {
 	pick("nodeStateFile", func() { dst.NodeStateFile = src.NodeStateFile })
 	pick("nodePortAddresses", func() { dst.NodePortAddresses = src.NodePortAddresses })
 	pick("nativeRouting", func() { dst.NativeRouting = src.NativeRouting })
+	pick("clusterCIDRs", func() { dst.ClusterCIDRs = src.ClusterCIDRs })
 	pick("syncMinInterval", func() { dst.SyncMinInterval = src.SyncMinInterval })
 	pick("syncMaxInterval", func() { dst.SyncMaxInterval = src.SyncMaxInterval })
 	pick("conntrackGCInterval", func() { dst.CTGCInterval = src.CTGCInterval })
@@ -192,6 +202,11 @@ func (c Config) Validate() error {
 	for i, s := range c.NodePortAddresses {
 		if _, err := netip.ParsePrefix(s); err != nil {
 			return fmt.Errorf("nodePortAddresses[%d]: %q is not a CIDR", i, s)
+		}
+	}
+	for i, s := range c.ClusterCIDRs {
+		if _, err := netip.ParsePrefix(s); err != nil {
+			return fmt.Errorf("clusterCIDRs[%d]: %q is not a CIDR", i, s)
 		}
 	}
 	if c.SyncMinInterval.Duration <= 0 || c.SyncMaxInterval.Duration < c.SyncMinInterval.Duration {
