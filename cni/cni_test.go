@@ -1,7 +1,6 @@
 package main_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -218,18 +217,18 @@ func TestTwoPodsTalk(t *testing.T) {
 		t.Errorf("CHECK of a healthy pod: %v", err)
 	}
 
-	stop := serveEcho(t, podB)
-	defer stop()
+	podB.ServeWhoAmI(t, 7777)
 	for _, dst := range []netip.Addr{b4, b6} {
-		if got := tcpEcho(t, podA, dst); got != "echo "+addrOf(a4, a6, dst) {
-			t.Errorf("pod A -> %v over TCP: %q", dst, got)
-		}
-		if got := udpEcho(t, podA, dst); got != "echo "+addrOf(a4, a6, dst) {
-			t.Errorf("pod A -> %v over UDP: %q", dst, got)
+		to := netip.AddrPortFrom(dst, 7777)
+		for _, network := range []string{"tcp", "udp"} {
+			if got := podA.WhoAmI(t, network, to); got != addrOf(a4, a6, dst) {
+				t.Errorf("pod A -> %v over %s: %q", to, network, got)
+			}
 		}
 		// The node itself reaches the pod (kubelet probes do this).
-		if got := tcpEcho(t, n.ns, dst); !strings.HasPrefix(got, "echo ") {
-			t.Errorf("node -> %v over TCP: %q", dst, got)
+		nodeAddr := addrOf(netip.MustParseAddr("10.99.0.1"), netip.MustParseAddr("fd00:99::1"), dst)
+		if got := n.ns.WhoAmI(t, "tcp", to); got != nodeAddr {
+			t.Errorf("node -> %v over TCP: %q", to, got)
 		}
 	}
 }
@@ -239,93 +238,6 @@ func addrOf(v4, v6, like netip.Addr) string {
 		return v4.String()
 	}
 	return v6.String()
-}
-
-// serveEcho answers TCP and UDP on port 7777 in the pod with the caller's
-// address.
-func serveEcho(t *testing.T, pod *netnstest.NS) func() {
-	var closers []func() error
-	for _, fam := range []struct{ tcp, udp, any string }{{"tcp4", "udp4", "0.0.0.0"}, {"tcp6", "udp6", "::"}} {
-		pod.Do(t, func() {
-			ln, err := net.Listen(fam.tcp, net.JoinHostPort(fam.any, "7777"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			pc, err := net.ListenPacket(fam.udp, net.JoinHostPort(fam.any, "7777"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			closers = append(closers, ln.Close, pc.Close)
-			go func() {
-				for {
-					c, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					fmt.Fprintf(c, "echo %s\n", c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
-					c.Close()
-				}
-			}()
-			go func() {
-				buf := make([]byte, 64)
-				for {
-					_, from, err := pc.ReadFrom(buf)
-					if err != nil {
-						return
-					}
-					_, _ = pc.WriteTo([]byte("echo "+from.(*net.UDPAddr).AddrPort().Addr().Unmap().String()), from)
-				}
-			}()
-		})
-	}
-	return func() {
-		for _, c := range closers {
-			_ = c()
-		}
-	}
-}
-
-func tcpEcho(t *testing.T, from *netnstest.NS, dst netip.Addr) (got string) {
-	from.Do(t, func() {
-		c, err := net.DialTimeout("tcp", netip.AddrPortFrom(dst, 7777).String(), 3*time.Second)
-		if err != nil {
-			got = err.Error()
-			return
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-		line, _ := bufio.NewReader(c).ReadString('\n')
-		got = strings.TrimSpace(line)
-	})
-	return got
-}
-
-func udpEcho(t *testing.T, from *netnstest.NS, dst netip.Addr) (got string) {
-	from.Do(t, func() {
-		network := "udp4"
-		if dst.Is6() {
-			network = "udp6"
-		}
-		c, err := net.ListenPacket(network, ":0")
-		if err != nil {
-			got = err.Error()
-			return
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-		if _, err := c.WriteTo([]byte("hi"), net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, 7777))); err != nil {
-			got = err.Error()
-			return
-		}
-		buf := make([]byte, 64)
-		k, _, err := c.ReadFrom(buf)
-		if err != nil {
-			got = err.Error()
-			return
-		}
-		got = string(buf[:k])
-	})
-	return got
 }
 
 // TestCheckNamesWhatIsMissing: CHECK fails, naming the missing piece.

@@ -7,10 +7,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -107,6 +110,77 @@ func (n *NS) Dialer(t testing.TB) func(ctx context.Context, network, addr string
 // HTTPClient is an HTTP client whose connections start inside the namespace.
 func (n *NS) HTTPClient(t testing.TB) *http.Client {
 	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: n.Dialer(t)}}
+}
+
+// ServeWhoAmI answers TCP connections and UDP datagrams on port, over
+// IPv4 and IPv6, with the address the client was seen from: what a test
+// asserts about NAT. It stops when the test ends.
+func (n *NS) ServeWhoAmI(t testing.TB, port int) {
+	t.Helper()
+	for _, fam := range []struct{ tcp, udp, any string }{{"tcp4", "udp4", "0.0.0.0"}, {"tcp6", "udp6", "::"}} {
+		addr := net.JoinHostPort(fam.any, strconv.Itoa(port))
+		var ln net.Listener
+		var pc net.PacketConn
+		var err error
+		n.Do(t, func() {
+			if ln, err = net.Listen(fam.tcp, addr); err == nil {
+				pc, err = net.ListenPacket(fam.udp, addr)
+			}
+		})
+		if err != nil {
+			t.Fatalf("listen on %s in %s: %v", addr, n.Name, err)
+		}
+		t.Cleanup(func() { ln.Close(); pc.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				fmt.Fprintln(c, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
+				c.Close()
+			}
+		}()
+		go func() {
+			buf := make([]byte, 64)
+			for {
+				_, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				_, _ = pc.WriteTo([]byte(from.(*net.UDPAddr).AddrPort().Addr().Unmap().String()), from)
+			}
+		}()
+	}
+}
+
+// WhoAmI asks a ServeWhoAmI server at dst, over "tcp" or "udp" from inside
+// the namespace, which address it saw; on failure it returns the error text.
+func (n *NS) WhoAmI(t testing.TB, network string, dst netip.AddrPort) string {
+	var got string
+	n.Do(t, func() {
+		c, err := net.DialTimeout(network, dst.String(), 3*time.Second)
+		if err != nil {
+			got = err.Error()
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		if network == "udp" {
+			if _, err := c.Write([]byte("?")); err != nil {
+				got = err.Error()
+				return
+			}
+		}
+		buf := make([]byte, 64)
+		k, err := c.Read(buf)
+		if err != nil {
+			got = err.Error()
+			return
+		}
+		got = strings.TrimSpace(string(buf[:k]))
+	})
+	return got
 }
 
 // VethPair creates a veth pair inside n, moves the peer into peerNS (nil

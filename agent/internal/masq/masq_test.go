@@ -1,15 +1,11 @@
 package masq
 
 import (
-	"bufio"
-	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/sluice-net/sluice/hack/netnstest"
 )
@@ -69,17 +65,15 @@ func TestMasquerade(t *testing.T) {
 		t.Fatalf("nft list table:\n%s%v", out, err)
 	}
 
-	serve(t, outside, "0.0.0.0:7000", "tcp4")
-	serve(t, outside, "[::]:7000", "tcp6")
-	serve(t, peer, "0.0.0.0:7000", "tcp4")
-	serve(t, peer, "[::]:7000", "tcp6")
+	outside.ServeWhoAmI(t, 7000)
+	peer.ServeWhoAmI(t, 7000)
 	for _, c := range []struct{ dst, want string }{
 		{"192.0.2.5:7000", "192.0.2.1"},
 		{"[2001:db8::5]:7000", "2001:db8::1"},
 		{"10.244.0.3:7000", "10.244.0.2"},
 		{"[fd00:10:244::3]:7000", "fd00:10:244::2"},
 	} {
-		if got := seenAs(t, pod, c.dst); got != c.want {
+		if got := pod.WhoAmI(t, "tcp", netip.MustParseAddrPort(c.dst)); got != c.want {
 			t.Errorf("pod -> %s seen from %q, want %s", c.dst, got, c.want)
 		}
 	}
@@ -91,41 +85,4 @@ func TestMasquerade(t *testing.T) {
 	if out, err := exec.Command("ip", "netns", "exec", node.Name, "nft", "list", "tables").CombinedOutput(); err != nil || strings.Contains(string(out), TableName) {
 		t.Errorf("table left after Apply(nil): %s %v", out, err)
 	}
-}
-
-// serve answers each TCP connection with the address it came from.
-func serve(t *testing.T, ns *netnstest.NS, addr, network string) {
-	var ln net.Listener
-	var err error
-	ns.Do(t, func() { ln, err = net.Listen(network, addr) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
-			c.Close()
-		}
-	}()
-}
-
-func seenAs(t *testing.T, from *netnstest.NS, dst string) string {
-	var got string
-	from.Do(t, func() {
-		c, err := net.DialTimeout("tcp", dst, 3*time.Second)
-		if err != nil {
-			got = err.Error()
-			return
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-		line, _ := bufio.NewReader(c).ReadString('\n')
-		got = strings.TrimSpace(line)
-	})
-	return got
 }
