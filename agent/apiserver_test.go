@@ -179,7 +179,10 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	start(t, ns, dir, "sluice-agent", agentBin, "--config", agentConfig, "--kubeconfig", agentKubeconfig, "--nodeName", "node-a",
 		"--bpfRoot", root, "--maglevTableSize", "251", "--nodeStateFile", state,
 		"--metricsAddr", "127.0.0.1:9962", "--healthAddr", "127.0.0.1:9963", "--syncMinInterval", "50ms",
-		"--logFormat", "text")
+		"--logFormat", "text",
+		// Never the machine's cgroups: socket LB is tested on a cgroup of
+		// its own in package bpf.
+		"--socketLBCgroup", "")
 
 	httpGet := func(path string) (int, string) {
 		resp, err := ns.HTTPClient(t).Get("http://127.0.0.1" + path)

@@ -83,6 +83,13 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	defer dp.Close() // the pins stay: the datapath outlives the agent
 	log.Info("datapath loaded", "bpfRoot", cfg.BPFRoot, "maglevTableSize", cfg.MaglevTableSize)
 
+	if cfg.SocketLBCgroup != "" {
+		if err := dp.AttachSocketLB(cfg.SocketLBCgroup); err != nil {
+			return err
+		}
+		log.Info("socket-level load balancing attached", "cgroup", cfg.SocketLBCgroup)
+	}
+
 	var clusterCIDRs []netip.Prefix
 	for _, s := range cfg.ClusterCIDRs {
 		clusterCIDRs = append(clusterCIDRs, netip.MustParsePrefix(s)) // validated by config

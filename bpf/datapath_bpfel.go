@@ -133,6 +133,22 @@ const (
 	datapathHookHOOK_TO_POD   datapathHook = 1
 )
 
+type datapathSockRevnatKey struct {
+	_      structs.HostLayout
+	Cookie uint64
+	Addr   [16]uint8
+	Port   uint16
+	Pad    uint16
+	Pad2   uint32
+}
+
+type datapathSockRevnatValue struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+	Port uint16
+	Pad  uint16
+}
+
 type datapathSvcFlags uint32
 
 const (
@@ -175,7 +191,16 @@ const (
 	datapathMapSluiceEventsV1      = "sluice_events_v1"
 	datapathMapSluiceMaglevV1      = "sluice_maglev_v1"
 	datapathMapSluiceServicesV1    = "sluice_services_v1"
+	datapathMapSluiceSockRevnatV1  = "sluice_sock_revnat_v1"
 	datapathProgFromPod            = "from_pod"
+	datapathProgSock4Connect       = "sock4_connect"
+	datapathProgSock4Getpeername   = "sock4_getpeername"
+	datapathProgSock4Recvmsg       = "sock4_recvmsg"
+	datapathProgSock4Sendmsg       = "sock4_sendmsg"
+	datapathProgSock6Connect       = "sock6_connect"
+	datapathProgSock6Getpeername   = "sock6_getpeername"
+	datapathProgSock6Recvmsg       = "sock6_recvmsg"
+	datapathProgSock6Sendmsg       = "sock6_sendmsg"
 	datapathProgToPod              = "to_pod"
 	datapathVarCtTimeoutCloseNs    = "ct_timeout_close_ns"
 	datapathVarCtTimeoutOtherNs    = "ct_timeout_other_ns"
@@ -238,22 +263,31 @@ type datapathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathProgramSpecs struct {
-	FromPod *ebpf.ProgramSpec `ebpf:"from_pod"`
-	ToPod   *ebpf.ProgramSpec `ebpf:"to_pod"`
+	FromPod          *ebpf.ProgramSpec `ebpf:"from_pod"`
+	Sock4Connect     *ebpf.ProgramSpec `ebpf:"sock4_connect"`
+	Sock4Getpeername *ebpf.ProgramSpec `ebpf:"sock4_getpeername"`
+	Sock4Recvmsg     *ebpf.ProgramSpec `ebpf:"sock4_recvmsg"`
+	Sock4Sendmsg     *ebpf.ProgramSpec `ebpf:"sock4_sendmsg"`
+	Sock6Connect     *ebpf.ProgramSpec `ebpf:"sock6_connect"`
+	Sock6Getpeername *ebpf.ProgramSpec `ebpf:"sock6_getpeername"`
+	Sock6Recvmsg     *ebpf.ProgramSpec `ebpf:"sock6_recvmsg"`
+	Sock6Sendmsg     *ebpf.ProgramSpec `ebpf:"sock6_sendmsg"`
+	ToPod            *ebpf.ProgramSpec `ebpf:"to_pod"`
 }
 
 // datapathMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	SluiceAffinityV1  *ebpf.MapSpec `ebpf:"sluice_affinity_v1"`
-	SluiceBackendsV1  *ebpf.MapSpec `ebpf:"sluice_backends_v1"`
-	SluiceCtV1        *ebpf.MapSpec `ebpf:"sluice_ct_v1"`
-	SluiceDropsV1     *ebpf.MapSpec `ebpf:"sluice_drops_v1"`
-	SluiceEndpointsV1 *ebpf.MapSpec `ebpf:"sluice_endpoints_v1"`
-	SluiceEventsV1    *ebpf.MapSpec `ebpf:"sluice_events_v1"`
-	SluiceMaglevV1    *ebpf.MapSpec `ebpf:"sluice_maglev_v1"`
-	SluiceServicesV1  *ebpf.MapSpec `ebpf:"sluice_services_v1"`
+	SluiceAffinityV1   *ebpf.MapSpec `ebpf:"sluice_affinity_v1"`
+	SluiceBackendsV1   *ebpf.MapSpec `ebpf:"sluice_backends_v1"`
+	SluiceCtV1         *ebpf.MapSpec `ebpf:"sluice_ct_v1"`
+	SluiceDropsV1      *ebpf.MapSpec `ebpf:"sluice_drops_v1"`
+	SluiceEndpointsV1  *ebpf.MapSpec `ebpf:"sluice_endpoints_v1"`
+	SluiceEventsV1     *ebpf.MapSpec `ebpf:"sluice_events_v1"`
+	SluiceMaglevV1     *ebpf.MapSpec `ebpf:"sluice_maglev_v1"`
+	SluiceServicesV1   *ebpf.MapSpec `ebpf:"sluice_services_v1"`
+	SluiceSockRevnatV1 *ebpf.MapSpec `ebpf:"sluice_sock_revnat_v1"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -299,14 +333,15 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	SluiceAffinityV1  *ebpf.Map `ebpf:"sluice_affinity_v1"`
-	SluiceBackendsV1  *ebpf.Map `ebpf:"sluice_backends_v1"`
-	SluiceCtV1        *ebpf.Map `ebpf:"sluice_ct_v1"`
-	SluiceDropsV1     *ebpf.Map `ebpf:"sluice_drops_v1"`
-	SluiceEndpointsV1 *ebpf.Map `ebpf:"sluice_endpoints_v1"`
-	SluiceEventsV1    *ebpf.Map `ebpf:"sluice_events_v1"`
-	SluiceMaglevV1    *ebpf.Map `ebpf:"sluice_maglev_v1"`
-	SluiceServicesV1  *ebpf.Map `ebpf:"sluice_services_v1"`
+	SluiceAffinityV1   *ebpf.Map `ebpf:"sluice_affinity_v1"`
+	SluiceBackendsV1   *ebpf.Map `ebpf:"sluice_backends_v1"`
+	SluiceCtV1         *ebpf.Map `ebpf:"sluice_ct_v1"`
+	SluiceDropsV1      *ebpf.Map `ebpf:"sluice_drops_v1"`
+	SluiceEndpointsV1  *ebpf.Map `ebpf:"sluice_endpoints_v1"`
+	SluiceEventsV1     *ebpf.Map `ebpf:"sluice_events_v1"`
+	SluiceMaglevV1     *ebpf.Map `ebpf:"sluice_maglev_v1"`
+	SluiceServicesV1   *ebpf.Map `ebpf:"sluice_services_v1"`
+	SluiceSockRevnatV1 *ebpf.Map `ebpf:"sluice_sock_revnat_v1"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -319,6 +354,7 @@ func (m *datapathMaps) Close() error {
 		m.SluiceEventsV1,
 		m.SluiceMaglevV1,
 		m.SluiceServicesV1,
+		m.SluiceSockRevnatV1,
 	)
 }
 
@@ -349,13 +385,29 @@ type datapathVariables struct {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathPrograms struct {
-	FromPod *ebpf.Program `ebpf:"from_pod"`
-	ToPod   *ebpf.Program `ebpf:"to_pod"`
+	FromPod          *ebpf.Program `ebpf:"from_pod"`
+	Sock4Connect     *ebpf.Program `ebpf:"sock4_connect"`
+	Sock4Getpeername *ebpf.Program `ebpf:"sock4_getpeername"`
+	Sock4Recvmsg     *ebpf.Program `ebpf:"sock4_recvmsg"`
+	Sock4Sendmsg     *ebpf.Program `ebpf:"sock4_sendmsg"`
+	Sock6Connect     *ebpf.Program `ebpf:"sock6_connect"`
+	Sock6Getpeername *ebpf.Program `ebpf:"sock6_getpeername"`
+	Sock6Recvmsg     *ebpf.Program `ebpf:"sock6_recvmsg"`
+	Sock6Sendmsg     *ebpf.Program `ebpf:"sock6_sendmsg"`
+	ToPod            *ebpf.Program `ebpf:"to_pod"`
 }
 
 func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
 		p.FromPod,
+		p.Sock4Connect,
+		p.Sock4Getpeername,
+		p.Sock4Recvmsg,
+		p.Sock4Sendmsg,
+		p.Sock6Connect,
+		p.Sock6Getpeername,
+		p.Sock6Recvmsg,
+		p.Sock6Sendmsg,
 		p.ToPod,
 	)
 }

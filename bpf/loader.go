@@ -116,8 +116,12 @@ type Datapath struct {
 	Endpoints *ebpf.Map
 	Drops     *ebpf.Map
 	Events    *ebpf.Map
+	// SockRevnat remembers the service behind each socket translated by
+	// socket-level load balancing.
+	SockRevnat *ebpf.Map
 
-	root string
+	root      string
+	sockProgs map[string]*ebpf.Program // cgroup hooks, by program name; nil when opened read-only
 }
 
 func mapsDir(root string) string  { return filepath.Join(root, "maps") }
@@ -166,8 +170,14 @@ func Load(cfg Config) (*Datapath, error) {
 		FromPod: objs.FromPod, ToPod: objs.ToPod,
 		Services: objs.SluiceServicesV1, Backends: objs.SluiceBackendsV1, Maglev: objs.SluiceMaglevV1,
 		Conntrack: objs.SluiceCtV1, Affinity: objs.SluiceAffinityV1, Endpoints: objs.SluiceEndpointsV1,
-		Drops: objs.SluiceDropsV1, Events: objs.SluiceEventsV1,
+		Drops: objs.SluiceDropsV1, Events: objs.SluiceEventsV1, SockRevnat: objs.SluiceSockRevnatV1,
 		root: cfg.PinRoot,
+		sockProgs: map[string]*ebpf.Program{
+			"sock4_connect": objs.Sock4Connect, "sock4_sendmsg": objs.Sock4Sendmsg,
+			"sock4_recvmsg": objs.Sock4Recvmsg, "sock4_getpeername": objs.Sock4Getpeername,
+			"sock6_connect": objs.Sock6Connect, "sock6_sendmsg": objs.Sock6Sendmsg,
+			"sock6_recvmsg": objs.Sock6Recvmsg, "sock6_getpeername": objs.Sock6Getpeername,
+		},
 	}
 	for name, prog := range map[string]*ebpf.Program{"from_pod": d.FromPod, "to_pod": d.ToPod} {
 		if err := replacePin(prog, filepath.Join(progsDir(cfg.PinRoot), name)); err != nil {
@@ -247,6 +257,7 @@ func OpenPinned(root string) (*Datapath, error) {
 	d.Endpoints = open(datapathMapSluiceEndpointsV1)
 	d.Drops = open(datapathMapSluiceDropsV1)
 	d.Events = open(datapathMapSluiceEventsV1)
+	d.SockRevnat = open(datapathMapSluiceSockRevnatV1)
 	for _, p := range []struct {
 		name string
 		dst  **ebpf.Program
@@ -277,7 +288,10 @@ func (d *Datapath) Close() error {
 			errs = append(errs, p.Close())
 		}
 	}
-	for _, m := range []*ebpf.Map{d.Services, d.Backends, d.Maglev, d.Conntrack, d.Affinity, d.Endpoints, d.Drops, d.Events} {
+	for _, p := range d.sockProgs {
+		errs = append(errs, p.Close())
+	}
+	for _, m := range []*ebpf.Map{d.Services, d.Backends, d.Maglev, d.Conntrack, d.Affinity, d.Endpoints, d.Drops, d.Events, d.SockRevnat} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}

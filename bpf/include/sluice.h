@@ -117,6 +117,22 @@ struct ct_value {
 	__u64 expires_ns;
 };
 
+/* Socket-level load balancing: what a translated socket talks to, so that
+ * replies (recvmsg) and getpeername show the service again. */
+struct sock_revnat_key {
+	__u64 cookie; /* bpf_get_socket_cookie() of the socket */
+	__u8 addr[SLUICE_ADDR_LEN]; /* backend */
+	__be16 port;
+	__u16 pad;
+	__u32 pad2;
+};
+
+struct sock_revnat_value {
+	__u8 addr[SLUICE_ADDR_LEN]; /* service */
+	__be16 port;
+	__u16 pad;
+};
+
 /* Local pod endpoints, written by the CNI plugin. */
 struct endpoint_key {
 	__u8 addr[SLUICE_ADDR_LEN];

@@ -41,6 +41,11 @@ type Config struct {
 	// InternalIP (nodes on one L2 network or a routed underlay).
 	NativeRouting *bool `json:"nativeRouting,omitempty"`
 
+	// SocketLBCgroup is the cgroup v2 directory whose processes get
+	// socket-level load balancing (host processes, hostNetwork pods; pods
+	// too when it is the root). Empty disables it.
+	SocketLBCgroup string `json:"socketLBCgroup,omitempty"`
+
 	// ClusterCIDRs are the pod CIDRs of the whole cluster; pod traffic to
 	// anywhere outside them is masqueraded to the node's address. Empty:
 	// no masquerade.
@@ -149,6 +154,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 		c.NativeRouting = &v
 		return nil
 	})
+	fs.StringVar(&c.SocketLBCgroup, "socketLBCgroup", "", "cgroup v2 directory for socket-level load balancing (empty: off)")
 	fs.Func("clusterCIDRs", "comma-separated pod CIDRs of the cluster; traffic leaving them is masqueraded", func(s string) error {
 		c.ClusterCIDRs = splitComma(s)
 		return nil
@@ -181,6 +187,7 @@ func overlay(dst, src *Config, set map[string]bool) {
 	pick("nodeStateFile", func() { dst.NodeStateFile = src.NodeStateFile })
 	pick("nodePortAddresses", func() { dst.NodePortAddresses = src.NodePortAddresses })
 	pick("nativeRouting", func() { dst.NativeRouting = src.NativeRouting })
+	pick("socketLBCgroup", func() { dst.SocketLBCgroup = src.SocketLBCgroup })
 	pick("clusterCIDRs", func() { dst.ClusterCIDRs = src.ClusterCIDRs })
 	pick("syncMinInterval", func() { dst.SyncMinInterval = src.SyncMinInterval })
 	pick("syncMaxInterval", func() { dst.SyncMaxInterval = src.SyncMaxInterval })

@@ -64,7 +64,7 @@ func New(dp *bpf.Datapath) *Metrics {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for name, mp := range map[string]interface{ MaxEntries() uint32 }{
 		"services": dp.Services, "backends": dp.Backends, "conntrack": dp.Conntrack,
-		"affinity": dp.Affinity, "endpoints": dp.Endpoints,
+		"affinity": dp.Affinity, "endpoints": dp.Endpoints, "sock_revnat": dp.SockRevnat,
 	} {
 		m.MapCapacity.WithLabelValues(name).Set(float64(mp.MaxEntries()))
 	}

@@ -1,0 +1,181 @@
+package bpf
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sluice-net/sluice/hack/netnstest"
+)
+
+// TestMain lets the test binary double as the client process that the
+// socket LB test starts inside a cgroup and a network namespace.
+func TestMain(m *testing.M) {
+	if network := os.Getenv("SLUICE_SOCKLB_CLIENT"); network != "" {
+		json.NewEncoder(os.Stdout).Encode(sockClient(network, os.Getenv("SLUICE_SOCKLB_DST")))
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+type sockResult struct {
+	Peer   string // the service as the socket reports its peer
+	Answer string // what the server saw us as
+	Err    string
+}
+
+func sockClient(network, dst string) (r sockResult) {
+	if network == "tcp" {
+		c, err := net.DialTimeout("tcp", dst, 3*time.Second)
+		if err != nil {
+			return sockResult{Err: err.Error()}
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		return sockResult{Peer: c.RemoteAddr().String(), Answer: strings.TrimSpace(line)}
+	}
+	ap := netip.MustParseAddrPort(dst)
+	fam := "udp4"
+	if ap.Addr().Is6() {
+		fam = "udp6"
+	}
+	pc, err := net.ListenPacket(fam, ":0")
+	if err != nil {
+		return sockResult{Err: err.Error()}
+	}
+	defer pc.Close()
+	_ = pc.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := pc.WriteTo([]byte("?"), net.UDPAddrFromAddrPort(ap)); err != nil {
+		return sockResult{Err: err.Error()}
+	}
+	buf := make([]byte, 64)
+	n, from, err := pc.ReadFrom(buf)
+	if err != nil {
+		return sockResult{Err: err.Error()}
+	}
+	return sockResult{Peer: from.String(), Answer: string(buf[:n])}
+}
+
+// TestSocketLB: a process in the cgroup connects (TCP) or sends (UDP) to a
+// service address and is translated to the backend at the socket; the
+// socket reports the service as its peer; a service without backends is
+// refused at connect. The process runs in a cgroup and a network namespace
+// the test creates; the backend is on that namespace's own addresses.
+func TestSocketLB(t *testing.T) {
+	d := loadTest(t, Config{})
+	ns := netnstest.New(t, "sl-socklb")
+	ns.IP(t, "link", "set", "lo", "up")
+	ns.IP(t, "addr", "add", "10.200.0.2/32", "dev", "lo")
+	ns.IP(t, "addr", "add", "fd00:200::2/128", "dev", "lo", "nodad")
+	ns.ServeWhoAmI(t, 8080)
+
+	install(t, d, oneBackend(1, ap("10.96.0.10:80"), unix.IPPROTO_TCP, ap("10.200.0.2:8080")))
+	install(t, d, oneBackend(2, ap("10.96.0.10:53"), unix.IPPROTO_UDP, ap("10.200.0.2:8080")))
+	install(t, d, oneBackend(3, ap("[fd00:96::10]:80"), unix.IPPROTO_TCP, ap("[fd00:200::2]:8080")))
+	install(t, d, oneBackend(4, ap("[fd00:96::10]:53"), unix.IPPROTO_UDP, ap("[fd00:200::2]:8080")))
+	install(t, d, testService{id: 5, vip: ap("10.96.0.11:80"), proto: unix.IPPROTO_TCP})
+
+	cgroup := testCgroup(t)
+	if err := d.AttachSocketLB(cgroup); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.AttachSocketLB(cgroup); err != nil {
+		t.Fatalf("attaching again: %v", err)
+	}
+
+	for _, c := range []struct{ network, dst, peer, answer, err string }{
+		{"tcp", "10.96.0.10:80", "10.96.0.10:80", "10.200.0.2", ""},
+		{"udp", "10.96.0.10:53", "10.96.0.10:53", "10.200.0.2", ""},
+		{"tcp", "[fd00:96::10]:80", "[fd00:96::10]:80", "fd00:200::2", ""},
+		{"udp", "[fd00:96::10]:53", "[fd00:96::10]:53", "fd00:200::2", ""},
+		{"tcp", "10.96.0.11:80", "", "", "connection refused"},
+	} {
+		t.Run(c.network+" to "+c.dst, func(t *testing.T) {
+			got := runInCgroup(t, ns, cgroup, c.network, c.dst)
+			if c.err != "" {
+				if !strings.Contains(got.Err, c.err) {
+					t.Errorf("got %+v, want an error containing %q", got, c.err)
+				}
+				return
+			}
+			if got.Err != "" || got.Peer != c.peer || got.Answer != c.answer {
+				t.Errorf("got %+v, want peer %s and the backend answering %s", got, c.peer, c.answer)
+			}
+		})
+	}
+
+	if err := DetachSocketLB(d.PinRoot()); err != nil {
+		t.Fatal(err)
+	}
+	if got := runInCgroup(t, ns, cgroup, "tcp", "10.96.0.10:80"); got.Err == "" {
+		t.Errorf("after detach the service still answers: %+v", got)
+	}
+}
+
+// testCgroup makes a cgroup v2 directory that only the test's client
+// processes join; it is removed after the test.
+func testCgroup(t *testing.T) string {
+	t.Helper()
+	var root string
+	for _, p := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+		var st unix.Statfs_t
+		if unix.Statfs(p, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+			root = p
+			break
+		}
+	}
+	if root == "" {
+		t.Skip("needs a cgroup v2 hierarchy")
+	}
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	dir := filepath.Join(root, "sluice-test-"+hex.EncodeToString(b))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.Remove(dir); err != nil {
+			t.Errorf("remove test cgroup: %v", err)
+		}
+	})
+	return dir
+}
+
+// runInCgroup starts the test binary as a client inside the cgroup and the
+// namespace, and waits for its result.
+func runInCgroup(t *testing.T, ns *netnstest.NS, cgroup, network, dst string) sockResult {
+	t.Helper()
+	fd, err := unix.Open(cgroup, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	var out []byte
+	ns.Do(t, func() {
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), "SLUICE_SOCKLB_CLIENT="+network, "SLUICE_SOCKLB_DST="+dst)
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
+		out, err = cmd.Output()
+	})
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	var r sockResult
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("client output %q: %v", out, err)
+	}
+	return r
+}
