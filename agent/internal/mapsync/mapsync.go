@@ -200,23 +200,58 @@ func sameEntry(a, b compile.Entry) bool {
 // batches. On error the maps hold a consistent mix of old and new state
 // and the next Sync retries the rest.
 func (w *Writer) Sync(desired compile.Desired) (Stats, error) {
+	return w.apply(desired, nil)
+}
+
+// SyncTouched is Sync limited to the touched frontends: each is written if
+// desired holds it and it changed, deleted if desired lacks it. The rest
+// of desired is trusted to be applied already, so a sync after one
+// EndpointSlice change costs that change, not the size of the cluster.
+func (w *Writer) SyncTouched(desired compile.Desired, touched []compile.Frontend) (Stats, error) {
+	if touched == nil {
+		touched = []compile.Frontend{}
+	}
+	return w.apply(desired, touched)
+}
+
+// apply syncs every frontend (touched nil) or only the touched ones.
+func (w *Writer) apply(desired compile.Desired, touched []compile.Frontend) (Stats, error) {
 	var st Stats
 	var errs []error
 	var plans []*plan
-	seen := make(map[bpf.ServiceKey]bool, len(desired))
-	for f, e := range desired {
+	consider := func(f compile.Frontend, e compile.Entry) {
 		key := serviceKey(f)
-		seen[key] = true
 		cur := w.services[key]
 		if cur != nil && cur.entry != nil && sameEntry(*cur.entry, e) {
-			continue
+			return
 		}
 		p, err := w.plan(key, cur, e)
 		if err != nil {
 			errs = append(errs, err)
-			continue
+			return
 		}
 		plans = append(plans, p)
+	}
+	var stale []bpf.ServiceKey
+	if touched == nil {
+		seen := make(map[bpf.ServiceKey]bool, len(desired))
+		for f, e := range desired {
+			seen[serviceKey(f)] = true
+			consider(f, e)
+		}
+		for key := range w.services {
+			if !seen[key] {
+				stale = append(stale, key)
+			}
+		}
+	} else {
+		for _, f := range touched {
+			if e, ok := desired[f]; ok {
+				consider(f, e)
+			} else if _, ok := w.services[serviceKey(f)]; ok {
+				stale = append(stale, serviceKey(f))
+			}
+		}
 	}
 
 	// 1. Backends.
@@ -285,10 +320,8 @@ func (w *Writer) Sync(desired compile.Desired) (Stats, error) {
 	}
 
 	// 4. Frontends no longer desired, with their tables.
-	for key, svc := range w.services {
-		if seen[key] {
-			continue
-		}
+	for _, key := range stale {
+		svc := w.services[key]
 		if err := w.dp.Services.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, fmt.Errorf("delete service %v: %w", key, err))
 			continue

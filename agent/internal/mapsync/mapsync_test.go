@@ -215,3 +215,38 @@ func synTo(t *testing.T, dp *bpf.Datapath, vip string) (uint32, []byte) {
 	}
 	return ret, opts.DataOut
 }
+
+// TestSyncTouched: only the touched frontends are compared and written;
+// a touched frontend missing from desired is deleted.
+func TestSyncTouched(t *testing.T) {
+	dp, _ := loadDatapath(t)
+	w, err := New(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := fe("10.96.0.10:80"), fe("10.96.0.11:80")
+	desired := compile.Desired{
+		a: {Service: web, Backends: backends("10.244.1.5:8080")},
+		b: {Service: web, Backends: backends("10.244.1.6:8080")},
+	}
+	if _, err := w.Sync(desired); err != nil {
+		t.Fatal(err)
+	}
+	// b changes but is not touched: nothing is written for it.
+	desired[b] = compile.Entry{Service: web, Backends: backends("10.244.1.6:8080", "10.244.1.7:8080")}
+	if st, err := w.SyncTouched(desired, []compile.Frontend{a}); err != nil || st.Changed() {
+		t.Errorf("untouched change was written: %+v %v", st, err)
+	}
+	st, err := w.SyncTouched(desired, []compile.Frontend{b})
+	if err != nil || st.BackendsWritten != 1 || st.TablesWritten != 1 || st.ServicesWritten != 1 {
+		t.Errorf("touched change: %+v %v", st, err)
+	}
+	delete(desired, a)
+	st, err = w.SyncTouched(desired, []compile.Frontend{a})
+	if err != nil || st.ServicesDeleted != 1 || st.BackendsDeleted != 1 || st.Services != 1 {
+		t.Errorf("touched deletion: %+v %v", st, err)
+	}
+	if got := dump(t, dp); len(got) != 1 || len(got["10.96.0.11:80"]) != 2 {
+		t.Errorf("maps hold %v", got)
+	}
+}

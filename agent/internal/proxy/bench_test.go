@@ -169,6 +169,9 @@ func BenchmarkChangeToDatapath(b *testing.B) {
 		}
 	}
 	b.StopTimer()
+	if os.Getenv("SLUICE_BENCH_DEBUG") != "" {
+		b.Logf("latencies in order: %v", lat)
+	}
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")

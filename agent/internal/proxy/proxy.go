@@ -57,9 +57,13 @@ type Proxy struct {
 	dirty map[types.NamespacedName]bool // Services to recompile
 	full  bool                          // recompile everything
 
-	// perService is the compiled state, by Service; only sync touches it.
+	// perService is the compiled state by Service, desired its union;
+	// only sync touches them.
 	perService   map[types.NamespacedName]compile.Desired
+	desired      compile.Desired
 	healthChecks map[types.NamespacedName]compile.HealthCheck
+
+	handlersSynced []cache.InformerSynced
 
 	ready     atomic.Bool
 	lastError atomic.Value // string
@@ -72,6 +76,7 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *maps
 	}
 	p := &Proxy{log: log, opts: opts, factory: factory, writer: writer, metrics: m,
 		dirty: map[types.NamespacedName]bool{}, full: true, perService: map[types.NamespacedName]compile.Desired{},
+		desired:      compile.Desired{},
 		healthChecks: map[types.NamespacedName]compile.HealthCheck{}}
 	err := factory.Discovery().V1().EndpointSlices().Informer().AddIndexers(cache.Indexers{sliceIndex: func(obj any) ([]string, error) {
 		s, ok := obj.(*discovery.EndpointSlice)
@@ -101,9 +106,11 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *maps
 		{"EndpointSlice", factory.Discovery().V1().EndpointSlices().Informer()},
 		{"Node", factory.Core().V1().Nodes().Informer()},
 	} {
-		if _, err := inf.i.AddEventHandler(handler(inf.kind)); err != nil {
+		reg, err := inf.i.AddEventHandler(handler(inf.kind))
+		if err != nil {
 			return nil, fmt.Errorf("watch %ss: %w", inf.kind, err)
 		}
+		p.handlersSynced = append(p.handlersSynced, reg.HasSynced)
 	}
 	return p, nil
 }
@@ -151,6 +158,15 @@ func (p *Proxy) Run(ctx context.Context) error {
 			return fmt.Errorf("informer cache for %v did not sync", typ)
 		}
 	}
+	// Our handlers, too, must have seen the initial lists: the first sync
+	// is a full one, and marks from the initial list would only make the
+	// next sync recompile every Service again.
+	if !cache.WaitForCacheSync(ctx.Done(), p.handlersSynced...) {
+		return fmt.Errorf("event handlers did not catch up with the informers")
+	}
+	p.mu.Lock()
+	p.dirty, p.full = map[types.NamespacedName]bool{}, true
+	p.mu.Unlock()
 	p.log.Info("informer caches synced; programming the datapath")
 	p.runner.Run()
 	p.runner.Loop(ctx)
@@ -210,11 +226,22 @@ func (p *Proxy) syncOnce(start time.Time) error {
 	if err != nil {
 		return err
 	}
-	desired, err := p.compile(node)
+	touched, full, err := p.compile(node)
 	if err != nil {
 		return err
 	}
-	st, err := p.writer.Sync(desired)
+	var st mapsync.Stats
+	if full {
+		st, err = p.writer.Sync(p.desired)
+	} else {
+		st, err = p.writer.SyncTouched(p.desired, touched)
+	}
+	if err != nil {
+		// What failed is not tracked per frontend: compare everything next time.
+		p.mu.Lock()
+		p.full = true
+		p.mu.Unlock()
+	}
 	p.metrics.ServicesProgrammed.Set(float64(st.Services))
 	p.metrics.BackendsProgrammed.Set(float64(st.Backends))
 	p.metrics.MapEntries.WithLabelValues("services").Set(float64(st.Services))
@@ -252,8 +279,9 @@ func (p *Proxy) syncOnce(start time.Time) error {
 const sliceIndex = "service"
 
 // compile recompiles the Services marked dirty (all after a Node change)
-// and returns the complete desired state.
-func (p *Proxy) compile(node compile.Node) (compile.Desired, error) {
+// into p.desired, and returns the frontends that may have changed (full:
+// all of them).
+func (p *Proxy) compile(node compile.Node) (touched []compile.Frontend, full bool, err error) {
 	p.mu.Lock()
 	dirty, full := p.dirty, p.full
 	p.dirty, p.full = map[types.NamespacedName]bool{}, false
@@ -268,8 +296,9 @@ func (p *Proxy) compile(node compile.Node) (compile.Desired, error) {
 		all, err := services.List(labels.Everything())
 		if err != nil {
 			restore()
-			return nil, err
+			return nil, false, err
 		}
+		p.desired = compile.Desired{}
 		p.perService = map[types.NamespacedName]compile.Desired{}
 		p.healthChecks = map[types.NamespacedName]compile.HealthCheck{}
 		dirty = map[types.NamespacedName]bool{}
@@ -280,6 +309,11 @@ func (p *Proxy) compile(node compile.Node) (compile.Desired, error) {
 	index := p.factory.Discovery().V1().EndpointSlices().Informer().GetIndexer()
 	for key := range dirty {
 		svc, err := services.Services(key.Namespace).Get(key.Name)
+		// The Service's old frontends leave; its new ones (if any) enter.
+		for f := range p.perService[key] {
+			delete(p.desired, f)
+			touched = append(touched, f)
+		}
 		if apierrors.IsNotFound(err) {
 			delete(p.perService, key)
 			delete(p.healthChecks, key)
@@ -287,12 +321,12 @@ func (p *Proxy) compile(node compile.Node) (compile.Desired, error) {
 		}
 		if err != nil {
 			restore()
-			return nil, err
+			return nil, false, err
 		}
 		objs, err := index.ByIndex(sliceIndex, key.String())
 		if err != nil {
 			restore()
-			return nil, err
+			return nil, false, err
 		}
 		slices := make([]*discovery.EndpointSlice, 0, len(objs))
 		for _, o := range objs {
@@ -304,17 +338,15 @@ func (p *Proxy) compile(node compile.Node) (compile.Desired, error) {
 			p.log.Warn("object partly ignored", "err", e)
 		}
 		p.perService[key] = d
+		for f, e := range d {
+			p.desired[f] = e
+			touched = append(touched, f)
+		}
 		if hc, ok := compile.ServiceHealthCheck(svc, slices, node); ok {
 			p.healthChecks[key] = hc
 		} else {
 			delete(p.healthChecks, key)
 		}
 	}
-	desired := compile.Desired{}
-	for _, d := range p.perService {
-		for f, e := range d {
-			desired[f] = e
-		}
-	}
-	return desired, nil
+	return touched, full, nil
 }
