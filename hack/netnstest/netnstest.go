@@ -62,7 +62,8 @@ func (n *NS) Sysctl(t testing.TB, kv string) {
 
 // Do runs fn on an OS thread switched into the namespace (network only:
 // bpffs and cgroups stay visible). Sockets and child processes created in
-// fn belong to the namespace.
+// fn belong to the namespace. fn may call t.Fatal: the test then stops
+// here, on its own goroutine, as if fn had run there.
 func (n *NS) Do(t testing.TB, fn func()) {
 	t.Helper()
 	h, err := netns.GetFromName(n.Name)
@@ -71,6 +72,7 @@ func (n *NS) Do(t testing.TB, fn func()) {
 	}
 	defer h.Close()
 	done := make(chan struct{})
+	returned := false
 	go func() {
 		defer close(done)
 		runtime.LockOSThread()
@@ -84,14 +86,20 @@ func (n *NS) Do(t testing.TB, fn func()) {
 			t.Errorf("enter netns %s: %v", n.Name, err)
 			return
 		}
-		fn()
 		// A thread that cannot go back stays locked: Go then retires it
 		// instead of reusing it in the wrong namespace.
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
+		defer func() {
+			if netns.Set(orig) == nil {
+				runtime.UnlockOSThread()
+			}
+		}()
+		fn()
+		returned = true
 	}()
 	<-done
+	if !returned {
+		t.FailNow() // fn stopped early (t.Fatal) or could not enter the namespace
+	}
 }
 
 // Dialer returns a dial function whose connections are made from inside
