@@ -41,7 +41,7 @@ type controlPlane struct {
 
 // k8sBin is where hack/build-k8s.sh put the Kubernetes binaries; make test
 // sets SLUICE_K8S_BIN.
-func k8sBin(t *testing.T) string {
+func k8sBin(t testing.TB) string {
 	dir := os.Getenv("SLUICE_K8S_BIN")
 	if dir == "" {
 		t.Skip("SLUICE_K8S_BIN not set: run through make test, which builds etcd and kube-apiserver (hack/build-k8s.sh)")
@@ -51,7 +51,7 @@ func k8sBin(t *testing.T) string {
 
 // start runs a command in ns, logging to a file, and stops it by its PID
 // when the test ends.
-func start(t *testing.T, ns *netnstest.NS, dir, name string, args ...string) {
+func start(t testing.TB, ns *netnstest.NS, dir, name string, args ...string) *exec.Cmd {
 	t.Helper()
 	logf, err := os.Create(filepath.Join(dir, name+".log"))
 	if err != nil {
@@ -75,6 +75,7 @@ func start(t *testing.T, ns *netnstest.NS, dir, name string, args ...string) {
 			t.Logf("%s log (tail):\n%s", name, tail(string(out), 30))
 		}
 	})
+	return cmd
 }
 
 func tail(s string, n int) string {
@@ -85,7 +86,7 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-func startControlPlane(t *testing.T, ns *netnstest.NS) *controlPlane {
+func startControlPlane(t testing.TB, ns *netnstest.NS) *controlPlane {
 	t.Helper()
 	bin := k8sBin(t)
 	dir := t.TempDir()
@@ -122,6 +123,7 @@ func startControlPlane(t *testing.T, ns *netnstest.NS) *controlPlane {
 	// The client runs in the test process; its connections must be made
 	// from inside the namespace, so dial from a thread in it.
 	cfg.Dial = ns.Dialer(t)
+	cfg.QPS, cfg.Burst = 500, 1000 // the scale benchmark creates 20,000 objects
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -243,7 +245,7 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	}
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
@@ -254,7 +256,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func writeKubeconfig(t *testing.T, path, token string) {
+func writeKubeconfig(t testing.TB, path, token string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(`apiVersion: v1
 kind: Config
@@ -269,7 +271,7 @@ current-context: test
 
 // applyRBAC creates the manifest's Namespace, ServiceAccount, ClusterRole
 // and ClusterRoleBinding, and returns a token of that ServiceAccount.
-func applyRBAC(t *testing.T, cp *controlPlane) string {
+func applyRBAC(t testing.TB, cp *controlPlane) string {
 	t.Helper()
 	ctx := context.Background()
 	decode := scheme.Codecs.UniversalDeserializer().Decode

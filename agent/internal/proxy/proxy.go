@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -235,6 +236,11 @@ func (p *Proxy) syncOnce(start time.Time) error {
 		st, err = p.writer.Sync(p.desired)
 	} else {
 		st, err = p.writer.SyncTouched(p.desired, touched)
+	}
+	if full && err == nil {
+		// A full sync builds every Maglev table; hand that transient
+		// memory back to the node instead of keeping it as RSS.
+		debug.FreeOSMemory()
 	}
 	if err != nil {
 		// What failed is not tracked per frontend: compare everything next time.
