@@ -32,7 +32,7 @@ lint:
 	$(GO) vet $(PKGS)
 	$(GO) tool staticcheck $(PKGS)
 
-## k8s: build etcd, kube-apiserver, ... from Go modules into the cache (cold: ~7 min)
+## k8s: build etcd, kube-apiserver, ... from Go modules into the cache (cold: ~10 min)
 k8s:
 	./hack/build-k8s.sh
 

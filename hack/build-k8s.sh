@@ -3,7 +3,7 @@
 # benchmarks need -- etcd, kube-apiserver, kube-controller-manager,
 # kube-proxy, kubectl and the upstream agnhost test binary -- from Go modules
 # pinned in hack/tools/{k8s,etcd}, into a cache keyed by those pins. Nothing
-# prebuilt is downloaded. A cold build takes about 7 minutes on 2 cores;
+# prebuilt is downloaded. A cold build takes about 10 minutes on 2 cores;
 # later runs reuse the cache. Prints the bin directory on the last line.
 set -euo pipefail
 
