@@ -63,6 +63,7 @@ type Proxy struct {
 	perService   map[types.NamespacedName]compile.Desired
 	desired      compile.Desired
 	healthChecks map[types.NamespacedName]compile.HealthCheck
+	lastFull     time.Time
 
 	handlersSynced []cache.InformerSynced
 
@@ -292,6 +293,14 @@ func (p *Proxy) compile(node compile.Node) (touched []compile.Frontend, full boo
 	dirty, full := p.dirty, p.full
 	p.dirty, p.full = map[types.NamespacedName]bool{}, false
 	p.mu.Unlock()
+	// The periodic sync (MaxSync) recompiles every Service from the
+	// caches, so a lost dirty mark cannot leave a Service stale for long.
+	if p.opts.Clock.Since(p.lastFull) >= p.opts.MaxSync {
+		full = true
+	}
+	if full {
+		p.lastFull = p.opts.Clock.Now()
+	}
 	restore := func() {
 		p.mu.Lock()
 		p.full = true
