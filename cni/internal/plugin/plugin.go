@@ -65,6 +65,21 @@ func openPool(conf *netconf.Config) (*ipam.Pool, error) {
 	return pool, nil
 }
 
+// loadWithPool is load plus the network's address store, for the commands
+// that start from the allocations (DEL, GC); done releases both.
+func loadWithPool(args *skel.CmdArgs, cmd string) (*netconf.Config, *slog.Logger, *ipam.Pool, func(), error) {
+	conf, log, closeLog, err := load(args, cmd)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	pool, err := openPool(conf)
+	if err != nil {
+		closeLog()
+		return nil, nil, nil, nil, err
+	}
+	return conf, log, pool, func() { pool.Close(); closeLog() }, nil
+}
+
 func attachMode(s string) bpf.AttachMode {
 	switch s {
 	case "tcx":
@@ -223,16 +238,11 @@ func undo(log *slog.Logger, conf *netconf.Config, pool *ipam.Pool, dp *bpf.Datap
 // Del releases the attachment. It succeeds for unknown containers, missing
 // namespaces and repeated calls.
 func Del(args *skel.CmdArgs) (err error) {
-	conf, log, closeLog, err := load(args, "DEL")
+	conf, log, pool, done, err := loadWithPool(args, "DEL")
 	if err != nil {
 		return err
 	}
-	defer closeLog()
-	pool, err := openPool(conf)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
+	defer done()
 	addrs := pool.Addresses(args.ContainerID, args.IfName)
 	// Without a datapath (agent gone, node torn down) there is no endpoint
 	// entry to remove; the rest of the cleanup still runs.
@@ -315,16 +325,11 @@ func checkDatapath(dp *bpf.Datapath, hostVeth string, addrs []netip.Addr) []erro
 // GC releases every allocation, endpoint entry, host veth and link pin that
 // no valid attachment accounts for.
 func GC(args *skel.CmdArgs) error {
-	conf, log, closeLog, err := load(args, "GC")
+	conf, log, pool, done, err := loadWithPool(args, "GC")
 	if err != nil {
 		return err
 	}
-	defer closeLog()
-	pool, err := openPool(conf)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
+	defer done()
 	if err := pool.GC(conf.ValidAttachments); err != nil {
 		return err
 	}
