@@ -5,7 +5,7 @@ PKGS    := ./...
 
 export CGO_ENABLED := 0
 
-.PHONY: all build generate check-generate lint test unit deps bench fuzz k8s
+.PHONY: all build generate check-generate lint test unit e2e demo demo-down deps bench fuzz k8s
 
 all: build
 
@@ -30,7 +30,9 @@ check-generate: generate
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+	$(GO) vet -tags e2e ./hack/e2e/
 	$(GO) tool staticcheck $(PKGS)
+	$(GO) tool staticcheck -tags e2e ./hack/e2e/
 
 ## k8s: build etcd, kube-apiserver, ... from Go modules into the cache (cold: ~10 min)
 k8s:
@@ -41,8 +43,21 @@ k8s:
 unit:
 	SLUICE_K8S_BIN="$$(./hack/build-k8s.sh | tail -n 1)" $(GO) test -count=1 $(PKGS)
 
+## e2e: the end-to-end suite on the local cluster (hack/e2e; a running
+## cluster is reused, otherwise one is brought up and removed)
+e2e:
+	./hack/e2e/run-local.sh
+
 ## test: the README's test command, and what CI runs
-test: deps check-generate lint unit
+test: deps check-generate lint unit e2e
+
+## demo: the local cluster with a sample app, probed from every node
+demo: deps
+	./hack/demo.sh
+
+## demo-down: remove the local cluster
+demo-down:
+	$(GO) run ./hack/localcluster down
 
 ## bench: datapath benchmarks
 bench:

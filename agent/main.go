@@ -73,9 +73,16 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 		return fmt.Errorf("API client: %w", err)
 	}
 
+	// The agent runs in the node's network namespace (hostNetwork): socket
+	// LB serves exactly the sockets of that namespace.
+	hostNetns, err := bpf.NetnsCookie()
+	if err != nil {
+		return err
+	}
 	dp, err := bpf.Load(bpf.Config{
 		PinRoot: cfg.BPFRoot, MaglevSize: cfg.MaglevTableSize,
 		MaxServices: cfg.MaxServices, MaxBackends: cfg.MaxBackends, MaxConntrack: cfg.MaxConntrack,
+		HostNetnsCookie: hostNetns,
 	})
 	if err != nil {
 		return err

@@ -47,6 +47,10 @@ volatile const __u64 ct_timeout_syn_ns = 60ULL * 1000000000ULL;
 volatile const __u64 ct_timeout_tcp_ns = 21600ULL * 1000000000ULL;
 volatile const __u64 ct_timeout_close_ns = 10ULL * 1000000000ULL;
 volatile const __u64 ct_timeout_other_ns = 60ULL * 1000000000ULL;
+/* Socket LB translates only sockets of this network namespace (the
+ * node's); pods are left to from_pod, whose ClientIP affinity sees the
+ * pod's address as kube-proxy's does. 0 translates every namespace. */
+volatile const __u64 host_netns_cookie = 0;
 /* Source address used when a pod is load-balanced to itself (hairpin). */
 volatile const __u8 hairpin_addr4[SLUICE_ADDR_LEN] = {
 	0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 169, 254, 42, 1};
@@ -540,6 +544,17 @@ static __always_inline int swap_eth(struct __sk_buff *skb, struct ethhdr *eth)
 	return 0;
 }
 
+/* bounce sends the frame back out the interface it came in on, turned
+ * around at L2: the pod's stack only accepts frames addressed to its MAC. */
+static __always_inline int bounce(struct __sk_buff *skb)
+{
+	struct ethhdr eth;
+
+	if (swap_eth(skb, &eth) < 0 || bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
 static __always_inline void fill_ip4(struct iphdr *ip, const struct pkt *p, __u16 len, __u8 proto)
 {
 	ip->version = 4;
@@ -940,7 +955,7 @@ nat:
 	if (nat_src(skb, p, p->family == 4 ? (const __u8 *)hairpin_addr4
 					   : (const __u8 *)hairpin_addr6, p->sport) < 0)
 		goto fail;
-	return bpf_redirect(skb->ifindex, 0);
+	return bounce(skb);
 fail:
 	record_drop(skb, &orig, DROP_NAT_FAILED, svc->id, HOOK_FROM_POD);
 	return TC_ACT_SHOT;
@@ -975,7 +990,7 @@ static __always_inline int hairpin_reply(struct __sk_buff *skb, struct pkt *p)
 		record_drop(skb, &orig, DROP_NAT_FAILED, ct->svc_id, HOOK_FROM_POD);
 		return TC_ACT_SHOT;
 	}
-	return bpf_redirect(skb->ifindex, 0);
+	return bounce(skb);
 }
 
 SEC("tc")
@@ -1163,6 +1178,8 @@ static __always_inline int sock_lb(struct bpf_sock_addr *ctx, __u8 family)
 	__u8 proto = ctx->protocol;
 
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 1;
+	if (host_netns_cookie && bpf_get_netns_cookie(ctx) != host_netns_cookie)
 		return 1;
 	struct svc_key key = {};
 	sock_addr_load(ctx, family, key.addr);

@@ -208,6 +208,7 @@ const (
 	datapathVarCtTimeoutTcpNs      = "ct_timeout_tcp_ns"
 	datapathVarHairpinAddr4        = "hairpin_addr4"
 	datapathVarHairpinAddr6        = "hairpin_addr6"
+	datapathVarHostNetnsCookie     = "host_netns_cookie"
 	datapathVarMaglevSize          = "maglev_size"
 	datapathVarUnusedBackendFlags  = "unused_backend_flags"
 	datapathVarUnusedCtDir         = "unused_ct_dir"
@@ -300,6 +301,7 @@ type datapathVariableSpecs struct {
 	CtTimeoutTcpNs      *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
 	HairpinAddr4        *ebpf.VariableSpec `ebpf:"hairpin_addr4"`
 	HairpinAddr6        *ebpf.VariableSpec `ebpf:"hairpin_addr6"`
+	HostNetnsCookie     *ebpf.VariableSpec `ebpf:"host_netns_cookie"`
 	MaglevSize          *ebpf.VariableSpec `ebpf:"maglev_size"`
 	UnusedBackendFlags  *ebpf.VariableSpec `ebpf:"unused_backend_flags"`
 	UnusedCtDir         *ebpf.VariableSpec `ebpf:"unused_ct_dir"`
@@ -368,6 +370,7 @@ type datapathVariables struct {
 	CtTimeoutTcpNs      *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
 	HairpinAddr4        *ebpf.Variable `ebpf:"hairpin_addr4"`
 	HairpinAddr6        *ebpf.Variable `ebpf:"hairpin_addr6"`
+	HostNetnsCookie     *ebpf.Variable `ebpf:"host_netns_cookie"`
 	MaglevSize          *ebpf.Variable `ebpf:"maglev_size"`
 	UnusedBackendFlags  *ebpf.Variable `ebpf:"unused_backend_flags"`
 	UnusedCtDir         *ebpf.Variable `ebpf:"unused_ct_dir"`

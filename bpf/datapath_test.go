@@ -385,9 +385,11 @@ func TestHairpin(t *testing.T) {
 			if ret != actRedirect {
 				t.Fatalf("request verdict %d, want redirect back into the pod", ret)
 			}
+			// Back into the pod, addressed to the pod's MAC.
 			want := req
 			want.src = netip.AddrPortFrom(c.hairpin, 45000)
 			want.dst = backend
+			want.srcMAC, want.dstMAC = hostMAC, podMAC
 			samePacket(t, "hairpin request", out, build(t, want))
 
 			reply := flow{src: backend, dst: netip.AddrPortFrom(c.hairpin, 45000), proto: unix.IPPROTO_TCP, tcpFlags: "SA", seq: 9, ack: 2}
@@ -398,6 +400,7 @@ func TestHairpin(t *testing.T) {
 			wantReply := reply
 			wantReply.src = c.vip
 			wantReply.dst = client
+			wantReply.srcMAC, wantReply.dstMAC = hostMAC, podMAC
 			samePacket(t, "hairpin reply", out, build(t, wantReply))
 		})
 	}

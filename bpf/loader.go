@@ -37,6 +37,10 @@ type Config struct {
 	MaxServices, MaxBackends, MaxConntrack, MaxAffinity, MaxEndpoints uint32
 	// Conntrack lifetimes by state.
 	CTTimeoutSYN, CTTimeoutTCP, CTTimeoutClose, CTTimeoutOther time.Duration
+	// HostNetnsCookie limits socket-level load balancing to sockets of the
+	// network namespace with this cookie (NetnsCookie of the node's); pods'
+	// traffic then takes the tc path. 0 translates sockets everywhere.
+	HostNetnsCookie uint64
 }
 
 // DefaultConfig returns the configuration used for zero Config fields.
@@ -195,6 +199,7 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 		"ct_timeout_tcp_ns":   uint64(cfg.CTTimeoutTCP.Nanoseconds()),
 		"ct_timeout_close_ns": uint64(cfg.CTTimeoutClose.Nanoseconds()),
 		"ct_timeout_other_ns": uint64(cfg.CTTimeoutOther.Nanoseconds()),
+		"host_netns_cookie":   cfg.HostNetnsCookie,
 	}
 	for name, v := range consts {
 		if err := spec.Variables[name].Set(v); err != nil {

@@ -89,3 +89,18 @@ func DetachSocketLB(root string) error {
 	}
 	return errors.Join(errs...)
 }
+
+// NetnsCookie returns the cookie of the calling thread's network namespace,
+// the identity bpf_get_netns_cookie reports for its sockets.
+func NetnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return 0, fmt.Errorf("SO_NETNS_COOKIE (Linux 5.14 or later): %w", err)
+	}
+	return c, nil
+}

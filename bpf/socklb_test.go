@@ -125,6 +125,49 @@ func TestSocketLB(t *testing.T) {
 	}
 }
 
+// TestSocketLBOnlyInHostNamespace: with the node's namespace cookie set,
+// sockets of that namespace are translated and sockets of any other (pods)
+// are left alone for the tc programs, whose ClientIP affinity keys on the
+// pod's address.
+func TestSocketLBOnlyInHostNamespace(t *testing.T) {
+	ns := netnstest.New(t, "sl-socklb")
+	ns.IP(t, "link", "set", "lo", "up")
+	ns.IP(t, "addr", "add", "10.200.0.2/32", "dev", "lo")
+	ns.ServeWhoAmI(t, 8080)
+	var clientNetns uint64
+	ns.Do(t, func() {
+		var err error
+		if clientNetns, err = NetnsCookie(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	otherNetns, err := NetnsCookie() // the test's own namespace
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name       string
+		host       uint64
+		translated bool
+	}{
+		{"client in the host namespace", clientNetns, true},
+		{"client in another namespace", otherNetns, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := loadTest(t, Config{HostNetnsCookie: c.host})
+			install(t, d, oneBackend(1, ap("10.96.0.10:80"), unix.IPPROTO_TCP, ap("10.200.0.2:8080")))
+			cgroup := testCgroup(t)
+			if err := d.AttachSocketLB(cgroup); err != nil {
+				t.Fatal(err)
+			}
+			got := runInCgroup(t, ns, cgroup, "tcp", "10.96.0.10:80")
+			if translated := got.Err == "" && got.Answer == "10.200.0.2"; translated != c.translated {
+				t.Errorf("got %+v, want translated=%v", got, c.translated)
+			}
+		})
+	}
+}
+
 // testCgroup makes a cgroup v2 directory that only the test's client
 // processes join; it is removed after the test.
 func testCgroup(t *testing.T) string {

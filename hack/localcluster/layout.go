@@ -1,0 +1,138 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Everything the local cluster makes is named or placed here, so `down`
+// finds it all again.
+const (
+	stateDir     = "/run/sluice-localcluster"
+	netnsPrefix  = "sluicelc-"
+	podNetns     = netnsPrefix + "pod-"
+	underlayNS   = netnsPrefix + "underlay"
+	controlNS    = netnsPrefix + "cp"
+	bpffsDir     = "/sys/fs/bpf/sluice-localcluster"
+	cgroupName   = "sluice-localcluster"
+	bridgeName   = "br-underlay"
+	serviceCIDR  = "10.96.0.0/16"
+	clusterCIDR  = "10.244.0.0/16"
+	apiPortInNS  = 6443
+	underlayCIDR = "192.168.77.0/24"
+)
+
+// underlay addresses: the bridge (an "outside" client on the node
+// network), the control plane, then one per node.
+var (
+	underlayGateway = netip.MustParseAddr("192.168.77.1")
+	controlPlaneIP  = netip.MustParseAddr("192.168.77.2")
+)
+
+func nodeName(i int) string { return fmt.Sprintf("node-%d", i+1) }
+
+func nodeIP(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{192, 168, 77, byte(11 + i)})
+}
+
+func nodePodCIDR(i int) string { return fmt.Sprintf("10.244.%d.0/24", i+1) }
+
+// state is what `up` recorded for the other subcommands.
+type state struct {
+	APIPort int                `json:"apiPort"`
+	K8sBin  string             `json:"k8sBin"`
+	Nodes   []nodeState        `json:"nodes"`
+	Daemons map[string]*daemon `json:"daemons"`
+}
+
+type nodeState struct {
+	Name    string `json:"name"`
+	IP      string `json:"ip"`
+	PodCIDR string `json:"podCIDR"`
+	Netns   string `json:"netns"`
+	// Host stands for the node's filesystem, bpffs and cgroup.
+	Host hostPaths `json:"host"`
+}
+
+func path(elem ...string) string { return filepath.Join(append([]string{stateDir}, elem...)...) }
+
+func adminKubeconfig() string { return path("admin.kubeconfig") }
+
+func loadState() (*state, error) {
+	b, err := os.ReadFile(path("state.json"))
+	if os.IsNotExist(err) {
+		return nil, fmt.Errorf("the local cluster is not up (no %s); run: go run ./hack/localcluster up", path("state.json"))
+	}
+	if err != nil {
+		return nil, err
+	}
+	s := &state{}
+	if err := json.Unmarshal(b, s); err != nil {
+		return nil, fmt.Errorf("%s: %w", path("state.json"), err)
+	}
+	return s, nil
+}
+
+func (s *state) save() error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path("state.json.tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path("state.json"))
+}
+
+func (s *state) node(name string) (*nodeState, error) {
+	for i := range s.Nodes {
+		if s.Nodes[i].Name == name {
+			return &s.Nodes[i], nil
+		}
+	}
+	names := make([]string, len(s.Nodes))
+	for i, n := range s.Nodes {
+		names[i] = n.Name
+	}
+	return nil, fmt.Errorf("no node %q (nodes: %s)", name, strings.Join(names, ", "))
+}
+
+// hostPaths maps a path on a real node's host to where this simulated
+// node keeps it: bpffs and cgroup get directories of their own on the real
+// mounts, everything else lives under the node's root directory.
+type hostPaths struct {
+	Root   string `json:"root"`
+	BPFFS  string `json:"bpffs"`
+	Cgroup string `json:"cgroup"`
+}
+
+// Map translates a host path.
+func (h hostPaths) Map(p string) string {
+	for _, m := range []struct{ real, sim string }{{"/sys/fs/bpf", h.BPFFS}, {"/sys/fs/cgroup", h.Cgroup}} {
+		if p == m.real || strings.HasPrefix(p, m.real+"/") {
+			return m.sim + strings.TrimPrefix(p, m.real)
+		}
+	}
+	return filepath.Join(h.Root, p)
+}
+
+// cgroup2Root finds the cgroup v2 mount (/sys/fs/cgroup on unified hosts,
+// /sys/fs/cgroup/unified on hybrid ones).
+func cgroup2Root() (string, error) {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 2 && f[2] == "cgroup2" {
+			return f[1], nil
+		}
+	}
+	return "", fmt.Errorf("no cgroup v2 mount in /proc/self/mounts (socket load balancing needs one)")
+}

@@ -1,0 +1,78 @@
+// Command localcluster runs a real Kubernetes control plane with Sluice on
+// simulated nodes, all inside network namespaces of this machine: an
+// underlay bridge in a namespace of its own, the control plane (etcd,
+// kube-apiserver, kube-controller-manager) on it, and one namespace per
+// node running the real sluice-agent and a node shim standing in for the
+// kubelet. No packet leaves these namespaces; the only thing in this
+// machine's own namespace is a loopback port forwarded to the API server.
+//
+//	go run ./hack/localcluster up [--nodes N]
+//	go run ./hack/localcluster status | kubeconfig | down
+//	go run ./hack/localcluster exec NAMESPACE/POD -- CMD [ARGS...]
+//	go run ./hack/localcluster restart-agent NODE
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+)
+
+const usage = `usage: localcluster COMMAND
+
+  up [--nodes N] [--api-port P]   bring the cluster up (default 2 nodes); prints the kubeconfig
+  down                            remove every process, namespace, link, pin and file it made
+  status                          show components and nodes; exit 1 unless all are up
+  kubeconfig                      print the admin kubeconfig path
+  exec NAMESPACE/POD -- CMD ...   run CMD in the pod's network namespace; exits with its code
+  restart-agent NODE              restart the Sluice agent on NODE
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "localcluster: must run as root (network namespaces, BPF, cgroups)")
+		os.Exit(1)
+	}
+	cmd, args := os.Args[1], os.Args[2:]
+	var err error
+	switch cmd {
+	case "up":
+		err = up(args)
+	case "down":
+		err = down(args)
+	case "status":
+		err = status(args)
+	case "kubeconfig":
+		err = kubeconfig(args)
+	case "exec":
+		err = execInPod(args)
+	case "restart-agent":
+		err = restartAgent(args)
+	// Daemons `up` starts; not for users.
+	case "_forward":
+		err = runForward(args)
+	case "_scheduler":
+		err = runScheduler(args)
+	case "_shim":
+		err = runShim(args)
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "localcluster: unknown command %q\n\n%s", cmd, usage)
+		os.Exit(2)
+	}
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) && cmd == "exec" {
+		os.Exit(exitErr.ExitCode())
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "localcluster %s: %v\n", cmd, err)
+		os.Exit(1)
+	}
+}
