@@ -15,8 +15,8 @@ import (
 // from the pinned Kubernetes module, pause images run `agnhost pause`, and
 // every other image is refused with a reason the pod status shows.
 func Command(c *v1.Container, agnhost string) ([]string, error) {
-	repo := c.Image
-	if i := strings.LastIndexAny(repo, ":@"); i > strings.LastIndex(repo, "/") {
+	repo, _, _ := strings.Cut(c.Image, "@") // drop a digest, then a tag
+	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
 		repo = repo[:i]
 	}
 	var entrypoint []string
