@@ -68,6 +68,9 @@ const enum ct_flags *unused_ct_flags __attribute__((unused));
 const enum ct_dir *unused_ct_dir __attribute__((unused));
 const enum svc_scope *unused_svc_scope __attribute__((unused));
 const enum hook *unused_hook __attribute__((unused));
+const enum identity *unused_identity __attribute__((unused));
+const enum policy_endpoint_flags *unused_policy_endpoint_flags __attribute__((unused));
+const enum policy_dir *unused_policy_dir __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -126,6 +129,42 @@ struct {
 	__type(value, struct endpoint_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_endpoints_v1 SEC(".maps");
+
+/* NetworkPolicy: every pod IP of the cluster (and the node's own) to its
+ * identity; ipBlock prefixes to CIDR identities; local endpoints; rules. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct endpoint_key);
+	__type(value, struct ipcache_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_ipcache_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__type(key, struct cidr_key);
+	__type(value, struct ipcache_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_policy_cidrs_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct endpoint_key);
+	__type(value, struct policy_endpoint_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_policy_endpoints_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 262144);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_policy_v1 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -903,6 +942,140 @@ static __always_inline void ct_create(const struct ct_key *fwd, const struct pkt
 	bpf_map_update_elem(&sluice_ct_v1, &rev, &v, BPF_ANY);
 }
 
+/* ---- NetworkPolicy ---------------------------------------------------------
+ *
+ * Judged at the pod's veth: egress in from_pod (after DNAT, so against the
+ * chosen backend), ingress in to_pod (with the real client address, since
+ * DNAT happened on the client's node). A flow let through is recorded in
+ * conntrack (CT_DIR_POLICY) so its later packets and its replies pass
+ * unjudged, in both directions, while policies change. Traffic without
+ * ports (ICMP) and non-first fragments are not judged.
+ */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct policy_state);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_policy_state_v1 SEC(".maps");
+
+static __always_inline int policy_active(void)
+{
+	__u32 zero = 0;
+	struct policy_state *st = bpf_map_lookup_elem(&sluice_policy_state_v1, &zero);
+
+	return st && st->isolated_endpoints;
+}
+
+/* Policy lookups build their keys here, not on the stack: from_pod's frame
+ * plus a stack of keys would pass the verifier's 512-byte limit. */
+struct policy_scratch {
+	struct ct_key ct;
+	struct ct_value ctv;
+	struct policy_key rule;
+	struct cidr_key cidr;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct policy_scratch);
+} sluice_policy_scratch SEC(".maps");
+
+/* rule_matches looks up the endpoint's rules for one remote identity: the
+ * LPM finds the most specific protocol/port entry, wildcards included. */
+static __always_inline int rule_matches(struct policy_scratch *s, __u32 endpoint, __u32 remote, __u8 dir,
+					const struct pkt *p)
+{
+	s->rule.prefixlen = POLICY_KEY_BITS;
+	s->rule.endpoint = endpoint;
+	s->rule.remote = remote;
+	s->rule.dir = dir;
+	s->rule.proto = p->proto;
+	s->rule.port = p->dport;
+	return bpf_map_lookup_elem(&sluice_policy_v1, &s->rule) != 0;
+}
+
+/* policy_allows decides a new flow of an isolated direction: the remote's
+ * pod identity, its CIDR identity (or world) and "any remote" are tried. */
+static __always_inline int policy_allows(struct policy_scratch *s, __u32 endpoint, __u8 dir, const __u8 *remote,
+					 const struct pkt *p)
+{
+	struct ipcache_value *pod = bpf_map_lookup_elem(&sluice_ipcache_v1, remote);
+
+	if (pod) {
+		if (pod->identity == IDENTITY_HOST)
+			return 1; /* kubelet probes and the node's own traffic */
+		if (rule_matches(s, endpoint, pod->identity, dir, p))
+			return 1;
+	}
+	s->cidr.prefixlen = 128;
+	__builtin_memcpy(s->cidr.addr, remote, SLUICE_ADDR_LEN);
+	struct ipcache_value *cidr = bpf_map_lookup_elem(&sluice_policy_cidrs_v1, &s->cidr);
+	if (rule_matches(s, endpoint, cidr ? cidr->identity : IDENTITY_WORLD, dir, p))
+		return 1;
+	return rule_matches(s, endpoint, IDENTITY_ANY, dir, p);
+}
+
+static __always_inline void ct_key_of(struct ct_key *k, const struct pkt *p, int reversed)
+{
+	__builtin_memcpy(k->src, reversed ? p->dst : p->src, SLUICE_ADDR_LEN);
+	__builtin_memcpy(k->dst, reversed ? p->src : p->dst, SLUICE_ADDR_LEN);
+	k->sport = reversed ? p->dport : p->sport;
+	k->dport = reversed ? p->sport : p->dport;
+	k->proto = p->proto;
+	k->dir = CT_DIR_POLICY;
+	k->pad = 0;
+}
+
+/* policy_enforce judges the packet for the local endpoint at local (the
+ * source for egress, the destination for ingress). It returns TC_ACT_OK
+ * or TC_ACT_SHOT, counting and reporting a drop. Not inlined, so its few
+ * locals do not grow the callers' frames. */
+static __noinline int policy_enforce(struct __sk_buff *skb, const struct pkt *p, __u8 dir, __u32 svc_id)
+{
+	const __u8 *local = dir == POLICY_EGRESS ? p->src : p->dst;
+	const __u8 *remote = dir == POLICY_EGRESS ? p->dst : p->src;
+	struct policy_endpoint_value *ep = bpf_map_lookup_elem(&sluice_policy_endpoints_v1, local);
+
+	if (!ep || !(ep->flags & (POLICY_F_INGRESS_ISOLATED | POLICY_F_EGRESS_ISOLATED)))
+		return TC_ACT_OK;
+	__u32 zero = 0;
+	struct policy_scratch *s = bpf_map_lookup_elem(&sluice_policy_scratch, &zero);
+	if (!s)
+		return TC_ACT_SHOT; /* cannot happen: a one-slot per-CPU array */
+
+	__u64 now = bpf_ktime_get_ns();
+	ct_key_of(&s->ct, p, 1);
+	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &s->ct);
+	if (!ct || ct->expires_ns <= now) {
+		ct_key_of(&s->ct, p, 0);
+		ct = bpf_map_lookup_elem(&sluice_ct_v1, &s->ct);
+	}
+	if (ct && ct->expires_ns > now) {
+		ct_refresh(ct, p, now);
+		return TC_ACT_OK;
+	}
+
+	__u32 isolated = dir == POLICY_EGRESS ? POLICY_F_EGRESS_ISOLATED : POLICY_F_INGRESS_ISOLATED;
+	if ((ep->flags & isolated) && !policy_allows(s, ep->id, dir, remote, p)) {
+		record_drop(skb, p, dir == POLICY_EGRESS ? DROP_POLICY_EGRESS : DROP_POLICY_INGRESS, ep->id,
+			    dir == POLICY_EGRESS ? HOOK_FROM_POD : HOOK_TO_POD);
+		return TC_ACT_SHOT;
+	}
+	/* Record the flow (s->ct is its own direction now) so its replies pass
+	 * even through the other, also isolated, direction of this endpoint. */
+	__u8 flags = 0;
+	__builtin_memset(&s->ctv, 0, sizeof(s->ctv));
+	s->ctv.svc_id = svc_id;
+	s->ctv.expires_ns = now + ct_update(p, &flags);
+	s->ctv.flags = flags;
+	bpf_map_update_elem(&sluice_ct_v1, &s->ct, &s->ctv, BPF_ANY);
+	return TC_ACT_OK;
+}
+
 static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc)
 {
 	struct ct_key fwd = {};
@@ -938,6 +1111,15 @@ static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, cons
 		return TC_ACT_SHOT;
 	}
 	hairpin = addr_eq(be->addr, p->src);
+	/* Egress policy judges the backend the flow will go to: p is pointed
+	 * at it for the check (a copy would not fit the stack), then back at
+	 * the service, which fwd still holds. */
+	__builtin_memcpy(p->dst, be->addr, SLUICE_ADDR_LEN);
+	p->dport = be->port;
+	if (policy_active() && policy_enforce(skb, p, POLICY_EGRESS, svc->id) != TC_ACT_OK)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(p->dst, fwd.dst, SLUICE_ADDR_LEN);
+	p->dport = fwd.dport;
 	ct_create(&fwd, p, svc, be, backend_id, hairpin, now);
 
 nat:
@@ -1010,7 +1192,7 @@ int from_pod(struct __sk_buff *skb)
 	key.scope = SVC_SCOPE_INTERNAL;
 	struct svc_value *svc = bpf_map_lookup_elem(&sluice_services_v1, &key);
 	if (!svc)
-		return TC_ACT_OK;
+		return policy_active() ? policy_enforce(skb, &p, POLICY_EGRESS, 0) : TC_ACT_OK;
 	return lb_service(skb, &p, svc);
 }
 
@@ -1114,8 +1296,11 @@ int to_pod(struct __sk_buff *skb)
 	rk.dir = CT_DIR_REPLY;
 	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &rk);
 	__u64 now = bpf_ktime_get_ns();
-	if (!ct || ct->expires_ns <= now || (ct->flags & CT_F_HAIRPIN))
+	if (!ct || ct->expires_ns <= now)
+		return policy_active() ? policy_enforce(skb, &p, POLICY_INGRESS, 0) : TC_ACT_OK;
+	if (ct->flags & CT_F_HAIRPIN)
 		return TC_ACT_OK;
+	/* A service reply: the flow was judged when it started. */
 	ct_refresh(ct, &p, now);
 
 	__u8 vip[SLUICE_ADDR_LEN];

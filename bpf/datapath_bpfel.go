@@ -41,11 +41,18 @@ type datapathBackendValue struct {
 	Pad   uint8
 }
 
+type datapathCidrKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [16]uint8
+}
+
 type datapathCtDir uint32
 
 const (
 	datapathCtDirCT_DIR_SERVICE datapathCtDir = 0
 	datapathCtDirCT_DIR_REPLY   datapathCtDir = 1
+	datapathCtDirCT_DIR_POLICY  datapathCtDir = 2
 )
 
 type datapathCtFlags uint32
@@ -108,6 +115,8 @@ const (
 	datapathDropReasonDROP_SCTP_PORT_NAT   datapathDropReason = 3
 	datapathDropReasonDROP_NAT_FAILED      datapathDropReason = 4
 	datapathDropReasonDROP_REJECT_FAILED   datapathDropReason = 5
+	datapathDropReasonDROP_POLICY_INGRESS  datapathDropReason = 6
+	datapathDropReasonDROP_POLICY_EGRESS   datapathDropReason = 7
 	datapathDropReasonDROP_REASON_MAX      datapathDropReason = 64
 )
 
@@ -132,6 +141,70 @@ const (
 	datapathHookHOOK_FROM_POD datapathHook = 0
 	datapathHookHOOK_TO_POD   datapathHook = 1
 )
+
+type datapathIdentity uint32
+
+const (
+	datapathIdentityIDENTITY_ANY   datapathIdentity = 0
+	datapathIdentityIDENTITY_HOST  datapathIdentity = 1
+	datapathIdentityIDENTITY_WORLD datapathIdentity = 2
+)
+
+type datapathIpcacheValue struct {
+	_        structs.HostLayout
+	Identity uint32
+	Pad      uint32
+}
+
+type datapathPolicyDir uint32
+
+const (
+	datapathPolicyDirPOLICY_INGRESS datapathPolicyDir = 0
+	datapathPolicyDirPOLICY_EGRESS  datapathPolicyDir = 1
+)
+
+type datapathPolicyEndpointFlags uint32
+
+const (
+	datapathPolicyEndpointFlagsPOLICY_F_INGRESS_ISOLATED datapathPolicyEndpointFlags = 1
+	datapathPolicyEndpointFlagsPOLICY_F_EGRESS_ISOLATED  datapathPolicyEndpointFlags = 2
+)
+
+type datapathPolicyEndpointValue struct {
+	_     structs.HostLayout
+	Id    uint32
+	Flags uint32
+}
+
+type datapathPolicyKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Endpoint  uint32
+	Remote    uint32
+	Dir       uint8
+	Proto     uint8
+	Port      uint16
+}
+
+type datapathPolicyScratch struct {
+	_    structs.HostLayout
+	Ct   datapathCtKey
+	Ctv  datapathCtValue
+	Rule datapathPolicyKey
+	Cidr datapathCidrKey
+	_    [4]byte
+}
+
+type datapathPolicyState struct {
+	_                 structs.HostLayout
+	IsolatedEndpoints uint32
+	Pad               uint32
+}
+
+type datapathPolicyValue struct {
+	_   structs.HostLayout
+	Pad uint32
+}
 
 type datapathSockRevnatKey struct {
 	_      structs.HostLayout
@@ -183,43 +256,52 @@ type datapathSvcValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	datapathMapSluiceAffinityV1    = "sluice_affinity_v1"
-	datapathMapSluiceBackendsV1    = "sluice_backends_v1"
-	datapathMapSluiceCtV1          = "sluice_ct_v1"
-	datapathMapSluiceDropsV1       = "sluice_drops_v1"
-	datapathMapSluiceEndpointsV1   = "sluice_endpoints_v1"
-	datapathMapSluiceEventsV1      = "sluice_events_v1"
-	datapathMapSluiceMaglevV1      = "sluice_maglev_v1"
-	datapathMapSluiceServicesV1    = "sluice_services_v1"
-	datapathMapSluiceSockRevnatV1  = "sluice_sock_revnat_v1"
-	datapathProgFromPod            = "from_pod"
-	datapathProgSock4Connect       = "sock4_connect"
-	datapathProgSock4Getpeername   = "sock4_getpeername"
-	datapathProgSock4Recvmsg       = "sock4_recvmsg"
-	datapathProgSock4Sendmsg       = "sock4_sendmsg"
-	datapathProgSock6Connect       = "sock6_connect"
-	datapathProgSock6Getpeername   = "sock6_getpeername"
-	datapathProgSock6Recvmsg       = "sock6_recvmsg"
-	datapathProgSock6Sendmsg       = "sock6_sendmsg"
-	datapathProgToPod              = "to_pod"
-	datapathVarCtTimeoutCloseNs    = "ct_timeout_close_ns"
-	datapathVarCtTimeoutOtherNs    = "ct_timeout_other_ns"
-	datapathVarCtTimeoutSynNs      = "ct_timeout_syn_ns"
-	datapathVarCtTimeoutTcpNs      = "ct_timeout_tcp_ns"
-	datapathVarHairpinAddr4        = "hairpin_addr4"
-	datapathVarHairpinAddr6        = "hairpin_addr6"
-	datapathVarHostNetnsCookie     = "host_netns_cookie"
-	datapathVarMaglevSize          = "maglev_size"
-	datapathVarUnusedBackendFlags  = "unused_backend_flags"
-	datapathVarUnusedCtDir         = "unused_ct_dir"
-	datapathVarUnusedCtFlags       = "unused_ct_flags"
-	datapathVarUnusedDropEvent     = "unused_drop_event"
-	datapathVarUnusedDropReason    = "unused_drop_reason"
-	datapathVarUnusedEndpointKey   = "unused_endpoint_key"
-	datapathVarUnusedEndpointValue = "unused_endpoint_value"
-	datapathVarUnusedHook          = "unused_hook"
-	datapathVarUnusedSvcFlags      = "unused_svc_flags"
-	datapathVarUnusedSvcScope      = "unused_svc_scope"
+	datapathMapSluiceAffinityV1          = "sluice_affinity_v1"
+	datapathMapSluiceBackendsV1          = "sluice_backends_v1"
+	datapathMapSluiceCtV1                = "sluice_ct_v1"
+	datapathMapSluiceDropsV1             = "sluice_drops_v1"
+	datapathMapSluiceEndpointsV1         = "sluice_endpoints_v1"
+	datapathMapSluiceEventsV1            = "sluice_events_v1"
+	datapathMapSluiceIpcacheV1           = "sluice_ipcache_v1"
+	datapathMapSluiceMaglevV1            = "sluice_maglev_v1"
+	datapathMapSluicePolicyCidrsV1       = "sluice_policy_cidrs_v1"
+	datapathMapSluicePolicyEndpointsV1   = "sluice_policy_endpoints_v1"
+	datapathMapSluicePolicyScratch       = "sluice_policy_scratch"
+	datapathMapSluicePolicyStateV1       = "sluice_policy_state_v1"
+	datapathMapSluicePolicyV1            = "sluice_policy_v1"
+	datapathMapSluiceServicesV1          = "sluice_services_v1"
+	datapathMapSluiceSockRevnatV1        = "sluice_sock_revnat_v1"
+	datapathProgFromPod                  = "from_pod"
+	datapathProgSock4Connect             = "sock4_connect"
+	datapathProgSock4Getpeername         = "sock4_getpeername"
+	datapathProgSock4Recvmsg             = "sock4_recvmsg"
+	datapathProgSock4Sendmsg             = "sock4_sendmsg"
+	datapathProgSock6Connect             = "sock6_connect"
+	datapathProgSock6Getpeername         = "sock6_getpeername"
+	datapathProgSock6Recvmsg             = "sock6_recvmsg"
+	datapathProgSock6Sendmsg             = "sock6_sendmsg"
+	datapathProgToPod                    = "to_pod"
+	datapathVarCtTimeoutCloseNs          = "ct_timeout_close_ns"
+	datapathVarCtTimeoutOtherNs          = "ct_timeout_other_ns"
+	datapathVarCtTimeoutSynNs            = "ct_timeout_syn_ns"
+	datapathVarCtTimeoutTcpNs            = "ct_timeout_tcp_ns"
+	datapathVarHairpinAddr4              = "hairpin_addr4"
+	datapathVarHairpinAddr6              = "hairpin_addr6"
+	datapathVarHostNetnsCookie           = "host_netns_cookie"
+	datapathVarMaglevSize                = "maglev_size"
+	datapathVarUnusedBackendFlags        = "unused_backend_flags"
+	datapathVarUnusedCtDir               = "unused_ct_dir"
+	datapathVarUnusedCtFlags             = "unused_ct_flags"
+	datapathVarUnusedDropEvent           = "unused_drop_event"
+	datapathVarUnusedDropReason          = "unused_drop_reason"
+	datapathVarUnusedEndpointKey         = "unused_endpoint_key"
+	datapathVarUnusedEndpointValue       = "unused_endpoint_value"
+	datapathVarUnusedHook                = "unused_hook"
+	datapathVarUnusedIdentity            = "unused_identity"
+	datapathVarUnusedPolicyDir           = "unused_policy_dir"
+	datapathVarUnusedPolicyEndpointFlags = "unused_policy_endpoint_flags"
+	datapathVarUnusedSvcFlags            = "unused_svc_flags"
+	datapathVarUnusedSvcScope            = "unused_svc_scope"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -280,39 +362,48 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	SluiceAffinityV1   *ebpf.MapSpec `ebpf:"sluice_affinity_v1"`
-	SluiceBackendsV1   *ebpf.MapSpec `ebpf:"sluice_backends_v1"`
-	SluiceCtV1         *ebpf.MapSpec `ebpf:"sluice_ct_v1"`
-	SluiceDropsV1      *ebpf.MapSpec `ebpf:"sluice_drops_v1"`
-	SluiceEndpointsV1  *ebpf.MapSpec `ebpf:"sluice_endpoints_v1"`
-	SluiceEventsV1     *ebpf.MapSpec `ebpf:"sluice_events_v1"`
-	SluiceMaglevV1     *ebpf.MapSpec `ebpf:"sluice_maglev_v1"`
-	SluiceServicesV1   *ebpf.MapSpec `ebpf:"sluice_services_v1"`
-	SluiceSockRevnatV1 *ebpf.MapSpec `ebpf:"sluice_sock_revnat_v1"`
+	SluiceAffinityV1        *ebpf.MapSpec `ebpf:"sluice_affinity_v1"`
+	SluiceBackendsV1        *ebpf.MapSpec `ebpf:"sluice_backends_v1"`
+	SluiceCtV1              *ebpf.MapSpec `ebpf:"sluice_ct_v1"`
+	SluiceDropsV1           *ebpf.MapSpec `ebpf:"sluice_drops_v1"`
+	SluiceEndpointsV1       *ebpf.MapSpec `ebpf:"sluice_endpoints_v1"`
+	SluiceEventsV1          *ebpf.MapSpec `ebpf:"sluice_events_v1"`
+	SluiceIpcacheV1         *ebpf.MapSpec `ebpf:"sluice_ipcache_v1"`
+	SluiceMaglevV1          *ebpf.MapSpec `ebpf:"sluice_maglev_v1"`
+	SluicePolicyCidrsV1     *ebpf.MapSpec `ebpf:"sluice_policy_cidrs_v1"`
+	SluicePolicyEndpointsV1 *ebpf.MapSpec `ebpf:"sluice_policy_endpoints_v1"`
+	SluicePolicyScratch     *ebpf.MapSpec `ebpf:"sluice_policy_scratch"`
+	SluicePolicyStateV1     *ebpf.MapSpec `ebpf:"sluice_policy_state_v1"`
+	SluicePolicyV1          *ebpf.MapSpec `ebpf:"sluice_policy_v1"`
+	SluiceServicesV1        *ebpf.MapSpec `ebpf:"sluice_services_v1"`
+	SluiceSockRevnatV1      *ebpf.MapSpec `ebpf:"sluice_sock_revnat_v1"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathVariableSpecs struct {
-	CtTimeoutCloseNs    *ebpf.VariableSpec `ebpf:"ct_timeout_close_ns"`
-	CtTimeoutOtherNs    *ebpf.VariableSpec `ebpf:"ct_timeout_other_ns"`
-	CtTimeoutSynNs      *ebpf.VariableSpec `ebpf:"ct_timeout_syn_ns"`
-	CtTimeoutTcpNs      *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
-	HairpinAddr4        *ebpf.VariableSpec `ebpf:"hairpin_addr4"`
-	HairpinAddr6        *ebpf.VariableSpec `ebpf:"hairpin_addr6"`
-	HostNetnsCookie     *ebpf.VariableSpec `ebpf:"host_netns_cookie"`
-	MaglevSize          *ebpf.VariableSpec `ebpf:"maglev_size"`
-	UnusedBackendFlags  *ebpf.VariableSpec `ebpf:"unused_backend_flags"`
-	UnusedCtDir         *ebpf.VariableSpec `ebpf:"unused_ct_dir"`
-	UnusedCtFlags       *ebpf.VariableSpec `ebpf:"unused_ct_flags"`
-	UnusedDropEvent     *ebpf.VariableSpec `ebpf:"unused_drop_event"`
-	UnusedDropReason    *ebpf.VariableSpec `ebpf:"unused_drop_reason"`
-	UnusedEndpointKey   *ebpf.VariableSpec `ebpf:"unused_endpoint_key"`
-	UnusedEndpointValue *ebpf.VariableSpec `ebpf:"unused_endpoint_value"`
-	UnusedHook          *ebpf.VariableSpec `ebpf:"unused_hook"`
-	UnusedSvcFlags      *ebpf.VariableSpec `ebpf:"unused_svc_flags"`
-	UnusedSvcScope      *ebpf.VariableSpec `ebpf:"unused_svc_scope"`
+	CtTimeoutCloseNs          *ebpf.VariableSpec `ebpf:"ct_timeout_close_ns"`
+	CtTimeoutOtherNs          *ebpf.VariableSpec `ebpf:"ct_timeout_other_ns"`
+	CtTimeoutSynNs            *ebpf.VariableSpec `ebpf:"ct_timeout_syn_ns"`
+	CtTimeoutTcpNs            *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
+	HairpinAddr4              *ebpf.VariableSpec `ebpf:"hairpin_addr4"`
+	HairpinAddr6              *ebpf.VariableSpec `ebpf:"hairpin_addr6"`
+	HostNetnsCookie           *ebpf.VariableSpec `ebpf:"host_netns_cookie"`
+	MaglevSize                *ebpf.VariableSpec `ebpf:"maglev_size"`
+	UnusedBackendFlags        *ebpf.VariableSpec `ebpf:"unused_backend_flags"`
+	UnusedCtDir               *ebpf.VariableSpec `ebpf:"unused_ct_dir"`
+	UnusedCtFlags             *ebpf.VariableSpec `ebpf:"unused_ct_flags"`
+	UnusedDropEvent           *ebpf.VariableSpec `ebpf:"unused_drop_event"`
+	UnusedDropReason          *ebpf.VariableSpec `ebpf:"unused_drop_reason"`
+	UnusedEndpointKey         *ebpf.VariableSpec `ebpf:"unused_endpoint_key"`
+	UnusedEndpointValue       *ebpf.VariableSpec `ebpf:"unused_endpoint_value"`
+	UnusedHook                *ebpf.VariableSpec `ebpf:"unused_hook"`
+	UnusedIdentity            *ebpf.VariableSpec `ebpf:"unused_identity"`
+	UnusedPolicyDir           *ebpf.VariableSpec `ebpf:"unused_policy_dir"`
+	UnusedPolicyEndpointFlags *ebpf.VariableSpec `ebpf:"unused_policy_endpoint_flags"`
+	UnusedSvcFlags            *ebpf.VariableSpec `ebpf:"unused_svc_flags"`
+	UnusedSvcScope            *ebpf.VariableSpec `ebpf:"unused_svc_scope"`
 }
 
 // datapathObjects contains all objects after they have been loaded into the kernel.
@@ -335,15 +426,21 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	SluiceAffinityV1   *ebpf.Map `ebpf:"sluice_affinity_v1"`
-	SluiceBackendsV1   *ebpf.Map `ebpf:"sluice_backends_v1"`
-	SluiceCtV1         *ebpf.Map `ebpf:"sluice_ct_v1"`
-	SluiceDropsV1      *ebpf.Map `ebpf:"sluice_drops_v1"`
-	SluiceEndpointsV1  *ebpf.Map `ebpf:"sluice_endpoints_v1"`
-	SluiceEventsV1     *ebpf.Map `ebpf:"sluice_events_v1"`
-	SluiceMaglevV1     *ebpf.Map `ebpf:"sluice_maglev_v1"`
-	SluiceServicesV1   *ebpf.Map `ebpf:"sluice_services_v1"`
-	SluiceSockRevnatV1 *ebpf.Map `ebpf:"sluice_sock_revnat_v1"`
+	SluiceAffinityV1        *ebpf.Map `ebpf:"sluice_affinity_v1"`
+	SluiceBackendsV1        *ebpf.Map `ebpf:"sluice_backends_v1"`
+	SluiceCtV1              *ebpf.Map `ebpf:"sluice_ct_v1"`
+	SluiceDropsV1           *ebpf.Map `ebpf:"sluice_drops_v1"`
+	SluiceEndpointsV1       *ebpf.Map `ebpf:"sluice_endpoints_v1"`
+	SluiceEventsV1          *ebpf.Map `ebpf:"sluice_events_v1"`
+	SluiceIpcacheV1         *ebpf.Map `ebpf:"sluice_ipcache_v1"`
+	SluiceMaglevV1          *ebpf.Map `ebpf:"sluice_maglev_v1"`
+	SluicePolicyCidrsV1     *ebpf.Map `ebpf:"sluice_policy_cidrs_v1"`
+	SluicePolicyEndpointsV1 *ebpf.Map `ebpf:"sluice_policy_endpoints_v1"`
+	SluicePolicyScratch     *ebpf.Map `ebpf:"sluice_policy_scratch"`
+	SluicePolicyStateV1     *ebpf.Map `ebpf:"sluice_policy_state_v1"`
+	SluicePolicyV1          *ebpf.Map `ebpf:"sluice_policy_v1"`
+	SluiceServicesV1        *ebpf.Map `ebpf:"sluice_services_v1"`
+	SluiceSockRevnatV1      *ebpf.Map `ebpf:"sluice_sock_revnat_v1"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -354,7 +451,13 @@ func (m *datapathMaps) Close() error {
 		m.SluiceDropsV1,
 		m.SluiceEndpointsV1,
 		m.SluiceEventsV1,
+		m.SluiceIpcacheV1,
 		m.SluiceMaglevV1,
+		m.SluicePolicyCidrsV1,
+		m.SluicePolicyEndpointsV1,
+		m.SluicePolicyScratch,
+		m.SluicePolicyStateV1,
+		m.SluicePolicyV1,
 		m.SluiceServicesV1,
 		m.SluiceSockRevnatV1,
 	)
@@ -364,24 +467,27 @@ func (m *datapathMaps) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathVariables struct {
-	CtTimeoutCloseNs    *ebpf.Variable `ebpf:"ct_timeout_close_ns"`
-	CtTimeoutOtherNs    *ebpf.Variable `ebpf:"ct_timeout_other_ns"`
-	CtTimeoutSynNs      *ebpf.Variable `ebpf:"ct_timeout_syn_ns"`
-	CtTimeoutTcpNs      *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
-	HairpinAddr4        *ebpf.Variable `ebpf:"hairpin_addr4"`
-	HairpinAddr6        *ebpf.Variable `ebpf:"hairpin_addr6"`
-	HostNetnsCookie     *ebpf.Variable `ebpf:"host_netns_cookie"`
-	MaglevSize          *ebpf.Variable `ebpf:"maglev_size"`
-	UnusedBackendFlags  *ebpf.Variable `ebpf:"unused_backend_flags"`
-	UnusedCtDir         *ebpf.Variable `ebpf:"unused_ct_dir"`
-	UnusedCtFlags       *ebpf.Variable `ebpf:"unused_ct_flags"`
-	UnusedDropEvent     *ebpf.Variable `ebpf:"unused_drop_event"`
-	UnusedDropReason    *ebpf.Variable `ebpf:"unused_drop_reason"`
-	UnusedEndpointKey   *ebpf.Variable `ebpf:"unused_endpoint_key"`
-	UnusedEndpointValue *ebpf.Variable `ebpf:"unused_endpoint_value"`
-	UnusedHook          *ebpf.Variable `ebpf:"unused_hook"`
-	UnusedSvcFlags      *ebpf.Variable `ebpf:"unused_svc_flags"`
-	UnusedSvcScope      *ebpf.Variable `ebpf:"unused_svc_scope"`
+	CtTimeoutCloseNs          *ebpf.Variable `ebpf:"ct_timeout_close_ns"`
+	CtTimeoutOtherNs          *ebpf.Variable `ebpf:"ct_timeout_other_ns"`
+	CtTimeoutSynNs            *ebpf.Variable `ebpf:"ct_timeout_syn_ns"`
+	CtTimeoutTcpNs            *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
+	HairpinAddr4              *ebpf.Variable `ebpf:"hairpin_addr4"`
+	HairpinAddr6              *ebpf.Variable `ebpf:"hairpin_addr6"`
+	HostNetnsCookie           *ebpf.Variable `ebpf:"host_netns_cookie"`
+	MaglevSize                *ebpf.Variable `ebpf:"maglev_size"`
+	UnusedBackendFlags        *ebpf.Variable `ebpf:"unused_backend_flags"`
+	UnusedCtDir               *ebpf.Variable `ebpf:"unused_ct_dir"`
+	UnusedCtFlags             *ebpf.Variable `ebpf:"unused_ct_flags"`
+	UnusedDropEvent           *ebpf.Variable `ebpf:"unused_drop_event"`
+	UnusedDropReason          *ebpf.Variable `ebpf:"unused_drop_reason"`
+	UnusedEndpointKey         *ebpf.Variable `ebpf:"unused_endpoint_key"`
+	UnusedEndpointValue       *ebpf.Variable `ebpf:"unused_endpoint_value"`
+	UnusedHook                *ebpf.Variable `ebpf:"unused_hook"`
+	UnusedIdentity            *ebpf.Variable `ebpf:"unused_identity"`
+	UnusedPolicyDir           *ebpf.Variable `ebpf:"unused_policy_dir"`
+	UnusedPolicyEndpointFlags *ebpf.Variable `ebpf:"unused_policy_endpoint_flags"`
+	UnusedSvcFlags            *ebpf.Variable `ebpf:"unused_svc_flags"`
+	UnusedSvcScope            *ebpf.Variable `ebpf:"unused_svc_scope"`
 }
 
 // datapathPrograms contains all programs after they have been loaded into the kernel.

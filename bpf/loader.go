@@ -35,6 +35,10 @@ type Config struct {
 	MaglevSize uint32
 	// Map capacities.
 	MaxServices, MaxBackends, MaxConntrack, MaxAffinity, MaxEndpoints uint32
+	// NetworkPolicy map capacities: pod IPs of the whole cluster, ipBlock
+	// prefixes, and allow rules of this node's endpoints (local endpoints
+	// share MaxEndpoints).
+	MaxIPCache, MaxPolicyCIDRs, MaxPolicyRules uint32
 	// Conntrack lifetimes by state.
 	CTTimeoutSYN, CTTimeoutTCP, CTTimeoutClose, CTTimeoutOther time.Duration
 	// HostNetnsCookie limits socket-level load balancing to sockets of the
@@ -53,6 +57,9 @@ func DefaultConfig() Config {
 		MaxConntrack:   262144,
 		MaxAffinity:    65536,
 		MaxEndpoints:   4096,
+		MaxIPCache:     65536,
+		MaxPolicyCIDRs: 16384,
+		MaxPolicyRules: 262144,
 		CTTimeoutSYN:   60 * time.Second,
 		CTTimeoutTCP:   6 * time.Hour,
 		CTTimeoutClose: 10 * time.Second,
@@ -81,6 +88,9 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.MaxConntrack, d.MaxConntrack)
 	setDefault(&c.MaxAffinity, d.MaxAffinity)
 	setDefault(&c.MaxEndpoints, d.MaxEndpoints)
+	setDefault(&c.MaxIPCache, d.MaxIPCache)
+	setDefault(&c.MaxPolicyCIDRs, d.MaxPolicyCIDRs)
+	setDefault(&c.MaxPolicyRules, d.MaxPolicyRules)
 	setDefaultDur(&c.CTTimeoutSYN, d.CTTimeoutSYN)
 	setDefaultDur(&c.CTTimeoutTCP, d.CTTimeoutTCP)
 	setDefaultDur(&c.CTTimeoutClose, d.CTTimeoutClose)
@@ -123,6 +133,10 @@ type Datapath struct {
 	// SockRevnat remembers the service behind each socket translated by
 	// socket-level load balancing.
 	SockRevnat *ebpf.Map
+	// NetworkPolicy: identities of the cluster's pod IPs, of ipBlock
+	// prefixes, this node's isolated endpoints and their allow rules.
+	// PolicyState counts the isolated endpoints; at 0 policy is skipped.
+	IPCache, PolicyCIDRs, PolicyEndpoints, Policy, PolicyState *ebpf.Map
 
 	root      string
 	sockProgs map[string]*ebpf.Program // cgroup hooks, by program name; nil when opened read-only
@@ -175,6 +189,8 @@ func Load(cfg Config) (*Datapath, error) {
 		Services: objs.SluiceServicesV1, Backends: objs.SluiceBackendsV1, Maglev: objs.SluiceMaglevV1,
 		Conntrack: objs.SluiceCtV1, Affinity: objs.SluiceAffinityV1, Endpoints: objs.SluiceEndpointsV1,
 		Drops: objs.SluiceDropsV1, Events: objs.SluiceEventsV1, SockRevnat: objs.SluiceSockRevnatV1,
+		IPCache: objs.SluiceIpcacheV1, PolicyCIDRs: objs.SluicePolicyCidrsV1,
+		PolicyEndpoints: objs.SluicePolicyEndpointsV1, Policy: objs.SluicePolicyV1, PolicyState: objs.SluicePolicyStateV1,
 		root: cfg.PinRoot,
 		sockProgs: map[string]*ebpf.Program{
 			"sock4_connect": objs.Sock4Connect, "sock4_sendmsg": objs.Sock4Sendmsg,
@@ -207,12 +223,16 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 		}
 	}
 	sizes := map[string]uint32{
-		datapathMapSluiceServicesV1:  cfg.MaxServices,
-		datapathMapSluiceBackendsV1:  cfg.MaxBackends,
-		datapathMapSluiceMaglevV1:    cfg.MaxServices,
-		datapathMapSluiceCtV1:        cfg.MaxConntrack,
-		datapathMapSluiceAffinityV1:  cfg.MaxAffinity,
-		datapathMapSluiceEndpointsV1: cfg.MaxEndpoints,
+		datapathMapSluiceServicesV1:        cfg.MaxServices,
+		datapathMapSluiceBackendsV1:        cfg.MaxBackends,
+		datapathMapSluiceMaglevV1:          cfg.MaxServices,
+		datapathMapSluiceCtV1:              cfg.MaxConntrack,
+		datapathMapSluiceAffinityV1:        cfg.MaxAffinity,
+		datapathMapSluiceEndpointsV1:       cfg.MaxEndpoints,
+		datapathMapSluicePolicyEndpointsV1: cfg.MaxEndpoints,
+		datapathMapSluiceIpcacheV1:         cfg.MaxIPCache,
+		datapathMapSluicePolicyCidrsV1:     cfg.MaxPolicyCIDRs,
+		datapathMapSluicePolicyV1:          cfg.MaxPolicyRules,
 	}
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = n
@@ -263,6 +283,11 @@ func OpenPinned(root string) (*Datapath, error) {
 	d.Drops = open(datapathMapSluiceDropsV1)
 	d.Events = open(datapathMapSluiceEventsV1)
 	d.SockRevnat = open(datapathMapSluiceSockRevnatV1)
+	d.IPCache = open(datapathMapSluiceIpcacheV1)
+	d.PolicyCIDRs = open(datapathMapSluicePolicyCidrsV1)
+	d.PolicyEndpoints = open(datapathMapSluicePolicyEndpointsV1)
+	d.Policy = open(datapathMapSluicePolicyV1)
+	d.PolicyState = open(datapathMapSluicePolicyStateV1)
 	for _, p := range []struct {
 		name string
 		dst  **ebpf.Program
@@ -296,7 +321,8 @@ func (d *Datapath) Close() error {
 	for _, p := range d.sockProgs {
 		errs = append(errs, p.Close())
 	}
-	for _, m := range []*ebpf.Map{d.Services, d.Backends, d.Maglev, d.Conntrack, d.Affinity, d.Endpoints, d.Drops, d.Events, d.SockRevnat} {
+	for _, m := range []*ebpf.Map{d.Services, d.Backends, d.Maglev, d.Conntrack, d.Affinity, d.Endpoints, d.Drops, d.Events,
+		d.SockRevnat, d.IPCache, d.PolicyCIDRs, d.PolicyEndpoints, d.Policy, d.PolicyState} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}

@@ -20,6 +20,32 @@ type (
 	DropCounter   = datapathDropCounter
 	DropEvent     = datapathDropEvent
 	DropReason    = datapathDropReason
+
+	IPCacheValue        = datapathIpcacheValue
+	CIDRKey             = datapathCidrKey
+	PolicyEndpointValue = datapathPolicyEndpointValue
+	PolicyKey           = datapathPolicyKey
+	PolicyValue         = datapathPolicyValue
+	PolicyState         = datapathPolicyState
+)
+
+// Reserved policy identities (IPCacheValue.Identity, PolicyKey.Remote).
+const (
+	IdentityAny   = uint32(datapathIdentityIDENTITY_ANY)
+	IdentityHost  = uint32(datapathIdentityIDENTITY_HOST)
+	IdentityWorld = uint32(datapathIdentityIDENTITY_WORLD)
+)
+
+// Policy endpoint flags (PolicyEndpointValue.Flags) and rule directions
+// (PolicyKey.Dir).
+const (
+	PolicyIngressIsolated = uint32(datapathPolicyEndpointFlagsPOLICY_F_INGRESS_ISOLATED)
+	PolicyEgressIsolated  = uint32(datapathPolicyEndpointFlagsPOLICY_F_EGRESS_ISOLATED)
+	PolicyIngress         = uint8(datapathPolicyDirPOLICY_INGRESS)
+	PolicyEgress          = uint8(datapathPolicyDirPOLICY_EGRESS)
+	// PolicyKeyBits is the full prefix of a PolicyKey: endpoint, remote,
+	// direction (72 bits), protocol (8) and port (16).
+	PolicyKeyBits = 96
 )
 
 // Service scopes (ServiceKey.Scope).
@@ -56,6 +82,8 @@ const (
 	DropSCTPPortNAT    = datapathDropReasonDROP_SCTP_PORT_NAT
 	DropNATFailed      = datapathDropReasonDROP_NAT_FAILED
 	DropRejectFailed   = datapathDropReasonDROP_REJECT_FAILED
+	DropPolicyIngress  = datapathDropReasonDROP_POLICY_INGRESS
+	DropPolicyEgress   = datapathDropReasonDROP_POLICY_EGRESS
 	dropReasonMax      = datapathDropReasonDROP_REASON_MAX
 )
 
@@ -66,6 +94,8 @@ var dropReasonNames = map[DropReason]string{
 	DropSCTPPortNAT:                "sctp_port_nat",
 	DropNATFailed:                  "nat_failed",
 	DropRejectFailed:               "reject_failed",
+	DropPolicyIngress:              "policy_ingress",
+	DropPolicyEgress:               "policy_egress",
 }
 
 // String names the reason as metrics and logs show it.
@@ -99,4 +129,31 @@ func PortFrom(p uint16) uint16 {
 	var b [2]byte
 	binary.NativeEndian.PutUint16(b[:], p)
 	return binary.BigEndian.Uint16(b[:])
+}
+
+// PolicyRule is the key of one allow rule: for endpoint, traffic in
+// direction dir with the remote identity remote, protocol proto (0: any,
+// and then any port) and ports whose top portBits bits equal port's.
+func PolicyRule(endpoint, remote uint32, dir, proto uint8, port uint16, portBits uint8) PolicyKey {
+	k := PolicyKey{Endpoint: endpoint, Remote: remote, Dir: dir, Prefixlen: 72}
+	if proto == 0 {
+		return k
+	}
+	bits := min(portBits, 16)
+	k.Proto = proto
+	k.Prefixlen = 80 + uint32(bits)
+	if bits > 0 {
+		k.Port = Port(port &^ (1<<(16-bits) - 1))
+	}
+	return k
+}
+
+// CIDR is the key of an ipBlock prefix in the IPv4-mapped address space.
+func CIDR(p netip.Prefix) CIDRKey {
+	p = p.Masked()
+	bits := p.Bits()
+	if p.Addr().Is4() {
+		bits += 96
+	}
+	return CIDRKey{Prefixlen: uint32(bits), Addr: Addr(p.Addr())}
 }

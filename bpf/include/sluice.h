@@ -83,6 +83,9 @@ enum ct_dir {
 	CT_DIR_SERVICE = 0,
 	/* backend -> client (or -> hairpin address), as the backend replies. */
 	CT_DIR_REPLY = 1,
+	/* A flow NetworkPolicy let through, as first seen (after DNAT); its
+	 * later packets and its replies pass without a policy lookup. */
+	CT_DIR_POLICY = 2,
 };
 
 /* ct_value.flags */
@@ -155,6 +158,8 @@ enum drop_reason {
 	DROP_SCTP_PORT_NAT = 3,    /* SCTP with port translation: unsupported */
 	DROP_NAT_FAILED = 4,       /* a rewrite helper failed */
 	DROP_REJECT_FAILED = 5,    /* could not build the reject reply */
+	DROP_POLICY_INGRESS = 6,   /* NetworkPolicy: not allowed into the pod */
+	DROP_POLICY_EGRESS = 7,    /* NetworkPolicy: not allowed out of the pod */
 	DROP_REASON_MAX = 64,
 };
 
@@ -174,12 +179,82 @@ struct drop_event {
 	__u8 dst[SLUICE_ADDR_LEN];
 	__be16 sport;
 	__be16 dport;
+	/* The service, or for policy drops the local endpoint's policy ID. */
 	__u32 svc_id;
 };
 
 enum hook {
 	HOOK_FROM_POD = 0,
 	HOOK_TO_POD = 1,
+};
+
+/* ---- NetworkPolicy ---------------------------------------------------------
+ *
+ * Identities: numbers for remote peers. Pods have one per (namespace,
+ * namespace labels, pod labels); ipBlock prefixes one per set of ipBlocks
+ * they fall in. A packet of an isolated endpoint is allowed when a rule for
+ * the endpoint, the direction and the remote's pod identity, its CIDR
+ * identity or IDENTITY_ANY matches its protocol and port.
+ */
+enum identity {
+	IDENTITY_ANY = 0,   /* in rules: any remote */
+	IDENTITY_HOST = 1,  /* this node: always allowed */
+	IDENTITY_WORLD = 2, /* in no pod and no ipBlock prefix */
+};
+
+/* sluice_ipcache_v1 value: the identity of a pod IP (or the node's own). */
+struct ipcache_value {
+	__u32 identity;
+	__u32 pad;
+};
+
+/* sluice_policy_cidrs_v1 key: LPM over IPv4-mapped addresses (an IPv4
+ * prefix of length L has prefixlen 96 + L). */
+struct cidr_key {
+	__u32 prefixlen;
+	__u8 addr[SLUICE_ADDR_LEN];
+};
+
+enum policy_endpoint_flags {
+	POLICY_F_INGRESS_ISOLATED = 1 << 0,
+	POLICY_F_EGRESS_ISOLATED = 1 << 1,
+};
+
+/* sluice_policy_endpoints_v1 value, keyed by a local pod's address. Pods
+ * without an entry are not isolated. */
+struct policy_endpoint_value {
+	__u32 id;    /* the endpoint's number in policy rules */
+	__u32 flags; /* enum policy_endpoint_flags */
+};
+
+enum policy_dir {
+	POLICY_INGRESS = 0,
+	POLICY_EGRESS = 1,
+};
+
+/* sluice_policy_v1 key: LPM whose prefix covers endpoint, remote and
+ * direction (72 bits), then the protocol (80: 0 protocol bits means any
+ * protocol) and the top bits of the port (80 + 16 = 96 for one port). */
+struct policy_key {
+	__u32 prefixlen;
+	__u32 endpoint;
+	__u32 remote; /* enum identity or an allocated identity */
+	__u8 dir;     /* enum policy_dir */
+	__u8 proto;
+	__be16 port;
+};
+
+struct policy_value {
+	__u32 pad;
+};
+
+#define POLICY_KEY_BITS 96
+
+/* sluice_policy_state_v1, one slot: while no endpoint is isolated, pod
+ * packets skip policy entirely (an array lookup the verifier inlines). */
+struct policy_state {
+	__u32 isolated_endpoints;
+	__u32 pad;
 };
 
 #endif /* SLUICE_H */
