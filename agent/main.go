@@ -30,6 +30,8 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/masq"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
+	"github.com/sluice-net/sluice/agent/internal/netpol"
+	"github.com/sluice-net/sluice/agent/internal/policysync"
 	"github.com/sluice-net/sluice/agent/internal/proxy"
 	"github.com/sluice-net/sluice/agent/internal/routes"
 	"github.com/sluice-net/sluice/bpf"
@@ -126,7 +128,12 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 		return err
 	}
 
-	errs := make(chan error, 3)
+	np, err := netpol.New(log, factory, policysync.New(dp), m, cfg.NodeName, cfg.SyncMinInterval.Duration, cfg.SyncMaxInterval.Duration)
+	if err != nil {
+		return err
+	}
+
+	errs := make(chan error, 4)
 	if *cfg.NativeRouting {
 		rc, err := routes.NewController(log, cfg.NodeName, factory.Core().V1().Nodes(), cfg.SyncMinInterval.Duration, cfg.SyncMaxInterval.Duration)
 		if err != nil {
@@ -141,6 +148,17 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	go func() { errs <- serve(ctx, log, "metrics", cfg.MetricsAddr, metricsMux(m)) }()
 	go func() { errs <- serve(ctx, log, "health", cfg.HealthAddr, healthMux(px)) }()
 	go gcConntrack(ctx, log, dp, m, cfg.CTGCInterval.Duration)
+	// Policy first: the proxy's first sync tells the CNI that pods may
+	// start, and no pod may start before its policy is in place.
+	go func() { errs <- np.Run(ctx) }()
+	select {
+	case <-np.FirstSync():
+		log.Info("NetworkPolicy programmed")
+	case err := <-errs:
+		return err
+	case <-ctx.Done():
+		return nil
+	}
 	go func() { errs <- px.Run(ctx) }()
 	select {
 	case <-ctx.Done():

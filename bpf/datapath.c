@@ -947,8 +947,8 @@ static __always_inline void ct_create(const struct ct_key *fwd, const struct pkt
  * Judged at the pod's veth: egress in from_pod (after DNAT, so against the
  * chosen backend), ingress in to_pod (with the real client address, since
  * DNAT happened on the client's node). A flow let through is recorded in
- * conntrack (CT_DIR_POLICY) so its later packets and its replies pass
- * unjudged, in both directions, while policies change. Traffic without
+ * conntrack (CT_DIR_POLICY_EGRESS/INGRESS) so its later packets and its
+ * replies pass unjudged, in both directions, while policies change. Traffic without
  * ports (ICMP) and non-first fragments are not judged.
  */
 
@@ -1019,14 +1019,14 @@ static __always_inline int policy_allows(struct policy_scratch *s, __u32 endpoin
 	return rule_matches(s, endpoint, IDENTITY_ANY, dir, p);
 }
 
-static __always_inline void ct_key_of(struct ct_key *k, const struct pkt *p, int reversed)
+static __always_inline void ct_key_of(struct ct_key *k, const struct pkt *p, int reversed, __u8 ct_dir)
 {
 	__builtin_memcpy(k->src, reversed ? p->dst : p->src, SLUICE_ADDR_LEN);
 	__builtin_memcpy(k->dst, reversed ? p->src : p->dst, SLUICE_ADDR_LEN);
 	k->sport = reversed ? p->dport : p->sport;
 	k->dport = reversed ? p->sport : p->dport;
 	k->proto = p->proto;
-	k->dir = CT_DIR_POLICY;
+	k->dir = ct_dir;
 	k->pad = 0;
 }
 
@@ -1047,11 +1047,15 @@ static __noinline int policy_enforce(struct __sk_buff *skb, const struct pkt *p,
 	if (!s)
 		return TC_ACT_SHOT; /* cannot happen: a one-slot per-CPU array */
 
+	/* A reply to a flow this endpoint let through the other way, or the
+	 * next packet of one it let through this way. */
+	__u8 this_way = dir == POLICY_EGRESS ? CT_DIR_POLICY_EGRESS : CT_DIR_POLICY_INGRESS;
+	__u8 other_way = dir == POLICY_EGRESS ? CT_DIR_POLICY_INGRESS : CT_DIR_POLICY_EGRESS;
 	__u64 now = bpf_ktime_get_ns();
-	ct_key_of(&s->ct, p, 1);
+	ct_key_of(&s->ct, p, 1, other_way);
 	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &s->ct);
 	if (!ct || ct->expires_ns <= now) {
-		ct_key_of(&s->ct, p, 0);
+		ct_key_of(&s->ct, p, 0, this_way);
 		ct = bpf_map_lookup_elem(&sluice_ct_v1, &s->ct);
 	}
 	if (ct && ct->expires_ns > now) {

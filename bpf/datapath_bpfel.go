@@ -50,9 +50,10 @@ type datapathCidrKey struct {
 type datapathCtDir uint32
 
 const (
-	datapathCtDirCT_DIR_SERVICE datapathCtDir = 0
-	datapathCtDirCT_DIR_REPLY   datapathCtDir = 1
-	datapathCtDirCT_DIR_POLICY  datapathCtDir = 2
+	datapathCtDirCT_DIR_SERVICE        datapathCtDir = 0
+	datapathCtDirCT_DIR_REPLY          datapathCtDir = 1
+	datapathCtDirCT_DIR_POLICY_EGRESS  datapathCtDir = 2
+	datapathCtDirCT_DIR_POLICY_INGRESS datapathCtDir = 3
 )
 
 type datapathCtFlags uint32

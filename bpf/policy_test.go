@@ -181,3 +181,20 @@ func TestPolicyJudgesServiceBackend(t *testing.T) {
 	}
 	samePacket(t, "DNATed request", out, build(t, want))
 }
+
+// TestPolicySameNodePods: two pods of one node share the conntrack map; a
+// flow one pod let out must still be judged on the way into the other.
+func TestPolicySameNodePods(t *testing.T) {
+	d := policyDatapath(t, PolicyIngressIsolated)
+	server := netip.MustParseAddr("10.244.0.3")
+	if err := d.PolicyEndpoints.Put(EndpointKey{Addr: Addr(server)}, PolicyEndpointValue{Id: 8, Flags: PolicyIngressIsolated}); err != nil {
+		t.Fatal(err)
+	}
+	f := syn(polPod, server, 8080)
+	if got, _ := run(t, d.FromPod, build(t, f)); got != actOK {
+		t.Fatalf("out of the client (egress not isolated): verdict %d, want allowed", got)
+	}
+	if got, _ := run(t, d.ToPod, build(t, f)); got != actShot {
+		t.Errorf("into the isolated server without a rule: verdict %d, want dropped", got)
+	}
+}

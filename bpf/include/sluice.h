@@ -83,9 +83,12 @@ enum ct_dir {
 	CT_DIR_SERVICE = 0,
 	/* backend -> client (or -> hairpin address), as the backend replies. */
 	CT_DIR_REPLY = 1,
-	/* A flow NetworkPolicy let through, as first seen (after DNAT); its
-	 * later packets and its replies pass without a policy lookup. */
-	CT_DIR_POLICY = 2,
+	/* A flow NetworkPolicy let out of (EGRESS) or into (INGRESS) a local
+	 * pod, as first seen (after DNAT): its later packets that way and its
+	 * replies the other way pass without a policy lookup. Which side made
+	 * the entry matters: two pods of one node share the map. */
+	CT_DIR_POLICY_EGRESS = 2,
+	CT_DIR_POLICY_INGRESS = 3,
 };
 
 /* ct_value.flags */

@@ -22,6 +22,9 @@ type Metrics struct {
 	MapEntries         *prometheus.GaugeVec
 	ConntrackEntries   prometheus.Gauge
 	ConntrackGCDeleted prometheus.Counter
+
+	PolicySyncDuration      prometheus.Histogram
+	PolicyEndpointsIsolated prometheus.Gauge
 }
 
 // New registers every metric, plus the drop counters read from dp.
@@ -57,14 +60,23 @@ func New(dp *bpf.Datapath) *Metrics {
 		ConntrackGCDeleted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_conntrack_gc_deleted_total", Help: "Expired conntrack entries deleted by garbage collection.",
 		}),
+		PolicySyncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "sluice_policy_sync_duration_seconds",
+			Help:    "Time to compile Pods, Namespaces and NetworkPolicies and apply the difference to the policy maps.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+		PolicyEndpointsIsolated: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sluice_policy_endpoints_isolated", Help: "Local pods isolated by NetworkPolicy (ingress, egress or both).",
+		}),
 	}
 	m.Registry.MustRegister(m.SyncDuration, m.SyncErrors, m.ObjectErrors, m.ServicesProgrammed, m.BackendsProgrammed,
-		m.MapCapacity, m.MapEntries, m.ConntrackEntries, m.ConntrackGCDeleted,
+		m.MapCapacity, m.MapEntries, m.ConntrackEntries, m.ConntrackGCDeleted, m.PolicySyncDuration, m.PolicyEndpointsIsolated,
 		&dropCollector{dp: dp},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for name, mp := range map[string]interface{ MaxEntries() uint32 }{
 		"services": dp.Services, "backends": dp.Backends, "conntrack": dp.Conntrack,
 		"affinity": dp.Affinity, "endpoints": dp.Endpoints, "sock_revnat": dp.SockRevnat,
+		"ipcache": dp.IPCache, "policy_cidrs": dp.PolicyCIDRs, "policy_endpoints": dp.PolicyEndpoints, "policy": dp.Policy,
 	} {
 		m.MapCapacity.WithLabelValues(name).Set(float64(mp.MaxEntries()))
 	}

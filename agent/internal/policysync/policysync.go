@@ -1,0 +1,162 @@
+// Package policysync writes compiled NetworkPolicy into the datapath's
+// maps: it reads what the maps hold, and applies only the difference to
+// the desired state, in an order that never denies what both the old and
+// the new state allow (additions first, the isolation flags after them,
+// removals last).
+package policysync
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sluice-net/sluice/agent/internal/policy"
+	"github.com/sluice-net/sluice/bpf"
+)
+
+// Writer applies policy.Output to one node's datapath.
+type Writer struct {
+	dp *bpf.Datapath
+}
+
+// New returns a writer for dp.
+func New(dp *bpf.Datapath) *Writer { return &Writer{dp: dp} }
+
+// Stats counts what an Apply changed and what the maps hold after it.
+type Stats struct {
+	Written, Deleted                           int
+	IPCache, CIDRs, Endpoints, Rules, Isolated int
+}
+
+// Apply makes the maps hold exactly out. On a map error (a full map) it
+// goes on with the rest and returns every error, each naming the map.
+func (w *Writer) Apply(out policy.Output) (Stats, error) {
+	var st Stats
+	var errs []error
+	note := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+
+	ipcache := make(map[bpf.EndpointKey]bpf.IPCacheValue, len(out.IPCache))
+	for a, id := range out.IPCache {
+		ipcache[bpf.EndpointKey{Addr: bpf.Addr(a)}] = bpf.IPCacheValue{Identity: id}
+	}
+	cidrs := make(map[bpf.CIDRKey]bpf.IPCacheValue, len(out.CIDRs))
+	for p, id := range out.CIDRs {
+		cidrs[bpf.CIDR(p)] = bpf.IPCacheValue{Identity: id}
+	}
+	rules := make(map[bpf.PolicyKey]bpf.PolicyValue, len(out.Rules))
+	for r := range out.Rules {
+		rules[bpf.PolicyRule(r.Endpoint, r.Remote, uint8(r.Dir), r.Proto, r.Port, r.PortBits)] = bpf.PolicyValue{}
+	}
+	endpoints := make(map[bpf.EndpointKey]bpf.PolicyEndpointValue, len(out.Endpoints))
+	for a, ep := range out.Endpoints {
+		v := bpf.PolicyEndpointValue{Id: ep.ID}
+		if ep.IngressIsolated {
+			v.Flags |= bpf.PolicyIngressIsolated
+		}
+		if ep.EgressIsolated {
+			v.Flags |= bpf.PolicyEgressIsolated
+		}
+		if v.Flags != 0 {
+			st.Isolated++
+		}
+		endpoints[bpf.EndpointKey{Addr: bpf.Addr(a)}] = v
+	}
+
+	ipcacheDiff, err := diff(w.dp.IPCache, "ipcache", ipcache)
+	note(err)
+	cidrDiff, err := diff(w.dp.PolicyCIDRs, "policy_cidrs", cidrs)
+	note(err)
+	ruleDiff, err := diff(w.dp.Policy, "policy", rules)
+	note(err)
+	endpointDiff, err := diff(w.dp.PolicyEndpoints, "policy_endpoints", endpoints)
+	note(err)
+
+	// Additions and changes: what the new state allows exists before any
+	// endpoint becomes (more) isolated.
+	st.Written += ipcacheDiff.put(&errs)
+	st.Written += cidrDiff.put(&errs)
+	st.Written += ruleDiff.put(&errs)
+	st.Written += endpointDiff.put(&errs)
+	if st.Isolated > 0 {
+		note(w.setIsolated(st.Isolated))
+	}
+	// Removals: isolation flags first, then what they used.
+	st.Deleted += endpointDiff.delete(&errs)
+	st.Deleted += ruleDiff.delete(&errs)
+	st.Deleted += cidrDiff.delete(&errs)
+	st.Deleted += ipcacheDiff.delete(&errs)
+	note(w.setIsolated(st.Isolated))
+
+	st.IPCache, st.CIDRs, st.Rules, st.Endpoints = len(ipcache), len(cidrs), len(rules), len(endpoints)
+	return st, errors.Join(errs...)
+}
+
+func (w *Writer) setIsolated(n int) error {
+	if err := w.dp.PolicyState.Put(uint32(0), bpf.PolicyState{IsolatedEndpoints: uint32(n)}); err != nil {
+		return fmt.Errorf("map policy_state: %w", err)
+	}
+	return nil
+}
+
+// mapDiff is what one map needs: entries to write and keys to delete.
+type mapDiff[K comparable, V any] struct {
+	m    *ebpf.Map
+	name string
+	puts map[K]V
+	dels []K
+}
+
+// diff reads the map and compares it with want.
+func diff[K comparable, V comparable](m *ebpf.Map, name string, want map[K]V) (*mapDiff[K, V], error) {
+	d := &mapDiff[K, V]{m: m, name: name, puts: map[K]V{}}
+	seen := make(map[K]bool, len(want))
+	var k K
+	var v V
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		seen[k] = true
+		if w, ok := want[k]; !ok {
+			d.dels = append(d.dels, k)
+		} else if w != v {
+			d.puts[k] = w
+		}
+	}
+	for k, v := range want {
+		if !seen[k] {
+			d.puts[k] = v
+		}
+	}
+	if err := it.Err(); err != nil {
+		return d, fmt.Errorf("read map %s: %w", name, err)
+	}
+	return d, nil
+}
+
+func (d *mapDiff[K, V]) put(errs *[]error) int {
+	n := 0
+	for k, v := range d.puts {
+		if err := d.m.Put(k, v); err != nil {
+			*errs = append(*errs, fmt.Errorf("map %s (capacity %d): write: %w", d.name, d.m.MaxEntries(), err))
+			continue
+		}
+		n++
+	}
+	return n
+}
+
+func (d *mapDiff[K, V]) delete(errs *[]error) int {
+	n := 0
+	for _, k := range d.dels {
+		if err := d.m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			*errs = append(*errs, fmt.Errorf("map %s: delete: %w", d.name, err))
+			continue
+		}
+		n++
+	}
+	return n
+}

@@ -1,0 +1,70 @@
+package policysync
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/sluice-net/sluice/agent/internal/policy"
+	"github.com/sluice-net/sluice/bpf"
+	"github.com/sluice-net/sluice/bpf/bpftest"
+)
+
+func TestApplyWritesTheDifference(t *testing.T) {
+	dp := bpftest.Load(t, bpf.Config{MaxPolicyRules: 4})
+	w := New(dp)
+	pod := netip.MustParseAddr("10.244.0.2")
+	out := policy.Output{
+		IPCache:   map[netip.Addr]uint32{pod: 300, netip.MustParseAddr("10.244.1.5"): 301},
+		CIDRs:     map[netip.Prefix]uint32{netip.MustParsePrefix("192.168.0.0/16"): 1 << 24},
+		Endpoints: map[netip.Addr]policy.Endpoint{pod: {ID: 1, IngressIsolated: true}},
+		Rules: map[policy.Rule]struct{}{
+			{Endpoint: 1, Remote: 301, Dir: policy.Ingress, Proto: 6, Port: 8080, PortBits: 16}: {},
+		},
+	}
+	st, err := w.Apply(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Written != 5 || st.Deleted != 0 || st.Isolated != 1 {
+		t.Errorf("first apply: %+v, want 5 written, 1 isolated", st)
+	}
+	var ep bpf.PolicyEndpointValue
+	if err := dp.PolicyEndpoints.Lookup(bpf.EndpointKey{Addr: bpf.Addr(pod)}, &ep); err != nil || ep.Flags != bpf.PolicyIngressIsolated {
+		t.Errorf("endpoint entry %+v, %v", ep, err)
+	}
+	var state bpf.PolicyState
+	if err := dp.PolicyState.Lookup(uint32(0), &state); err != nil || state.IsolatedEndpoints != 1 {
+		t.Errorf("policy state %+v, %v; want 1 isolated endpoint", state, err)
+	}
+
+	// Same state again: nothing to do.
+	if st, err := w.Apply(out); err != nil || st.Written+st.Deleted != 0 {
+		t.Errorf("unchanged apply: %+v, %v; want no writes", st, err)
+	}
+
+	// The policy goes: isolation and rules are removed, the count drops.
+	out.Endpoints = map[netip.Addr]policy.Endpoint{pod: {ID: 1}}
+	out.Rules = nil
+	st, err = w.Apply(out)
+	if err != nil || st.Written != 1 || st.Deleted != 1 || st.Isolated != 0 {
+		t.Errorf("policy removed: %+v, %v; want 1 written (endpoint), 1 deleted (rule), 0 isolated", st, err)
+	}
+	if err := dp.PolicyState.Lookup(uint32(0), &state); err != nil || state.IsolatedEndpoints != 0 {
+		t.Errorf("policy state %+v, %v; want 0 isolated endpoints", state, err)
+	}
+
+	// More rules than the map holds: an error naming the map, and the
+	// rules that fit are written.
+	out.Rules = map[policy.Rule]struct{}{}
+	for i := range 6 {
+		out.Rules[policy.Rule{Endpoint: 1, Remote: 301, Dir: policy.Ingress, Proto: 6, Port: uint16(1000 + i), PortBits: 16}] = struct{}{}
+	}
+	st, err = w.Apply(out)
+	if err == nil || !strings.Contains(err.Error(), "map policy (capacity 4)") {
+		t.Errorf("overfull rules: err %v, want one naming map policy and its capacity", err)
+	}
+	if st.Written != 4 {
+		t.Errorf("overfull rules: %d written, want the 4 that fit", st.Written)
+	}
+}
