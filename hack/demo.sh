@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: a local cluster with Sluice in place of kube-proxy, a sample
-# app behind a Service, and probes that show it working from both nodes.
+# app behind a Service, probes that show it working from both nodes, and a
+# NetworkPolicy that lets one client in and keeps the other out.
 # Run as root from the repository (make demo); remove with make demo-down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +50,10 @@ for n in $nodes; do
 	"$kubectl" apply -f - <<YAML
 apiVersion: v1
 kind: Pod
-metadata: {name: client-$n, namespace: demo}
+metadata:
+  name: client-$n
+  namespace: demo
+  labels: {role: $([ "$n" = "$(echo $nodes | cut -d' ' -f1)" ] && echo frontend || echo other)}
 spec:
   nodeName: $n
   containers:
@@ -87,6 +91,33 @@ if [ "$status" = 0 ]; then
 else
 	echo "==> some probes got no answer (empty above); agent logs: /run/sluice-localcluster/logs" >&2
 fi
+
+echo
+echo "==> NetworkPolicy: web accepts only pods labelled role=frontend, on port 8080"
+"$kubectl" apply -f - <<YAML
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-frontend, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+    - from: [{podSelector: {matchLabels: {role: frontend}}}]
+      ports: [{port: 8080}]
+YAML
+"$kubectl" -n demo get pods -L role -l role
+sleep 2
+for n in $nodes; do
+	role=$("$kubectl" -n demo get pod "client-$n" -o jsonpath='{.metadata.labels.role}')
+	want=denied
+	[ "$role" = frontend ] && want=allowed
+	got=denied
+	if "$driver" exec "demo/client-$n" -- /agnhost connect "$vip:80" --timeout=2s 2>/dev/null; then got=allowed; fi
+	printf '    %-14s (role=%s) -> %s:80: %s (expected %s)\n' "client-$n" "$role" "$vip" "$got" "$want"
+	[ "$got" = "$want" ] || status=1
+done
+if [ "$status" = 0 ]; then
+	echo "==> the policy lets the frontend in and keeps the other client out, across nodes."
+fi
 cat <<TXT
 
 Try it yourself:
@@ -95,8 +126,7 @@ Try it yourself:
   go run ./hack/localcluster exec demo/client-node-1 -- curl -s http://$vip/hostname
   go run ./hack/localcluster exec demo/client-node-1 -- /agnhost connect $vip:80 --timeout=3s
   go run ./hack/localcluster status
-
-NetworkPolicy enforcement is not in Sluice yet (issue #5); the demo will show it when it lands.
+  $kubectl -n demo delete networkpolicy web-from-frontend   # and client-node-2 gets in again
 Tear down: make demo-down
 TXT
 exit "$status"
