@@ -15,10 +15,12 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vishvananda/netlink"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -103,8 +105,22 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	for _, s := range cfg.ClusterCIDRs {
 		clusterCIDRs = append(clusterCIDRs, netip.MustParsePrefix(s)) // validated by config
 	}
-	if err := masq.Apply(clusterCIDRs); err != nil {
+	if err := masq.Apply(clusterCIDRs, bpf.MarkSNAT); err != nil {
 		return err
+	}
+	devices, err := uplinks(cfg.Devices)
+	if err != nil {
+		return err
+	}
+	for _, dev := range devices {
+		if err := dp.AttachDevice(dev, bpf.AttachAuto); err != nil {
+			return err
+		}
+	}
+	if len(devices) == 0 {
+		log.Warn("no interface has a global address: NodePort, ExternalIP and LoadBalancer traffic from outside is not served (set devices)")
+	} else {
+		log.Info("NodePort, ExternalIP and LoadBalancer traffic served on the node's uplinks", "devices", devices)
 	}
 	log.Info("masquerade of traffic leaving the cluster CIDRs", "clusterCIDRs", cfg.ClusterCIDRs, "table", "inet "+masq.TableName)
 
@@ -166,6 +182,32 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	case err := <-errs:
 		return err
 	}
+}
+
+// uplinks are the configured devices, or every interface with a global
+// unicast address (pod veths have none: they carry only link-local ones).
+func uplinks(configured []string) ([]string, error) {
+	if len(configured) > 0 {
+		return configured, nil
+	}
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("list the node's addresses: %w", err)
+	}
+	var names []string
+	for _, a := range addrs {
+		if !a.IP.IsGlobalUnicast() {
+			continue
+		}
+		l, err := netlink.LinkByIndex(a.LinkIndex)
+		if err != nil {
+			return nil, fmt.Errorf("interface %d: %w", a.LinkIndex, err)
+		}
+		if name := l.Attrs().Name; !slices.Contains(names, name) {
+			names = append(names, name)
+		}
+	}
+	return names, nil
 }
 
 // Service account credentials every pod gets.

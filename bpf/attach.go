@@ -69,6 +69,25 @@ func (d *Datapath) AttachPod(ifname string, mode AttachMode) error {
 	return d.attach(ifname, ifindex, egressHook, d.ToPod, mode)
 }
 
+// AttachDevice attaches from_netdev to the ingress and to_netdev to the
+// egress of a node uplink (the interface holding the node's address), for
+// NodePort, ExternalIP and LoadBalancer traffic from outside. Idempotent,
+// pinned like AttachPod.
+func (d *Datapath) AttachDevice(ifname string, mode AttachMode) error {
+	if d.FromNetdev == nil {
+		return errors.New("attach device: the datapath was opened read-only (OpenPinned)")
+	}
+	l, err := netlink.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("find device %q to attach to: %w", ifname, err)
+	}
+	ifindex := l.Attrs().Index
+	if err := d.attach(ifname, ifindex, ingressHook, d.FromNetdev, mode); err != nil {
+		return err
+	}
+	return d.attach(ifname, ifindex, egressHook, d.ToNetdev, mode)
+}
+
 func (d *Datapath) attach(ifname string, ifindex int, h hook, prog *ebpf.Program, mode AttachMode) error {
 	if mode != AttachLegacy {
 		err := attachTCX(linkPin(d.root, ifname, h), ifindex, h, prog)

@@ -68,6 +68,7 @@ const enum ct_flags *unused_ct_flags __attribute__((unused));
 const enum ct_dir *unused_ct_dir __attribute__((unused));
 const enum svc_scope *unused_svc_scope __attribute__((unused));
 const enum hook *unused_hook __attribute__((unused));
+const enum mark *unused_mark __attribute__((unused));
 const enum identity *unused_identity __attribute__((unused));
 const enum policy_endpoint_flags *unused_policy_endpoint_flags __attribute__((unused));
 const enum policy_dir *unused_policy_dir __attribute__((unused));
@@ -766,13 +767,13 @@ static __always_inline int reject_unreach(struct __sk_buff *skb, const struct pk
 
 /* reject refuses a packet for a service without usable backends the way
  * kube-proxy does, and sends the answer straight back into the pod. */
-static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 svc_id)
+static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __u32 svc_id, __u8 hook)
 {
-	record_drop(skb, p, DROP_NO_BACKEND, svc_id, HOOK_FROM_POD);
+	record_drop(skb, p, DROP_NO_BACKEND, svc_id, hook);
 	int err = p->proto == IPPROTO_TCP ? reject_tcp(skb, p) : reject_unreach(skb, p);
 
 	if (err < 0) {
-		record_drop(skb, p, DROP_REJECT_FAILED, svc_id, HOOK_FROM_POD);
+		record_drop(skb, p, DROP_REJECT_FAILED, svc_id, hook);
 		return TC_ACT_SHOT;
 	}
 	return bpf_redirect(skb->ifindex, 0);
@@ -1080,7 +1081,9 @@ static __noinline int policy_enforce(struct __sk_buff *skb, const struct pkt *p,
 	return TC_ACT_OK;
 }
 
-static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc)
+/* lb_service load-balances a packet to a service, from a pod (from_pod) or
+ * from outside the node (from_netdev). */
+static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc, __u8 hook)
 {
 	struct ct_key fwd = {};
 	struct backend_value *be = 0;
@@ -1107,11 +1110,17 @@ static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, cons
 		}
 	}
 
+	/* From outside, only a SYN opens a TCP flow: any other packet without
+	 * an entry (such as a reply to a masqueraded flow whose port happens
+	 * to be a NodePort) is not ours. */
+	if (hook == HOOK_FROM_NETDEV && p->proto == IPPROTO_TCP &&
+	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
+		return TC_ACT_OK;
 	if (svc->backend_count == 0)
-		return reject(skb, p, svc->id);
+		return reject(skb, p, svc->id, hook);
 	be = select_backend(svc, p, now, &backend_id);
 	if (!be) {
-		record_drop(skb, p, DROP_BACKEND_MISSING, svc->id, HOOK_FROM_POD);
+		record_drop(skb, p, DROP_BACKEND_MISSING, svc->id, hook);
 		return TC_ACT_SHOT;
 	}
 	hairpin = addr_eq(be->addr, p->src);
@@ -1128,12 +1137,14 @@ static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, cons
 
 nat:
 	if (p->proto == IPPROTO_SCTP && be->port != p->dport) {
-		record_drop(skb, p, DROP_SCTP_PORT_NAT, svc->id, HOOK_FROM_POD);
+		record_drop(skb, p, DROP_SCTP_PORT_NAT, svc->id, hook);
 		return TC_ACT_SHOT;
 	}
 	struct pkt orig = *p;
 	if (nat_dst(skb, p, be->addr, be->port) < 0)
 		goto fail;
+	if (hook == HOOK_FROM_NETDEV && !(be->flags & BACKEND_F_LOCAL))
+		skb->mark = MARK_SNAT;
 	if (!hairpin)
 		return TC_ACT_OK;
 	/* The pod talks to itself: give it a source it does not own, or its
@@ -1143,7 +1154,7 @@ nat:
 		goto fail;
 	return bounce(skb);
 fail:
-	record_drop(skb, &orig, DROP_NAT_FAILED, svc->id, HOOK_FROM_POD);
+	record_drop(skb, &orig, DROP_NAT_FAILED, svc->id, hook);
 	return TC_ACT_SHOT;
 }
 
@@ -1197,7 +1208,7 @@ int from_pod(struct __sk_buff *skb)
 	struct svc_value *svc = bpf_map_lookup_elem(&sluice_services_v1, &key);
 	if (!svc)
 		return policy_active() ? policy_enforce(skb, &p, POLICY_EGRESS, 0) : TC_ACT_OK;
-	return lb_service(skb, &p, svc);
+	return lb_service(skb, &p, svc, HOOK_FROM_POD);
 }
 
 /* ---- reverse NAT ----------------------------------------------------------- */
@@ -1279,6 +1290,38 @@ fail:
 	return TC_ACT_SHOT;
 }
 
+/* service_reply rewrites a backend's reply to come from the service
+ * address the client used. It returns 1, with the verdict, when p was such
+ * a reply. Hairpin replies are handled in from_pod. */
+static __always_inline int service_reply(struct __sk_buff *skb, struct pkt *p, __u8 hook, int *verdict)
+{
+	struct ct_key rk = {};
+	__builtin_memcpy(rk.src, p->src, SLUICE_ADDR_LEN);
+	__builtin_memcpy(rk.dst, p->dst, SLUICE_ADDR_LEN);
+	rk.sport = p->sport;
+	rk.dport = p->dport;
+	rk.proto = p->proto;
+	rk.dir = CT_DIR_REPLY;
+	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &rk);
+	__u64 now = bpf_ktime_get_ns();
+	if (!ct || ct->expires_ns <= now)
+		return 0;
+	*verdict = TC_ACT_OK;
+	if (ct->flags & CT_F_HAIRPIN)
+		return 1;
+	/* The flow was judged by policy when it started. */
+	ct_refresh(ct, p, now);
+
+	__u8 vip[SLUICE_ADDR_LEN];
+	__builtin_memcpy(vip, ct->nat_addr, SLUICE_ADDR_LEN);
+	struct pkt orig = *p;
+	if (nat_src(skb, p, vip, ct->nat_port) < 0) {
+		record_drop(skb, &orig, DROP_NAT_FAILED, ct->svc_id, hook);
+		*verdict = TC_ACT_SHOT;
+	}
+	return 1;
+}
+
 SEC("tc")
 int to_pod(struct __sk_buff *skb)
 {
@@ -1291,29 +1334,48 @@ int to_pod(struct __sk_buff *skb)
 	if (p.frag || !has_ports(p.proto))
 		return TC_ACT_OK;
 
-	struct ct_key rk = {};
-	__builtin_memcpy(rk.src, p.src, SLUICE_ADDR_LEN);
-	__builtin_memcpy(rk.dst, p.dst, SLUICE_ADDR_LEN);
-	rk.sport = p.sport;
-	rk.dport = p.dport;
-	rk.proto = p.proto;
-	rk.dir = CT_DIR_REPLY;
-	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &rk);
-	__u64 now = bpf_ktime_get_ns();
-	if (!ct || ct->expires_ns <= now)
-		return policy_active() ? policy_enforce(skb, &p, POLICY_INGRESS, 0) : TC_ACT_OK;
-	if (ct->flags & CT_F_HAIRPIN)
-		return TC_ACT_OK;
-	/* A service reply: the flow was judged when it started. */
-	ct_refresh(ct, &p, now);
+	int verdict;
+	if (service_reply(skb, &p, HOOK_TO_POD, &verdict))
+		return verdict;
+	return policy_active() ? policy_enforce(skb, &p, POLICY_INGRESS, 0) : TC_ACT_OK;
+}
 
-	__u8 vip[SLUICE_ADDR_LEN];
-	__builtin_memcpy(vip, ct->nat_addr, SLUICE_ADDR_LEN);
-	struct pkt orig = p;
-	if (nat_src(skb, &p, vip, ct->nat_port) < 0) {
-		record_drop(skb, &orig, DROP_NAT_FAILED, ct->svc_id, HOOK_TO_POD);
-		return TC_ACT_SHOT;
-	}
+/* ---- the node's uplink -------------------------------------------------------
+ *
+ * from_netdev (ingress) load-balances NodePort, ExternalIP and LoadBalancer
+ * traffic (scope EXTERNAL entries); a flow to a backend on another node is
+ * marked for masquerade (MARK_SNAT). to_netdev (egress) turns the backends'
+ * replies back into replies from the service address.
+ */
+
+SEC("tc")
+int from_netdev(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+
+	if (parse(skb, &p) < 0 || p.frag || !has_ports(p.proto))
+		return TC_ACT_OK;
+	struct svc_key key = {};
+	__builtin_memcpy(key.addr, p.dst, SLUICE_ADDR_LEN);
+	key.port = p.dport;
+	key.proto = p.proto;
+	key.scope = SVC_SCOPE_EXTERNAL;
+	struct svc_value *svc = bpf_map_lookup_elem(&sluice_services_v1, &key);
+	if (!svc)
+		return TC_ACT_OK;
+	return lb_service(skb, &p, svc, HOOK_FROM_NETDEV);
+}
+
+SEC("tc")
+int to_netdev(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+
+	if (parse(skb, &p) < 0 || p.frag || !has_ports(p.proto))
+		return TC_ACT_OK;
+	int verdict;
+	if (service_reply(skb, &p, HOOK_TO_NETDEV, &verdict))
+		return verdict;
 	return TC_ACT_OK;
 }
 

@@ -139,8 +139,10 @@ type datapathEndpointValue struct {
 type datapathHook uint32
 
 const (
-	datapathHookHOOK_FROM_POD datapathHook = 0
-	datapathHookHOOK_TO_POD   datapathHook = 1
+	datapathHookHOOK_FROM_POD    datapathHook = 0
+	datapathHookHOOK_TO_POD      datapathHook = 1
+	datapathHookHOOK_FROM_NETDEV datapathHook = 2
+	datapathHookHOOK_TO_NETDEV   datapathHook = 3
 )
 
 type datapathIdentity uint32
@@ -156,6 +158,12 @@ type datapathIpcacheValue struct {
 	Identity uint32
 	Pad      uint32
 }
+
+type datapathMark uint32
+
+const (
+	datapathMarkMARK_SNAT datapathMark = 21324
+)
 
 type datapathPolicyDir uint32
 
@@ -272,6 +280,7 @@ const (
 	datapathMapSluicePolicyV1            = "sluice_policy_v1"
 	datapathMapSluiceServicesV1          = "sluice_services_v1"
 	datapathMapSluiceSockRevnatV1        = "sluice_sock_revnat_v1"
+	datapathProgFromNetdev               = "from_netdev"
 	datapathProgFromPod                  = "from_pod"
 	datapathProgSock4Connect             = "sock4_connect"
 	datapathProgSock4Getpeername         = "sock4_getpeername"
@@ -281,6 +290,7 @@ const (
 	datapathProgSock6Getpeername         = "sock6_getpeername"
 	datapathProgSock6Recvmsg             = "sock6_recvmsg"
 	datapathProgSock6Sendmsg             = "sock6_sendmsg"
+	datapathProgToNetdev                 = "to_netdev"
 	datapathProgToPod                    = "to_pod"
 	datapathVarCtTimeoutCloseNs          = "ct_timeout_close_ns"
 	datapathVarCtTimeoutOtherNs          = "ct_timeout_other_ns"
@@ -299,6 +309,7 @@ const (
 	datapathVarUnusedEndpointValue       = "unused_endpoint_value"
 	datapathVarUnusedHook                = "unused_hook"
 	datapathVarUnusedIdentity            = "unused_identity"
+	datapathVarUnusedMark                = "unused_mark"
 	datapathVarUnusedPolicyDir           = "unused_policy_dir"
 	datapathVarUnusedPolicyEndpointFlags = "unused_policy_endpoint_flags"
 	datapathVarUnusedSvcFlags            = "unused_svc_flags"
@@ -347,6 +358,7 @@ type datapathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathProgramSpecs struct {
+	FromNetdev       *ebpf.ProgramSpec `ebpf:"from_netdev"`
 	FromPod          *ebpf.ProgramSpec `ebpf:"from_pod"`
 	Sock4Connect     *ebpf.ProgramSpec `ebpf:"sock4_connect"`
 	Sock4Getpeername *ebpf.ProgramSpec `ebpf:"sock4_getpeername"`
@@ -356,6 +368,7 @@ type datapathProgramSpecs struct {
 	Sock6Getpeername *ebpf.ProgramSpec `ebpf:"sock6_getpeername"`
 	Sock6Recvmsg     *ebpf.ProgramSpec `ebpf:"sock6_recvmsg"`
 	Sock6Sendmsg     *ebpf.ProgramSpec `ebpf:"sock6_sendmsg"`
+	ToNetdev         *ebpf.ProgramSpec `ebpf:"to_netdev"`
 	ToPod            *ebpf.ProgramSpec `ebpf:"to_pod"`
 }
 
@@ -401,6 +414,7 @@ type datapathVariableSpecs struct {
 	UnusedEndpointValue       *ebpf.VariableSpec `ebpf:"unused_endpoint_value"`
 	UnusedHook                *ebpf.VariableSpec `ebpf:"unused_hook"`
 	UnusedIdentity            *ebpf.VariableSpec `ebpf:"unused_identity"`
+	UnusedMark                *ebpf.VariableSpec `ebpf:"unused_mark"`
 	UnusedPolicyDir           *ebpf.VariableSpec `ebpf:"unused_policy_dir"`
 	UnusedPolicyEndpointFlags *ebpf.VariableSpec `ebpf:"unused_policy_endpoint_flags"`
 	UnusedSvcFlags            *ebpf.VariableSpec `ebpf:"unused_svc_flags"`
@@ -485,6 +499,7 @@ type datapathVariables struct {
 	UnusedEndpointValue       *ebpf.Variable `ebpf:"unused_endpoint_value"`
 	UnusedHook                *ebpf.Variable `ebpf:"unused_hook"`
 	UnusedIdentity            *ebpf.Variable `ebpf:"unused_identity"`
+	UnusedMark                *ebpf.Variable `ebpf:"unused_mark"`
 	UnusedPolicyDir           *ebpf.Variable `ebpf:"unused_policy_dir"`
 	UnusedPolicyEndpointFlags *ebpf.Variable `ebpf:"unused_policy_endpoint_flags"`
 	UnusedSvcFlags            *ebpf.Variable `ebpf:"unused_svc_flags"`
@@ -495,6 +510,7 @@ type datapathVariables struct {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathPrograms struct {
+	FromNetdev       *ebpf.Program `ebpf:"from_netdev"`
 	FromPod          *ebpf.Program `ebpf:"from_pod"`
 	Sock4Connect     *ebpf.Program `ebpf:"sock4_connect"`
 	Sock4Getpeername *ebpf.Program `ebpf:"sock4_getpeername"`
@@ -504,11 +520,13 @@ type datapathPrograms struct {
 	Sock6Getpeername *ebpf.Program `ebpf:"sock6_getpeername"`
 	Sock6Recvmsg     *ebpf.Program `ebpf:"sock6_recvmsg"`
 	Sock6Sendmsg     *ebpf.Program `ebpf:"sock6_sendmsg"`
+	ToNetdev         *ebpf.Program `ebpf:"to_netdev"`
 	ToPod            *ebpf.Program `ebpf:"to_pod"`
 }
 
 func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
+		p.FromNetdev,
 		p.FromPod,
 		p.Sock4Connect,
 		p.Sock4Getpeername,
@@ -518,6 +536,7 @@ func (p *datapathPrograms) Close() error {
 		p.Sock6Getpeername,
 		p.Sock6Recvmsg,
 		p.Sock6Sendmsg,
+		p.ToNetdev,
 		p.ToPod,
 	)
 }

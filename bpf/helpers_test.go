@@ -85,6 +85,7 @@ type testService struct {
 	backends []testBackend
 	affinity uint32
 	flags    uint32
+	scope    uint8 // ScopeInternal unless set
 }
 
 // install writes a service the way the agent will: backends, then the
@@ -113,7 +114,7 @@ func install(t testing.TB, d *Datapath, s testService) {
 			t.Fatal(err)
 		}
 	}
-	key := ServiceKey{Addr: Addr(s.vip.Addr()), Port: Port(s.vip.Port()), Proto: s.proto, Scope: ScopeInternal}
+	key := ServiceKey{Addr: Addr(s.vip.Addr()), Port: Port(s.vip.Port()), Proto: s.proto, Scope: s.scope}
 	val := ServiceValue{Id: s.id, BackendCount: uint32(len(s.backends)), AffinityTimeout: s.affinity, Flags: s.flags}
 	if err := d.Services.Put(key, val); err != nil {
 		t.Fatalf("put service: %v", err)

@@ -121,6 +121,10 @@ func isPrime(n uint32) bool {
 type Datapath struct {
 	FromPod *ebpf.Program
 	ToPod   *ebpf.Program
+	// FromNetdev and ToNetdev serve the node's uplinks (AttachDevice);
+	// nil when opened with OpenPinned.
+	FromNetdev *ebpf.Program
+	ToNetdev   *ebpf.Program
 
 	Services  *ebpf.Map
 	Backends  *ebpf.Map
@@ -185,7 +189,7 @@ func Load(cfg Config) (*Datapath, error) {
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
 	d := &Datapath{
-		FromPod: objs.FromPod, ToPod: objs.ToPod,
+		FromPod: objs.FromPod, ToPod: objs.ToPod, FromNetdev: objs.FromNetdev, ToNetdev: objs.ToNetdev,
 		Services: objs.SluiceServicesV1, Backends: objs.SluiceBackendsV1, Maglev: objs.SluiceMaglevV1,
 		Conntrack: objs.SluiceCtV1, Affinity: objs.SluiceAffinityV1, Endpoints: objs.SluiceEndpointsV1,
 		Drops: objs.SluiceDropsV1, Events: objs.SluiceEventsV1, SockRevnat: objs.SluiceSockRevnatV1,
@@ -313,7 +317,7 @@ func (d *Datapath) PinRoot() string { return d.root }
 // Close releases this process's handles; pinned objects stay in the kernel.
 func (d *Datapath) Close() error {
 	var errs []error
-	for _, p := range []*ebpf.Program{d.FromPod, d.ToPod} {
+	for _, p := range []*ebpf.Program{d.FromPod, d.ToPod, d.FromNetdev, d.ToNetdev} {
 		if p != nil {
 			errs = append(errs, p.Close())
 		}

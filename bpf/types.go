@@ -29,6 +29,10 @@ type (
 	PolicyState         = datapathPolicyState
 )
 
+// MarkSNAT is the skb mark from_netdev puts on external traffic sent to a
+// backend on another node; the agent masquerades packets carrying it.
+const MarkSNAT = uint32(datapathMarkMARK_SNAT)
+
 // Reserved policy identities (IPCacheValue.Identity, PolicyKey.Remote).
 const (
 	IdentityAny   = uint32(datapathIdentityIDENTITY_ANY)

@@ -189,6 +189,16 @@ struct drop_event {
 enum hook {
 	HOOK_FROM_POD = 0,
 	HOOK_TO_POD = 1,
+	HOOK_FROM_NETDEV = 2,
+	HOOK_TO_NETDEV = 3,
+};
+
+/* skb->mark from_netdev sets on NodePort/ExternalIP traffic it sends to a
+ * backend on another node: the agent's nftables table masquerades such
+ * packets to the node's address (the kernel picks the source port), so the
+ * reply comes back through this node to be translated back. */
+enum mark {
+	MARK_SNAT = 0x534c,
 };
 
 /* ---- NetworkPolicy ---------------------------------------------------------

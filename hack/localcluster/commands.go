@@ -115,6 +115,23 @@ func execInPod(args []string) error {
 	return cmd.Wait()
 }
 
+// runOutside runs a command in the underlay's namespace: a host on the
+// node network outside every node, as a user's client would be.
+func runOutside(args []string) error {
+	if len(args) < 2 || args[0] != "--" {
+		return errors.New("usage: outside -- CMD [ARGS...]")
+	}
+	if _, err := loadState(); err != nil {
+		return err
+	}
+	cmd := exec.Command(args[1], args[2:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := nsexec.Start(nsexec.Target{Netns: nsexec.Path(underlayNS)}, cmd); err != nil {
+		return err
+	}
+	return cmd.Wait()
+}
+
 func restartAgent(args []string) error {
 	if len(args) != 1 {
 		return errors.New("usage: restart-agent NODE")

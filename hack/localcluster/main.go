@@ -9,6 +9,7 @@
 //	go run ./hack/localcluster up [--nodes N]
 //	go run ./hack/localcluster status | kubeconfig | down
 //	go run ./hack/localcluster exec NAMESPACE/POD -- CMD [ARGS...]
+//	go run ./hack/localcluster outside -- CMD [ARGS...]
 //	go run ./hack/localcluster restart-agent NODE
 package main
 
@@ -26,6 +27,7 @@ const usage = `usage: localcluster COMMAND
   status                          show components and nodes; exit 1 unless all are up
   kubeconfig                      print the admin kubeconfig path
   exec NAMESPACE/POD -- CMD ...   run CMD in the pod's network namespace; exits with its code
+  outside -- CMD ...              run CMD on the underlay (192.168.77.1), outside every node
   restart-agent NODE              restart the Sluice agent on NODE
 `
 
@@ -51,6 +53,8 @@ func main() {
 		err = kubeconfig(args)
 	case "exec":
 		err = execInPod(args)
+	case "outside":
+		err = runOutside(args)
 	case "restart-agent":
 		err = restartAgent(args)
 	// Daemons `up` starts; not for users.
@@ -68,7 +72,7 @@ func main() {
 		os.Exit(2)
 	}
 	var exitErr *exec.ExitError
-	if errors.As(err, &exitErr) && cmd == "exec" {
+	if errors.As(err, &exitErr) && (cmd == "exec" || cmd == "outside") {
 		os.Exit(exitErr.ExitCode())
 	}
 	if err != nil {

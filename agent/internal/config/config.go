@@ -37,6 +37,11 @@ type Config struct {
 	// answer on; empty means every InternalIP and ExternalIP of the Node.
 	NodePortAddresses []string `json:"nodePortAddresses,omitempty"`
 
+	// Devices are the node's uplinks: NodePort, ExternalIP and
+	// LoadBalancer traffic from outside is load-balanced on them. Empty:
+	// every interface with a global unicast address.
+	Devices []string `json:"devices,omitempty"`
+
 	// NativeRouting adds a route to every other node's pod CIDRs via its
 	// InternalIP (nodes on one L2 network or a routed underlay).
 	NativeRouting *bool `json:"nativeRouting,omitempty"`
@@ -146,6 +151,10 @@ func bind(fs *flag.FlagSet, c *Config) {
 		c.NodePortAddresses = splitComma(s)
 		return nil
 	})
+	fs.Func("devices", "comma-separated node uplinks for NodePort traffic (default: every interface with a global address)", func(s string) error {
+		c.Devices = splitComma(s)
+		return nil
+	})
 	fs.BoolFunc("nativeRouting", "route other nodes' pod CIDRs via their InternalIP (default true)", func(s string) error {
 		v := s == "true"
 		if s != "true" && s != "false" {
@@ -186,6 +195,7 @@ func overlay(dst, src *Config, set map[string]bool) {
 	pick("maxConntrack", func() { dst.MaxConntrack = src.MaxConntrack })
 	pick("nodeStateFile", func() { dst.NodeStateFile = src.NodeStateFile })
 	pick("nodePortAddresses", func() { dst.NodePortAddresses = src.NodePortAddresses })
+	pick("devices", func() { dst.Devices = src.Devices })
 	pick("nativeRouting", func() { dst.NativeRouting = src.NativeRouting })
 	pick("socketLBCgroup", func() { dst.SocketLBCgroup = src.SocketLBCgroup })
 	pick("clusterCIDRs", func() { dst.ClusterCIDRs = src.ClusterCIDRs })

@@ -2,7 +2,9 @@
 // node's address, with one nftables table that Sluice owns, programmed
 // through netlink (no nft binary). Traffic between pods, and to Services
 // (translated to pod addresses on the pod's veth before routing), keeps its
-// source.
+// source. The same table masquerades NodePort traffic the datapath sends to
+// a backend on another node (marked by from_netdev), so that the reply
+// returns through this node; the kernel picks the source port.
 package masq
 
 import (
@@ -10,6 +12,7 @@ import (
 	"net/netip"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 )
@@ -18,9 +21,10 @@ import (
 const TableName = "sluice-masq"
 
 // Apply replaces Sluice's table with one masquerading traffic from each
-// cluster CIDR to any address outside it. It runs in one netlink batch:
-// the table is never half-written. No CIDRs removes the table.
-func Apply(clusterCIDRs []netip.Prefix) error {
+// cluster CIDR to any address outside it, and packets carrying snatMark.
+// It runs in one netlink batch: the table is never half-written. No CIDRs
+// and no mark removes the table.
+func Apply(clusterCIDRs []netip.Prefix, snatMark uint32) error {
 	conn, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("open nftables netlink socket: %w", err)
@@ -30,7 +34,7 @@ func Apply(clusterCIDRs []netip.Prefix) error {
 	// existed; both land in the same batch as the new rules.
 	conn.AddTable(table)
 	conn.DelTable(table)
-	if len(clusterCIDRs) > 0 {
+	if len(clusterCIDRs) > 0 || snatMark != 0 {
 		conn.AddTable(table)
 		chain := conn.AddChain(&nftables.Chain{
 			Name: "postrouting", Table: table, Type: nftables.ChainTypeNAT,
@@ -38,6 +42,14 @@ func Apply(clusterCIDRs []netip.Prefix) error {
 		})
 		for _, c := range clusterCIDRs {
 			conn.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: masqueradeLeaving(c.Masked())})
+		}
+		if snatMark != 0 {
+			// meta mark == snatMark masquerade
+			conn.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(snatMark)},
+				&expr.Masq{},
+			}})
 		}
 	}
 	if err := conn.Flush(); err != nil {

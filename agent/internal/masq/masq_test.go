@@ -55,7 +55,7 @@ func TestMasquerade(t *testing.T) {
 	cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/48")}
 	for range 2 { // applying again replaces the table
 		var err error
-		node.Do(t, func() { err = Apply(cidrs) })
+		node.Do(t, func() { err = Apply(cidrs, 0) })
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -78,11 +78,11 @@ func TestMasquerade(t *testing.T) {
 		}
 	}
 
-	node.Do(t, func() { err = Apply(nil) })
+	node.Do(t, func() { err = Apply(nil, 0) })
 	if err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command("ip", "netns", "exec", node.Name, "nft", "list", "tables").CombinedOutput(); err != nil || strings.Contains(string(out), TableName) {
-		t.Errorf("table left after Apply(nil): %s %v", out, err)
+		t.Errorf("table left after Apply(nil, 0): %s %v", out, err)
 	}
 }

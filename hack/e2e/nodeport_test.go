@@ -1,0 +1,107 @@
+//go:build e2e
+
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/sets"
+)
+
+// fromOutside runs curl on a host of the node network outside every node.
+func (f *testNS) fromOutside(url string) (string, error) {
+	out, err := f.driverRun(execTimeout, "outside", "--", "curl", "-s", "--max-time", "3", url)
+	return strings.TrimSpace(out), err
+}
+
+func (f *testNS) nodeIP(node string) string {
+	f.t.Helper()
+	n, err := f.client.CoreV1().Nodes().Get(f.t.Context(), node, metav1.GetOptions{})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	for _, a := range n.Status.Addresses {
+		if a.Type == v1.NodeInternalIP {
+			return a.Address
+		}
+	}
+	f.t.Fatalf("node %s has no InternalIP", node)
+	return ""
+}
+
+// nodePortService creates a NodePort Service and returns its node port.
+func (f *testNS) nodePortService(name string, selector map[string]string, policy v1.ServiceExternalTrafficPolicy, endpoints int) int {
+	f.t.Helper()
+	svc := service(name, selector)
+	svc.Spec.Type = v1.ServiceTypeNodePort
+	svc.Spec.ExternalTrafficPolicy = policy
+	f.createService(svc, endpoints)
+	got, err := f.client.CoreV1().Services(f.name).Get(f.t.Context(), name, metav1.GetOptions{})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	for _, p := range got.Spec.Ports {
+		if p.Protocol == v1.ProtocolTCP {
+			return int(p.NodePort)
+		}
+	}
+	f.t.Fatalf("service %s has no TCP node port", name)
+	return 0
+}
+
+// TestNodePortFromOutside: a client outside the nodes reaches a NodePort on
+// every node; with externalTrafficPolicy Cluster any backend answers (those
+// on other nodes through masquerade), with Local only the node's own
+// backends answer, and they see the client's real address.
+func TestNodePortFromOutside(t *testing.T) {
+	t.Parallel()
+	f := newTestNS(t)
+	a, b := f.nodes[0], f.nodes[1]
+	f.runPods(
+		netexecPod("cluster-a", a, map[string]string{"app": "cluster"}),
+		netexecPod("cluster-b", b, map[string]string{"app": "cluster"}),
+		netexecPod("local-b", b, map[string]string{"app": "local"}))
+	clusterPort := f.nodePortService("cluster", map[string]string{"app": "cluster"}, v1.ServiceExternalTrafficPolicyCluster, 2)
+	localPort := f.nodePortService("local", map[string]string{"app": "local"}, v1.ServiceExternalTrafficPolicyLocal, 1)
+	ipA, ipB := f.nodeIP(a), f.nodeIP(b)
+	url := func(ip string, port int, path string) string {
+		return "http://" + net.JoinHostPort(ip, strconv.Itoa(port)) + path
+	}
+
+	for _, ip := range []string{ipA, ipB} {
+		answers := sets.New[string]()
+		f.eventually(fmt.Sprintf("both backends answering on %s:%d", ip, clusterPort), policyTimeout, func(context.Context) error {
+			got, err := f.fromOutside(url(ip, clusterPort, "/hostname"))
+			if err != nil {
+				return err
+			}
+			answers.Insert(got)
+			if !answers.HasAll("cluster-a", "cluster-b") {
+				return fmt.Errorf("answered by %v so far", sets.List(answers))
+			}
+			return nil
+		})
+	}
+
+	// Local: the node with the backend answers and the backend sees the
+	// client's own address; the node without one refuses.
+	var clientIP string
+	f.eventually("Local NodePort answering on "+ipB, policyTimeout, func(context.Context) error {
+		got, err := f.fromOutside(url(ipB, localPort, "/clientip"))
+		clientIP = got
+		return err
+	})
+	if host, _, err := net.SplitHostPort(clientIP); err != nil || host == ipA || host == ipB {
+		t.Errorf("Local NodePort backend saw the client as %q, want the outside client's own address", clientIP)
+	}
+	if got, err := f.fromOutside(url(ipA, localPort, "/hostname")); err == nil {
+		t.Errorf("Local NodePort on %s (no local backend) answered %q, want a refusal", ipA, got)
+	}
+}
