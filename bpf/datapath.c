@@ -969,8 +969,9 @@ static __always_inline int policy_active(void)
 	return st && st->isolated_endpoints;
 }
 
-/* Policy lookups build their keys here, not on the stack: from_pod's frame
- * plus a stack of keys would pass the verifier's 512-byte limit. */
+/* Keys of lookups off the fast path are built here, not on the stack:
+ * from_pod's frame plus more keys would pass the verifier's 512-byte
+ * limit. */
 struct policy_scratch {
 	struct ct_key ct;
 	struct ct_value ctv;
@@ -1083,6 +1084,22 @@ static __noinline int policy_enforce(struct __sk_buff *skb, const struct pkt *p,
 
 /* lb_service load-balances a packet to a service, from a pod (from_pod) or
  * from outside the node (from_netdev). */
+/* forget_stale_reply: a pod opens a connection straight to an address and
+ * port that an earlier service flow from the same client port was
+ * translated to. The earlier flow's reply entry would rewrite this
+ * connection's replies to come from the service, so it goes: a new SYN
+ * means the old flow on this 4-tuple is over. */
+static __noinline void forget_stale_reply(const struct pkt *p)
+{
+	__u32 zero = 0;
+	struct policy_scratch *s = bpf_map_lookup_elem(&sluice_policy_scratch, &zero);
+
+	if (!s)
+		return;
+	ct_key_of(&s->ct, p, 1, CT_DIR_REPLY);
+	bpf_map_delete_elem(&sluice_ct_v1, &s->ct);
+}
+
 static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc, __u8 hook)
 {
 	struct ct_key fwd = {};
@@ -1206,8 +1223,11 @@ int from_pod(struct __sk_buff *skb)
 	key.proto = p.proto;
 	key.scope = SVC_SCOPE_INTERNAL;
 	struct svc_value *svc = bpf_map_lookup_elem(&sluice_services_v1, &key);
-	if (!svc)
+	if (!svc) {
+		if (p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
+			forget_stale_reply(&p);
 		return policy_active() ? policy_enforce(skb, &p, POLICY_EGRESS, 0) : TC_ACT_OK;
+	}
 	return lb_service(skb, &p, svc, HOOK_FROM_POD);
 }
 

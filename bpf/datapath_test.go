@@ -587,3 +587,30 @@ func TestConntrackLifetimeAndGC(t *testing.T) {
 		t.Errorf("GC: %+v, want the UDP flow's 2 entries deleted and the TCP flow's 2 live", stats)
 	}
 }
+
+// TestDirectConnectionReusesServiceTuple: a client port used for a
+// service flow is reused for a connection straight to the backend (ports
+// cycle fast under load). The new connection's replies must come from the
+// backend, not be rewritten to the service by the old flow's reply entry.
+func TestDirectConnectionReusesServiceTuple(t *testing.T) {
+	d := loadTest(t, Config{})
+	vip, backend := ap("10.96.0.80:80"), ap("10.244.1.8:8080")
+	install(t, d, oneBackend(80, vip, unix.IPPROTO_TCP, backend))
+	client := ap("10.244.0.2:41000")
+	run(t, d.FromPod, build(t, flow{src: client, dst: vip, proto: unix.IPPROTO_TCP, tcpFlags: "S", seq: 1}))
+	reply := flow{src: backend, dst: client, proto: unix.IPPROTO_TCP, tcpFlags: "SA", seq: 9, ack: 2}
+	if _, out := run(t, d.ToPod, build(t, reply)); string(out) == string(build(t, reply)) {
+		t.Fatal("the service flow's reply was not translated: the test setup is wrong")
+	}
+
+	direct := flow{src: client, dst: backend, proto: unix.IPPROTO_TCP, tcpFlags: "S", seq: 100}
+	if ret, _ := run(t, d.FromPod, build(t, direct)); ret != actOK {
+		t.Fatalf("direct SYN verdict %d", ret)
+	}
+	pkt := build(t, reply)
+	ret, out := run(t, d.ToPod, pkt)
+	if ret != actOK {
+		t.Fatalf("direct reply verdict %d", ret)
+	}
+	samePacket(t, "reply of the direct connection", out, pkt)
+}
