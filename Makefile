@@ -5,7 +5,7 @@ PKGS    := ./...
 
 export CGO_ENABLED := 0
 
-.PHONY: all build generate check-generate lint test unit e2e demo demo-down deps bench fuzz k8s
+.PHONY: all build generate check-generate lint test unit e2e demo demo-down deps bench bench-quick bench-datapath fuzz k8s
 
 all: build
 
@@ -59,8 +59,18 @@ demo: deps
 demo-down:
 	$(GO) run ./hack/localcluster down
 
-## bench: datapath benchmarks
-bench:
+## bench: Sluice side by side with kube-proxy (iptables, nftables) and the
+## pod-IP limit at 100, 1,000 and 10,000 Services; regenerates the tables in
+## docs/benchmarks.md and writes docs/bench/results.json
+bench: deps
+	$(GO) run ./hack/bench
+
+## bench-quick: the 1,000-Service point only, printing the ratios (a few minutes)
+bench-quick: deps
+	$(GO) run ./hack/bench -quick
+
+## bench-datapath: per-packet figures of the BPF programs (BPF_PROG_TEST_RUN)
+bench-datapath:
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1000000x ./bpf/ | tee bench.out
 
 ## fuzz: feed random frames through the datapath programs

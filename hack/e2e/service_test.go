@@ -14,7 +14,9 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/utils/ptr"
 )
 
 // TestClusterIPFromEveryNode: from a client on every node, TCP and UDP
@@ -147,4 +149,38 @@ func TestHairpin(t *testing.T) {
 			t.Errorf("%s to %s:%d answered by %q", svc.proto, vip, svc.port, got)
 		}
 	}
+}
+
+// TestHostNetworkToClusterIP: a hostNetwork pod (like the kubelet or a node
+// agent) reaches a ClusterIP whose backends run on its own and on another
+// node; its packets never cross a pod veth, so socket-level load balancing
+// serves it.
+func TestHostNetworkToClusterIP(t *testing.T) {
+	t.Parallel()
+	f := newTestNS(t)
+	labels := map[string]string{"app": "hostnet-backend"}
+	host := &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "host-client"},
+		Spec: v1.PodSpec{
+			NodeName: f.nodes[0], HostNetwork: true,
+			Tolerations:                  []v1.Toleration{{Operator: v1.TolerationOpExists}},
+			AutomountServiceAccountToken: ptr.To(false),
+			Containers:                   []v1.Container{{Name: "pause", Image: agnhostImage, Args: []string{"pause"}}},
+		},
+	}
+	f.runPods(netexecPod("backend-0", f.nodes[0], labels), netexecPod("backend-1", f.nodes[1], labels), host)
+	vip := f.createService(service("hostnet", labels), 2)
+	url := "http://" + net.JoinHostPort(vip, strconv.Itoa(svcHTTPPort)) + "/hostname"
+	answers := sets.New[string]()
+	f.eventually("both backends answering the hostNetwork pod", readyTimeout, func(context.Context) error {
+		out, err := f.exec("host-client", "curl", "-s", "--max-time", "3", url)
+		if err != nil {
+			return err
+		}
+		answers.Insert(strings.TrimSpace(out))
+		if !answers.HasAll("backend-0", "backend-1") {
+			return fmt.Errorf("answered by %v so far", sets.List(answers))
+		}
+		return nil
+	})
 }

@@ -144,6 +144,9 @@ func restartAgent(args []string) error {
 		return err
 	}
 	d := s.Daemons["agent-"+args[0]]
+	if d == nil {
+		return fmt.Errorf("node %s runs kube-proxy, not the Sluice agent", args[0])
+	}
 	if err := d.stop(10 * time.Second); err != nil {
 		return err
 	}

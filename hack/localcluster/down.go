@@ -18,7 +18,7 @@ func down(_ []string) error {
 	var errs []error
 	if s, err := loadState(); err == nil {
 		// Shims first: they stop their pods' processes and call CNI DEL.
-		for _, prefix := range []string{"shim-", "scheduler", "agent-", "kube-controller-manager", "kube-apiserver", "etcd", "api-forward"} {
+		for _, prefix := range []string{"shim-", "scheduler", "agent-", "kube-proxy-", "kube-controller-manager", "kube-apiserver", "etcd", "api-forward"} {
 			for name, d := range s.Daemons {
 				if strings.HasPrefix(name, prefix) {
 					if err := d.stop(10 * time.Second); err != nil {

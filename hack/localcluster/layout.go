@@ -54,6 +54,9 @@ type nodeState struct {
 	IP      string `json:"ip"`
 	PodCIDR string `json:"podCIDR"`
 	Netns   string `json:"netns"`
+	// Proxy is what serves Services on the node: sluice (the default),
+	// or kube-proxy in iptables or nftables mode (benchmarks).
+	Proxy string `json:"proxy"`
 	// Host stands for the node's filesystem, bpffs and cgroup.
 	Host hostPaths `json:"host"`
 }

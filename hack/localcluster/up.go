@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -30,6 +31,7 @@ import (
 func up(args []string) error {
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
 	nodes := fs.Int("nodes", 2, "number of nodes (1..20)")
+	proxies := fs.String("proxies", "", "what serves Services on each node, comma-separated: sluice, iptables or nftables (kube-proxy; for benchmarks); default sluice everywhere")
 	apiPort := fs.Int("api-port", 16443, "loopback port in this machine's namespace that forwards to the API server")
 	keep := fs.Bool("keep-on-failure", false, "leave everything in place when up fails, for debugging")
 	if err := fs.Parse(args); err != nil {
@@ -44,8 +46,12 @@ func up(args []string) error {
 	if err := down(nil); err != nil { // leftovers of a crashed run
 		return err
 	}
+	proxyOf, err := parseProxies(*proxies, *nodes)
+	if err != nil {
+		return err
+	}
 	s := &state{APIPort: *apiPort, Daemons: map[string]*daemon{}}
-	err := bringUp(s, *nodes)
+	err = bringUp(s, proxyOf)
 	if err != nil && !*keep {
 		fmt.Fprintf(os.Stderr, "localcluster: up failed: %v\nlocalcluster: cleaning up (pass --keep-on-failure to keep it for debugging)\n", err)
 		if derr := down(nil); derr != nil {
@@ -57,7 +63,8 @@ func up(args []string) error {
 
 func step(format string, a ...any) { fmt.Printf("==> "+format+"\n", a...) }
 
-func bringUp(s *state, nodes int) error {
+func bringUp(s *state, proxyOf []string) error {
+	nodes := len(proxyOf)
 	repo, err := repoRoot()
 	if err != nil {
 		return err
@@ -75,6 +82,11 @@ func bringUp(s *state, nodes int) error {
 	step("building sluice-agent, sluice-cni and this tool")
 	if err := buildSluice(repo); err != nil {
 		return err
+	}
+	if slices.ContainsFunc(proxyOf, func(p string) bool { return p != proxySluice }) {
+		if err := buildReferencePlugins(repo); err != nil {
+			return err
+		}
 	}
 	if err := s.save(); err != nil {
 		return err
@@ -99,7 +111,7 @@ func bringUp(s *state, nodes int) error {
 	}
 	for i := range nodes {
 		n := nodeState{
-			Name: nodeName(i), IP: nodeIP(i).String(), PodCIDR: nodePodCIDR(i), Netns: netnsPrefix + nodeName(i),
+			Name: nodeName(i), IP: nodeIP(i).String(), PodCIDR: nodePodCIDR(i), Netns: netnsPrefix + nodeName(i), Proxy: proxyOf[i],
 			Host: hostPaths{
 				Root: path("nodes", nodeName(i), "root"), BPFFS: filepath.Join(bpffsDir, nodeName(i)),
 				Cgroup: filepath.Join(cg2, cgroupName, nodeName(i)),
@@ -146,7 +158,7 @@ func bringUp(s *state, nodes int) error {
 
 	ctx := context.Background()
 	for i, n := range s.Nodes {
-		step("%s: Node object (InternalIP %s, podCIDR %s), CNI install, agent and node shim", n.Name, n.IP, n.PodCIDR)
+		step("%s: Node object (InternalIP %s, podCIDR %s), CNI install, %s and node shim", n.Name, n.IP, n.PodCIDR, n.Proxy)
 		node := &v1.Node{
 			ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: map[string]string{
 				"kubernetes.io/hostname": n.Name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
@@ -471,6 +483,22 @@ func readInstallFromAPI(client kubernetes.Interface) (*install, error) {
 // node's namespace and cgroup.
 func startNode(s *state, n *nodeState, in *install, ca *pki.CA, token string) error {
 	nodeDir := path("nodes", n.Name)
+	netnsPath := nsexec.Path(n.Netns)
+	if n.Proxy != proxySluice {
+		if err := installReferenceCNI(n); err != nil {
+			return fmt.Errorf("%s: install ptp: %w", n.Name, err)
+		}
+		proxy := kubeProxyDaemon(s, n)
+		proxy.Netns, proxy.Cgroup = netnsPath, n.Host.Cgroup
+		shim := shimDaemon(s, n, nodeDir)
+		for _, d := range []*daemon{proxy, shim} {
+			if err := d.start(); err != nil {
+				return err
+			}
+			s.Daemons[d.Name] = d
+		}
+		return s.save()
+	}
 	configDir := filepath.Join(nodeDir, "config")
 	if err := in.writeConfigMap(n.Host, configDir); err != nil {
 		return fmt.Errorf("%s: %w", n.Name, err)
@@ -487,15 +515,8 @@ func startNode(s *state, n *nodeState, in *install, ca *pki.CA, token string) er
 	if err != nil {
 		return fmt.Errorf("%s: %w", n.Name, err)
 	}
-	netnsPath := nsexec.Path(n.Netns)
 	agent := &daemon{Name: "agent-" + n.Name, Netns: netnsPath, Cgroup: n.Host.Cgroup, Argv: argv, Env: env}
-	shim := &daemon{Name: "shim-" + n.Name, Netns: netnsPath, Cgroup: n.Host.Cgroup, Argv: []string{
-		path("bin", "localcluster"), "_shim", "--node", n.Name, "--node-ip", n.IP,
-		"--kubeconfig", path("pki", "node.kubeconfig"),
-		"--cni-bin", n.Host.Map("/opt/cni/bin"), "--cni-conf", n.Host.Map("/etc/cni/net.d"),
-		"--cni-cache", n.Host.Map("/var/lib/cni"), "--agnhost", filepath.Join(s.K8sBin, "agnhost"),
-		"--cgroup", n.Host.Cgroup, "--state", nodeDir,
-	}}
+	shim := shimDaemon(s, n, nodeDir)
 	for _, d := range []*daemon{agent, shim} {
 		if err := d.start(); err != nil {
 			return err
@@ -503,6 +524,17 @@ func startNode(s *state, n *nodeState, in *install, ca *pki.CA, token string) er
 		s.Daemons[d.Name] = d
 	}
 	return s.save()
+}
+
+// shimDaemon is the node's kubelet stand-in.
+func shimDaemon(s *state, n *nodeState, nodeDir string) *daemon {
+	return &daemon{Name: "shim-" + n.Name, Netns: nsexec.Path(n.Netns), Cgroup: n.Host.Cgroup, Argv: []string{
+		path("bin", "localcluster"), "_shim", "--node", n.Name, "--node-ip", n.IP,
+		"--kubeconfig", path("pki", "node.kubeconfig"),
+		"--cni-bin", n.Host.Map("/opt/cni/bin"), "--cni-conf", n.Host.Map("/etc/cni/net.d"),
+		"--cni-cache", n.Host.Map("/var/lib/cni"), "--agnhost", filepath.Join(s.K8sBin, "agnhost"),
+		"--cgroup", n.Host.Cgroup, "--state", nodeDir,
+	}}
 }
 
 // healthPort is the agent's health port from the applied config.
@@ -517,10 +549,11 @@ func healthPort(in *install) string {
 	return "9963"
 }
 
-// agentReady asks the agent's /readyz from inside its node.
-func agentReady(n nodeState, port string) error {
+// proxyReady asks the node's Sluice agent (/readyz) or kube-proxy
+// (/healthz) from inside its node.
+func proxyReady(n nodeState, port, urlPath string) error {
 	c := http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: nsexec.DialContext(nsexec.Path(n.Netns))}}
-	resp, err := c.Get("http://127.0.0.1:" + port + "/readyz")
+	resp, err := c.Get("http://127.0.0.1:" + port + urlPath)
 	if err != nil {
 		return err
 	}
@@ -537,21 +570,24 @@ func waitNodes(s *state, client kubernetes.Interface, in *install) error {
 	deadline := time.Now().Add(2 * time.Minute)
 	for _, n := range s.Nodes {
 		for {
-			agent, shim := s.Daemons["agent-"+n.Name], s.Daemons["shim-"+n.Name]
-			for _, d := range []*daemon{agent, shim} {
+			proxyName, proxyPort, proxyPath := "agent-"+n.Name, port, "/readyz"
+			if n.Proxy != proxySluice {
+				proxyName, proxyPort, proxyPath = "kube-proxy-"+n.Name, "10256", "/healthz"
+			}
+			for _, d := range []*daemon{s.Daemons[proxyName], s.Daemons["shim-"+n.Name]} {
 				if !d.alive() {
 					return fmt.Errorf("%s exited; see %s", d.Name, d.logPath())
 				}
 			}
-			agentErr := agentReady(n, port)
+			agentErr := proxyReady(n, proxyPort, proxyPath)
 			node, err := client.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{})
 			ready := err == nil && nodeReady(node)
 			if agentErr == nil && ready {
-				fmt.Printf("    %s: agent ready, node Ready\n", n.Name)
+				fmt.Printf("    %s: %s ready, node Ready\n", n.Name, n.Proxy)
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("%s not ready after 2m (agent /readyz: %v; node Ready: %v); logs in %s", n.Name, agentErr, ready, path("logs"))
+				return fmt.Errorf("%s not ready after 2m (%s %s: %v; node Ready: %v); logs in %s", n.Name, n.Proxy, proxyPath, agentErr, ready, path("logs"))
 			}
 			time.Sleep(250 * time.Millisecond)
 		}

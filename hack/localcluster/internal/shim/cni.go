@@ -39,7 +39,10 @@ func runtimeConf(pod *v1.Pod, netns string) *libcni.RuntimeConf {
 		ContainerID: "localcluster-" + string(pod.UID),
 		NetNS:       netns,
 		IfName:      "eth0",
+		// IgnoreUnknown, as containerd sends it: plugins that do not know
+		// the Kubernetes arguments (the reference ones) accept them.
 		Args: [][2]string{
+			{"IgnoreUnknown", "1"},
 			{"K8S_POD_NAMESPACE", pod.Namespace}, {"K8S_POD_NAME", pod.Name},
 			{"K8S_POD_INFRA_CONTAINER_ID", "localcluster-" + string(pod.UID)}, {"K8S_POD_UID", string(pod.UID)},
 		},

@@ -1,0 +1,317 @@
+// Command bench measures Sluice side by side with kube-proxy (iptables and
+// nftables modes) and with the limit (pod to pod without a Service), in one
+// run on one machine: a local cluster of three nodes, one per
+// implementation, all fed the same Services and EndpointSlices by one API
+// server. It writes a JSON file of results and the tables of
+// docs/benchmarks.md (between the "bench:" markers).
+//
+//	go run ./hack/bench [-quick] [-scales 100,1000,10000]
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
+)
+
+const (
+	stateDir   = "/run/sluice-localcluster"
+	ns         = "bench"
+	agnhost    = "registry.k8s.io/e2e-test-images/agnhost:2.53"
+	fillerBase = "filler-"
+)
+
+// The three nodes, in the order localcluster creates them.
+var impls = []string{"sluice", "iptables", "nftables"}
+
+func nodeOf(impl string) string { return fmt.Sprintf("node-%d", slices.Index(impls, impl)+1) }
+
+type options struct {
+	scales   []int
+	repeat   int
+	duration time.Duration
+	changes  int
+	out, doc string
+}
+
+func main() {
+	quick := flag.Bool("quick", false, "the 1,000-Service point only, short runs: ratios in a few minutes")
+	scalesFlag := flag.String("scales", "100,1000,10000", "Service counts to measure at, ascending")
+	repeat := flag.Int("repeat", 5, "runs per datapath figure (median and spread are reported)")
+	duration := flag.Duration("duration", 5*time.Second, "length of one connection-rate run")
+	changes := flag.Int("changes", 100, "EndpointSlice changes timed per implementation and scale")
+	out := flag.String("out", "docs/bench/results.json", "JSON results")
+	doc := flag.String("doc", "docs/benchmarks.md", "document whose bench: section is regenerated (empty: none)")
+	flag.Parse()
+	o := options{repeat: *repeat, duration: *duration, changes: *changes, out: *out, doc: *doc}
+	for _, s := range strings.Split(*scalesFlag, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			fatal(fmt.Errorf("-scales: %q is not a positive number", s))
+		}
+		o.scales = append(o.scales, n)
+	}
+	if *quick {
+		o.scales, o.repeat, o.duration, o.changes, o.doc = []int{1000}, 3, 3*time.Second, 20, ""
+		o.out = filepath.Join(os.TempDir(), "sluice-bench-quick.json")
+	}
+	if os.Geteuid() != 0 {
+		fatal(errors.New("run as root (it brings up the local cluster)"))
+	}
+	if err := run(o); err != nil {
+		fatal(err)
+	}
+}
+
+func fatal(err error) {
+	fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+	os.Exit(1)
+}
+
+func step(format string, a ...any) { fmt.Printf("==> "+format+"\n", a...) }
+
+func run(o options) error {
+	lc := func(args ...string) error {
+		cmd := exec.Command("go", append([]string{"run", "./hack/localcluster"}, args...)...)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		return cmd.Run()
+	}
+	step("building the load generator")
+	clientBin := filepath.Join(os.TempDir(), "sluice-benchclient")
+	if b, err := exec.Command("go", "build", "-o", clientBin, "./hack/bench/benchclient").CombinedOutput(); err != nil {
+		return fmt.Errorf("build benchclient: %v\n%s", err, b)
+	}
+	step("a local cluster with one node per implementation: %s", strings.Join(impls, ", "))
+	if err := lc("down"); err != nil {
+		return err
+	}
+	if err := lc("up", "--nodes", "3", "--proxies", strings.Join(impls, ",")); err != nil {
+		return err
+	}
+	defer func() {
+		step("removing the local cluster")
+		_ = lc("down")
+	}()
+	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(stateDir, "admin.kubeconfig"))
+	if err != nil {
+		return err
+	}
+	cfg.QPS, cfg.Burst = 1000, 2000
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	b := &bench{o: o, client: client, clientBin: clientBin, driver: filepath.Join(stateDir, "bin", "localcluster")}
+	res, err := b.measure(context.Background())
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(o.out), 0o755); err != nil {
+		return err
+	}
+	data, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(o.out, data, 0o644); err != nil {
+		return err
+	}
+	step("results in %s", o.out)
+	fmt.Print(summary(res))
+	if o.doc != "" {
+		if err := writeDoc(o.doc, res); err != nil {
+			return err
+		}
+		step("tables regenerated in %s", o.doc)
+	}
+	return nil
+}
+
+type bench struct {
+	o         options
+	client    kubernetes.Interface
+	clientBin string
+	driver    string
+}
+
+// Results are one run's figures.
+type Results struct {
+	Machine string        `json:"machine"`
+	Date    string        `json:"date"`
+	Repeat  int           `json:"repeat"`
+	Seconds float64       `json:"runSeconds"`
+	Scales  []ScaleResult `json:"scales"`
+}
+
+// ScaleResult holds every figure at one Service count, by implementation
+// ("sluice", "iptables", "nftables").
+type ScaleResult struct {
+	Services int                    `json:"services"`
+	Impl     map[string]*ImplResult `json:"impl"`
+}
+
+// ImplResult is one implementation's figures at one scale.
+type ImplResult struct {
+	ConnPerSec      []float64 `json:"connPerSec"`      // one per repeat
+	PodIPConnPerSec []float64 `json:"podIPConnPerSec"` // the limit on the same node
+	P50us           []float64 `json:"p50us,omitempty"`
+	P99us           []float64 `json:"p99us,omitempty"`
+	ConnErrors      int       `json:"connErrors"`
+	SyncSeconds     float64   `json:"syncSeconds,omitempty"`     // creating the Services to the last answering
+	ChangeP50ms     float64   `json:"changeP50ms,omitempty"`     // EndpointSlice change to the datapath using it
+	ChangeP99ms     float64   `json:"changeP99ms,omitempty"`     //
+	ChangesSeen     int       `json:"changesSeen,omitempty"`     // of o.changes
+	RSSMiB          float64   `json:"rssMiB,omitempty"`          // agent or kube-proxy
+	CPUSeconds      float64   `json:"cpuSeconds,omitempty"`      // since start
+	ProcessName     string    `json:"process,omitempty"`         //
+	ProbeServiceVIP string    `json:"probeServiceVIP,omitempty"` //
+}
+
+func (b *bench) measure(ctx context.Context) (*Results, error) {
+	start := time.Now()
+	res := &Results{Machine: machine(), Date: start.UTC().Format("2006-01-02"), Repeat: b.o.repeat}
+	if err := b.setup(ctx); err != nil {
+		return nil, err
+	}
+	existing := 0
+	for _, n := range b.o.scales {
+		sr := ScaleResult{Services: n, Impl: map[string]*ImplResult{}}
+		step("%d Services x 10 endpoints", n)
+		sync, err := b.grow(ctx, existing, n)
+		if err != nil {
+			return nil, err
+		}
+		existing = n
+		for impl, s := range sync {
+			sr.Impl[impl] = &ImplResult{SyncSeconds: s}
+		}
+		for _, impl := range impls {
+			if err := b.datapath(ctx, impl, sr.Impl[impl], false); err != nil {
+				return nil, err
+			}
+			if err := b.datapath(ctx, impl, sr.Impl[impl], true); err != nil {
+				return nil, err
+			}
+			if err := b.churn(ctx, impl, sr.Impl[impl]); err != nil {
+				return nil, err
+			}
+			b.resources(impl, sr.Impl[impl])
+		}
+		res.Scales = append(res.Scales, sr)
+	}
+	res.Seconds = time.Since(start).Seconds()
+	return res, nil
+}
+
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return fmt.Sprintf("%s, %d CPUs, Linux %s", model, numCPU(), strings.TrimSpace(string(kernel)))
+}
+
+func numCPU() int {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	return strings.Count(string(b), "\nprocessor") + 1
+}
+
+// setup creates, on every node, two backends and a client.
+func (b *bench) setup(ctx context.Context) error {
+	step("backends and a client on every node")
+	if _, err := b.client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(250 * time.Millisecond) {
+		if _, err := b.client.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{}); err == nil {
+			break
+		} else if time.Now().After(deadline) {
+			return fmt.Errorf("namespace %s has no default ServiceAccount: %w", ns, err)
+		}
+	}
+	var names []string
+	for _, impl := range impls {
+		for _, name := range []string{"be-" + impl + "-0", "be-" + impl + "-1", "client-" + impl} {
+			labels := map[string]string{}
+			if strings.HasPrefix(name, "be-") {
+				labels["bench"] = impl
+			}
+			pod := &v1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
+				Spec: v1.PodSpec{
+					NodeName: nodeOf(impl), AutomountServiceAccountToken: ptr.To(false),
+					Containers: []v1.Container{{Name: "netexec", Image: agnhost, Args: []string{"netexec", "--http-port=8080"},
+						ReadinessProbe: &v1.Probe{PeriodSeconds: 1, ProbeHandler: v1.ProbeHandler{TCPSocket: &v1.TCPSocketAction{Port: intstr.FromInt32(8080)}}}}},
+				},
+			}
+			if _, err := b.client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+				return err
+			}
+			names = append(names, name)
+		}
+	}
+	for _, name := range names {
+		for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(250 * time.Millisecond) {
+			p, err := b.client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+			if err == nil && p.Status.PodIP != "" && podReady(p) {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("pod %s not ready after 2m", name)
+			}
+		}
+	}
+	return nil
+}
+
+func podReady(p *v1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == v1.PodReady {
+			return c.Status == v1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func (b *bench) podIP(ctx context.Context, name string) (string, error) {
+	p, err := b.client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", err
+	}
+	return p.Status.PodIP, nil
+}
+
+// exec runs the load generator (or another command) in a pod.
+func (b *bench) exec(ctx context.Context, pod string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, b.driver, append([]string{"exec", ns + "/" + pod, "--"}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("exec in %s: %w: %s", pod, err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
+}
