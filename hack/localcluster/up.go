@@ -605,8 +605,18 @@ func nodeReady(n *v1.Node) bool {
 }
 
 func printUsage(s *state) {
+	sluiceNodes := 0
+	for _, n := range s.Nodes {
+		if n.Proxy == proxySluice {
+			sluiceNodes++
+		}
+	}
+	what := "kube-proxy absent, Sluice agent on every node"
+	if sluiceNodes < len(s.Nodes) {
+		what = fmt.Sprintf("Sluice on %d, kube-proxy on %d (benchmark layout)", sluiceNodes, len(s.Nodes)-sluiceNodes)
+	}
 	fmt.Printf(`
-Sluice local cluster is up: %d nodes, kube-proxy absent, Sluice agent on every node.
+Sluice local cluster is up: %d nodes, %s.
 
   export KUBECONFIG=%s
   %s/kubectl get nodes -o wide
@@ -616,5 +626,5 @@ Sluice local cluster is up: %d nodes, kube-proxy absent, Sluice agent on every n
 
 Images run on this machine's binaries: agnhost images run the agnhost built from
 the pinned Kubernetes module. Logs: %s
-`, len(s.Nodes), adminKubeconfig(), s.K8sBin, path("logs"))
+`, len(s.Nodes), what, adminKubeconfig(), s.K8sBin, path("logs"))
 }

@@ -117,7 +117,9 @@ func Skipped(svc *v1.Service) string {
 	return ""
 }
 
-func protocol(p v1.Protocol) (uint8, bool) {
+// Protocol maps a Kubernetes protocol to its IP protocol number; "" is
+// TCP, the API default. NetworkPolicy ports share it (package policy).
+func Protocol(p v1.Protocol) (uint8, bool) {
 	switch p {
 	case v1.ProtocolTCP, "":
 		return ProtoTCP, true
@@ -225,7 +227,7 @@ func compileService(out Desired, svc *v1.Service, key types.NamespacedName, slic
 	}
 
 	for i, sp := range svc.Spec.Ports {
-		proto, ok := protocol(sp.Protocol)
+		proto, ok := Protocol(sp.Protocol)
 		if !ok {
 			bad(fmt.Sprintf("spec.ports[%d].protocol", i), fmt.Sprintf("%q is not TCP, UDP or SCTP", sp.Protocol))
 			continue

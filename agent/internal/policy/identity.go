@@ -9,6 +9,8 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/sluice-net/sluice/agent/internal/compile"
 )
 
 // Allocator keeps pod identities, CIDR identities and endpoint IDs stable
@@ -145,7 +147,7 @@ func namedPorts(p *v1.Pod) []namedPort {
 	var out []namedPort
 	add := func(c *v1.Container) {
 		for _, cp := range c.Ports {
-			proto, ok := protocol(cp.Protocol)
+			proto, ok := compile.Protocol(cp.Protocol)
 			if cp.Name == "" || !ok || cp.ContainerPort < 1 || cp.ContainerPort > math.MaxUint16 {
 				continue
 			}

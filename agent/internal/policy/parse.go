@@ -7,12 +7,13 @@ import (
 	"slices"
 	"strings"
 
-	v1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/sluice-net/sluice/agent/internal/compile"
 )
 
 // policy is a NetworkPolicy parsed and checked.
@@ -210,7 +211,7 @@ func parsePort(np networkingv1.NetworkPolicyPort) (portSpec, error) {
 	pt := portSpec{proto: ProtoTCP}
 	if np.Protocol != nil {
 		var ok bool
-		if pt.proto, ok = protocol(*np.Protocol); !ok {
+		if pt.proto, ok = compile.Protocol(*np.Protocol); !ok {
 			return pt, fmt.Errorf("unsupported protocol %q", *np.Protocol)
 		}
 	}
@@ -239,18 +240,4 @@ func parsePort(np networkingv1.NetworkPolicyPort) (portSpec, error) {
 		pt.prefixes = PortPrefixes(uint16(from), uint16(to))
 	}
 	return pt, nil
-}
-
-// protocol maps a Kubernetes protocol to its number; "" is TCP, the API
-// default.
-func protocol(p v1.Protocol) (uint8, bool) {
-	switch p {
-	case v1.ProtocolTCP, "":
-		return ProtoTCP, true
-	case v1.ProtocolUDP:
-		return ProtoUDP, true
-	case v1.ProtocolSCTP:
-		return ProtoSCTP, true
-	}
-	return 0, false
 }
