@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"runtime/debug"
 	"slices"
@@ -130,6 +131,11 @@ func (p *Proxy) changed(kind, what string, obj any) {
 		}
 		if what == "deleted" {
 			p.node = nil
+		} else if p.node != nil && !nodeChangeMatters(p.node, o) {
+			// A status heartbeat: nothing the datapath uses changed, and a
+			// full sync every few seconds would delay real changes.
+			p.mu.Unlock()
+			return
 		} else {
 			p.node = o.DeepCopy()
 		}
@@ -182,6 +188,14 @@ func (p *Proxy) Ready() (bool, string) {
 		return true, ""
 	}
 	return false, p.lastError.Load().(string)
+}
+
+// nodeChangeMatters reports whether an update of this node changes what
+// the proxy compiles from it: its labels (topology zone), addresses
+// (NodePorts) or pod CIDRs.
+func nodeChangeMatters(old, cur *v1.Node) bool {
+	return !maps.Equal(old.Labels, cur.Labels) || !slices.Equal(old.Status.Addresses, cur.Status.Addresses) ||
+		!slices.Equal(old.Spec.PodCIDRs, cur.Spec.PodCIDRs) || old.Spec.PodCIDR != cur.Spec.PodCIDR
 }
 
 func (p *Proxy) nodeInfo() (compile.Node, []string, error) {

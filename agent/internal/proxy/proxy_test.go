@@ -168,3 +168,29 @@ func TestHealthCheckNodePort(t *testing.T) {
 	}
 	eventually(t, "200 with a local endpoint", func() bool { return status() == 200 })
 }
+
+func TestNodeChangeMatters(t *testing.T) {
+	base := &v1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "n", Labels: map[string]string{v1.LabelTopologyZone: "a"}},
+		Spec:       v1.NodeSpec{PodCIDR: "10.244.1.0/24", PodCIDRs: []string{"10.244.1.0/24"}},
+		Status:     v1.NodeStatus{Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "192.168.0.1"}}},
+	}
+	for _, c := range []struct {
+		name   string
+		change func(*v1.Node)
+		want   bool
+	}{
+		{"heartbeat", func(n *v1.Node) {
+			n.Status.Conditions = []v1.NodeCondition{{Type: v1.NodeReady, Status: v1.ConditionTrue, LastHeartbeatTime: metav1.Now()}}
+		}, false},
+		{"zone", func(n *v1.Node) { n.Labels = map[string]string{v1.LabelTopologyZone: "b"} }, true},
+		{"address", func(n *v1.Node) { n.Status.Addresses[0].Address = "192.168.0.2" }, true},
+		{"pod CIDRs", func(n *v1.Node) { n.Spec.PodCIDRs = append(n.Spec.PodCIDRs, "fd00::/64") }, true},
+	} {
+		cur := base.DeepCopy()
+		c.change(cur)
+		if got := nodeChangeMatters(base, cur); got != c.want {
+			t.Errorf("%s: nodeChangeMatters = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
