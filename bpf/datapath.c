@@ -592,6 +592,7 @@ static __always_inline int bounce(struct __sk_buff *skb)
 
 	if (swap_eth(skb, &eth) < 0 || bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0)
 		return TC_ACT_SHOT;
+	skb->mark = MARK_BOUNCED;
 	return bpf_redirect(skb->ifindex, 0);
 }
 
@@ -776,6 +777,7 @@ static __always_inline int reject(struct __sk_buff *skb, const struct pkt *p, __
 		record_drop(skb, p, DROP_REJECT_FAILED, svc_id, hook);
 		return TC_ACT_SHOT;
 	}
+	skb->mark = MARK_BOUNCED;
 	return bpf_redirect(skb->ifindex, 0);
 }
 
@@ -1065,8 +1067,13 @@ static __noinline int policy_enforce(struct __sk_buff *skb, const struct pkt *p,
 		return TC_ACT_OK;
 	}
 
+	/* A TCP packet without SYN and without an entry belongs to a
+	 * connection opened before the pod became isolated (or before the
+	 * agent restarted): pick it up, as nf_conntrack does. Such a packet
+	 * cannot open a connection; only a SYN can, and it is judged. */
+	int midstream = p->proto == IPPROTO_TCP && !(p->tcp_flags & TCP_FLAG_SYN);
 	__u32 isolated = dir == POLICY_EGRESS ? POLICY_F_EGRESS_ISOLATED : POLICY_F_INGRESS_ISOLATED;
-	if ((ep->flags & isolated) && !policy_allows(s, ep->id, dir, remote, p)) {
+	if ((ep->flags & isolated) && !midstream && !policy_allows(s, ep->id, dir, remote, p)) {
 		record_drop(skb, p, dir == POLICY_EGRESS ? DROP_POLICY_EGRESS : DROP_POLICY_INGRESS, ep->id,
 			    dir == POLICY_EGRESS ? HOOK_FROM_POD : HOOK_TO_POD);
 		return TC_ACT_SHOT;
@@ -1140,7 +1147,9 @@ static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, cons
 		record_drop(skb, p, DROP_BACKEND_MISSING, svc->id, hook);
 		return TC_ACT_SHOT;
 	}
-	hairpin = addr_eq(be->addr, p->src);
+	/* Only a pod can be its own backend; from outside, a backend with the
+	 * client's address is a hostNetwork pod, reached via masquerade. */
+	hairpin = hook == HOOK_FROM_POD && addr_eq(be->addr, p->src);
 	/* Egress policy judges the backend the flow will go to: p is pointed
 	 * at it for the check (a copy would not fit the stack), then back at
 	 * the service, which fwd still holds. */
@@ -1216,6 +1225,16 @@ int from_pod(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (addr_eq(p.dst, p.family == 4 ? hairpin_addr4 : hairpin_addr6))
 		return hairpin_reply(skb, &p);
+	/* Under policy a remote's address is its identity: a pod may send only
+	 * from its own addresses (the CNI recorded which veth has them). */
+	if (policy_active()) {
+		struct endpoint_value *self = bpf_map_lookup_elem(&sluice_endpoints_v1, p.src);
+
+		if (!self || self->ifindex != skb->ifindex) {
+			record_drop(skb, &p, DROP_SPOOFED_SOURCE, 0, HOOK_FROM_POD);
+			return TC_ACT_SHOT;
+		}
+	}
 
 	struct svc_key key = {};
 	__builtin_memcpy(key.addr, p.dst, SLUICE_ADDR_LEN);
@@ -1347,13 +1366,16 @@ int to_pod(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 
+	if (skb->mark == MARK_BOUNCED) {
+		skb->mark = 0;
+		return TC_ACT_OK; /* made or turned around by from_pod: final */
+	}
 	if (parse(skb, &p) < 0)
 		return TC_ACT_OK;
 	if (p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6)
 		return icmp_error_revnat(skb, &p);
 	if (p.frag || !has_ports(p.proto))
 		return TC_ACT_OK;
-
 	int verdict;
 	if (service_reply(skb, &p, HOOK_TO_POD, &verdict))
 		return verdict;

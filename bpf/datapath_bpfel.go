@@ -118,6 +118,7 @@ const (
 	datapathDropReasonDROP_REJECT_FAILED   datapathDropReason = 5
 	datapathDropReasonDROP_POLICY_INGRESS  datapathDropReason = 6
 	datapathDropReasonDROP_POLICY_EGRESS   datapathDropReason = 7
+	datapathDropReasonDROP_SPOOFED_SOURCE  datapathDropReason = 8
 	datapathDropReasonDROP_REASON_MAX      datapathDropReason = 64
 )
 
@@ -162,7 +163,8 @@ type datapathIpcacheValue struct {
 type datapathMark uint32
 
 const (
-	datapathMarkMARK_SNAT datapathMark = 21324
+	datapathMarkMARK_SNAT    datapathMark = 21324
+	datapathMarkMARK_BOUNCED datapathMark = 21325
 )
 
 type datapathPolicyDir uint32

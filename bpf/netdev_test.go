@@ -21,9 +21,16 @@ var (
 // verdict, the packet and the mark the program left.
 func skbMark(t *testing.T, prog *ebpf.Program, pkt []byte) (uint32, []byte, uint32) {
 	t.Helper()
+	return skbMarkIn(t, prog, pkt, 0)
+}
+
+// skbMarkIn is skbMark with the mark the packet arrives with.
+func skbMarkIn(t *testing.T, prog *ebpf.Program, pkt []byte, markIn uint32) (uint32, []byte, uint32) {
+	t.Helper()
 	// struct __sk_buff: len, pkt_type, mark, ... (192 bytes in all); the
 	// kernel fills what it does not let the caller set.
 	ctx := make([]byte, 192)
+	binary.NativeEndian.PutUint32(ctx[8:], markIn)
 	ctxOut := make([]byte, 192)
 	opts := &ebpf.RunOptions{Data: pkt, DataOut: make([]byte, len(pkt)+256), Context: ctx, ContextOut: ctxOut}
 	ret, err := prog.Run(opts)

@@ -41,6 +41,9 @@ func policyDatapath(t *testing.T, flags uint32) *Datapath {
 	put("cidr", d.PolicyCIDRs.Put(CIDR(netip.MustParsePrefix("192.168.0.0/16")), IPCacheValue{Identity: idCIDR}))
 	put("cidr", d.PolicyCIDRs.Put(CIDR(netip.MustParsePrefix("192.168.9.0/24")), IPCacheValue{Identity: IdentityWorld}))
 	put("endpoint", d.PolicyEndpoints.Put(EndpointKey{Addr: Addr(polPod)}, PolicyEndpointValue{Id: polEndpoint, Flags: flags}))
+	// The CNI's record of the pod's veth: BPF_PROG_TEST_RUN runs on the
+	// loopback device, ifindex 1.
+	put("pod endpoint", d.Endpoints.Put(EndpointKey{Addr: Addr(polPod)}, EndpointValue{Ifindex: 1}))
 	put("state", d.PolicyState.Put(uint32(0), PolicyState{IsolatedEndpoints: 1}))
 	return d
 }
@@ -196,5 +199,51 @@ func TestPolicySameNodePods(t *testing.T) {
 	}
 	if got, _ := run(t, d.ToPod, build(t, f)); got != actShot {
 		t.Errorf("into the isolated server without a rule: verdict %d, want dropped", got)
+	}
+}
+
+// TestPolicyPicksUpEstablishedTCP: a connection opened before its pod
+// became isolated keeps flowing (its packets carry no SYN); a new one is
+// judged.
+func TestPolicyPicksUpEstablishedTCP(t *testing.T) {
+	d := policyDatapath(t, PolicyEgressIsolated)
+	old := flow{src: netip.AddrPortFrom(polPod, 40100), dst: netip.AddrPortFrom(polRemote, 5432), proto: unix.IPPROTO_TCP, tcpFlags: "A", seq: 7, ack: 9}
+	if got := verdict(t, d, old); got != actOK {
+		t.Errorf("mid-stream packet of an older connection: verdict %d, want picked up", got)
+	}
+	if got := verdict(t, d, syn(polPod, polRemote, 5432)); got != actShot {
+		t.Errorf("new connection without a rule: verdict %d, want dropped", got)
+	}
+}
+
+// TestPolicyRefusesSpoofedSources: under policy a pod may only send from
+// its own addresses; otherwise it could borrow another pod's identity.
+func TestPolicyRefusesSpoofedSources(t *testing.T) {
+	d := policyDatapath(t, PolicyIngressIsolated)
+	spoofed := syn(polRemote, polOther, 8080) // from another pod's address
+	if ret, _ := run(t, d.FromPod, build(t, spoofed)); ret != actShot {
+		t.Errorf("spoofed source: verdict %d, want dropped", ret)
+	}
+	counts, err := d.DropCounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := counts[DropSpoofedSource].Packets; got != 1 {
+		t.Errorf("spoofed_source drops = %d, want 1", got)
+	}
+}
+
+// TestPolicyLetsBouncedPacketsIn: what from_pod turns around into the pod
+// (a hairpin reply from the service address, a reject) meets to_pod, and
+// must not be judged as new ingress from the service address.
+func TestPolicyLetsBouncedPacketsIn(t *testing.T) {
+	d := policyDatapath(t, PolicyIngressIsolated)
+	reply := flow{src: vip4, dst: netip.AddrPortFrom(polPod, 40200), proto: unix.IPPROTO_TCP, tcpFlags: "SA", seq: 3, ack: 2}
+	if got, _, _ := skbMarkIn(t, d.ToPod, build(t, reply), 0); got != actShot {
+		t.Fatalf("unmarked packet from the service address into the isolated pod: verdict %d, want dropped (setup)", got)
+	}
+	got, _, mark := skbMarkIn(t, d.ToPod, build(t, reply), MarkBounced)
+	if got != actOK || mark != 0 {
+		t.Errorf("bounced packet: verdict %d mark %#x, want passed with the mark cleared", got, mark)
 	}
 }

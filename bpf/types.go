@@ -33,6 +33,9 @@ type (
 // backend on another node; the agent masquerades packets carrying it.
 const MarkSNAT = uint32(datapathMarkMARK_SNAT)
 
+// MarkBounced is the skb mark of packets from_pod sends back into the pod.
+const MarkBounced = uint32(datapathMarkMARK_BOUNCED)
+
 // Reserved policy identities (IPCacheValue.Identity, PolicyKey.Remote).
 const (
 	IdentityAny   = uint32(datapathIdentityIDENTITY_ANY)
@@ -88,6 +91,7 @@ const (
 	DropRejectFailed   = datapathDropReasonDROP_REJECT_FAILED
 	DropPolicyIngress  = datapathDropReasonDROP_POLICY_INGRESS
 	DropPolicyEgress   = datapathDropReasonDROP_POLICY_EGRESS
+	DropSpoofedSource  = datapathDropReasonDROP_SPOOFED_SOURCE
 	dropReasonMax      = datapathDropReasonDROP_REASON_MAX
 )
 
@@ -100,6 +104,7 @@ var dropReasonNames = map[DropReason]string{
 	DropRejectFailed:               "reject_failed",
 	DropPolicyIngress:              "policy_ingress",
 	DropPolicyEgress:               "policy_egress",
+	DropSpoofedSource:              "spoofed_source",
 }
 
 // String names the reason as metrics and logs show it.

@@ -163,6 +163,7 @@ enum drop_reason {
 	DROP_REJECT_FAILED = 5,    /* could not build the reject reply */
 	DROP_POLICY_INGRESS = 6,   /* NetworkPolicy: not allowed into the pod */
 	DROP_POLICY_EGRESS = 7,    /* NetworkPolicy: not allowed out of the pod */
+	DROP_SPOOFED_SOURCE = 8,   /* a pod sent from an address that is not its own */
 	DROP_REASON_MAX = 64,
 };
 
@@ -199,6 +200,10 @@ enum hook {
  * reply comes back through this node to be translated back. */
 enum mark {
 	MARK_SNAT = 0x534c,
+	/* A packet from_pod turned around into the pod (hairpin, reject): it
+	 * meets to_pod on its way back in, which must pass it untouched. The
+	 * mark cannot come from a pod: crossing the veth clears it. */
+	MARK_BOUNCED = 0x534d,
 };
 
 /* ---- NetworkPolicy ---------------------------------------------------------

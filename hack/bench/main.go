@@ -44,11 +44,12 @@ var impls = []string{"sluice", "iptables", "nftables"}
 func nodeOf(impl string) string { return fmt.Sprintf("node-%d", slices.Index(impls, impl)+1) }
 
 type options struct {
-	scales   []int
-	repeat   int
-	duration time.Duration
-	changes  int
-	out, doc string
+	scales      []int
+	syncTimeout time.Duration
+	repeat      int
+	duration    time.Duration
+	changes     int
+	out, doc    string
 }
 
 func main() {
@@ -57,10 +58,11 @@ func main() {
 	repeat := flag.Int("repeat", 5, "runs per datapath figure (median and spread are reported)")
 	duration := flag.Duration("duration", 5*time.Second, "length of one connection-rate run")
 	changes := flag.Int("changes", 100, "EndpointSlice changes timed per implementation and scale")
+	syncTimeout := flag.Duration("sync-timeout", 15*time.Minute, "how long an implementation may take to answer on the last Service")
 	out := flag.String("out", "docs/bench/results.json", "JSON results")
 	doc := flag.String("doc", "docs/benchmarks.md", "document whose bench: section is regenerated (empty: none)")
 	flag.Parse()
-	o := options{repeat: *repeat, duration: *duration, changes: *changes, out: *out, doc: *doc}
+	o := options{repeat: *repeat, duration: *duration, changes: *changes, out: *out, doc: *doc, syncTimeout: *syncTimeout}
 	for _, s := range strings.Split(*scalesFlag, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 {
@@ -174,7 +176,8 @@ type ImplResult struct {
 	P50us           []float64 `json:"p50us,omitempty"`
 	P99us           []float64 `json:"p99us,omitempty"`
 	ConnErrors      int       `json:"connErrors"`
-	SyncSeconds     float64   `json:"syncSeconds,omitempty"`     // creating the Services to the last answering
+	SyncSeconds     float64   `json:"syncSeconds,omitempty"`     // thaw to the last Service answering
+	SyncTimedOut    bool      `json:"syncTimedOut,omitempty"`    // not answering within -sync-timeout
 	ChangeP50ms     float64   `json:"changeP50ms,omitempty"`     // EndpointSlice change to the datapath using it
 	ChangeP99ms     float64   `json:"changeP99ms,omitempty"`     //
 	ChangesSeen     int       `json:"changesSeen,omitempty"`     // of o.changes
@@ -199,10 +202,15 @@ func (b *bench) measure(ctx context.Context) (*Results, error) {
 			return nil, err
 		}
 		existing = n
-		for impl, s := range sync {
-			sr.Impl[impl] = &ImplResult{SyncSeconds: s}
-		}
 		for _, impl := range impls {
+			s, ok := sync[impl]
+			if !ok {
+				s = b.o.syncTimeout.Seconds() // a lower bound
+			}
+			sr.Impl[impl] = &ImplResult{SyncSeconds: s, SyncTimedOut: !ok}
+			if !ok {
+				continue // its datapath never programmed the probe Service
+			}
 			if err := b.datapath(ctx, impl, sr.Impl[impl], false); err != nil {
 				return nil, err
 			}

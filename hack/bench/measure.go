@@ -127,21 +127,20 @@ func (b *bench) grow(ctx context.Context, from, n int) (map[string]float64, erro
 	thaw()
 	out := map[string]float64{}
 	var mu sync.Mutex
-	var failed error
 	var wg2 sync.WaitGroup
 	for _, impl := range impls {
 		wg2.Add(1)
 		go func() {
 			defer wg2.Done()
-			for deadline := time.Now().Add(10 * time.Minute); ; {
+			for deadline := time.Now().Add(b.o.syncTimeout); ; {
 				_, err := b.exec(ctx, "client-"+impl, "curl", "-s", "--max-time", "1", "-o", "/dev/null", "-f", "http://"+vips[impl]+"/hostname")
 				if err == nil {
 					break
 				}
 				if time.Now().After(deadline) {
-					mu.Lock()
-					failed = fmt.Errorf("%s: probe Service never answered: %w", impl, err)
-					mu.Unlock()
+					// Recorded, not fatal: the other implementations'
+					// figures at this scale still count.
+					fmt.Printf("    %-8s not answering after %v: %v\n", impl, b.o.syncTimeout, err)
 					return
 				}
 				time.Sleep(50 * time.Millisecond)
@@ -153,7 +152,7 @@ func (b *bench) grow(ctx context.Context, from, n int) (map[string]float64, erro
 		}()
 	}
 	wg2.Wait()
-	return out, failed
+	return out, nil
 }
 
 // datapath measures connections per second and request latency from the

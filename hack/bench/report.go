@@ -58,11 +58,25 @@ func tables(r *Results) string {
 		ch := func(x *ImplResult) string {
 			return fmt.Sprintf("%.0f / %.0f ms (%d)", x.ChangeP50ms, x.ChangeP99ms, x.ChangesSeen)
 		}
-		fmt.Fprintf(&b, "| %d | %.2f s | %.2f s | %.2f s | %s | %s | %s | %s | %.0f / %.0f / %.0f | %.1f / %.1f / %.1f |\n",
-			s.Services, sl.SyncSeconds, ip.SyncSeconds, nf.SyncSeconds, ratio(ip.SyncSeconds, sl.SyncSeconds),
+		sync := func(x *ImplResult) string {
+			if x.SyncTimedOut {
+				return fmt.Sprintf("> %.0f s", x.SyncSeconds)
+			}
+			return fmt.Sprintf("%.2f s", x.SyncSeconds)
+		}
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s | %s | %.0f / %.0f / %.0f | %.1f / %.1f / %.1f |\n",
+			s.Services, sync(sl), sync(ip), sync(nf), lowerBound(ip)+ratio(ip.SyncSeconds, sl.SyncSeconds),
 			ch(sl), ch(ip), ch(nf), sl.RSSMiB, ip.RSSMiB, nf.RSSMiB, sl.CPUSeconds, ip.CPUSeconds, nf.CPUSeconds)
 	}
 	return b.String()
+}
+
+// lowerBound marks a ratio over a sync that timed out.
+func lowerBound(x *ImplResult) string {
+	if x.SyncTimedOut {
+		return "> "
+	}
+	return ""
 }
 
 func summary(r *Results) string { return "\n" + tables(r) + "\n" }

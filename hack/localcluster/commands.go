@@ -105,7 +105,7 @@ func execInPod(args []string) error {
 	argv := append([]string{shim.HostPath(args[2], filepath.Join(s.K8sBin, "agnhost"))}, args[3:]...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	target := nsexec.Target{Netns: netnsPath, Cgroup: cgroup}
+	target := nsexec.Target{Netns: netnsPath, Cgroup: cgroup, Interactive: true}
 	if !pod.Spec.HostNetwork {
 		target.UTS = path("nodes", node.Name, "pods", string(pod.UID), "uts")
 	}
@@ -126,7 +126,7 @@ func runOutside(args []string) error {
 	}
 	cmd := exec.Command(args[1], args[2:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	if err := nsexec.Start(nsexec.Target{Netns: nsexec.Path(underlayNS)}, cmd); err != nil {
+	if err := nsexec.Start(nsexec.Target{Netns: nsexec.Path(underlayNS), Interactive: true}, cmd); err != nil {
 		return err
 	}
 	return cmd.Wait()

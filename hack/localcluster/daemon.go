@@ -66,8 +66,10 @@ func pidRuns(pid int, program string) bool {
 	return err == nil && !strings.Contains(string(st), ") Z ")
 }
 
-// stop sends SIGTERM, waits up to grace, then SIGKILL: by PID, after
-// checking the PID still belongs to the daemon.
+// stop sends SIGTERM, waits up to grace, then SIGKILL: to the daemon's
+// process group (it leads one: nsexec.Start), so that its children, such as
+// kube-proxy's iptables-restore, end with it; after checking the PID still
+// belongs to the daemon.
 func (d *daemon) stop(grace time.Duration) error {
 	return stopPID(d.PID, d.Argv[0], grace)
 }
@@ -76,17 +78,15 @@ func stopPID(pid int, program string, grace time.Duration) error {
 	if !pidRuns(pid, program) {
 		return nil
 	}
-	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+	if err := signalGroup(pid, syscall.SIGTERM); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(grace)
-	for time.Now().Before(deadline) {
-		if !pidRuns(pid, program) {
-			return nil
-		}
+	for time.Now().Before(deadline) && pidRuns(pid, program) {
 		time.Sleep(50 * time.Millisecond)
 	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+	// Whatever is left of the group, the leader included, goes now.
+	if err := signalGroup(pid, syscall.SIGKILL); err != nil {
 		return err
 	}
 	for range 100 {
@@ -96,4 +96,17 @@ func stopPID(pid int, program string, grace time.Duration) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return fmt.Errorf("PID %d (%s) survived SIGKILL", pid, program)
+}
+
+// signalGroup signals the process group led by pid, or pid alone if it
+// leads none; a group already gone is not an error.
+func signalGroup(pid int, sig syscall.Signal) error {
+	err := syscall.Kill(-pid, sig)
+	if errors.Is(err, syscall.ESRCH) {
+		err = syscall.Kill(pid, sig)
+	}
+	if err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("signal %v to PID %d: %w", sig, pid, err)
+	}
+	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/sluice-net/sluice/hack/localcluster/internal/nsexec"
@@ -77,9 +78,11 @@ func stopPodProcesses(s *state) []error {
 				continue
 			}
 			// Only a process still in this node's cgroup tree is ours.
+			// Each container is a process group led by the recorded PID;
+			// the whole group goes, children included.
 			if cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid)); err == nil && strings.Contains(string(cg), "/"+cgroupName+"/"+n.Name+"/") {
-				if err := stopPID(pid, "", 2*time.Second); err != nil {
-					errs = append(errs, err)
+				if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+					errs = append(errs, fmt.Errorf("kill process group %d: %w", pid, err))
 				}
 			}
 		}

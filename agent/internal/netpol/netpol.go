@@ -77,8 +77,9 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *poli
 	return c, nil
 }
 
-// FirstSync is closed once policy has been written from a full view of
-// the API: pods must not start unprotected before that.
+// FirstSync is closed once policy has been written (or its writing
+// attempted, errors reported) from a full view of the API: pods must not
+// start unprotected before that.
 func (c *Controller) FirstSync() <-chan struct{} { return c.firstSync }
 
 // Run syncs until ctx ends.
@@ -117,6 +118,10 @@ func (c *Controller) sync() error {
 		c.log.Warn("NetworkPolicy skipped", "error", e)
 	}
 	st, err := c.writer.Apply(out)
+	// The node may serve pods once policy has been written from a full
+	// view, even if some entries failed (a full map): they are reported
+	// and retried, and holding every Service hostage would be worse.
+	defer c.firstSyncOnce.Do(func() { close(c.firstSync) })
 	c.metrics.PolicySyncDuration.Observe(time.Since(start).Seconds())
 	c.metrics.PolicyEndpointsIsolated.Set(float64(st.Isolated))
 	for name, n := range map[string]int{"ipcache": st.IPCache, "policy_cidrs": st.CIDRs, "policy_endpoints": st.Endpoints, "policy": st.Rules} {
@@ -132,7 +137,6 @@ func (c *Controller) sync() error {
 	}
 	c.log.Log(context.Background(), level, "NetworkPolicy synced", "policies", len(policies), "isolatedEndpoints", st.Isolated,
 		"rules", st.Rules, "written", st.Written, "deleted", st.Deleted, "took", time.Since(start))
-	c.firstSyncOnce.Do(func() { close(c.firstSync) })
 	return nil
 }
 

@@ -1,13 +1,14 @@
 // Package policysync writes compiled NetworkPolicy into the datapath's
 // maps: it reads what the maps hold, and applies only the difference to
-// the desired state, in an order that never denies what both the old and
-// the new state allow (additions first, the isolation flags after them,
-// removals last).
+// the desired state: rules first, then the identities of addresses, then
+// the endpoints' isolation; removals last. A rule for a new identity thus
+// exists before any address carries that identity.
 package policysync
 
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
 
@@ -44,7 +45,10 @@ func (w *Writer) Apply(out policy.Output) (Stats, error) {
 	for a, id := range out.IPCache {
 		ipcache[bpf.EndpointKey{Addr: bpf.Addr(a)}] = bpf.IPCacheValue{Identity: id}
 	}
-	cidrs := make(map[bpf.CIDRKey]bpf.IPCacheValue, len(out.CIDRs))
+	cidrs := make(map[bpf.CIDRKey]bpf.IPCacheValue, len(out.CIDRs)+1)
+	// IPv4 addresses live in the IPv4-mapped part of one IPv6 trie: without
+	// an entry of their own, an IPv6 ipBlock such as ::/0 would match them.
+	cidrs[bpf.CIDR(netip.PrefixFrom(netip.IPv4Unspecified(), 0))] = bpf.IPCacheValue{Identity: bpf.IdentityWorld}
 	for p, id := range out.CIDRs {
 		cidrs[bpf.CIDR(p)] = bpf.IPCacheValue{Identity: id}
 	}
@@ -76,11 +80,12 @@ func (w *Writer) Apply(out policy.Output) (Stats, error) {
 	endpointDiff, err := diff(w.dp.PolicyEndpoints, "policy_endpoints", endpoints)
 	note(err)
 
-	// Additions and changes: what the new state allows exists before any
-	// endpoint becomes (more) isolated.
+	// Additions and changes: rules before the identities that use them,
+	// and what the new state allows before any endpoint becomes (more)
+	// isolated.
+	st.Written += ruleDiff.put(&errs)
 	st.Written += ipcacheDiff.put(&errs)
 	st.Written += cidrDiff.put(&errs)
-	st.Written += ruleDiff.put(&errs)
 	st.Written += endpointDiff.put(&errs)
 	if st.Isolated > 0 {
 		note(w.setIsolated(st.Isolated))

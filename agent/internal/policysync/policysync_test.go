@@ -26,8 +26,9 @@ func TestApplyWritesTheDifference(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Written != 5 || st.Deleted != 0 || st.Isolated != 1 {
-		t.Errorf("first apply: %+v, want 5 written, 1 isolated", st)
+	// 2 addresses, 1 prefix plus the IPv4 world entry, 1 endpoint, 1 rule.
+	if st.Written != 6 || st.Deleted != 0 || st.Isolated != 1 {
+		t.Errorf("first apply: %+v, want 6 written, 1 isolated", st)
 	}
 	var ep bpf.PolicyEndpointValue
 	if err := dp.PolicyEndpoints.Lookup(bpf.EndpointKey{Addr: bpf.Addr(pod)}, &ep); err != nil || ep.Flags != bpf.PolicyIngressIsolated {

@@ -101,14 +101,18 @@ func onThread(fn func() error) error {
 // machine's when empty) and a cgroup v2 directory (the caller's when empty).
 type Target struct {
 	Netns, UTS, Cgroup string
+	// Interactive keeps the caller's process group (the terminal's), for a
+	// command a user runs; otherwise the process leads a group of its own,
+	// which is how daemons and containers are ended.
+	Interactive bool
 }
 
-// Start starts cmd in target, in its own process group.
+// Start starts cmd in target.
 func Start(target Target, cmd *exec.Cmd) error {
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
-	cmd.SysProcAttr.Setpgid = true
+	cmd.SysProcAttr.Setpgid = !target.Interactive
 	if target.Cgroup != "" {
 		fd, err := os.Open(target.Cgroup)
 		if err != nil {

@@ -213,8 +213,20 @@ func (rp *runningPod) supervise(ctx context.Context, c *v1.Container) {
 			rp.updateStatus(ctx, fmt.Sprintf("container %s: %v", c.Name, err))
 		} else {
 			rp.mu.Lock()
+			if rp.stopping {
+				// Shutdown took its list of processes before this one
+				// started: it is ours to end.
+				rp.mu.Unlock()
+				signalGroup(cmd.Process.Pid, syscall.SIGKILL)
+				_ = cmd.Wait()
+				return
+			}
 			rp.procs[c.Name] = cmd
 			rp.mu.Unlock()
+			if c.ReadinessProbe == nil {
+				// Ready whenever it runs, as with the kubelet.
+				rp.setReady(ctx, c.Name, true)
+			}
 			err = cmd.Wait()
 			rp.mu.Lock()
 			delete(rp.procs, c.Name)
@@ -247,18 +259,7 @@ func (rp *runningPod) supervise(ctx context.Context, c *v1.Container) {
 func (rp *runningPod) probeLoop(ctx context.Context, c *v1.Container) {
 	p := c.ReadinessProbe
 	if p == nil {
-		// Ready as soon as it runs, as with the kubelet.
-		for range 50 {
-			rp.mu.Lock()
-			running := rp.procs[c.Name] != nil
-			rp.mu.Unlock()
-			if running {
-				rp.setReady(ctx, c.Name, true)
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		return
+		return // supervise reports it ready whenever it runs
 	}
 	period := time.Duration(max(p.PeriodSeconds, 1)) * time.Second
 	delay := time.Duration(p.InitialDelaySeconds) * time.Second
