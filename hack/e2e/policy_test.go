@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,6 +105,23 @@ func TestNetworkPolicy(t *testing.T) {
 	f.expectReach("neighbour", server, false)
 	// Another port of the same pod stays closed to the allowed client.
 	f.expectReach("allowed", net.JoinHostPort(ips[0], "8082"), false)
+	// The isolated server still reaches itself through its Service
+	// (hairpin), and a Service without endpoints still refuses at once
+	// rather than its reset being dropped by the isolated client's policy.
+	f.expectReach("server", viaService, true)
+	empty := net.JoinHostPort(f.createService(service("empty", map[string]string{"app": "nothing"}), 0), strconv.Itoa(svcHTTPPort))
+	refused := func() error {
+		_, err := f.exec("server", "/agnhost", "connect", empty, "--timeout=3s", "--protocol=tcp")
+		if err == nil || !strings.Contains(err.Error(), "REFUSED") {
+			return fmt.Errorf("got %v, want REFUSED", err)
+		}
+		return nil
+	}
+	f.eventually("the isolated server refused by a Service without endpoints", policyTimeout, func(context.Context) error { return refused() })
+	start := time.Now()
+	if err := refused(); err != nil || time.Since(start) > 2500*time.Millisecond {
+		t.Errorf("isolated pod to a Service without endpoints: %v after %v, want REFUSED at once", err, time.Since(start))
+	}
 
 	other, err := f.client.CoreV1().Pods(f.name).Get(t.Context(), "other", metav1.GetOptions{})
 	if err != nil {
