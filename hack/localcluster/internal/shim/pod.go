@@ -26,6 +26,7 @@ type runningPod struct {
 	log *slog.Logger
 
 	mu        sync.Mutex
+	statusMu  sync.Mutex // serialises status writes (updateStatus)
 	pod       *v1.Pod
 	netns     string // path; "" for hostNetwork pods (the node's namespace)
 	uts       string // path of the UTS namespace holding the pod's hostname

@@ -69,9 +69,13 @@ func (rp *runningPod) podStatus(message string) v1.PodStatus {
 // updateStatus writes the pod's status, keeping transition times of
 // conditions that did not change.
 func (rp *runningPod) updateStatus(ctx context.Context, message string) {
-	want := rp.podStatus(message)
+	// One writer at a time, each with a snapshot taken while it holds the
+	// turn: a status computed earlier can never overwrite a newer one.
+	rp.statusMu.Lock()
+	defer rp.statusMu.Unlock()
 	pods := rp.s.cfg.Client.CoreV1().Pods(rp.pod.Namespace)
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		want := rp.podStatus(message)
 		cur, err := pods.Get(ctx, rp.pod.Name, metav1.GetOptions{})
 		if err != nil {
 			return err
