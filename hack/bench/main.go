@@ -47,6 +47,7 @@ type options struct {
 	scales      []int
 	syncTimeout time.Duration
 	repeat      int
+	tputRepeat  int // iperf3 runs per throughput figure
 	duration    time.Duration
 	changes     int
 	out, doc    string
@@ -61,8 +62,9 @@ func main() {
 	syncTimeout := flag.Duration("sync-timeout", 15*time.Minute, "how long an implementation may take to answer on the last Service")
 	out := flag.String("out", "docs/bench/results.json", "JSON results")
 	doc := flag.String("doc", "docs/benchmarks.md", "document whose bench: section is regenerated (empty: none)")
+	fromJSON := flag.String("from-json", "", "measure nothing: regenerate the document and plots from this results file")
 	flag.Parse()
-	o := options{repeat: *repeat, duration: *duration, changes: *changes, out: *out, doc: *doc, syncTimeout: *syncTimeout}
+	o := options{repeat: *repeat, tputRepeat: *repeat, duration: *duration, changes: *changes, out: *out, doc: *doc, syncTimeout: *syncTimeout}
 	for _, s := range strings.Split(*scalesFlag, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 {
@@ -71,8 +73,14 @@ func main() {
 		o.scales = append(o.scales, n)
 	}
 	if *quick {
-		o.scales, o.repeat, o.duration, o.changes, o.doc = []int{1000}, 3, 3*time.Second, 20, ""
+		o.scales, o.repeat, o.tputRepeat, o.duration, o.changes, o.doc = []int{1000}, 3, 1, 3*time.Second, 20, ""
 		o.out = filepath.Join(os.TempDir(), "sluice-bench-quick.json")
+	}
+	if *fromJSON != "" {
+		if err := report(*fromJSON, *doc); err != nil {
+			fatal(err)
+		}
+		return
 	}
 	if os.Geteuid() != 0 {
 		fatal(errors.New("run as root (it brings up the local cluster)"))
@@ -138,11 +146,33 @@ func run(o options) error {
 	step("results in %s", o.out)
 	fmt.Print(summary(res))
 	if o.doc != "" {
-		if err := writeDoc(o.doc, res); err != nil {
+		if err := writeDoc(o.doc, filepath.Dir(o.out), res); err != nil {
 			return err
 		}
-		step("tables regenerated in %s", o.doc)
+		step("tables and plots regenerated in %s", o.doc)
 	}
+	return nil
+}
+
+// report regenerates the document's tables and plots from a results file;
+// the plots go next to it.
+func report(resultsFile, doc string) error {
+	data, err := os.ReadFile(resultsFile)
+	if err != nil {
+		return err
+	}
+	var res Results
+	if err := json.Unmarshal(data, &res); err != nil {
+		return fmt.Errorf("%s: %w", resultsFile, err)
+	}
+	fmt.Print(summary(&res))
+	if doc == "" {
+		return nil
+	}
+	if err := writeDoc(doc, filepath.Dir(resultsFile), &res); err != nil {
+		return err
+	}
+	step("tables and plots regenerated in %s", doc)
 	return nil
 }
 
@@ -176,6 +206,8 @@ type ImplResult struct {
 	P50us           []float64 `json:"p50us,omitempty"`
 	P99us           []float64 `json:"p99us,omitempty"`
 	ConnErrors      int       `json:"connErrors"`
+	Gbps            []float64 `json:"gbps,omitempty"`            // iperf3 through the iperf Service
+	PodIPGbps       []float64 `json:"podIPGbps,omitempty"`       // iperf3 to the server's pod IP
 	SyncSeconds     float64   `json:"syncSeconds,omitempty"`     // thaw to the last Service answering
 	SyncTimedOut    bool      `json:"syncTimedOut,omitempty"`    // not answering within -sync-timeout
 	ChangeP50ms     float64   `json:"changeP50ms,omitempty"`     // EndpointSlice change to the datapath using it
@@ -211,21 +243,48 @@ func (b *bench) measure(ctx context.Context) (*Results, error) {
 			if !ok {
 				continue // its datapath never programmed the probe Service
 			}
-			if err := b.datapath(ctx, impl, sr.Impl[impl], false); err != nil {
+			if err := b.measureAlone(ctx, impl, sr.Impl[impl]); err != nil {
 				return nil, err
 			}
-			if err := b.datapath(ctx, impl, sr.Impl[impl], true); err != nil {
-				return nil, err
-			}
-			if err := b.churn(ctx, impl, sr.Impl[impl]); err != nil {
-				return nil, err
-			}
-			b.resources(impl, sr.Impl[impl])
 		}
 		res.Scales = append(res.Scales, sr)
 	}
 	res.Seconds = time.Since(start).Seconds()
 	return res, nil
+}
+
+// measureAlone takes an implementation's datapath and churn figures with
+// the other two proxies frozen: on a small machine a kube-proxy still
+// catching up (iptables-restore at 10,000 Services runs for minutes) would
+// otherwise take CPU from the one measured.
+func (b *bench) measureAlone(ctx context.Context, impl string, r *ImplResult) error {
+	pids, err := proxyPIDs()
+	if err != nil {
+		return err
+	}
+	delete(pids, impl)
+	thaw, err := freeze(pids)
+	defer thaw()
+	if err != nil {
+		return err
+	}
+	if err := b.datapath(ctx, impl, r, false); err != nil {
+		return err
+	}
+	if err := b.datapath(ctx, impl, r, true); err != nil {
+		return err
+	}
+	if err := b.throughput(ctx, impl, r, false); err != nil {
+		return err
+	}
+	if err := b.throughput(ctx, impl, r, true); err != nil {
+		return err
+	}
+	if err := b.churn(ctx, impl, r); err != nil {
+		return err
+	}
+	b.resources(impl, r)
+	return nil
 }
 
 func machine() string {
@@ -247,7 +306,8 @@ func numCPU() int {
 	return strings.Count(string(b), "\nprocessor") + 1
 }
 
-// setup creates, on every node, two backends and a client.
+// setup creates, on every node, two backends and a client, and a Service
+// for iperf3 in front of the first backend.
 func (b *bench) setup(ctx context.Context) error {
 	step("backends and a client on every node")
 	if _, err := b.client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
@@ -267,6 +327,9 @@ func (b *bench) setup(ctx context.Context) error {
 			if strings.HasPrefix(name, "be-") {
 				labels["bench"] = impl
 			}
+			if name == iperfServer(impl) {
+				labels["iperf"] = impl
+			}
 			pod := &v1.Pod{
 				ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
 				Spec: v1.PodSpec{
@@ -279,6 +342,16 @@ func (b *bench) setup(ctx context.Context) error {
 				return err
 			}
 			names = append(names, name)
+		}
+	}
+	for _, impl := range impls {
+		svc := &v1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "iperf-" + impl},
+			Spec: v1.ServiceSpec{Selector: map[string]string{"iperf": impl},
+				Ports: []v1.ServicePort{{Name: "iperf", Port: iperfPort, Protocol: v1.ProtocolTCP}}},
+		}
+		if _, err := b.client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			return err
 		}
 	}
 	for _, name := range names {

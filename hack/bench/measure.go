@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -55,16 +56,10 @@ func (b *bench) grow(ctx context.Context, from, n int) (map[string]float64, erro
 	if err != nil {
 		return nil, err
 	}
-	thaw := func() {
-		for _, pid := range pids {
-			_ = syscall.Kill(pid, syscall.SIGCONT)
-		}
-	}
+	thaw, err := freeze(pids)
 	defer thaw()
-	for _, pid := range pids {
-		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-			return nil, fmt.Errorf("freeze PID %d: %w", pid, err)
-		}
+	if err != nil {
+		return nil, err
 	}
 	for _, impl := range impls {
 		err := b.client.CoreV1().Services(ns).Delete(ctx, "probe-"+impl, metav1.DeleteOptions{})
@@ -205,6 +200,100 @@ func (b *bench) datapath(ctx context.Context, impl string, r *ImplResult, podIP 
 	return nil
 }
 
+const iperfPort = 5201
+
+// iperfServer is the backend that runs iperf3's server during a
+// throughput run; the implementation's iperf Service selects it alone.
+func iperfServer(impl string) string { return "be-" + impl + "-0" }
+
+// throughput measures one TCP stream from the implementation's client to
+// its iperf Service, or to the server's pod IP directly (the limit). The
+// server answers one test and exits, so nothing outlives a run.
+func (b *bench) throughput(ctx context.Context, impl string, r *ImplResult, podIP bool) error {
+	target := ""
+	if podIP {
+		ip, err := b.podIP(ctx, iperfServer(impl))
+		if err != nil {
+			return err
+		}
+		target = ip
+	} else {
+		svc, err := b.client.CoreV1().Services(ns).Get(ctx, "iperf-"+impl, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		target = svc.Spec.ClusterIP
+	}
+	secs := strconv.Itoa(max(1, int(b.o.duration.Seconds())))
+	for range b.o.tputRepeat {
+		server := make(chan error, 1)
+		go func() {
+			_, err := b.exec(ctx, iperfServer(impl), "iperf3", "--server", "--one-off", "--port", strconv.Itoa(iperfPort))
+			server <- err
+		}()
+		// iperf3 3.12 exits 0 even when it cannot connect (the server may
+		// not be listening yet): the JSON's error field says so.
+		var res iperfResult
+		var err error
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			res, err = b.iperfClient(ctx, impl, target, secs)
+			if err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("%s: iperf3 to %s: %w", impl, target, err)
+		}
+		select {
+		case err := <-server:
+			if err != nil {
+				return fmt.Errorf("%s: iperf3 server: %w", impl, err)
+			}
+		case <-time.After(30 * time.Second):
+			return fmt.Errorf("%s: the iperf3 server did not exit after its one test", impl)
+		}
+		gbps := res.End.SumReceived.BitsPerSecond / 1e9
+		if podIP {
+			r.PodIPGbps = append(r.PodIPGbps, gbps)
+		} else {
+			r.Gbps = append(r.Gbps, gbps)
+		}
+	}
+	what, vals := "ClusterIP", r.Gbps
+	if podIP {
+		what, vals = "pod IP", r.PodIPGbps
+	}
+	fmt.Printf("    %-8s %-9s %6.2f Gbit/s iperf3 (median of %d)\n", impl, what, median(vals), len(vals))
+	return nil
+}
+
+type iperfResult struct {
+	Error string `json:"error"`
+	End   struct {
+		SumReceived struct {
+			BitsPerSecond float64 `json:"bits_per_second"`
+		} `json:"sum_received"`
+	} `json:"end"`
+}
+
+func (b *bench) iperfClient(ctx context.Context, impl, target, secs string) (iperfResult, error) {
+	var res iperfResult
+	out, err := b.exec(ctx, "client-"+impl, "iperf3", "--client", target, "--port", strconv.Itoa(iperfPort), "--time", secs, "--json")
+	if err != nil {
+		return res, err
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		return res, fmt.Errorf("iperf3 output %.200q: %w", out, err)
+	}
+	if res.Error != "" {
+		return res, errors.New(res.Error)
+	}
+	if res.End.SumReceived.BitsPerSecond == 0 {
+		return res, fmt.Errorf("iperf3 measured nothing: %.200q", out)
+	}
+	return res, nil
+}
+
 // churn times EndpointSlice changes: a selectorless Service is switched
 // between the node's two backends while the client, asking on a new
 // connection every few milliseconds, reports when the answer changes.
@@ -312,6 +401,23 @@ func (b *bench) churn(ctx context.Context, impl string, r *ImplResult) error {
 	_ = svcs.Delete(ctx, name, metav1.DeleteOptions{})
 	_ = slices.Delete(ctx, name, metav1.DeleteOptions{})
 	return nil
+}
+
+// freeze stops the proxies' process groups (a kube-proxy's running
+// iptables-restore with it) and returns what resumes them; a daemon of the
+// local cluster leads its own process group.
+func freeze(pids map[string]int) (thaw func(), err error) {
+	thaw = func() {
+		for _, pid := range pids {
+			_ = syscall.Kill(-pid, syscall.SIGCONT)
+		}
+	}
+	for _, pid := range pids {
+		if err := syscall.Kill(-pid, syscall.SIGSTOP); err != nil {
+			return thaw, fmt.Errorf("freeze process group %d: %w", pid, err)
+		}
+	}
+	return thaw, nil
 }
 
 // proxyName is the local cluster's name for the implementation's process.

@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -20,6 +22,13 @@ func spread(v []float64) string {
 		lo, hi = min(lo, x), max(hi, x)
 	}
 	return fmt.Sprintf("%.0f (%.0f–%.0f)", median(v), lo, hi)
+}
+
+func spreadGbps(v []float64) string {
+	if len(v) == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f (%.2f–%.2f)", median(v), slices.Min(v), slices.Max(v))
 }
 
 func ratio(a, b float64) string {
@@ -40,6 +49,14 @@ func tables(r *Results) string {
 		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s | %s |\n", s.Services, spread(sl.PodIPConnPerSec), spread(sl.ConnPerSec),
 			spread(ip.ConnPerSec), spread(nf.ConnPerSec), ratio(median(sl.ConnPerSec), median(sl.PodIPConnPerSec)),
 			ratio(median(sl.ConnPerSec), median(ip.ConnPerSec)), ratio(median(sl.ConnPerSec), median(nf.ConnPerSec)))
+	}
+	b.WriteString("\n**Throughput** of one TCP stream (iperf3, Gbit/s, median (min–max)), from the client pod to a Service with one backend on the same node, and to that backend's pod IP (the limit):\n\n")
+	b.WriteString("| Services | pod IP (Sluice node) | Sluice | kube-proxy iptables | kube-proxy nftables | Sluice / limit | Sluice / iptables | Sluice / nftables |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, s := range r.Scales {
+		sl, ip, nf := s.Impl["sluice"], s.Impl["iptables"], s.Impl["nftables"]
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s | %s |\n", s.Services, spreadGbps(sl.PodIPGbps), spreadGbps(sl.Gbps),
+			spreadGbps(ip.Gbps), spreadGbps(nf.Gbps), ratio(median(sl.Gbps), median(sl.PodIPGbps)),
+			ratio(median(sl.Gbps), median(ip.Gbps)), ratio(median(sl.Gbps), median(nf.Gbps)))
 	}
 	b.WriteString("\n**Request latency** through the ClusterIP, p50 / p99 in µs (median over repeats); pod IP limit on each node in brackets (conn/s):\n\n")
 	b.WriteString("| Services | Sluice | kube-proxy iptables | kube-proxy nftables |\n|---:|---:|---:|---:|\n")
@@ -81,14 +98,33 @@ func lowerBound(x *ImplResult) string {
 
 func summary(r *Results) string { return "\n" + tables(r) + "\n" }
 
-// writeDoc replaces the generated section of the document, or appends one.
-func writeDoc(path string, r *Results) error {
+// plotLinks embeds the figures, given as paths relative to the document.
+func plotLinks(figs []figure, rel string) string {
+	var b strings.Builder
+	b.WriteString("\n")
+	for _, f := range figs {
+		fmt.Fprintf(&b, "![%s](%s)\n", f.title, filepath.ToSlash(filepath.Join(rel, f.file)))
+	}
+	return b.String()
+}
+
+// writeDoc replaces the generated section of the document, or appends one;
+// the plots are PNGs in plotDir.
+func writeDoc(path, plotDir string, r *Results) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
+	figs, err := writePlots(plotDir, r)
+	if err != nil {
+		return err
+	}
+	rel, err := filepath.Rel(filepath.Dir(path), plotDir)
+	if err != nil {
+		return err
+	}
 	doc := string(b)
-	section := docStart + "\n" + tables(r) + docEnd
+	section := docStart + "\n" + tables(r) + plotLinks(figs, rel) + docEnd
 	i, j := strings.Index(doc, docStart), strings.Index(doc, docEnd)
 	if i >= 0 && j > i {
 		doc = doc[:i] + section + doc[j+len(docEnd):]

@@ -91,7 +91,7 @@ func stopPodProcesses(s *state) []error {
 }
 
 // removeCgroups removes a cgroup tree bottom-up (cgroupfs rmdir only takes
-// empty directories).
+// empty directories), first ending what still runs in it.
 func removeCgroups(root string) []error {
 	if _, err := os.Stat(root); err != nil {
 		return nil
@@ -103,11 +103,40 @@ func removeCgroups(root string) []error {
 		}
 		return nil
 	})
-	var errs []error
+	errs := killCgroupMembers(dirs)
 	for i := len(dirs) - 1; i >= 0; i-- {
 		if err := os.Remove(dirs[i]); err != nil && !os.IsNotExist(err) {
 			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", dirs[i], err))
 		}
+	}
+	return errs
+}
+
+// killCgroupMembers ends, by PID, every process left in the cluster's
+// cgroups: commands started in a pod by "exec" that outlived their caller
+// (an iperf3 server of an interrupted bench, say). Every cgroup here was
+// made by the local cluster, so whatever runs in one is the cluster's.
+func killCgroupMembers(dirs []string) []error {
+	var errs []error
+	members := func() []int {
+		var pids []int
+		for _, d := range dirs {
+			b, _ := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					pids = append(pids, pid)
+				}
+			}
+		}
+		return pids
+	}
+	for _, pid := range members() {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, fmt.Errorf("kill PID %d left in the cluster's cgroups: %w", pid, err))
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); len(members()) > 0 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
 	}
 	return errs
 }

@@ -252,9 +252,11 @@ func (p *Proxy) syncOnce(start time.Time) error {
 	} else {
 		st, err = p.writer.SyncTouched(p.desired, touched)
 	}
-	if full && err == nil {
-		// A full sync builds every Maglev table; hand that transient
-		// memory back to the node instead of keeping it as RSS.
+	if err == nil && (full || st.TablesWritten >= freeMemoryAfterTables) {
+		// Building Maglev tables in bulk (a full sync, or a burst of new
+		// Services) leaves megabytes of transient garbage; hand it back to
+		// the node now instead of keeping it as RSS until the runtime
+		// scavenges it minutes later.
 		debug.FreeOSMemory()
 	}
 	if err != nil {
@@ -298,6 +300,11 @@ func (p *Proxy) syncOnce(start time.Time) error {
 }
 
 const sliceIndex = "service"
+
+// freeMemoryAfterTables is the number of Maglev tables (64 KiB each at the
+// default size, plus their permutations) one sync must write before it
+// returns the garbage to the operating system at once.
+const freeMemoryAfterTables = 100
 
 // compile recompiles the Services marked dirty (all after a Node change)
 // into p.desired, and returns the frontends that may have changed (full:
