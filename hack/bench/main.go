@@ -56,10 +56,10 @@ type options struct {
 func main() {
 	quick := flag.Bool("quick", false, "the 1,000-Service point only, short runs: ratios in a few minutes")
 	scalesFlag := flag.String("scales", "100,1000,10000", "Service counts to measure at, ascending")
-	repeat := flag.Int("repeat", 5, "runs per datapath figure (median and spread are reported)")
+	repeat := flag.Int("repeat", 3, "runs per datapath figure (median and spread are reported)")
 	duration := flag.Duration("duration", 5*time.Second, "length of one connection-rate run")
 	changes := flag.Int("changes", 100, "EndpointSlice changes timed per implementation and scale")
-	syncTimeout := flag.Duration("sync-timeout", 15*time.Minute, "how long an implementation may take to answer on the last Service")
+	syncTimeout := flag.Duration("sync-timeout", 8*time.Minute, "how long an implementation may take to answer on the last Service")
 	out := flag.String("out", "docs/bench/results.json", "JSON results")
 	doc := flag.String("doc", "docs/benchmarks.md", "document whose bench: section is regenerated (empty: none)")
 	fromJSON := flag.String("from-json", "", "measure nothing: regenerate the document and plots from this results file")

@@ -61,7 +61,7 @@ func figures() []figure {
 			series: append([]series{limit}, perImpl("", medianOf(func(x *ImplResult) []float64 { return x.ConnPerSec }))...)},
 		{file: "throughput.png", title: "One TCP stream through a ClusterIP (iperf3)", yLabel: "Gbit/s (median)",
 			series: append([]series{limitTput}, perImpl("", medianOf(func(x *ImplResult) []float64 { return x.Gbps }))...)},
-		{file: "sync.png", title: "Sync: thaw to the last Service answering", yLabel: "seconds (log; a timeout is drawn at its bound)", logY: true,
+		{file: "sync.png", title: "Sync: thaw to the last Service answering", yLabel: "seconds (log; a timeout at its bound)", logY: true,
 			series: perImpl("", func(x *ImplResult) (float64, bool) { return x.SyncSeconds, x.SyncSeconds > 0 })},
 		{file: "change-latency.png", title: "EndpointSlice change to the datapath using it (p99)", yLabel: "milliseconds (log)", logY: true,
 			series: perImpl("", func(x *ImplResult) (float64, bool) { return x.ChangeP99ms, x.ChangesSeen > 0 })},

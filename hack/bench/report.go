@@ -63,8 +63,11 @@ func tables(r *Results) string {
 	for _, s := range r.Scales {
 		fmt.Fprintf(&b, "| %d |", s.Services)
 		for _, impl := range impls {
-			x := s.Impl[impl]
-			fmt.Fprintf(&b, " %.0f / %.0f [%.0f] |", median(x.P50us), median(x.P99us), median(x.PodIPConnPerSec))
+			if x := s.Impl[impl]; len(x.P50us) > 0 {
+				fmt.Fprintf(&b, " %.0f / %.0f [%.0f] |", median(x.P50us), median(x.P99us), median(x.PodIPConnPerSec))
+			} else {
+				b.WriteString(" – |") // never programmed the probe Service
+			}
 		}
 		b.WriteString("\n")
 	}
@@ -73,7 +76,17 @@ func tables(r *Results) string {
 	for _, s := range r.Scales {
 		sl, ip, nf := s.Impl["sluice"], s.Impl["iptables"], s.Impl["nftables"]
 		ch := func(x *ImplResult) string {
+			if x.ChangesSeen == 0 {
+				return "–"
+			}
 			return fmt.Sprintf("%.0f / %.0f ms (%d)", x.ChangeP50ms, x.ChangeP99ms, x.ChangesSeen)
+		}
+		// Not read for an implementation that never programmed the probe.
+		num := func(v float64, format string) string {
+			if v == 0 {
+				return "–"
+			}
+			return fmt.Sprintf(format, v)
 		}
 		sync := func(x *ImplResult) string {
 			if x.SyncTimedOut {
@@ -81,9 +94,10 @@ func tables(r *Results) string {
 			}
 			return fmt.Sprintf("%.2f s", x.SyncSeconds)
 		}
-		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s | %s | %.0f / %.0f / %.0f | %.1f / %.1f / %.1f |\n",
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s | %s | %s / %s / %s | %s / %s / %s |\n",
 			s.Services, sync(sl), sync(ip), sync(nf), lowerBound(ip)+ratio(ip.SyncSeconds, sl.SyncSeconds),
-			ch(sl), ch(ip), ch(nf), sl.RSSMiB, ip.RSSMiB, nf.RSSMiB, sl.CPUSeconds, ip.CPUSeconds, nf.CPUSeconds)
+			ch(sl), ch(ip), ch(nf), num(sl.RSSMiB, "%.0f"), num(ip.RSSMiB, "%.0f"), num(nf.RSSMiB, "%.0f"),
+			num(sl.CPUSeconds, "%.1f"), num(ip.CPUSeconds, "%.1f"), num(nf.CPUSeconds, "%.1f"))
 	}
 	return b.String()
 }
