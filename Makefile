@@ -5,7 +5,7 @@ PKGS    := ./...
 
 export CGO_ENABLED := 0
 
-.PHONY: all build generate check-generate lint test unit e2e demo demo-down deps bench bench-quick bench-datapath fuzz k8s
+.PHONY: all build generate check-generate lint test unit e2e demo demo-down deps bench bench-quick bench-datapath fuzz k8s kind-up kind-e2e kind-down kind-node-image kind-conformance
 
 all: build
 
@@ -58,6 +58,28 @@ demo: deps
 ## demo-down: remove the local cluster
 demo-down:
 	$(GO) run ./hack/localcluster down
+
+## kind-up: a kind cluster (2 nodes, no kube-proxy, no default CNI) running
+## Sluice from an image built and loaded here (docs/kind.md)
+kind-up: deps
+	./hack/kind/up
+
+## kind-e2e: the e2e suite against the kind cluster
+kind-e2e:
+	./hack/kind/e2e
+
+## kind-conformance: upstream e2e.test, Services conformance and NetworkPolicy
+## API, against the kind cluster (docs/conformance.md)
+kind-conformance:
+	./hack/kind/conformance
+
+## kind-down: remove the kind cluster
+kind-down:
+	./hack/kind/down
+
+## kind-node-image: build the kind node image locally (no registry needed)
+kind-node-image: deps
+	./hack/kind/build-node-image
 
 ## bench: Sluice side by side with kube-proxy (iptables, nftables) and the
 ## pod-IP limit at 100, 1,000 and 10,000 Services; regenerates the tables in
