@@ -70,7 +70,7 @@ use_unprivileged_docker() {
 	if err="$(docker run --rm --privileged --entrypoint /bin/true "$image" 2>&1)"; then
 		return
 	fi
-	log "docker run --privileged fails here ($(grep -o 'unable to [^:]*' <<<"$err" | head -n 1)); kind's nodes run with explicit capabilities instead (hack/kind/docker-unprivileged)"
+	log "docker run --privileged fails here ($(grep -o -m 1 'unable to apply caps[^:]*: [^:]*' <<<"$err" || echo "$err" | head -n 1)); kind's nodes run with explicit capabilities instead (hack/kind/docker-unprivileged)"
 	export PATH="$kind_dir/docker-unprivileged:$PATH"
 }
 
