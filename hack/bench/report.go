@@ -38,26 +38,25 @@ func ratio(a, b float64) string {
 	return fmt.Sprintf("%.2fx", a/b)
 }
 
+// againstLimit writes a table of one datapath figure per scale: the limit
+// on the Sluice node, each implementation, and Sluice's ratios.
+func againstLimit(b *strings.Builder, r *Results, format func([]float64) string, value, limit func(*ImplResult) []float64) {
+	b.WriteString("| Services | pod IP (Sluice node) | Sluice | kube-proxy iptables | kube-proxy nftables | Sluice / limit | Sluice / iptables | Sluice / nftables |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, s := range r.Scales {
+		sl, ip, nf := value(s.Impl["sluice"]), value(s.Impl["iptables"]), value(s.Impl["nftables"])
+		fmt.Fprintf(b, "| %d | %s | %s | %s | %s | %s | %s | %s |\n", s.Services, format(limit(s.Impl["sluice"])), format(sl),
+			format(ip), format(nf), ratio(median(sl), median(limit(s.Impl["sluice"]))), ratio(median(sl), median(ip)), ratio(median(sl), median(nf)))
+	}
+}
+
 // tables renders the run as Markdown.
 func tables(r *Results) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Run of %s on %s: %d repeats per figure, %.0f s in all. Each implementation has a node of its own in one local cluster, all fed the same Services by one API server; the probe Service is the last one created.\n\n", r.Date, r.Machine, r.Repeat, r.Seconds)
 	b.WriteString("**Connections per second** (TCP connect, HTTP request, close; 2 parallel loops; median (min–max)), from a client pod to its node's probe ClusterIP, and to a backend pod IP on the same node (the limit):\n\n")
-	b.WriteString("| Services | pod IP (Sluice node) | Sluice | kube-proxy iptables | kube-proxy nftables | Sluice / limit | Sluice / iptables | Sluice / nftables |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	for _, s := range r.Scales {
-		sl, ip, nf := s.Impl["sluice"], s.Impl["iptables"], s.Impl["nftables"]
-		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s | %s |\n", s.Services, spread(sl.PodIPConnPerSec), spread(sl.ConnPerSec),
-			spread(ip.ConnPerSec), spread(nf.ConnPerSec), ratio(median(sl.ConnPerSec), median(sl.PodIPConnPerSec)),
-			ratio(median(sl.ConnPerSec), median(ip.ConnPerSec)), ratio(median(sl.ConnPerSec), median(nf.ConnPerSec)))
-	}
+	againstLimit(&b, r, spread, func(x *ImplResult) []float64 { return x.ConnPerSec }, func(x *ImplResult) []float64 { return x.PodIPConnPerSec })
 	b.WriteString("\n**Throughput** of one TCP stream (iperf3, Gbit/s, median (min–max)), from the client pod to a Service with one backend on the same node, and to that backend's pod IP (the limit):\n\n")
-	b.WriteString("| Services | pod IP (Sluice node) | Sluice | kube-proxy iptables | kube-proxy nftables | Sluice / limit | Sluice / iptables | Sluice / nftables |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	for _, s := range r.Scales {
-		sl, ip, nf := s.Impl["sluice"], s.Impl["iptables"], s.Impl["nftables"]
-		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s | %s |\n", s.Services, spreadGbps(sl.PodIPGbps), spreadGbps(sl.Gbps),
-			spreadGbps(ip.Gbps), spreadGbps(nf.Gbps), ratio(median(sl.Gbps), median(sl.PodIPGbps)),
-			ratio(median(sl.Gbps), median(ip.Gbps)), ratio(median(sl.Gbps), median(nf.Gbps)))
-	}
+	againstLimit(&b, r, spreadGbps, func(x *ImplResult) []float64 { return x.Gbps }, func(x *ImplResult) []float64 { return x.PodIPGbps })
 	b.WriteString("\n**Request latency** through the ClusterIP, p50 / p99 in µs (median over repeats); pod IP limit on each node in brackets (conn/s):\n\n")
 	b.WriteString("| Services | Sluice | kube-proxy iptables | kube-proxy nftables |\n|---:|---:|---:|---:|\n")
 	for _, s := range r.Scales {
