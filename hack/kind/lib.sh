@@ -17,8 +17,14 @@ die() {
 	exit 1
 }
 
+# module_version TOOL MODULE: the version hack/tools/TOOL/go.mod pins.
+module_version() { awk -v m="$2" '$1 == "require" && $2 == m {print $3}' "$repo/hack/tools/$1/go.mod"; }
+
 # The Kubernetes version the node image carries: the pinned module's.
-k8s_version() { awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$repo/hack/tools/k8s/go.mod"; }
+k8s_version() { module_version k8s k8s.io/kubernetes; }
+
+# The tag of the etcd image the local node image carries (kubeadm's form).
+etcd_tag() { echo "$(module_version etcd go.etcd.io/etcd/server/v3 | sed 's/^v//')-0"; }
 
 ensure_packages() {
 	local missing=()

@@ -490,14 +490,7 @@ func startNode(s *state, n *nodeState, in *install, ca *pki.CA, token string) er
 		}
 		proxy := kubeProxyDaemon(s, n)
 		proxy.Netns, proxy.Cgroup = netnsPath, n.Host.Cgroup
-		shim := shimDaemon(s, n, nodeDir)
-		for _, d := range []*daemon{proxy, shim} {
-			if err := d.start(); err != nil {
-				return err
-			}
-			s.Daemons[d.Name] = d
-		}
-		return s.save()
+		return s.startDaemons(proxy, shimDaemon(s, n, nodeDir))
 	}
 	configDir := filepath.Join(nodeDir, "config")
 	if err := in.writeConfigMap(n.Host, configDir); err != nil {
@@ -516,8 +509,13 @@ func startNode(s *state, n *nodeState, in *install, ca *pki.CA, token string) er
 		return fmt.Errorf("%s: %w", n.Name, err)
 	}
 	agent := &daemon{Name: "agent-" + n.Name, Netns: netnsPath, Cgroup: n.Host.Cgroup, Argv: argv, Env: env}
-	shim := shimDaemon(s, n, nodeDir)
-	for _, d := range []*daemon{agent, shim} {
+	return s.startDaemons(agent, shimDaemon(s, n, nodeDir))
+}
+
+// startDaemons starts a node's daemons and records them in the state, so
+// that `down` finds each one by its PID.
+func (s *state) startDaemons(ds ...*daemon) error {
+	for _, d := range ds {
 		if err := d.start(); err != nil {
 			return err
 		}
