@@ -30,9 +30,9 @@ check-generate: generate
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
-	$(GO) vet -tags e2e ./hack/e2e/
+	$(GO) vet -tags e2e ./test/e2e/
 	$(GO) tool staticcheck $(PKGS)
-	$(GO) tool staticcheck -tags e2e ./hack/e2e/
+	$(GO) tool staticcheck -tags e2e ./test/e2e/
 
 ## k8s: build etcd, kube-apiserver, ... from Go modules into the cache (cold: ~10 min)
 k8s:
@@ -43,10 +43,10 @@ k8s:
 unit:
 	SLUICE_K8S_BIN="$$(./hack/build-k8s.sh | tail -n 1)" $(GO) test -count=1 $(PKGS)
 
-## e2e: the end-to-end suite on the local cluster (hack/e2e; a running
+## e2e: the end-to-end suite on the local cluster (test/e2e; a running
 ## cluster is reused, otherwise one is brought up and removed)
 e2e:
-	./hack/e2e/run-local.sh
+	./test/e2e/run-local.sh
 
 ## test: the README's test command, and what CI runs
 test: deps check-generate lint unit e2e

@@ -18,7 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sluice-net/sluice/bpf/bpftest"
-	"github.com/sluice-net/sluice/hack/netnstest"
+	"github.com/sluice-net/sluice/internal/testutil/netnstest"
 )
 
 // BenchmarkAgentAtScale runs the real agent binary against a real

@@ -17,7 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/sluice-net/sluice/hack/netnstest"
+	"github.com/sluice-net/sluice/internal/testutil/netnstest"
 )
 
 // TestMain lets the test binary double as the client process that the

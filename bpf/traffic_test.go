@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/sluice-net/sluice/hack/netnstest"
+	"github.com/sluice-net/sluice/internal/testutil/netnstest"
 )
 
 // TestTrafficThroughVIP sends real TCP and UDP through the attached

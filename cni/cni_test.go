@@ -23,8 +23,8 @@ import (
 
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/bpf/bpftest"
-	"github.com/sluice-net/sluice/cni/nodestate"
-	"github.com/sluice-net/sluice/hack/netnstest"
+	"github.com/sluice-net/sluice/internal/nodestate"
+	"github.com/sluice-net/sluice/internal/testutil/netnstest"
 	"github.com/sluice-net/sluice/manifests"
 )
 

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sluice-net/sluice/hack/netnstest"
+	"github.com/sluice-net/sluice/internal/testutil/netnstest"
 )
 
 // TestMasquerade: a pod reaching an address outside the cluster CIDR is

@@ -31,7 +31,7 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/agent/internal/runner"
-	"github.com/sluice-net/sluice/cni/nodestate"
+	"github.com/sluice-net/sluice/internal/nodestate"
 )
 
 // Options configure the proxy.

@@ -23,7 +23,7 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/bpf/bpftest"
-	"github.com/sluice-net/sluice/cni/nodestate"
+	"github.com/sluice-net/sluice/internal/nodestate"
 )
 
 // The API is faked here (the wiring from informer events to the maps is

@@ -11,7 +11,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/sluice-net/sluice/hack/netnstest"
+	"github.com/sluice-net/sluice/internal/testutil/netnstest"
 )
 
 func node(name string, cidrs []string, addrs ...string) *v1.Node {

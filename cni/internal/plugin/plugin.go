@@ -23,7 +23,7 @@ import (
 	"github.com/sluice-net/sluice/cni/internal/ipam"
 	"github.com/sluice-net/sluice/cni/internal/netconf"
 	"github.com/sluice-net/sluice/cni/internal/netsetup"
-	"github.com/sluice-net/sluice/cni/nodestate"
+	"github.com/sluice-net/sluice/internal/nodestate"
 )
 
 // Error codes beyond the spec's, in its plugin-specific range (100+).

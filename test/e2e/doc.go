@@ -10,7 +10,7 @@
 //
 // go test runs in this directory, so give both as absolute paths:
 //
-//	SLUICE_E2E_KUBECONFIG=... SLUICE_E2E_DRIVER=... go test -tags e2e -count=1 -v ./hack/e2e/
+//	SLUICE_E2E_KUBECONFIG=... SLUICE_E2E_DRIVER=... go test -tags e2e -count=1 -v ./test/e2e/
 //
 // Without SLUICE_E2E_KUBECONFIG every test skips.
 package e2e

@@ -15,4 +15,4 @@ else
 fi
 export SLUICE_E2E_KUBECONFIG=/run/sluice-localcluster/admin.kubeconfig
 export SLUICE_E2E_DRIVER=/run/sluice-localcluster/bin/localcluster
-go test -tags e2e -count=1 -v -timeout 20m ./hack/e2e/ "$@"
+go test -tags e2e -count=1 -v -timeout 20m ./test/e2e/ "$@"

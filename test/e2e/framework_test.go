@@ -70,7 +70,7 @@ var loadCluster = sync.OnceValues(func() (*cluster, error) {
 		return nil, errors.New("SLUICE_E2E_DRIVER not set: the suite needs it to run commands in pods and restart agents")
 	}
 	if driver, err = exec.LookPath(driver); err != nil {
-		return nil, fmt.Errorf("SLUICE_E2E_DRIVER (relative paths start at hack/e2e): %w", err)
+		return nil, fmt.Errorf("SLUICE_E2E_DRIVER (relative paths start at test/e2e): %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
