@@ -26,22 +26,32 @@ generate:
 check-generate: generate
 	@git diff --exit-code --stat -- bpf/ || { echo "generated BPF files drifted: run 'make generate' and commit" >&2; exit 1; }
 
-## lint: gofmt, go vet, staticcheck
+## lint: gofmt, go vet, staticcheck, and shellcheck on the shell scripts
+## under hack/ and test/e2e/ (files starting with a shell shebang, or a
+## "# shellcheck shell=" line for sourced libraries)
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	$(GO) vet -tags e2e ./test/e2e/
 	$(GO) tool staticcheck $(PKGS)
 	$(GO) tool staticcheck -tags e2e ./test/e2e/
+	@scripts=$$(for f in $$(git ls-files hack test/e2e); do \
+		head -n 1 "$$f" | grep -qE '^#!.*\b(ba)?sh\b|^# shellcheck shell=' && echo "$$f"; done); \
+	echo "shellcheck -x -P SCRIPTDIR" $$scripts; shellcheck -x -P SCRIPTDIR $$scripts
 
 ## k8s: build etcd, kube-apiserver, ... from Go modules into the cache (cold: ~10 min)
 k8s:
 	./hack/build-k8s.sh
 
 ## unit: every Go test (root-only tests skip without root); the API server
-## tests use the binaries hack/build-k8s.sh builds and caches
+## tests use the binaries hack/build-k8s.sh builds and caches. A failed
+## build fails the target: the API server tests must not silently skip.
 unit:
-	SLUICE_K8S_BIN="$$(./hack/build-k8s.sh | tail -n 1)" $(GO) test -count=1 $(PKGS)
+	@out="$$(./hack/build-k8s.sh)" || { echo "unit: hack/build-k8s.sh failed" >&2; exit 1; }; \
+	bin="$$(echo "$$out" | tail -n 1)"; \
+	[ -x "$$bin/kube-apiserver" ] || { echo "unit: hack/build-k8s.sh printed $$bin, which has no kube-apiserver" >&2; exit 1; }; \
+	echo "SLUICE_K8S_BIN=$$bin $(GO) test -count=1 $(PKGS)"; \
+	SLUICE_K8S_BIN="$$bin" $(GO) test -count=1 $(PKGS)
 
 ## e2e: the end-to-end suite on the local cluster (test/e2e; a running
 ## cluster is reused, otherwise one is brought up and removed)

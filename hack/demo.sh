@@ -46,6 +46,7 @@ spec:
     - {name: udp, port: 81, targetPort: 8081, protocol: UDP}
 YAML
 nodes=$("$kubectl" get nodes -o jsonpath='{.items[*].metadata.name}')
+first_node=${nodes%% *}
 for n in $nodes; do
 	"$kubectl" apply -f - <<YAML
 apiVersion: v1
@@ -53,7 +54,7 @@ kind: Pod
 metadata:
   name: client-$n
   namespace: demo
-  labels: {role: $([ "$n" = "$(echo $nodes | cut -d' ' -f1)" ] && echo frontend || echo other)}
+  labels: {role: $([ "$n" = "$first_node" ] && echo frontend || echo other)}
 spec:
   nodeName: $n
   containers:

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the hack/kind scripts: where things live, and the Docker and
 # kind this machine needs. Source it; it sets -euo pipefail.
 set -euo pipefail
@@ -7,7 +8,9 @@ kind_dir="$repo/hack/kind"
 cache="${SLUICE_CACHE:-/var/cache/sluice}"
 kind_version=v0.33.0
 cluster=sluice
+# shellcheck disable=SC2034 # read by the scripts that source this file
 state=/run/sluice-kind # kubeconfig, rendered manifest
+# shellcheck disable=SC2034 # read by the scripts that source this file
 outside=sluice-kind-outside
 kind_bridge=br-sluice-kind
 
