@@ -29,13 +29,13 @@ import (
 
 	"github.com/sluice-net/sluice/agent/internal/config"
 	"github.com/sluice-net/sluice/agent/internal/healthcheck"
-	"github.com/sluice-net/sluice/agent/internal/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/masq"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/agent/internal/netpol"
-	"github.com/sluice-net/sluice/agent/internal/policysync"
-	"github.com/sluice-net/sluice/agent/internal/proxy"
+	netpolmapsync "github.com/sluice-net/sluice/agent/internal/netpol/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/routes"
+	"github.com/sluice-net/sluice/agent/internal/service"
+	servicemapsync "github.com/sluice-net/sluice/agent/internal/service/mapsync"
 	"github.com/sluice-net/sluice/bpf"
 )
 
@@ -124,7 +124,7 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	}
 	log.Info("masquerade of traffic leaving the cluster CIDRs", "clusterCIDRs", cfg.ClusterCIDRs, "table", "inet "+masq.TableName)
 
-	writer, err := mapsync.New(dp)
+	writer, err := servicemapsync.New(dp)
 	if err != nil {
 		return err
 	}
@@ -136,7 +136,7 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	factory := informers.NewSharedInformerFactory(client, 0)
 	hc := healthcheck.New(log, "")
 	defer hc.Close()
-	px, err := proxy.New(log, factory, writer, m, proxy.Options{
+	px, err := service.New(log, factory, writer, m, service.Options{
 		NodeName: cfg.NodeName, NodePortCIDRs: nodePortCIDRs, NodeStateFile: cfg.NodeStateFile,
 		MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration, HealthChecks: hc,
 	})
@@ -144,7 +144,7 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 		return err
 	}
 
-	np, err := netpol.New(log, factory, policysync.New(dp), m, cfg.NodeName, cfg.SyncMinInterval.Duration, cfg.SyncMaxInterval.Duration)
+	np, err := netpol.New(log, factory, netpolmapsync.New(dp), m, cfg.NodeName, cfg.SyncMinInterval.Duration, cfg.SyncMaxInterval.Duration)
 	if err != nil {
 		return err
 	}
@@ -246,7 +246,7 @@ func metricsMux(m *metrics.Metrics) http.Handler {
 	return mux
 }
 
-func healthMux(px *proxy.Proxy) http.Handler {
+func healthMux(px *service.Proxy) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")

@@ -16,7 +16,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sluice-net/sluice/agent/internal/compile"
+	"github.com/sluice-net/sluice/agent/internal/service/compile"
 )
 
 // Server owns one listener per health check port.

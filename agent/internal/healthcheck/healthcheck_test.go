@@ -12,7 +12,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/sluice-net/sluice/agent/internal/compile"
+	"github.com/sluice-net/sluice/agent/internal/service/compile"
 )
 
 func freePort(t *testing.T) uint16 {

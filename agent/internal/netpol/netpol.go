@@ -1,6 +1,6 @@
 // Package netpol keeps the datapath's NetworkPolicy maps in step with the
-// API: Pods, Namespaces and NetworkPolicies are compiled (package policy)
-// into identities and allow rules, and written (package policysync) by a
+// API: Pods, Namespaces and NetworkPolicies are compiled (netpol/compile)
+// into identities and allow rules, and written (netpol/mapsync) by a
 // bounded-frequency runner, so bursts of changes cost one sync.
 package netpol
 
@@ -21,8 +21,8 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/sluice-net/sluice/agent/internal/metrics"
-	"github.com/sluice-net/sluice/agent/internal/policy"
-	"github.com/sluice-net/sluice/agent/internal/policysync"
+	"github.com/sluice-net/sluice/agent/internal/netpol/compile"
+	"github.com/sluice-net/sluice/agent/internal/netpol/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/runner"
 )
 
@@ -38,9 +38,9 @@ type Controller struct {
 	pods     listerscorev1.PodLister
 	nss      listerscorev1.NamespaceLister
 	policies listersnetworkingv1.NetworkPolicyLister
-	writer   *policysync.Writer
+	writer   *mapsync.Writer
 	metrics  *metrics.Metrics
-	alloc    *policy.Allocator
+	alloc    *compile.Allocator
 	runner   *runner.Runner
 	synced   []cache.InformerSynced
 
@@ -49,10 +49,10 @@ type Controller struct {
 }
 
 // New registers the controller's informers on factory.
-func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *policysync.Writer, m *metrics.Metrics,
+func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *mapsync.Writer, m *metrics.Metrics,
 	nodeName string, minSync, maxSync time.Duration) (*Controller, error) {
 	c := &Controller{
-		log: log, nodeName: nodeName, factory: factory, writer: writer, metrics: m, alloc: policy.NewAllocator(),
+		log: log, nodeName: nodeName, factory: factory, writer: writer, metrics: m, alloc: compile.NewAllocator(),
 		pods:      factory.Core().V1().Pods().Lister(),
 		nss:       factory.Core().V1().Namespaces().Lister(),
 		policies:  factory.Networking().V1().NetworkPolicies().Lister(),
@@ -112,7 +112,7 @@ func (c *Controller) sync() error {
 	if err != nil {
 		return fmt.Errorf("this node's addresses: %w", err)
 	}
-	out := policy.Compile(policy.Input{NodeName: c.nodeName, HostAddrs: hostAddrs, Pods: pods, Namespaces: nss, Policies: policies}, c.alloc)
+	out := compile.Compile(compile.Input{NodeName: c.nodeName, HostAddrs: hostAddrs, Pods: pods, Namespaces: nss, Policies: policies}, c.alloc)
 	for _, e := range out.Errors {
 		c.metrics.ObjectErrors.Inc()
 		c.log.Warn("NetworkPolicy skipped", "error", e)

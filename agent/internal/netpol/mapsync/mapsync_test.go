@@ -1,11 +1,11 @@
-package policysync
+package mapsync
 
 import (
 	"net/netip"
 	"strings"
 	"testing"
 
-	"github.com/sluice-net/sluice/agent/internal/policy"
+	"github.com/sluice-net/sluice/agent/internal/netpol/compile"
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/bpf/bpftest"
 )
@@ -14,12 +14,12 @@ func TestApplyWritesTheDifference(t *testing.T) {
 	dp := bpftest.Load(t, bpf.Config{MaxPolicyRules: 4})
 	w := New(dp)
 	pod := netip.MustParseAddr("10.244.0.2")
-	out := policy.Output{
+	out := compile.Output{
 		IPCache:   map[netip.Addr]uint32{pod: 300, netip.MustParseAddr("10.244.1.5"): 301},
 		CIDRs:     map[netip.Prefix]uint32{netip.MustParsePrefix("192.168.0.0/16"): 1 << 24},
-		Endpoints: map[netip.Addr]policy.Endpoint{pod: {ID: 1, IngressIsolated: true}},
-		Rules: map[policy.Rule]struct{}{
-			{Endpoint: 1, Remote: 301, Dir: policy.Ingress, Proto: 6, Port: 8080, PortBits: 16}: {},
+		Endpoints: map[netip.Addr]compile.Endpoint{pod: {ID: 1, IngressIsolated: true}},
+		Rules: map[compile.Rule]struct{}{
+			{Endpoint: 1, Remote: 301, Dir: compile.Ingress, Proto: 6, Port: 8080, PortBits: 16}: {},
 		},
 	}
 	st, err := w.Apply(out)
@@ -45,7 +45,7 @@ func TestApplyWritesTheDifference(t *testing.T) {
 	}
 
 	// The policy goes: isolation and rules are removed, the count drops.
-	out.Endpoints = map[netip.Addr]policy.Endpoint{pod: {ID: 1}}
+	out.Endpoints = map[netip.Addr]compile.Endpoint{pod: {ID: 1}}
 	out.Rules = nil
 	st, err = w.Apply(out)
 	if err != nil || st.Written != 1 || st.Deleted != 1 || st.Isolated != 0 {
@@ -57,9 +57,9 @@ func TestApplyWritesTheDifference(t *testing.T) {
 
 	// More rules than the map holds: an error naming the map, and the
 	// rules that fit are written.
-	out.Rules = map[policy.Rule]struct{}{}
+	out.Rules = map[compile.Rule]struct{}{}
 	for i := range 6 {
-		out.Rules[policy.Rule{Endpoint: 1, Remote: 301, Dir: policy.Ingress, Proto: 6, Port: uint16(1000 + i), PortBits: 16}] = struct{}{}
+		out.Rules[compile.Rule{Endpoint: 1, Remote: 301, Dir: compile.Ingress, Proto: 6, Port: uint16(1000 + i), PortBits: 16}] = struct{}{}
 	}
 	st, err = w.Apply(out)
 	if err == nil || !strings.Contains(err.Error(), "map policy (capacity 4)") {

@@ -1,4 +1,4 @@
-package policy
+package compile
 
 import (
 	"maps"
@@ -10,7 +10,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
-	"github.com/sluice-net/sluice/agent/internal/compile"
+	servicecompile "github.com/sluice-net/sluice/agent/internal/service/compile"
 )
 
 // Allocator keeps pod identities, CIDR identities and endpoint IDs stable
@@ -147,7 +147,7 @@ func namedPorts(p *v1.Pod) []namedPort {
 	var out []namedPort
 	add := func(c *v1.Container) {
 		for _, cp := range c.Ports {
-			proto, ok := compile.Protocol(cp.Protocol)
+			proto, ok := servicecompile.Protocol(cp.Protocol)
 			if cp.Name == "" || !ok || cp.ContainerPort < 1 || cp.ContainerPort > math.MaxUint16 {
 				continue
 			}

@@ -1,9 +1,9 @@
-// Package proxy is the agent's service proxy: informer events mark the
+// Package service is the agent's service proxy: informer events mark the
 // Services they touch and request a sync from a bounded-frequency runner; a
 // sync recompiles only the marked Services (all of them after a change of
 // this Node) from the informer caches and applies the difference to the
 // datapath. Handlers never block and never touch the maps.
-package proxy
+package service
 
 import (
 	"context"
@@ -26,11 +26,11 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 
-	"github.com/sluice-net/sluice/agent/internal/compile"
 	"github.com/sluice-net/sluice/agent/internal/healthcheck"
-	"github.com/sluice-net/sluice/agent/internal/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/agent/internal/runner"
+	"github.com/sluice-net/sluice/agent/internal/service/compile"
+	"github.com/sluice-net/sluice/agent/internal/service/mapsync"
 	"github.com/sluice-net/sluice/internal/nodestate"
 )
 

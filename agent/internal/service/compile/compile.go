@@ -118,7 +118,7 @@ func Skipped(svc *v1.Service) string {
 }
 
 // Protocol maps a Kubernetes protocol to its IP protocol number; "" is
-// TCP, the API default. NetworkPolicy ports share it (package policy).
+// TCP, the API default. NetworkPolicy ports share it (package netpol/compile).
 func Protocol(p v1.Protocol) (uint8, bool) {
 	switch p {
 	case v1.ProtocolTCP, "":

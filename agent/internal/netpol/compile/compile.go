@@ -1,11 +1,11 @@
-// Package policy compiles Kubernetes NetworkPolicies (networking.k8s.io/v1)
+// Package compile compiles Kubernetes NetworkPolicies (networking.k8s.io/v1)
 // into the maps the datapath enforces them with: an identity for every
 // remote address (pod IPs and this node's addresses in the ipcache, ipBlock
 // prefixes in an LPM trie), the local endpoints with their isolation, and
 // allow rules keyed by endpoint, remote identity, direction, protocol and
 // port prefix. It is pure: no kernel and no API server, so the semantics are
 // table-tested against Kubernetes' verdicts (policy_test.go).
-package policy
+package compile
 
 import (
 	"cmp"

@@ -1,4 +1,4 @@
-package policy
+package compile
 
 import (
 	"cmp"
@@ -13,7 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/sluice-net/sluice/agent/internal/compile"
+	servicecompile "github.com/sluice-net/sluice/agent/internal/service/compile"
 )
 
 // policy is a NetworkPolicy parsed and checked.
@@ -211,7 +211,7 @@ func parsePort(np networkingv1.NetworkPolicyPort) (portSpec, error) {
 	pt := portSpec{proto: ProtoTCP}
 	if np.Protocol != nil {
 		var ok bool
-		if pt.proto, ok = compile.Protocol(*np.Protocol); !ok {
+		if pt.proto, ok = servicecompile.Protocol(*np.Protocol); !ok {
 			return pt, fmt.Errorf("unsupported protocol %q", *np.Protocol)
 		}
 	}

@@ -1,4 +1,4 @@
-package proxy
+package service
 
 import (
 	"context"
@@ -19,8 +19,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/sluice-net/sluice/agent/internal/healthcheck"
-	"github.com/sluice-net/sluice/agent/internal/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
+	"github.com/sluice-net/sluice/agent/internal/service/mapsync"
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/bpf/bpftest"
 	"github.com/sluice-net/sluice/internal/nodestate"

@@ -1,4 +1,4 @@
-package proxy
+package service
 
 import (
 	"context"
@@ -21,9 +21,9 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 
-	"github.com/sluice-net/sluice/agent/internal/compile"
-	"github.com/sluice-net/sluice/agent/internal/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
+	"github.com/sluice-net/sluice/agent/internal/service/compile"
+	"github.com/sluice-net/sluice/agent/internal/service/mapsync"
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/bpf/bpftest"
 )
@@ -77,7 +77,7 @@ func rssMiB() float64 {
 // BenchmarkColdSync compiles 10,000 Services of 10 endpoints each and
 // writes them into empty maps: the agent's first sync on a fresh node.
 //
-//	go test -run '^$' -bench ColdSync -benchtime 1x ./agent/internal/proxy/
+//	go test -run '^$' -bench ColdSync -benchtime 1x ./agent/internal/service/
 func BenchmarkColdSync(b *testing.B) {
 	svcs, sls := benchObjects(benchServices, benchEndpoints)
 	node := compile.Node{Name: "node-a"}
@@ -110,7 +110,7 @@ func BenchmarkColdSync(b *testing.B) {
 // agent's real informer -> runner -> compile -> write path (the API server
 // is faked). It reports p50/p99 and the process RSS at that size.
 //
-//	go test -run '^$' -bench ChangeToDatapath -benchtime 1x ./agent/internal/proxy/
+//	go test -run '^$' -bench ChangeToDatapath -benchtime 1x ./agent/internal/service/
 func BenchmarkChangeToDatapath(b *testing.B) {
 	svcs, sls := benchObjects(benchServices, benchEndpoints)
 	objs := []k8sruntime.Object{&v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}, Spec: v1.NodeSpec{PodCIDRs: []string{"10.244.0.0/24"}}}}

@@ -12,7 +12,7 @@ import (
 	"github.com/google/gopacket/layers"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/sluice-net/sluice/agent/internal/compile"
+	"github.com/sluice-net/sluice/agent/internal/service/compile"
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/bpf/bpftest"
 )

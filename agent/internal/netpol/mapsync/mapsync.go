@@ -1,9 +1,9 @@
-// Package policysync writes compiled NetworkPolicy into the datapath's
+// Package mapsync writes compiled NetworkPolicy into the datapath's
 // maps: it reads what the maps hold, and applies only the difference to
 // the desired state: rules first, then the identities of addresses, then
 // the endpoints' isolation; removals last. A rule for a new identity thus
 // exists before any address carries that identity.
-package policysync
+package mapsync
 
 import (
 	"errors"
@@ -12,11 +12,11 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/sluice-net/sluice/agent/internal/policy"
+	"github.com/sluice-net/sluice/agent/internal/netpol/compile"
 	"github.com/sluice-net/sluice/bpf"
 )
 
-// Writer applies policy.Output to one node's datapath.
+// Writer applies compile.Output to one node's datapath.
 type Writer struct {
 	dp *bpf.Datapath
 }
@@ -32,7 +32,7 @@ type Stats struct {
 
 // Apply makes the maps hold exactly out. On a map error (a full map) it
 // goes on with the rest and returns every error, each naming the map.
-func (w *Writer) Apply(out policy.Output) (Stats, error) {
+func (w *Writer) Apply(out compile.Output) (Stats, error) {
 	var st Stats
 	var errs []error
 	note := func(err error) {

@@ -19,7 +19,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
-	"github.com/sluice-net/sluice/agent/internal/compile"
+	"github.com/sluice-net/sluice/agent/internal/service/compile"
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/bpf/maglev"
 )
