@@ -160,6 +160,15 @@ type datapathIpcacheValue struct {
 	Pad      uint32
 }
 
+type datapathKeyScratch struct {
+	_    structs.HostLayout
+	Ct   datapathCtKey
+	Ctv  datapathCtValue
+	Rule datapathPolicyKey
+	Cidr datapathCidrKey
+	_    [4]byte
+}
+
 type datapathMark uint32
 
 const (
@@ -197,14 +206,13 @@ type datapathPolicyKey struct {
 	Port      uint16
 }
 
-type datapathPolicyScratch struct {
-	_    structs.HostLayout
-	Ct   datapathCtKey
-	Ctv  datapathCtValue
-	Rule datapathPolicyKey
-	Cidr datapathCidrKey
-	_    [4]byte
-}
+type datapathPolicyKeyBits uint32
+
+const (
+	datapathPolicyKeyBitsPOLICY_KEY_PEER_BITS  datapathPolicyKeyBits = 72
+	datapathPolicyKeyBitsPOLICY_KEY_PROTO_BITS datapathPolicyKeyBits = 80
+	datapathPolicyKeyBitsPOLICY_KEY_BITS       datapathPolicyKeyBits = 96
+)
 
 type datapathPolicyState struct {
 	_                 structs.HostLayout
@@ -274,10 +282,10 @@ const (
 	datapathMapSluiceEndpointsV1         = "sluice_endpoints_v1"
 	datapathMapSluiceEventsV1            = "sluice_events_v1"
 	datapathMapSluiceIpcacheV1           = "sluice_ipcache_v1"
+	datapathMapSluiceKeyScratch          = "sluice_key_scratch"
 	datapathMapSluiceMaglevV1            = "sluice_maglev_v1"
 	datapathMapSluicePolicyCidrsV1       = "sluice_policy_cidrs_v1"
 	datapathMapSluicePolicyEndpointsV1   = "sluice_policy_endpoints_v1"
-	datapathMapSluicePolicyScratch       = "sluice_policy_scratch"
 	datapathMapSluicePolicyStateV1       = "sluice_policy_state_v1"
 	datapathMapSluicePolicyV1            = "sluice_policy_v1"
 	datapathMapSluiceServicesV1          = "sluice_services_v1"
@@ -314,6 +322,7 @@ const (
 	datapathVarUnusedMark                = "unused_mark"
 	datapathVarUnusedPolicyDir           = "unused_policy_dir"
 	datapathVarUnusedPolicyEndpointFlags = "unused_policy_endpoint_flags"
+	datapathVarUnusedPolicyKeyBits       = "unused_policy_key_bits"
 	datapathVarUnusedSvcFlags            = "unused_svc_flags"
 	datapathVarUnusedSvcScope            = "unused_svc_scope"
 )
@@ -385,10 +394,10 @@ type datapathMapSpecs struct {
 	SluiceEndpointsV1       *ebpf.MapSpec `ebpf:"sluice_endpoints_v1"`
 	SluiceEventsV1          *ebpf.MapSpec `ebpf:"sluice_events_v1"`
 	SluiceIpcacheV1         *ebpf.MapSpec `ebpf:"sluice_ipcache_v1"`
+	SluiceKeyScratch        *ebpf.MapSpec `ebpf:"sluice_key_scratch"`
 	SluiceMaglevV1          *ebpf.MapSpec `ebpf:"sluice_maglev_v1"`
 	SluicePolicyCidrsV1     *ebpf.MapSpec `ebpf:"sluice_policy_cidrs_v1"`
 	SluicePolicyEndpointsV1 *ebpf.MapSpec `ebpf:"sluice_policy_endpoints_v1"`
-	SluicePolicyScratch     *ebpf.MapSpec `ebpf:"sluice_policy_scratch"`
 	SluicePolicyStateV1     *ebpf.MapSpec `ebpf:"sluice_policy_state_v1"`
 	SluicePolicyV1          *ebpf.MapSpec `ebpf:"sluice_policy_v1"`
 	SluiceServicesV1        *ebpf.MapSpec `ebpf:"sluice_services_v1"`
@@ -419,6 +428,7 @@ type datapathVariableSpecs struct {
 	UnusedMark                *ebpf.VariableSpec `ebpf:"unused_mark"`
 	UnusedPolicyDir           *ebpf.VariableSpec `ebpf:"unused_policy_dir"`
 	UnusedPolicyEndpointFlags *ebpf.VariableSpec `ebpf:"unused_policy_endpoint_flags"`
+	UnusedPolicyKeyBits       *ebpf.VariableSpec `ebpf:"unused_policy_key_bits"`
 	UnusedSvcFlags            *ebpf.VariableSpec `ebpf:"unused_svc_flags"`
 	UnusedSvcScope            *ebpf.VariableSpec `ebpf:"unused_svc_scope"`
 }
@@ -450,10 +460,10 @@ type datapathMaps struct {
 	SluiceEndpointsV1       *ebpf.Map `ebpf:"sluice_endpoints_v1"`
 	SluiceEventsV1          *ebpf.Map `ebpf:"sluice_events_v1"`
 	SluiceIpcacheV1         *ebpf.Map `ebpf:"sluice_ipcache_v1"`
+	SluiceKeyScratch        *ebpf.Map `ebpf:"sluice_key_scratch"`
 	SluiceMaglevV1          *ebpf.Map `ebpf:"sluice_maglev_v1"`
 	SluicePolicyCidrsV1     *ebpf.Map `ebpf:"sluice_policy_cidrs_v1"`
 	SluicePolicyEndpointsV1 *ebpf.Map `ebpf:"sluice_policy_endpoints_v1"`
-	SluicePolicyScratch     *ebpf.Map `ebpf:"sluice_policy_scratch"`
 	SluicePolicyStateV1     *ebpf.Map `ebpf:"sluice_policy_state_v1"`
 	SluicePolicyV1          *ebpf.Map `ebpf:"sluice_policy_v1"`
 	SluiceServicesV1        *ebpf.Map `ebpf:"sluice_services_v1"`
@@ -469,10 +479,10 @@ func (m *datapathMaps) Close() error {
 		m.SluiceEndpointsV1,
 		m.SluiceEventsV1,
 		m.SluiceIpcacheV1,
+		m.SluiceKeyScratch,
 		m.SluiceMaglevV1,
 		m.SluicePolicyCidrsV1,
 		m.SluicePolicyEndpointsV1,
-		m.SluicePolicyScratch,
 		m.SluicePolicyStateV1,
 		m.SluicePolicyV1,
 		m.SluiceServicesV1,
@@ -504,6 +514,7 @@ type datapathVariables struct {
 	UnusedMark                *ebpf.Variable `ebpf:"unused_mark"`
 	UnusedPolicyDir           *ebpf.Variable `ebpf:"unused_policy_dir"`
 	UnusedPolicyEndpointFlags *ebpf.Variable `ebpf:"unused_policy_endpoint_flags"`
+	UnusedPolicyKeyBits       *ebpf.Variable `ebpf:"unused_policy_key_bits"`
 	UnusedSvcFlags            *ebpf.Variable `ebpf:"unused_svc_flags"`
 	UnusedSvcScope            *ebpf.Variable `ebpf:"unused_svc_scope"`
 }

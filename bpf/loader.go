@@ -220,6 +220,8 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 		"ct_timeout_close_ns": uint64(cfg.CTTimeoutClose.Nanoseconds()),
 		"ct_timeout_other_ns": uint64(cfg.CTTimeoutOther.Nanoseconds()),
 		"host_netns_cookie":   cfg.HostNetnsCookie,
+		"hairpin_addr4":       Addr(HairpinAddr4),
+		"hairpin_addr6":       Addr(HairpinAddr6),
 	}
 	for name, v := range consts {
 		if err := spec.Variables[name].Set(v); err != nil {

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+
+	"golang.org/x/sys/unix"
 )
 
 // Map key and value types, generated from bpf/include/sluice.h by bpf2go.
@@ -36,6 +38,23 @@ const MarkSNAT = uint32(datapathMarkMARK_SNAT)
 // MarkBounced is the skb mark of packets from_pod sends back into the pod.
 const MarkBounced = uint32(datapathMarkMARK_BOUNCED)
 
+// Hairpin sources: a pod load-balanced to itself through a Service sees
+// the connection come from one of these addresses (the pod would drop its
+// own address as a martian). The loader writes them into the datapath, so
+// this is their only definition.
+var (
+	HairpinAddr4 = netip.MustParseAddr("169.254.42.1")
+	HairpinAddr6 = netip.MustParseAddr("fd73:6c75:6963:6500::1")
+)
+
+// L4 protocol numbers as the maps hold them (ServiceKey.Proto,
+// PolicyKey.Proto, CTKey.Proto).
+const (
+	ProtoTCP  = uint8(unix.IPPROTO_TCP)
+	ProtoUDP  = uint8(unix.IPPROTO_UDP)
+	ProtoSCTP = uint8(unix.IPPROTO_SCTP)
+)
+
 // Reserved policy identities (IPCacheValue.Identity, PolicyKey.Remote).
 const (
 	IdentityAny   = uint32(datapathIdentityIDENTITY_ANY)
@@ -52,7 +71,9 @@ const (
 	PolicyEgress          = uint8(datapathPolicyDirPOLICY_EGRESS)
 	// PolicyKeyBits is the full prefix of a PolicyKey: endpoint, remote,
 	// direction (72 bits), protocol (8) and port (16).
-	PolicyKeyBits = 96
+	PolicyKeyBits   = uint32(datapathPolicyKeyBitsPOLICY_KEY_BITS)
+	policyPeerBits  = uint32(datapathPolicyKeyBitsPOLICY_KEY_PEER_BITS)
+	policyProtoBits = uint32(datapathPolicyKeyBitsPOLICY_KEY_PROTO_BITS)
 )
 
 // Service scopes (ServiceKey.Scope).
@@ -144,13 +165,13 @@ func PortFrom(p uint16) uint16 {
 // direction dir with the remote identity remote, protocol proto (0: any,
 // and then any port) and ports whose top portBits bits equal port's.
 func PolicyRule(endpoint, remote uint32, dir, proto uint8, port uint16, portBits uint8) PolicyKey {
-	k := PolicyKey{Endpoint: endpoint, Remote: remote, Dir: dir, Prefixlen: 72}
+	k := PolicyKey{Endpoint: endpoint, Remote: remote, Dir: dir, Prefixlen: policyPeerBits}
 	if proto == 0 {
 		return k
 	}
 	bits := min(portBits, 16)
 	k.Proto = proto
-	k.Prefixlen = 80 + uint32(bits)
+	k.Prefixlen = policyProtoBits + uint32(bits)
 	if bits > 0 {
 		k.Port = Port(port &^ (1<<(16-bits) - 1))
 	}

@@ -53,7 +53,7 @@ struct svc_key {
 };
 
 struct svc_value {
-	__u32 id;               /* index into the Maglev outer map, affinity key */
+	__u32 id;               /* key of its Maglev table, affinity and conntrack */
 	__u32 backend_count;    /* usable backends in the table; 0 rejects */
 	__u32 affinity_timeout; /* ClientIP affinity in seconds; 0 disables it */
 	__u32 flags;            /* enum svc_flags */
@@ -266,7 +266,14 @@ struct policy_value {
 	__u32 pad;
 };
 
-#define POLICY_KEY_BITS 96
+/* Prefix lengths of a policy_key: endpoint, remote and direction alone
+ * (any protocol), with the protocol (any port), and the whole key (one
+ * port). */
+enum policy_key_bits {
+	POLICY_KEY_PEER_BITS = 72,
+	POLICY_KEY_PROTO_BITS = 80,
+	POLICY_KEY_BITS = 96,
+};
 
 /* sluice_policy_state_v1, one slot: while no endpoint is isolated, pod
  * packets skip policy entirely (an array lookup the verifier inlines). */

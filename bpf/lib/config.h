@@ -1,0 +1,39 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* config.h: load-time constants. The loader sets every one of them on the
+ * CollectionSpec from bpf.Config (bpf/loader.go), which holds the only
+ * defaults; here they are declared, never valued. */
+#ifndef SLUICE_LIB_CONFIG_H
+#define SLUICE_LIB_CONFIG_H
+
+#include <linux/types.h>
+
+#include "sluice.h"
+
+/* Slots of each service's Maglev table (bpf.Config.MaglevSize). */
+volatile const __u32 maglev_size;
+/* Conntrack lifetimes by state (bpf.Config.CTTimeout*). */
+volatile const __u64 ct_timeout_syn_ns;
+volatile const __u64 ct_timeout_tcp_ns;
+volatile const __u64 ct_timeout_close_ns;
+volatile const __u64 ct_timeout_other_ns;
+/* Socket LB translates only sockets of this network namespace (the
+ * node's); pods are left to from_pod, whose ClientIP affinity sees the
+ * pod's address as kube-proxy's does. 0 translates every namespace. */
+volatile const __u64 host_netns_cookie = 0;
+/* Source address used when a pod is load-balanced to itself (hairpin):
+ * bpf.HairpinAddr4 and bpf.HairpinAddr6, written by the loader. */
+volatile const __u8 hairpin_addr4[SLUICE_ADDR_LEN];
+volatile const __u8 hairpin_addr6[SLUICE_ADDR_LEN];
+
+/* hairpin_addr copies the family's hairpin address. The copy reads through
+ * a volatile pointer: a plain memcpy from a const global lets clang fold in
+ * the compile-time (zero) value instead of the one the loader set. */
+static __always_inline void hairpin_addr(__u8 family, __u8 *out)
+{
+	const volatile __u64 *h = (const volatile __u64 *)(family == 4 ? hairpin_addr4 : hairpin_addr6);
+	__u64 w[2] = {h[0], h[1]};
+
+	__builtin_memcpy(out, w, SLUICE_ADDR_LEN);
+}
+
+#endif

@@ -1,0 +1,180 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* lb.h: backend selection: flow hash, Maglev, session affinity,
+ * and the service translation of a packet. */
+#ifndef SLUICE_LIB_LB_H
+#define SLUICE_LIB_LB_H
+
+#include "conntrack.h"
+#include "nat.h"
+#include "policy.h"
+#include "reject.h"
+
+static __always_inline __u32 rotl32(__u32 x, __u32 r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+static __always_inline __u32 hash_mix(__u32 h, __u32 k)
+{
+	k *= 0xcc9e2d51;
+	k = rotl32(k, 15);
+	k *= 0x1b873593;
+	h ^= k;
+	h = rotl32(h, 13);
+	return h * 5 + 0xe6546b64;
+}
+
+/* flow_hash is murmur3 over the client's address, the ports and protocol. */
+static __always_inline __u32 flow_hash(const struct pkt *p)
+{
+	__u32 w[4], h = 0x736c7563;
+
+	__builtin_memcpy(w, p->src, 16);
+	h = hash_mix(h, w[0]);
+	h = hash_mix(h, w[1]);
+	h = hash_mix(h, w[2]);
+	h = hash_mix(h, w[3]);
+	h = hash_mix(h, ((__u32)p->sport << 16) | p->dport);
+	h = hash_mix(h, p->proto);
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+static __always_inline int backend_usable(const struct svc_value *svc, const struct backend_value *be)
+{
+	if ((svc->flags & SVC_F_LOCAL_ONLY) && !(be->flags & BACKEND_F_LOCAL))
+		return 0;
+	if ((be->flags & BACKEND_F_TERMINATING) && !(svc->flags & SVC_F_TERMINATING_FALLBACK))
+		return 0;
+	return 1;
+}
+
+static __always_inline struct backend_value *maglev_pick(const struct svc_value *svc,
+							 const struct pkt *p, __u32 *id)
+{
+	__u32 svc_id = svc->id;
+	__u32 *table = bpf_map_lookup_elem(&sluice_maglev_v1, &svc_id);
+
+	if (!table || maglev_size == 0)
+		return 0;
+	__u32 slot = flow_hash(p) % maglev_size;
+	if (slot >= maglev_size) /* for the verifier: slot indexes the value */
+		return 0;
+	__u32 *bid = &table[slot];
+	*id = *bid;
+	return bpf_map_lookup_elem(&sluice_backends_v1, bid);
+}
+
+/* select_backend picks the backend for a new flow: the client's affinity
+ * backend while it is fresh and still usable, otherwise the Maglev slot. */
+static __always_inline struct backend_value *select_backend(const struct svc_value *svc,
+							    const struct pkt *p, __u64 now,
+							    __u32 *id)
+{
+	struct affinity_key ak = {};
+	struct backend_value *be;
+
+	if (svc->affinity_timeout) {
+		__builtin_memcpy(ak.client, p->src, SLUICE_ADDR_LEN);
+		ak.svc_id = svc->id;
+		struct affinity_value *av = bpf_map_lookup_elem(&sluice_affinity_v1, &ak);
+
+		if (av && now - av->last_used_ns <= (__u64)svc->affinity_timeout * 1000000000ULL) {
+			be = bpf_map_lookup_elem(&sluice_backends_v1, &av->backend_id);
+			if (be && backend_usable(svc, be)) {
+				av->last_used_ns = now;
+				*id = av->backend_id;
+				return be;
+			}
+		}
+	}
+	be = maglev_pick(svc, p, id);
+	if (be && svc->affinity_timeout) {
+		struct affinity_value nv = {.last_used_ns = now, .backend_id = *id};
+
+		bpf_map_update_elem(&sluice_affinity_v1, &ak, &nv, BPF_ANY);
+	}
+	return be;
+}
+
+/* lb_service load-balances a packet to a service, from a pod (from_pod) or
+ * from outside the node (from_netdev). */
+static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc, __u8 hook)
+{
+	struct ct_key fwd;
+	struct backend_value *be = 0;
+	__u32 backend_id = 0;
+	__u8 hairpin = 0;
+	__u64 now = bpf_ktime_get_ns();
+
+	ct_key_of(&fwd, p, 0, CT_DIR_SERVICE);
+
+	/* A live flow keeps its backend for as long as that backend exists,
+	 * whatever happened to the service's backend set since. */
+	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &fwd);
+	if (ct && ct->expires_ns > now && ct->svc_id == svc->id) {
+		be = bpf_map_lookup_elem(&sluice_backends_v1, &ct->backend_id);
+		if (be && addr_eq(be->addr, ct->nat_addr) && be->port == ct->nat_port) {
+			ct_refresh(ct, p, now);
+			hairpin = ct->flags & CT_F_HAIRPIN;
+			goto nat;
+		}
+	}
+
+	/* From outside, only a SYN opens a TCP flow: any other packet without
+	 * an entry (such as a reply to a masqueraded flow whose port happens
+	 * to be a NodePort) is not ours. */
+	if (hook == HOOK_FROM_NETDEV && p->proto == IPPROTO_TCP &&
+	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
+		return TC_ACT_OK;
+	if (svc->backend_count == 0)
+		return reject(skb, p, svc->id, hook);
+	be = select_backend(svc, p, now, &backend_id);
+	if (!be) {
+		record_drop(skb, p, DROP_BACKEND_MISSING, svc->id, hook);
+		return TC_ACT_SHOT;
+	}
+	/* Only a pod can be its own backend; from outside, a backend with the
+	 * client's address is a hostNetwork pod, reached via masquerade. */
+	hairpin = hook == HOOK_FROM_POD && addr_eq(be->addr, p->src);
+	/* Egress policy judges the backend the flow will go to: p is pointed
+	 * at it for the check (a copy would not fit the stack), then back at
+	 * the service, which fwd still holds. */
+	__builtin_memcpy(p->dst, be->addr, SLUICE_ADDR_LEN);
+	p->dport = be->port;
+	if (policy_active() && policy_enforce(skb, p, POLICY_EGRESS, svc->id) != TC_ACT_OK)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(p->dst, fwd.dst, SLUICE_ADDR_LEN);
+	p->dport = fwd.dport;
+	ct_create(&fwd, p, svc, be, backend_id, hairpin, now);
+
+nat:
+	if (p->proto == IPPROTO_SCTP && be->port != p->dport) {
+		record_drop(skb, p, DROP_SCTP_PORT_NAT, svc->id, hook);
+		return TC_ACT_SHOT;
+	}
+	struct pkt orig = *p;
+	if (nat_dst(skb, p, be->addr, be->port) < 0)
+		goto fail;
+	if (hook == HOOK_FROM_NETDEV && !(be->flags & BACKEND_F_LOCAL))
+		skb->mark = MARK_SNAT;
+	if (!hairpin)
+		return TC_ACT_OK;
+	/* The pod talks to itself: give it a source it does not own, or its
+	 * stack would drop the packet as a martian and answer itself locally. */
+	__u8 src[SLUICE_ADDR_LEN];
+
+	hairpin_addr(p->family, src);
+	if (nat_src(skb, p, src, p->sport) < 0)
+		goto fail;
+	return bounce(skb);
+fail:
+	record_drop(skb, &orig, DROP_NAT_FAILED, svc->id, hook);
+	return TC_ACT_SHOT;
+}
+
+#endif

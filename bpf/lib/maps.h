@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* maps.h: every map of the datapath, in one place. Layouts are in
+ * sluice.h; the loader resizes them from its Config. */
+#ifndef SLUICE_LIB_MAPS_H
+#define SLUICE_LIB_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "sluice.h"
+
+/* Capacities the loader sets from bpf.Config (bpf.DefaultConfig holds the
+ * defaults), so no number here can disagree with it. */
+#define SIZED_BY_LOADER 1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SIZED_BY_LOADER);
+	__type(key, struct svc_key);
+	__type(value, struct svc_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_services_v1 SEC(".maps");
+
+/* Backend IDs are allocated per (service, endpoint): removing an endpoint
+ * from a service deletes its ID, which is what ends the flows using it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SIZED_BY_LOADER);
+	__type(key, __u32);
+	__type(value, struct backend_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_backends_v1 SEC(".maps");
+
+/* Per service (keyed by svc_value.id) its Maglev lookup table: one value
+ * of maglev_size backend IDs. The loader sets value_size to
+ * maglev_size * 4. One hash value per table, rather than a map per
+ * service, keeps installs cheap (no map-in-map RCU wait per update) and
+ * costs one lookup per new flow; values are allocated only for services
+ * that exist (BPF_F_NO_PREALLOC). A table replaced while packets read it
+ * is swapped whole by the kernel's hash update. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SIZED_BY_LOADER);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, SIZED_BY_LOADER * sizeof(__u32));
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_maglev_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SIZED_BY_LOADER);
+	__type(key, struct ct_key);
+	__type(value, struct ct_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_ct_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SIZED_BY_LOADER);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_affinity_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SIZED_BY_LOADER);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_endpoints_v1 SEC(".maps");
+
+/* NetworkPolicy: every pod IP of the cluster (and the node's own) to its
+ * identity; ipBlock prefixes to CIDR identities; local endpoints; rules. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SIZED_BY_LOADER);
+	__type(key, struct endpoint_key);
+	__type(value, struct ipcache_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_ipcache_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, SIZED_BY_LOADER);
+	__type(key, struct cidr_key);
+	__type(value, struct ipcache_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_policy_cidrs_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SIZED_BY_LOADER);
+	__type(key, struct endpoint_key);
+	__type(value, struct policy_endpoint_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_policy_endpoints_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, SIZED_BY_LOADER);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_policy_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct sock_revnat_key);
+	__type(value, struct sock_revnat_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_sock_revnat_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_REASON_MAX);
+	__type(key, __u32);
+	__type(value, struct drop_counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_drops_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_events_v1 SEC(".maps");
+
+/* While no local endpoint is isolated, pod packets skip policy entirely
+ * (one array lookup the verifier inlines). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct policy_state);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_policy_state_v1 SEC(".maps");
+
+/* Lookup keys and values built off the fast path (policy, stale replies)
+ * live here rather than on the stack: from_pod's frame plus these would
+ * pass the verifier's 512-byte limit. Per CPU, never pinned, no state
+ * between packets. */
+struct key_scratch {
+	struct ct_key ct;
+	struct ct_value ctv;
+	struct policy_key rule;
+	struct cidr_key cidr;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct key_scratch);
+} sluice_key_scratch SEC(".maps");
+
+static __always_inline struct key_scratch *key_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&sluice_key_scratch, &zero);
+}
+
+#endif

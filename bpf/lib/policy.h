@@ -1,0 +1,118 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* policy.h: NetworkPolicy verdicts. */
+#ifndef SLUICE_LIB_POLICY_H
+#define SLUICE_LIB_POLICY_H
+
+#include <linux/pkt_cls.h>
+
+#include "conntrack.h"
+#include "drop.h"
+
+/* ---- NetworkPolicy ---------------------------------------------------------
+ *
+ * Judged at the pod's veth: egress in from_pod (after DNAT, so against the
+ * chosen backend), ingress in to_pod (with the real client address, since
+ * DNAT happened on the client's node). A flow let through is recorded in
+ * conntrack (CT_DIR_POLICY_EGRESS/INGRESS) so its later packets and its
+ * replies pass unjudged, in both directions, while policies change. Traffic without
+ * ports (ICMP) and non-first fragments are not judged.
+ */
+
+static __always_inline int policy_active(void)
+{
+	__u32 zero = 0;
+	struct policy_state *st = bpf_map_lookup_elem(&sluice_policy_state_v1, &zero);
+
+	return st && st->isolated_endpoints;
+}
+
+/* rule_matches looks up the endpoint's rules for one remote identity: the
+ * LPM finds the most specific protocol/port entry, wildcards included. */
+static __always_inline int rule_matches(struct key_scratch *s, __u32 endpoint, __u32 remote, __u8 dir,
+					const struct pkt *p)
+{
+	s->rule.prefixlen = POLICY_KEY_BITS;
+	s->rule.endpoint = endpoint;
+	s->rule.remote = remote;
+	s->rule.dir = dir;
+	s->rule.proto = p->proto;
+	s->rule.port = p->dport;
+	return bpf_map_lookup_elem(&sluice_policy_v1, &s->rule) != 0;
+}
+
+/* policy_allows decides a new flow of an isolated direction: the remote's
+ * pod identity, its CIDR identity (or world) and "any remote" are tried. */
+static __always_inline int policy_allows(struct key_scratch *s, __u32 endpoint, __u8 dir, const __u8 *remote,
+					 const struct pkt *p)
+{
+	struct ipcache_value *pod = bpf_map_lookup_elem(&sluice_ipcache_v1, remote);
+
+	if (pod) {
+		if (pod->identity == IDENTITY_HOST)
+			return 1; /* kubelet probes and the node's own traffic */
+		if (rule_matches(s, endpoint, pod->identity, dir, p))
+			return 1;
+	}
+	s->cidr.prefixlen = 128;
+	__builtin_memcpy(s->cidr.addr, remote, SLUICE_ADDR_LEN);
+	struct ipcache_value *cidr = bpf_map_lookup_elem(&sluice_policy_cidrs_v1, &s->cidr);
+	if (rule_matches(s, endpoint, cidr ? cidr->identity : IDENTITY_WORLD, dir, p))
+		return 1;
+	return rule_matches(s, endpoint, IDENTITY_ANY, dir, p);
+}
+
+/* policy_enforce judges the packet for the local endpoint at local (the
+ * source for egress, the destination for ingress). It returns TC_ACT_OK
+ * or TC_ACT_SHOT, counting and reporting a drop. Not inlined, so its few
+ * locals do not grow the callers' frames. */
+static __noinline int policy_enforce(struct __sk_buff *skb, const struct pkt *p, __u8 dir, __u32 svc_id)
+{
+	const __u8 *local = dir == POLICY_EGRESS ? p->src : p->dst;
+	const __u8 *remote = dir == POLICY_EGRESS ? p->dst : p->src;
+	struct policy_endpoint_value *ep = bpf_map_lookup_elem(&sluice_policy_endpoints_v1, local);
+
+	if (!ep || !(ep->flags & (POLICY_F_INGRESS_ISOLATED | POLICY_F_EGRESS_ISOLATED)))
+		return TC_ACT_OK;
+	struct key_scratch *s = key_scratch();
+	if (!s)
+		return TC_ACT_SHOT; /* cannot happen: a one-slot per-CPU array */
+
+	/* A reply to a flow this endpoint let through the other way, or the
+	 * next packet of one it let through this way. */
+	__u8 this_way = dir == POLICY_EGRESS ? CT_DIR_POLICY_EGRESS : CT_DIR_POLICY_INGRESS;
+	__u8 other_way = dir == POLICY_EGRESS ? CT_DIR_POLICY_INGRESS : CT_DIR_POLICY_EGRESS;
+	__u64 now = bpf_ktime_get_ns();
+	ct_key_of(&s->ct, p, 1, other_way);
+	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &s->ct);
+	if (!ct || ct->expires_ns <= now) {
+		ct_key_of(&s->ct, p, 0, this_way);
+		ct = bpf_map_lookup_elem(&sluice_ct_v1, &s->ct);
+	}
+	if (ct && ct->expires_ns > now) {
+		ct_refresh(ct, p, now);
+		return TC_ACT_OK;
+	}
+
+	/* A TCP packet without SYN and without an entry belongs to a
+	 * connection opened before the pod became isolated (or before the
+	 * agent restarted): pick it up, as nf_conntrack does. Such a packet
+	 * cannot open a connection; only a SYN can, and it is judged. */
+	int midstream = p->proto == IPPROTO_TCP && !(p->tcp_flags & TCP_FLAG_SYN);
+	__u32 isolated = dir == POLICY_EGRESS ? POLICY_F_EGRESS_ISOLATED : POLICY_F_INGRESS_ISOLATED;
+	if ((ep->flags & isolated) && !midstream && !policy_allows(s, ep->id, dir, remote, p)) {
+		record_drop(skb, p, dir == POLICY_EGRESS ? DROP_POLICY_EGRESS : DROP_POLICY_INGRESS, ep->id,
+			    dir == POLICY_EGRESS ? HOOK_FROM_POD : HOOK_TO_POD);
+		return TC_ACT_SHOT;
+	}
+	/* Record the flow (s->ct is its own direction now) so its replies pass
+	 * even through the other, also isolated, direction of this endpoint. */
+	__u8 flags = 0;
+	__builtin_memset(&s->ctv, 0, sizeof(s->ctv));
+	s->ctv.svc_id = svc_id;
+	s->ctv.expires_ns = now + ct_update(p, &flags);
+	s->ctv.flags = flags;
+	bpf_map_update_elem(&sluice_ct_v1, &s->ct, &s->ctv, BPF_ANY);
+	return TC_ACT_OK;
+}
+
+#endif

@@ -1,0 +1,111 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* sock.h: socket-level load balancing (cgroup connect, sendmsg,
+ * recvmsg, getpeername hooks). */
+#ifndef SLUICE_LIB_SOCK_H
+#define SLUICE_LIB_SOCK_H
+
+#include "lb.h"
+
+/* ---- socket-level load balancing --------------------------------------------
+ *
+ * cgroup hooks translate a service address once per socket (connect) or per
+ * datagram (sendmsg) instead of per packet, and host processes (kubelet,
+ * hostNetwork pods), whose packets never cross a pod veth, reach services
+ * at all. recvmsg and getpeername show the service address again.
+ */
+
+#define ECONNREFUSED 111
+
+static __always_inline void sock_addr_load(struct bpf_sock_addr *ctx, __u8 family, __u8 *addr)
+{
+	if (family == 4) {
+		addr_from_v4(addr, ctx->user_ip4);
+		return;
+	}
+	__u32 w[4];
+
+	w[0] = ctx->user_ip6[0];
+	w[1] = ctx->user_ip6[1];
+	w[2] = ctx->user_ip6[2];
+	w[3] = ctx->user_ip6[3];
+	__builtin_memcpy(addr, w, 16);
+}
+
+static __always_inline void sock_addr_store(struct bpf_sock_addr *ctx, __u8 family, const __u8 *addr, __be16 port)
+{
+	if (family == 4) {
+		__u32 v4;
+
+		__builtin_memcpy(&v4, addr + 12, 4);
+		ctx->user_ip4 = v4;
+	} else {
+		__u32 w[4];
+
+		__builtin_memcpy(w, addr, 16);
+		ctx->user_ip6[0] = w[0];
+		ctx->user_ip6[1] = w[1];
+		ctx->user_ip6[2] = w[2];
+		ctx->user_ip6[3] = w[3];
+	}
+	ctx->user_port = (__u32)port;
+}
+
+/* sock_lb translates a connect or sendmsg to a service into one to a backend. */
+static __always_inline int sock_lb(struct bpf_sock_addr *ctx, __u8 family)
+{
+	__u8 proto = ctx->protocol;
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 1;
+	if (host_netns_cookie && bpf_get_netns_cookie(ctx) != host_netns_cookie)
+		return 1;
+	struct svc_key key = {};
+	sock_addr_load(ctx, family, key.addr);
+	key.port = (__be16)ctx->user_port;
+	key.proto = proto;
+	key.scope = SVC_SCOPE_INTERNAL;
+	struct svc_value *svc = bpf_map_lookup_elem(&sluice_services_v1, &key);
+	if (!svc)
+		return 1;
+	if (svc->backend_count == 0) {
+		bpf_set_retval(-ECONNREFUSED);
+		return 0;
+	}
+	/* No packet yet: the socket cookie stands in for the client port, and
+	 * all processes of this node share one affinity (the node's address,
+	 * as kube-proxy sees them). */
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct pkt p = {};
+	p.family = family;
+	p.proto = proto;
+	p.sport = (__be16)cookie;
+	p.dport = (__be16)(cookie >> 16);
+	__u32 backend_id;
+	struct backend_value *be = select_backend(svc, &p, bpf_ktime_get_ns(), &backend_id);
+	if (!be)
+		return 1; /* the tc path will count it */
+
+	struct sock_revnat_key rk = {.cookie = cookie, .port = be->port};
+	struct sock_revnat_value rv = {.port = key.port};
+	__builtin_memcpy(rk.addr, be->addr, SLUICE_ADDR_LEN);
+	__builtin_memcpy(rv.addr, key.addr, SLUICE_ADDR_LEN);
+	bpf_map_update_elem(&sluice_sock_revnat_v1, &rk, &rv, BPF_ANY);
+	sock_addr_store(ctx, family, be->addr, be->port);
+	return 1;
+}
+
+/* sock_revnat shows the service instead of the backend to recvmsg and
+ * getpeername of a translated socket. */
+static __always_inline int sock_revnat(struct bpf_sock_addr *ctx, __u8 family)
+{
+	struct sock_revnat_key rk = {.cookie = bpf_get_socket_cookie(ctx)};
+
+	sock_addr_load(ctx, family, rk.addr);
+	rk.port = (__be16)ctx->user_port;
+	struct sock_revnat_value *rv = bpf_map_lookup_elem(&sluice_sock_revnat_v1, &rk);
+	if (rv)
+		sock_addr_store(ctx, family, rv->addr, rv->port);
+	return 1;
+}
+
+#endif
