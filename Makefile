@@ -26,7 +26,7 @@ generate:
 check-generate: generate
 	@git diff --exit-code --stat -- bpf/ || { echo "generated BPF files drifted: run 'make generate' and commit" >&2; exit 1; }
 
-## lint: gofmt, go vet, staticcheck, and shellcheck on the shell scripts
+## lint: gofmt, go vet, staticcheck, shellcheck on the shell scripts, clang-format on the C (.clang-format)
 ## under hack/ and test/e2e/ (files starting with a shell shebang, or a
 ## "# shellcheck shell=" line for sourced libraries)
 lint:
@@ -38,6 +38,7 @@ lint:
 	@scripts=$$(for f in $$(git ls-files hack test/e2e); do \
 		head -n 1 "$$f" | grep -qE '^#!.*\b(ba)?sh\b|^# shellcheck shell=' && echo "$$f"; done); \
 	echo "shellcheck -x -P SCRIPTDIR" $$scripts; shellcheck -x -P SCRIPTDIR $$scripts
+	clang-format-19 --dry-run --Werror bpf/*.c bpf/lib/*.h bpf/include/*.h
 
 ## k8s: build etcd, kube-apiserver, ... from Go modules into the cache (cold: ~10 min)
 k8s:

@@ -47,16 +47,16 @@ enum backend_flags {
 
 struct svc_key {
 	__u8 addr[SLUICE_ADDR_LEN]; /* service IP (ClusterIP, ExternalIP, ...) */
-	__be16 port;                 /* service port */
-	__u8 proto;                  /* IPPROTO_TCP / UDP / SCTP */
-	__u8 scope;                  /* enum svc_scope */
+	__be16 port;		    /* service port */
+	__u8 proto;		    /* IPPROTO_TCP / UDP / SCTP */
+	__u8 scope;		    /* enum svc_scope */
 };
 
 struct svc_value {
-	__u32 id;               /* key of its Maglev table, affinity and conntrack */
-	__u32 backend_count;    /* usable backends in the table; 0 rejects */
+	__u32 id;		/* key of its Maglev table, affinity and conntrack */
+	__u32 backend_count;	/* usable backends in the table; 0 rejects */
 	__u32 affinity_timeout; /* ClientIP affinity in seconds; 0 disables it */
-	__u32 flags;            /* enum svc_flags */
+	__u32 flags;		/* enum svc_flags */
 };
 
 struct backend_value {
@@ -94,8 +94,8 @@ enum ct_dir {
 /* ct_value.flags */
 enum ct_flags {
 	CT_F_ESTABLISHED = 1 << 0, /* traffic seen after the opening packet */
-	CT_F_CLOSING = 1 << 1,     /* FIN or RST seen */
-	CT_F_HAIRPIN = 1 << 2,     /* client is its own backend: source NATed */
+	CT_F_CLOSING = 1 << 1,	   /* FIN or RST seen */
+	CT_F_HAIRPIN = 1 << 2,	   /* client is its own backend: source NATed */
 };
 
 struct ct_key {
@@ -126,7 +126,7 @@ struct ct_value {
 /* Socket-level load balancing: what a translated socket talks to, so that
  * replies (recvmsg) and getpeername show the service again. */
 struct sock_revnat_key {
-	__u64 cookie; /* bpf_get_socket_cookie() of the socket */
+	__u64 cookie;		    /* bpf_get_socket_cookie() of the socket */
 	__u8 addr[SLUICE_ADDR_LEN]; /* backend */
 	__be16 port;
 	__u16 pad;
@@ -145,9 +145,9 @@ struct endpoint_key {
 };
 
 struct endpoint_value {
-	__u32 ifindex;  /* host-side veth */
+	__u32 ifindex;	/* host-side veth */
 	__u32 identity; /* policy identity of the pod's labels */
-	__u8 mac[6];    /* pod-side MAC */
+	__u8 mac[6];	/* pod-side MAC */
 	__u8 host_mac[6];
 	__u16 flags;
 	__u16 pad;
@@ -156,14 +156,14 @@ struct endpoint_value {
 /* Why a packet was dropped or rejected; the index of sluice_drops. */
 enum drop_reason {
 	DROP_UNKNOWN = 0,
-	DROP_NO_BACKEND = 1,       /* service without usable backend: rejected */
-	DROP_BACKEND_MISSING = 2,  /* Maglev slot names a backend not in the map */
-	DROP_SCTP_PORT_NAT = 3,    /* SCTP with port translation: unsupported */
-	DROP_NAT_FAILED = 4,       /* a rewrite helper failed */
-	DROP_REJECT_FAILED = 5,    /* could not build the reject reply */
-	DROP_POLICY_INGRESS = 6,   /* NetworkPolicy: not allowed into the pod */
-	DROP_POLICY_EGRESS = 7,    /* NetworkPolicy: not allowed out of the pod */
-	DROP_SPOOFED_SOURCE = 8,   /* a pod sent from an address that is not its own */
+	DROP_NO_BACKEND = 1,	  /* service without usable backend: rejected */
+	DROP_BACKEND_MISSING = 2, /* Maglev slot names a backend not in the map */
+	DROP_SCTP_PORT_NAT = 3,	  /* SCTP with port translation: unsupported */
+	DROP_NAT_FAILED = 4,	  /* a rewrite helper failed */
+	DROP_REJECT_FAILED = 5,	  /* could not build the reject reply */
+	DROP_POLICY_INGRESS = 6,  /* NetworkPolicy: not allowed into the pod */
+	DROP_POLICY_EGRESS = 7,	  /* NetworkPolicy: not allowed out of the pod */
+	DROP_SPOOFED_SOURCE = 8,  /* a pod sent from an address that is not its own */
 	DROP_REASON_MAX = 64,
 };
 

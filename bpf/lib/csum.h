@@ -29,9 +29,8 @@ static __always_inline __u64 l4_csum_flags(const struct pkt *p)
  * >= 0) using l4_flags (BPF_F_PSEUDO_HDR when the address is part of that
  * checksum's pseudo header).
  */
-static __always_inline int store_addr(struct __sk_buff *skb, __u8 family, __u32 addr_off,
-				      const __u8 *old, const __u8 *new, int l3_csum,
-				      int l4_csum, __u64 l4_flags)
+static __always_inline int store_addr(struct __sk_buff *skb, __u8 family, __u32 addr_off, const __u8 *old,
+				      const __u8 *new, int l3_csum, int l4_csum, __u64 l4_flags)
 {
 	if (family == 4) {
 		__be32 o, n;
@@ -59,8 +58,8 @@ static __always_inline int store_addr(struct __sk_buff *skb, __u8 family, __u32 
 	return bpf_skb_store_bytes(skb, addr_off, n6, 16, 0);
 }
 
-static __always_inline int store_port(struct __sk_buff *skb, __u32 off, __be16 old, __be16 new,
-				      int l4_csum, __u64 l4_flags)
+static __always_inline int store_port(struct __sk_buff *skb, __u32 off, __be16 old, __be16 new, int l4_csum,
+				      __u64 l4_flags)
 {
 	if (old == new)
 		return 0;
@@ -71,14 +70,12 @@ static __always_inline int store_port(struct __sk_buff *skb, __u32 off, __be16 o
 
 static __always_inline __u32 saddr_off(const struct pkt *p)
 {
-	return p->l3_off + (p->family == 4 ? offsetof(struct iphdr, saddr)
-					   : offsetof(struct ipv6hdr, saddr));
+	return p->l3_off + (p->family == 4 ? offsetof(struct iphdr, saddr) : offsetof(struct ipv6hdr, saddr));
 }
 
 static __always_inline __u32 daddr_off(const struct pkt *p)
 {
-	return p->l3_off + (p->family == 4 ? offsetof(struct iphdr, daddr)
-					   : offsetof(struct ipv6hdr, daddr));
+	return p->l3_off + (p->family == 4 ? offsetof(struct iphdr, daddr) : offsetof(struct ipv6hdr, daddr));
 }
 
 static __always_inline int ip_csum_off(const struct pkt *p)

@@ -6,8 +6,8 @@
 #include "maps.h"
 #include "parse.h"
 
-static __always_inline void record_drop(struct __sk_buff *skb, const struct pkt *p,
-					__u16 reason, __u32 svc_id, __u8 hook)
+static __always_inline void record_drop(struct __sk_buff *skb, const struct pkt *p, __u16 reason,
+					__u32 svc_id, __u8 hook)
 {
 	__u32 key = reason;
 	struct drop_counter *c = bpf_map_lookup_elem(&sluice_drops_v1, &key);

@@ -9,10 +9,7 @@
 #include "policy.h"
 #include "reject.h"
 
-static __always_inline __u32 rotl32(__u32 x, __u32 r)
-{
-	return (x << r) | (x >> (32 - r));
-}
+static __always_inline __u32 rotl32(__u32 x, __u32 r) { return (x << r) | (x >> (32 - r)); }
 
 static __always_inline __u32 hash_mix(__u32 h, __u32 k)
 {
@@ -53,8 +50,8 @@ static __always_inline int backend_usable(const struct svc_value *svc, const str
 	return 1;
 }
 
-static __always_inline struct backend_value *maglev_pick(const struct svc_value *svc,
-							 const struct pkt *p, __u32 *id)
+static __always_inline struct backend_value *maglev_pick(const struct svc_value *svc, const struct pkt *p,
+							 __u32 *id)
 {
 	__u32 svc_id = svc->id;
 	__u32 *table = bpf_map_lookup_elem(&sluice_maglev_v1, &svc_id);
@@ -71,9 +68,8 @@ static __always_inline struct backend_value *maglev_pick(const struct svc_value 
 
 /* select_backend picks the backend for a new flow: the client's affinity
  * backend while it is fresh and still usable, otherwise the Maglev slot. */
-static __always_inline struct backend_value *select_backend(const struct svc_value *svc,
-							    const struct pkt *p, __u64 now,
-							    __u32 *id)
+static __always_inline struct backend_value *select_backend(const struct svc_value *svc, const struct pkt *p,
+							    __u64 now, __u32 *id)
 {
 	struct affinity_key ak = {};
 	struct backend_value *be;
@@ -103,7 +99,8 @@ static __always_inline struct backend_value *select_backend(const struct svc_val
 
 /* lb_service load-balances a packet to a service, from a pod (from_pod) or
  * from outside the node (from_netdev). */
-static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc, __u8 hook)
+static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc,
+				      __u8 hook)
 {
 	struct ct_key fwd;
 	struct backend_value *be = 0;

@@ -13,8 +13,8 @@
  * and the IPv4 header checksum (never offloaded) are written directly, as
  * helper calls dominate the cost of the program.
  */
-static __noinline int nat_rewrite(struct __sk_buff *skb, struct pkt *p, int is_src,
-				  const __u8 *addr, __be16 port)
+static __noinline int nat_rewrite(struct __sk_buff *skb, struct pkt *p, int is_src, const __u8 *addr,
+				  __be16 port)
 {
 	__u32 o[4], n[4];
 	__u8 *cur = is_src ? p->src : p->dst;
@@ -37,8 +37,7 @@ static __noinline int nat_rewrite(struct __sk_buff *skb, struct pkt *p, int is_s
 	if (csum >= 0 && addr_changed &&
 	    bpf_l4_csum_replace(skb, csum, 0, diff, flags | BPF_F_PSEUDO_HDR) < 0)
 		return -1;
-	if (csum >= 0 && port != old_port &&
-	    bpf_l4_csum_replace(skb, csum, old_port, port, flags | 2) < 0)
+	if (csum >= 0 && port != old_port && bpf_l4_csum_replace(skb, csum, old_port, port, flags | 2) < 0)
 		return -1;
 
 	void *data = (void *)(long)skb->data;

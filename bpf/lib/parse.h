@@ -103,8 +103,8 @@ static __always_inline int parse_l3(struct __sk_buff *skb, __u32 off, __u8 famil
 		/* Skip a bounded number of extension headers. */
 #pragma unroll
 		for (int i = 0; i < 4; i++) {
-			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
-			    next != IPPROTO_DSTOPTS && next != IPPROTO_FRAGMENT)
+			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS &&
+			    next != IPPROTO_FRAGMENT)
 				break;
 			if (l4 > PARSE_MAX_OFF)
 				return -1;

@@ -12,8 +12,8 @@
 #include "drop.h"
 
 /* linux/icmp.h drags in libc's socket headers; these are all we need. */
-#define ICMP_DEST_UNREACH 3
-#define ICMP_PORT_UNREACH 3
+#define ICMP_DEST_UNREACH  3
+#define ICMP_PORT_UNREACH  3
 #define ICMP_TIME_EXCEEDED 11
 #define ICMP_PARAMETERPROB 12
 
@@ -109,8 +109,8 @@ static __always_inline __s64 pseudo_sum(const struct pkt *p, __u32 len, __u8 pro
 	return bpf_csum_diff(0, 0, (__be32 *)&ph6, sizeof(ph6), 0);
 }
 
-static __always_inline int store_reply_l2_l4(struct __sk_buff *skb, const struct ethhdr *eth,
-					     const void *l4, __u32 l4_len, __u32 l4_off)
+static __always_inline int store_reply_l2_l4(struct __sk_buff *skb, const struct ethhdr *eth, const void *l4,
+					     __u32 l4_len, __u32 l4_off)
 {
 	if (bpf_skb_store_bytes(skb, 0, eth, sizeof(*eth), 0) < 0)
 		return -1;
@@ -194,8 +194,8 @@ static __always_inline int reject_unreach(struct __sk_buff *skb, const struct pk
 		fill_ip4(&hdr.ip, p, sizeof(hdr) + quote, IPPROTO_ICMP);
 		hdr.icmp.type = ICMP_DEST_UNREACH;
 		hdr.icmp.code = ICMP_PORT_UNREACH;
-		hdr.icmp.checksum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&hdr.icmp,
-							    sizeof(hdr.icmp), sum));
+		hdr.icmp.checksum =
+			csum_fold(bpf_csum_diff(0, 0, (__be32 *)&hdr.icmp, sizeof(hdr.icmp), sum));
 		if (bpf_skb_change_tail(skb, ETH_HLEN + quote, 0) < 0 ||
 		    bpf_skb_adjust_room(skb, sizeof(hdr), BPF_ADJ_ROOM_MAC, 0) < 0 ||
 		    bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0)
@@ -210,8 +210,8 @@ static __always_inline int reject_unreach(struct __sk_buff *skb, const struct pk
 	fill_ip6(&hdr6.ip6, p, sizeof(hdr6.icmp6) + quote, IPPROTO_ICMPV6);
 	hdr6.icmp6.icmp6_type = ICMPV6_DEST_UNREACH;
 	hdr6.icmp6.icmp6_code = ICMPV6_PORT_UNREACH;
-	hdr6.icmp6.icmp6_cksum = csum_fold(bpf_csum_diff(0, 0, (__be32 *)&hdr6.icmp6,
-							 sizeof(hdr6.icmp6), sum));
+	hdr6.icmp6.icmp6_cksum =
+		csum_fold(bpf_csum_diff(0, 0, (__be32 *)&hdr6.icmp6, sizeof(hdr6.icmp6), sum));
 	if (bpf_skb_change_tail(skb, ETH_HLEN + quote, 0) < 0 ||
 	    bpf_skb_adjust_room(skb, sizeof(hdr6), BPF_ADJ_ROOM_MAC, 0) < 0 ||
 	    bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0) < 0)

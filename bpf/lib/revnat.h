@@ -41,11 +41,9 @@ static __always_inline int hairpin_reply(struct __sk_buff *skb, struct pkt *p)
 static __always_inline int is_icmp_error(const struct pkt *p, __u8 type)
 {
 	if (p->family == 4)
-		return p->proto == IPPROTO_ICMP &&
-		       (type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED ||
-			type == ICMP_PARAMETERPROB);
-	return p->proto == IPPROTO_ICMPV6 && type >= ICMPV6_DEST_UNREACH &&
-	       type <= ICMPV6_PARAMPROB;
+		return p->proto == IPPROTO_ICMP && (type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED ||
+						    type == ICMP_PARAMETERPROB);
+	return p->proto == IPPROTO_ICMPV6 && type >= ICMPV6_DEST_UNREACH && type <= ICMPV6_PARAMPROB;
 }
 
 /*

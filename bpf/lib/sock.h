@@ -31,7 +31,8 @@ static __always_inline void sock_addr_load(struct bpf_sock_addr *ctx, __u8 famil
 	__builtin_memcpy(addr, w, 16);
 }
 
-static __always_inline void sock_addr_store(struct bpf_sock_addr *ctx, __u8 family, const __u8 *addr, __be16 port)
+static __always_inline void sock_addr_store(struct bpf_sock_addr *ctx, __u8 family, const __u8 *addr,
+					    __be16 port)
 {
 	if (family == 4) {
 		__u32 v4;
