@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -207,8 +208,6 @@ func TestSessionAffinity(t *testing.T) {
 	for port = 1000; probe(port) == svc.backends[3].addr; port++ {
 		_ = d.Affinity.Delete(key)
 	}
-	maglevChoice := probe(port + 10000)
-	_ = maglevChoice
 	now := MonotonicNow()
 	if err := d.Affinity.Put(key, AffinityValue{LastUsedNs: now, BackendId: svc.backends[3].id}); err != nil {
 		t.Fatal(err)
@@ -220,7 +219,12 @@ func TestSessionAffinity(t *testing.T) {
 	if err := d.Affinity.Put(key, AffinityValue{LastUsedNs: stale, BackendId: svc.backends[3].id}); err != nil {
 		t.Fatal(err)
 	}
-	// The same tuple as the Maglev probe above: its choice must come back.
+	// The same tuple as the Maglev probe above, without its conntrack
+	// entry (which would answer before affinity is read): the Maglev
+	// choice must come back.
+	if err := d.Conntrack.Delete(CTKey{Src: Addr(client4.Addr()), Dst: Addr(vip4.Addr()), Sport: Port(port), Dport: Port(vip4.Port()), Proto: unix.IPPROTO_TCP, Dir: CTDirService}); err != nil {
+		t.Fatalf("delete the probe's conntrack entry: %v", err)
+	}
 	if got := probe(port); got == svc.backends[3].addr {
 		t.Errorf("expired affinity still used")
 	}
@@ -501,9 +505,13 @@ func TestNonServiceTrafficUntouched(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			for _, prog := range []struct {
 				name string
-				p    func() []byte
-			}{{"from_pod", func() []byte { _, o := run(t, d.FromPod, in); return o }}, {"to_pod", func() []byte { _, o := run(t, d.ToPod, in); return o }}} {
-				samePacket(t, prog.name, prog.p(), in)
+				p    *ebpf.Program
+			}{{"from_pod", d.FromPod}, {"to_pod", d.ToPod}} {
+				ret, out := run(t, prog.p, in)
+				if ret != actOK {
+					t.Errorf("%s: verdict %d, want %d (pass)", prog.name, ret, actOK)
+				}
+				samePacket(t, prog.name, out, in)
 			}
 		})
 	}
