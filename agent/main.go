@@ -136,46 +136,51 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	factory := informers.NewSharedInformerFactory(client, 0)
 	hc := healthcheck.New(log, "")
 	defer hc.Close()
-	px, err := service.New(log, factory, writer, m, service.Options{
+	services, err := service.New(log, factory, writer, m, service.Options{
 		NodeName: cfg.NodeName, NodePortCIDRs: nodePortCIDRs, NodeStateFile: cfg.NodeStateFile,
 		MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration, HealthChecks: hc,
 	})
 	if err != nil {
 		return err
 	}
-
-	np, err := netpol.New(log, factory, netpolmapsync.New(dp), m, cfg.NodeName, cfg.SyncMinInterval.Duration, cfg.SyncMaxInterval.Duration)
+	policies, err := netpol.New(log, factory, netpolmapsync.New(dp), m, netpol.Options{
+		NodeName: cfg.NodeName, MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration,
+	})
 	if err != nil {
 		return err
 	}
-
-	errs := make(chan error, 4)
+	var nodeRoutes *routes.Controller
 	if *cfg.NativeRouting {
-		rc, err := routes.NewController(log, cfg.NodeName, factory.Core().V1().Nodes(), cfg.SyncMinInterval.Duration, cfg.SyncMaxInterval.Duration)
+		nodeRoutes, err = routes.New(log, factory, routes.MainTable{}, routes.Options{
+			NodeName: cfg.NodeName, MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration,
+		})
 		if err != nil {
 			return err
 		}
-		go func() {
-			factory.Start(ctx.Done())
-			factory.WaitForCacheSync(ctx.Done())
-			rc.Run(ctx)
-		}()
+	}
+	// Once, after every controller has registered its informers: a
+	// factory starts only the informers asked for before Start.
+	factory.Start(ctx.Done())
+
+	errs := make(chan error, 5)
+	if nodeRoutes != nil {
+		go func() { errs <- nodeRoutes.Run(ctx) }()
 	}
 	go func() { errs <- serve(ctx, log, "metrics", cfg.MetricsAddr, metricsMux(m)) }()
-	go func() { errs <- serve(ctx, log, "health", cfg.HealthAddr, healthMux(px)) }()
+	go func() { errs <- serve(ctx, log, "health", cfg.HealthAddr, healthMux(services)) }()
 	go gcConntrack(ctx, log, dp, m, cfg.CTGCInterval.Duration)
-	// Policy first: the proxy's first sync tells the CNI that pods may
-	// start, and no pod may start before its policy is in place.
-	go func() { errs <- np.Run(ctx) }()
+	// Policy first: the service controller's first sync tells the CNI that
+	// pods may start, and no pod may start before its policy is in place.
+	go func() { errs <- policies.Run(ctx) }()
 	select {
-	case <-np.FirstSync():
+	case <-policies.FirstSync():
 		log.Info("NetworkPolicy programmed")
 	case err := <-errs:
 		return err
 	case <-ctx.Done():
 		return nil
 	}
-	go func() { errs <- px.Run(ctx) }()
+	go func() { errs <- services.Run(ctx) }()
 	select {
 	case <-ctx.Done():
 		return nil
@@ -246,13 +251,13 @@ func metricsMux(m *metrics.Metrics) http.Handler {
 	return mux
 }
 
-func healthMux(px *service.Proxy) http.Handler {
+func healthMux(services *service.Controller) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if ok, why := px.Ready(); !ok {
+		if ok, why := services.Ready(); !ok {
 			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}

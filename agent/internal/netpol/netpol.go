@@ -8,11 +8,15 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
@@ -30,51 +34,116 @@ import (
 // through a Service arrives from them, and is allowed like the node.
 var hairpinAddrs = []netip.Addr{netip.MustParseAddr("169.254.42.1"), netip.MustParseAddr("fd73:6c75:6963:6500::1")}
 
+// retryInterval is how soon a failed sync is retried.
+const retryInterval = time.Second
+
+// Writer applies compiled policy to the datapath's maps; *mapsync.Writer
+// is the real one.
+type Writer interface {
+	Apply(compile.Output) (mapsync.Stats, error)
+}
+
+// Options configure the controller.
+type Options struct {
+	NodeName         string
+	MinSync, MaxSync time.Duration
+	Clock            clock.Clock // nil: the real one
+}
+
 // Controller compiles and writes NetworkPolicy for one node.
 type Controller struct {
 	log      *slog.Logger
-	nodeName string
-	factory  informers.SharedInformerFactory
+	opts     Options
 	pods     listerscorev1.PodLister
 	nss      listerscorev1.NamespaceLister
 	policies listersnetworkingv1.NetworkPolicyLister
-	writer   *mapsync.Writer
+	writer   Writer
 	metrics  *metrics.Metrics
 	alloc    *compile.Allocator
 	runner   *runner.Runner
-	synced   []cache.InformerSynced
+	synced   []cache.InformerSynced // our handlers have seen the initial lists
 
 	firstSync     chan struct{}
 	firstSyncOnce sync.Once
 }
 
-// New registers the controller's informers on factory.
-func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *mapsync.Writer, m *metrics.Metrics,
-	nodeName string, minSync, maxSync time.Duration) (*Controller, error) {
+// New registers the controller's informers and handlers on factory; the
+// caller starts the factory.
+func New(log *slog.Logger, factory informers.SharedInformerFactory, writer Writer, m *metrics.Metrics, opts Options) (*Controller, error) {
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
+	}
 	c := &Controller{
-		log: log, nodeName: nodeName, factory: factory, writer: writer, metrics: m, alloc: compile.NewAllocator(),
+		log: log, opts: opts, writer: writer, metrics: m, alloc: compile.NewAllocator(),
 		pods:      factory.Core().V1().Pods().Lister(),
 		nss:       factory.Core().V1().Namespaces().Lister(),
 		policies:  factory.Networking().V1().NetworkPolicies().Lister(),
 		firstSync: make(chan struct{}),
 	}
-	c.runner = runner.New(c.sync, minSync, maxSync, time.Second, clock.RealClock{})
-	for kind, inf := range map[string]cache.SharedIndexInformer{
-		"Pod":           factory.Core().V1().Pods().Informer(),
-		"Namespace":     factory.Core().V1().Namespaces().Informer(),
-		"NetworkPolicy": factory.Networking().V1().NetworkPolicies().Informer(),
+	c.runner = runner.New(c.sync, opts.MinSync, opts.MaxSync, retryInterval, opts.Clock)
+	for _, inf := range []struct {
+		kind string
+		i    cache.SharedIndexInformer
+	}{
+		{"Pod", factory.Core().V1().Pods().Informer()},
+		{"Namespace", factory.Core().V1().Namespaces().Informer()},
+		{"NetworkPolicy", factory.Networking().V1().NetworkPolicies().Informer()},
 	} {
-		reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { c.runner.Run() },
-			UpdateFunc: func(any, any) { c.runner.Run() },
-			DeleteFunc: func(any) { c.runner.Run() },
+		reg, err := inf.i.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: func(obj any) { c.changed(inf.kind, "added", obj) },
+			UpdateFunc: func(old, cur any) {
+				if updateMatters(old, cur) {
+					c.changed(inf.kind, "updated", cur)
+				}
+			},
+			DeleteFunc: func(obj any) { c.changed(inf.kind, "deleted", obj) },
 		})
 		if err != nil {
-			return nil, fmt.Errorf("watch %ss: %w", kind, err)
+			return nil, fmt.Errorf("watch %ss: %w", inf.kind, err)
 		}
 		c.synced = append(c.synced, reg.HasSynced)
 	}
 	return c, nil
+}
+
+// changed requests a sync: every sync compiles the whole cluster, so there
+// is nothing to mark per object.
+func (c *Controller) changed(kind, what string, obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	if o, ok := obj.(metav1.Object); ok {
+		c.log.Debug(kind+" "+what, "object", o.GetNamespace()+"/"+o.GetName())
+	}
+	c.runner.Run()
+}
+
+// updateMatters reports whether an update changes what the compiler reads:
+// Pods and Namespaces are updated far more often (status, annotations)
+// than anything policy depends on changes. A NetworkPolicy is all spec.
+func updateMatters(old, cur any) bool {
+	switch cur := cur.(type) {
+	case *v1.Pod:
+		old, ok := old.(*v1.Pod)
+		return !ok || podChangeMatters(old, cur)
+	case *v1.Namespace:
+		old, ok := old.(*v1.Namespace)
+		return !ok || !maps.Equal(old.Labels, cur.Labels)
+	}
+	return true
+}
+
+// podChangeMatters reports whether an update of a pod changes a field the
+// policy compiler reads: labels, addresses, node, host networking, phase
+// (finished pods hold no address) and deletion (which of two pods claiming
+// one address wins). Namespace, name and container ports (named ports)
+// cannot change in an update.
+func podChangeMatters(old, cur *v1.Pod) bool {
+	return !maps.Equal(old.Labels, cur.Labels) ||
+		!slices.Equal(old.Status.PodIPs, cur.Status.PodIPs) || old.Status.PodIP != cur.Status.PodIP ||
+		old.Spec.NodeName != cur.Spec.NodeName || old.Spec.HostNetwork != cur.Spec.HostNetwork ||
+		old.Status.Phase != cur.Status.Phase ||
+		(old.DeletionTimestamp == nil) != (cur.DeletionTimestamp == nil)
 }
 
 // FirstSync is closed once policy has been written (or its writing
@@ -82,9 +151,9 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *maps
 // start unprotected before that.
 func (c *Controller) FirstSync() <-chan struct{} { return c.firstSync }
 
-// Run syncs until ctx ends.
+// Run waits until the handlers have seen the informers' initial lists,
+// then syncs until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	c.factory.Start(ctx.Done())
 	c.log.Info("waiting for Pods, Namespaces and NetworkPolicies to sync from the API server")
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		return fmt.Errorf("informer caches for NetworkPolicy did not sync")
@@ -95,7 +164,7 @@ func (c *Controller) Run(ctx context.Context) error {
 }
 
 func (c *Controller) sync() error {
-	start := time.Now()
+	start := c.opts.Clock.Now()
 	pods, err := c.pods.List(labels.Everything())
 	if err != nil {
 		return err
@@ -112,7 +181,7 @@ func (c *Controller) sync() error {
 	if err != nil {
 		return fmt.Errorf("this node's addresses: %w", err)
 	}
-	out := compile.Compile(compile.Input{NodeName: c.nodeName, HostAddrs: hostAddrs, Pods: pods, Namespaces: nss, Policies: policies}, c.alloc)
+	out := compile.Compile(compile.Input{NodeName: c.opts.NodeName, HostAddrs: hostAddrs, Pods: pods, Namespaces: nss, Policies: policies}, c.alloc)
 	for _, e := range out.Errors {
 		c.metrics.ObjectErrors.Inc()
 		c.log.Warn("NetworkPolicy skipped", "error", e)
@@ -122,7 +191,7 @@ func (c *Controller) sync() error {
 	// view, even if some entries failed (a full map): they are reported
 	// and retried, and holding every Service hostage would be worse.
 	defer c.firstSyncOnce.Do(func() { close(c.firstSync) })
-	c.metrics.PolicySyncDuration.Observe(time.Since(start).Seconds())
+	c.metrics.PolicySyncDuration.Observe(c.opts.Clock.Since(start).Seconds())
 	c.metrics.PolicyEndpointsIsolated.Set(float64(st.Isolated))
 	for name, n := range map[string]int{"ipcache": st.IPCache, "policy_cidrs": st.CIDRs, "policy_endpoints": st.Endpoints, "policy": st.Rules} {
 		c.metrics.MapEntries.WithLabelValues(name).Set(float64(n))
@@ -136,7 +205,7 @@ func (c *Controller) sync() error {
 		level = slog.LevelInfo
 	}
 	c.log.Log(context.Background(), level, "NetworkPolicy synced", "policies", len(policies), "isolatedEndpoints", st.Isolated,
-		"rules", st.Rules, "written", st.Written, "deleted", st.Deleted, "took", time.Since(start))
+		"rules", st.Rules, "written", st.Written, "deleted", st.Deleted, "took", c.opts.Clock.Since(start))
 	return nil
 }
 

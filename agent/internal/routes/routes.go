@@ -18,11 +18,12 @@ import (
 	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 
+	"github.com/sluice-net/sluice/agent/internal/apiobj"
 	"github.com/sluice-net/sluice/agent/internal/runner"
 )
 
@@ -63,11 +64,7 @@ func Desired(nodes []*v1.Node, self string) ([]Route, []error) {
 				via6 = ip
 			}
 		}
-		cidrs := n.Spec.PodCIDRs
-		if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
-			cidrs = []string{n.Spec.PodCIDR}
-		}
-		for i, c := range cidrs {
+		for i, c := range apiobj.PodCIDRs(n) {
 			p, err := netip.ParsePrefix(c)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("node %s: spec.podCIDRs[%d]: %q is not a CIDR", n.Name, i, c))
@@ -88,10 +85,19 @@ func Desired(nodes []*v1.Node, self string) ([]Route, []error) {
 	return out, errs
 }
 
-// Sync makes the main routing table of the current network namespace hold
-// exactly the desired Sluice routes: missing ones added, changed ones
-// replaced, stale ones (ours only) deleted. It returns how many it changed.
-func Sync(desired []Route) (int, error) {
+// Writer makes the kernel's Sluice routes exactly the desired ones and
+// says how many it changed; MainTable is the real one.
+type Writer interface {
+	Sync(desired []Route) (changed int, err error)
+}
+
+// MainTable is the main routing table of the current network namespace.
+type MainTable struct{}
+
+// Sync makes the table hold exactly the desired Sluice routes: missing
+// ones added, changed ones replaced, stale ones (ours only) deleted. It
+// returns how many it changed.
+func (MainTable) Sync(desired []Route) (int, error) {
 	have, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: Protocol, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {
@@ -144,33 +150,65 @@ func Sync(desired []Route) (int, error) {
 	return changed, errors.Join(errs...)
 }
 
-// Controller keeps the routes in step with the Node informer.
-type Controller struct {
-	log    *slog.Logger
-	self   string
-	nodes  corelisters.NodeLister
-	runner *runner.Runner
+// Options configure the controller.
+type Options struct {
+	NodeName         string
+	MinSync, MaxSync time.Duration
+	Clock            clock.Clock // nil: the real one
 }
 
-// NewController syncs routes whenever a Node changes, at most every
-// minInterval, and every maxInterval regardless.
-func NewController(log *slog.Logger, self string, inf coreinformers.NodeInformer, minInterval, maxInterval time.Duration) (*Controller, error) {
-	c := &Controller{log: log, self: self, nodes: inf.Lister()}
-	c.runner = runner.New(c.sync, minInterval, maxInterval, minInterval, clock.RealClock{})
-	kick := func(any) { c.runner.Run() }
-	if _, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: kick, UpdateFunc: func(_, o any) { kick(o) }, DeleteFunc: kick,
-	}); err != nil {
+// Controller keeps the routes in step with the Nodes.
+type Controller struct {
+	log    *slog.Logger
+	opts   Options
+	nodes  corelisters.NodeLister
+	writer Writer
+	runner *runner.Runner
+	synced cache.InformerSynced // our handler has seen the initial list
+}
+
+// New registers the controller's informer and handler on factory; the
+// caller starts the factory.
+func New(log *slog.Logger, factory informers.SharedInformerFactory, writer Writer, opts Options) (*Controller, error) {
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
+	}
+	inf := factory.Core().V1().Nodes()
+	c := &Controller{log: log, opts: opts, nodes: inf.Lister(), writer: writer}
+	c.runner = runner.New(c.sync, opts.MinSync, opts.MaxSync, opts.MinSync, opts.Clock)
+	reg, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { c.changed("added", obj) },
+		UpdateFunc: func(_, cur any) { c.changed("updated", cur) },
+		DeleteFunc: func(obj any) { c.changed("deleted", obj) },
+	})
+	if err != nil {
 		return nil, fmt.Errorf("watch Nodes: %w", err)
 	}
+	c.synced = reg.HasSynced
 	return c, nil
 }
 
-// Run syncs until ctx ends; the caller starts the informer factory and
-// waits for its caches first.
-func (c *Controller) Run(ctx context.Context) {
+// changed requests a sync: every sync routes all Nodes, so there is
+// nothing to mark per object.
+func (c *Controller) changed(what string, obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	if n, ok := obj.(*v1.Node); ok {
+		c.log.Debug("Node "+what, "object", n.Name)
+	}
+	c.runner.Run()
+}
+
+// Run waits until the handler has seen the informer's initial list, then
+// syncs until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	if !cache.WaitForCacheSync(ctx.Done(), c.synced) {
+		return fmt.Errorf("informer cache for Nodes did not sync")
+	}
 	c.runner.Run()
 	c.runner.Loop(ctx)
+	return nil
 }
 
 func (c *Controller) sync() error {
@@ -178,11 +216,11 @@ func (c *Controller) sync() error {
 	if err != nil {
 		return err
 	}
-	desired, errs := Desired(nodes, c.self)
+	desired, errs := Desired(nodes, c.opts.NodeName)
 	for _, e := range errs {
 		c.log.Warn("node not routed", "err", e)
 	}
-	n, err := Sync(desired)
+	n, err := c.writer.Sync(desired)
 	if n > 0 {
 		c.log.Info("routes to other nodes' pod CIDRs updated", "changed", n, "routes", len(desired))
 	}

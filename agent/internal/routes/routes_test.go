@@ -72,7 +72,7 @@ func TestSync(t *testing.T) {
 	sync := func(rs ...Route) int {
 		var n int
 		var err error
-		ns.Do(t, func() { n, err = Sync(rs) })
+		ns.Do(t, func() { n, err = MainTable{}.Sync(rs) })
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -127,7 +127,7 @@ func BenchmarkChangeToDatapath(b *testing.B) {
 		b.Fatal(err)
 	}
 	factory := informers.NewSharedInformerFactory(client, 0)
-	p, err := New(slog.New(slog.NewTextHandler(io.Discard, nil)), factory, w, metrics.New(dp), Options{
+	ctrl, err := New(slog.New(slog.NewTextHandler(io.Discard, nil)), factory, w, metrics.New(dp), Options{
 		NodeName: "node-a", NodeStateFile: filepath.Join(b.TempDir(), "node.json"),
 		MinSync: 10 * time.Millisecond, MaxSync: time.Hour,
 	})
@@ -136,9 +136,10 @@ func BenchmarkChangeToDatapath(b *testing.B) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go func() { _ = p.Run(ctx) }()
+	factory.Start(ctx.Done())
+	go func() { _ = ctrl.Run(ctx) }()
 	start := time.Now()
-	for ok, _ := p.Ready(); !ok; ok, _ = p.Ready() {
+	for ok, _ := ctrl.Ready(); !ok; ok, _ = ctrl.Ready() {
 		time.Sleep(10 * time.Millisecond)
 	}
 	b.ReportMetric(time.Since(start).Seconds(), "cold-start-s")

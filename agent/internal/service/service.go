@@ -1,4 +1,5 @@
-// Package service is the agent's service proxy: informer events mark the
+// Package service is the agent's service proxy, the controller of the
+// Services pipeline (compile, then mapsync): informer events mark the
 // Services they touch and request a sync from a bounded-frequency runner; a
 // sync recompiles only the marked Services (all of them after a change of
 // this Node) from the informer caches and applies the difference to the
@@ -26,6 +27,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 
+	"github.com/sluice-net/sluice/agent/internal/apiobj"
 	"github.com/sluice-net/sluice/agent/internal/healthcheck"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/agent/internal/runner"
@@ -34,7 +36,7 @@ import (
 	"github.com/sluice-net/sluice/internal/nodestate"
 )
 
-// Options configure the proxy.
+// Options configure the controller.
 type Options struct {
 	NodeName         string
 	NodePortCIDRs    []netip.Prefix // empty: every node address
@@ -45,8 +47,8 @@ type Options struct {
 	HealthChecks *healthcheck.Server
 }
 
-// Proxy keeps the datapath's service maps in step with the API.
-type Proxy struct {
+// Controller keeps the datapath's service maps in step with the API.
+type Controller struct {
 	log     *slog.Logger
 	opts    Options
 	factory informers.SharedInformerFactory
@@ -66,18 +68,19 @@ type Proxy struct {
 	healthChecks map[types.NamespacedName]compile.HealthCheck
 	lastFull     time.Time
 
-	handlersSynced []cache.InformerSynced
+	synced []cache.InformerSynced // our handlers have seen the initial lists
 
 	ready     atomic.Bool
 	lastError atomic.Value // string
 }
 
-// New wires the proxy to the factory's informers.
-func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *mapsync.Writer, m *metrics.Metrics, opts Options) (*Proxy, error) {
+// New registers the controller's informers and handlers on factory; the
+// caller starts the factory.
+func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *mapsync.Writer, m *metrics.Metrics, opts Options) (*Controller, error) {
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
 	}
-	p := &Proxy{log: log, opts: opts, factory: factory, writer: writer, metrics: m,
+	c := &Controller{log: log, opts: opts, factory: factory, writer: writer, metrics: m,
 		dirty: map[types.NamespacedName]bool{}, full: true, perService: map[types.NamespacedName]compile.Desired{},
 		desired:      compile.Desired{},
 		healthChecks: map[types.NamespacedName]compile.HealthCheck{}}
@@ -91,14 +94,14 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *maps
 	if err != nil {
 		return nil, fmt.Errorf("index EndpointSlices by Service: %w", err)
 	}
-	p.runner = runner.New(p.sync, opts.MinSync, opts.MaxSync, opts.MinSync, opts.Clock)
-	p.lastError.Store("no sync yet")
+	c.runner = runner.New(c.sync, opts.MinSync, opts.MaxSync, opts.MinSync, opts.Clock)
+	c.lastError.Store("no sync yet")
 
 	handler := func(kind string) cache.ResourceEventHandlerFuncs {
 		return cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(obj any) { p.changed(kind, "added", obj) },
-			UpdateFunc: func(_, obj any) { p.changed(kind, "updated", obj) },
-			DeleteFunc: func(obj any) { p.changed(kind, "deleted", obj) },
+			AddFunc:    func(obj any) { c.changed(kind, "added", obj) },
+			UpdateFunc: func(_, obj any) { c.changed(kind, "updated", obj) },
+			DeleteFunc: func(obj any) { c.changed(kind, "deleted", obj) },
 		}
 	}
 	for _, inf := range []struct {
@@ -113,81 +116,77 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *maps
 		if err != nil {
 			return nil, fmt.Errorf("watch %ss: %w", inf.kind, err)
 		}
-		p.handlersSynced = append(p.handlersSynced, reg.HasSynced)
+		c.synced = append(c.synced, reg.HasSynced)
 	}
-	return p, nil
+	return c, nil
 }
 
-func (p *Proxy) changed(kind, what string, obj any) {
+func (c *Controller) changed(kind, what string, obj any) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
 	}
-	p.mu.Lock()
+	c.mu.Lock()
 	switch o := obj.(type) {
 	case *v1.Node:
-		if o.Name != p.opts.NodeName {
-			p.mu.Unlock()
+		if o.Name != c.opts.NodeName {
+			c.mu.Unlock()
 			return // other nodes matter for routes, not for services
 		}
 		if what == "deleted" {
-			p.node = nil
-		} else if p.node != nil && !nodeChangeMatters(p.node, o) {
+			c.node = nil
+		} else if c.node != nil && !nodeChangeMatters(c.node, o) {
 			// A status heartbeat: nothing the datapath uses changed, and a
 			// full sync every few seconds would delay real changes.
-			p.mu.Unlock()
+			c.mu.Unlock()
 			return
 		} else {
-			p.node = o.DeepCopy()
+			c.node = o.DeepCopy()
 		}
-		p.full = true
+		c.full = true
 	case *v1.Service:
-		p.dirty[types.NamespacedName{Namespace: o.Namespace, Name: o.Name}] = true
+		c.dirty[types.NamespacedName{Namespace: o.Namespace, Name: o.Name}] = true
 	case *discovery.EndpointSlice:
 		if name := o.Labels[discovery.LabelServiceName]; name != "" {
-			p.dirty[types.NamespacedName{Namespace: o.Namespace, Name: name}] = true
+			c.dirty[types.NamespacedName{Namespace: o.Namespace, Name: name}] = true
 		}
 	}
-	p.mu.Unlock()
+	c.mu.Unlock()
 	if o, ok := obj.(interface {
 		GetNamespace() string
 		GetName() string
 	}); ok {
-		p.log.Debug(kind+" "+what, "object", o.GetNamespace()+"/"+o.GetName())
+		c.log.Debug(kind+" "+what, "object", o.GetNamespace()+"/"+o.GetName())
 	}
-	p.runner.Run()
+	c.runner.Run()
 }
 
-// Run starts the informers, waits for their caches and syncs until ctx ends.
-func (p *Proxy) Run(ctx context.Context) error {
-	p.factory.Start(ctx.Done())
-	p.log.Info("waiting for Services, EndpointSlices and Nodes to sync from the API server")
-	for typ, ok := range p.factory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("informer cache for %v did not sync", typ)
-		}
+// Run waits until the handlers have seen the informers' initial lists,
+// then syncs until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	c.log.Info("waiting for Services, EndpointSlices and Nodes to sync from the API server")
+	// A handler has synced when its informer has and it has seen the whole
+	// initial list. The marks from that list are dropped: the first sync is
+	// a full one, and they would only make the next one recompile every
+	// Service again.
+	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
+		return fmt.Errorf("informer caches for Services did not sync")
 	}
-	// Our handlers, too, must have seen the initial lists: the first sync
-	// is a full one, and marks from the initial list would only make the
-	// next sync recompile every Service again.
-	if !cache.WaitForCacheSync(ctx.Done(), p.handlersSynced...) {
-		return fmt.Errorf("event handlers did not catch up with the informers")
-	}
-	p.mu.Lock()
-	p.dirty, p.full = map[types.NamespacedName]bool{}, true
-	p.mu.Unlock()
-	p.log.Info("informer caches synced; programming the datapath")
-	p.runner.Run()
-	p.runner.Loop(ctx)
+	c.mu.Lock()
+	c.dirty, c.full = map[types.NamespacedName]bool{}, true
+	c.mu.Unlock()
+	c.log.Info("informer caches synced; programming the datapath")
+	c.runner.Run()
+	c.runner.Loop(ctx)
 	return nil
 }
 
 // Ready reports whether the datapath has been programmed from a full view
 // of the API, and if not, why.
-func (p *Proxy) Ready() (bool, string) {
-	if p.ready.Load() {
+func (c *Controller) Ready() (bool, string) {
+	if c.ready.Load() {
 		return true, ""
 	}
-	return false, p.lastError.Load().(string)
+	return false, c.lastError.Load().(string)
 }
 
 // nodeChangeMatters reports whether an update of this node changes what
@@ -198,12 +197,12 @@ func nodeChangeMatters(old, cur *v1.Node) bool {
 		!slices.Equal(old.Spec.PodCIDRs, cur.Spec.PodCIDRs) || old.Spec.PodCIDR != cur.Spec.PodCIDR
 }
 
-func (p *Proxy) nodeInfo() (compile.Node, []string, error) {
-	p.mu.Lock()
-	n := p.node
-	p.mu.Unlock()
+func (c *Controller) nodeInfo() (compile.Node, []string, error) {
+	c.mu.Lock()
+	n := c.node
+	c.mu.Unlock()
 	if n == nil {
-		return compile.Node{}, nil, fmt.Errorf("node %q not found in the API (is nodeName right?)", p.opts.NodeName)
+		return compile.Node{}, nil, fmt.Errorf("node %q not found in the API (is nodeName right?)", c.opts.NodeName)
 	}
 	info := compile.Node{Name: n.Name, Zone: n.Labels[v1.LabelTopologyZone]}
 	for _, a := range n.Status.Addresses {
@@ -214,43 +213,39 @@ func (p *Proxy) nodeInfo() (compile.Node, []string, error) {
 		if err != nil {
 			continue
 		}
-		if len(p.opts.NodePortCIDRs) == 0 || slices.ContainsFunc(p.opts.NodePortCIDRs, func(c netip.Prefix) bool { return c.Contains(ip) }) {
+		if len(c.opts.NodePortCIDRs) == 0 || slices.ContainsFunc(c.opts.NodePortCIDRs, func(cidr netip.Prefix) bool { return cidr.Contains(ip) }) {
 			info.NodePortAddrs = append(info.NodePortAddrs, ip)
 		}
 	}
-	cidrs := n.Spec.PodCIDRs
-	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
-		cidrs = []string{n.Spec.PodCIDR}
-	}
-	return info, cidrs, nil
+	return info, apiobj.PodCIDRs(n), nil
 }
 
-func (p *Proxy) sync() error {
-	start := p.opts.Clock.Now()
-	err := p.syncOnce(start)
-	p.metrics.SyncDuration.Observe(p.opts.Clock.Since(start).Seconds())
+func (c *Controller) sync() error {
+	start := c.opts.Clock.Now()
+	err := c.syncOnce(start)
+	c.metrics.SyncDuration.Observe(c.opts.Clock.Since(start).Seconds())
 	if err != nil {
-		p.metrics.SyncErrors.Inc()
-		p.lastError.Store(err.Error())
-		p.log.Error("datapath sync failed; will retry", "err", err)
+		c.metrics.SyncErrors.Inc()
+		c.lastError.Store(err.Error())
+		c.log.Error("datapath sync failed; will retry", "err", err)
 	}
 	return err
 }
 
-func (p *Proxy) syncOnce(start time.Time) error {
-	node, podCIDRs, err := p.nodeInfo()
+func (c *Controller) syncOnce(start time.Time) error {
+	node, podCIDRs, err := c.nodeInfo()
 	if err != nil {
 		return err
 	}
-	touched, full, err := p.compile(node)
+	touched, full, err := c.compile(node)
 	if err != nil {
 		return err
 	}
 	var st mapsync.Stats
 	if full {
-		st, err = p.writer.Sync(p.desired)
+		st, err = c.writer.Sync(c.desired)
 	} else {
-		st, err = p.writer.SyncTouched(p.desired, touched)
+		st, err = c.writer.SyncTouched(c.desired, touched)
 	}
 	if err == nil && (full || st.TablesWritten >= freeMemoryAfterTables) {
 		// Building Maglev tables in bulk (a full sync, or a burst of new
@@ -261,40 +256,40 @@ func (p *Proxy) syncOnce(start time.Time) error {
 	}
 	if err != nil {
 		// What failed is not tracked per frontend: compare everything next time.
-		p.mu.Lock()
-		p.full = true
-		p.mu.Unlock()
+		c.mu.Lock()
+		c.full = true
+		c.mu.Unlock()
 	}
-	p.metrics.ServicesProgrammed.Set(float64(st.Services))
-	p.metrics.BackendsProgrammed.Set(float64(st.Backends))
-	p.metrics.MapEntries.WithLabelValues("services").Set(float64(st.Services))
-	p.metrics.MapEntries.WithLabelValues("backends").Set(float64(st.Backends))
+	c.metrics.ServicesProgrammed.Set(float64(st.Services))
+	c.metrics.BackendsProgrammed.Set(float64(st.Backends))
+	c.metrics.MapEntries.WithLabelValues("services").Set(float64(st.Services))
+	c.metrics.MapEntries.WithLabelValues("backends").Set(float64(st.Backends))
 	if err != nil {
 		return err
 	}
 	if st.Changed() {
-		p.log.Info("datapath synced", "services", st.Services, "backends", st.Backends,
+		c.log.Info("datapath synced", "services", st.Services, "backends", st.Backends,
 			"servicesWritten", st.ServicesWritten, "servicesDeleted", st.ServicesDeleted,
 			"backendsWritten", st.BackendsWritten, "backendsDeleted", st.BackendsDeleted,
-			"tablesWritten", st.TablesWritten, "took", p.opts.Clock.Since(start))
+			"tablesWritten", st.TablesWritten, "took", c.opts.Clock.Since(start))
 	}
-	if p.opts.HealthChecks != nil {
+	if c.opts.HealthChecks != nil {
 		var checks []compile.HealthCheck
-		for _, hc := range p.healthChecks {
+		for _, hc := range c.healthChecks {
 			checks = append(checks, hc)
 		}
-		if err := p.opts.HealthChecks.Sync(checks); err != nil {
-			p.log.Error("health check ports", "err", err)
+		if err := c.opts.HealthChecks.Sync(checks); err != nil {
+			c.log.Error("health check ports", "err", err)
 		}
 	}
 	if len(podCIDRs) == 0 {
-		return fmt.Errorf("node %q has no spec.podCIDRs yet: pods cannot get addresses", p.opts.NodeName)
+		return fmt.Errorf("node %q has no spec.podCIDRs yet: pods cannot get addresses", c.opts.NodeName)
 	}
-	if err := nodestate.Write(p.opts.NodeStateFile, nodestate.State{Ready: true, PodCIDRs: podCIDRs}); err != nil {
+	if err := nodestate.Write(c.opts.NodeStateFile, nodestate.State{Ready: true, PodCIDRs: podCIDRs}); err != nil {
 		return err
 	}
-	if !p.ready.Swap(true) {
-		p.log.Info("datapath programmed; node ready for pods", "podCIDRs", podCIDRs, "stateFile", p.opts.NodeStateFile)
+	if !c.ready.Swap(true) {
+		c.log.Info("datapath programmed; node ready for pods", "podCIDRs", podCIDRs, "stateFile", c.opts.NodeStateFile)
 	}
 	return nil
 }
@@ -307,52 +302,52 @@ const sliceIndex = "service"
 const freeMemoryAfterTables = 100
 
 // compile recompiles the Services marked dirty (all after a Node change)
-// into p.desired, and returns the frontends that may have changed (full:
+// into c.desired, and returns the frontends that may have changed (full:
 // all of them).
-func (p *Proxy) compile(node compile.Node) (touched []compile.Frontend, full bool, err error) {
-	p.mu.Lock()
-	dirty, full := p.dirty, p.full
-	p.dirty, p.full = map[types.NamespacedName]bool{}, false
-	p.mu.Unlock()
+func (c *Controller) compile(node compile.Node) (touched []compile.Frontend, full bool, err error) {
+	c.mu.Lock()
+	dirty, full := c.dirty, c.full
+	c.dirty, c.full = map[types.NamespacedName]bool{}, false
+	c.mu.Unlock()
 	// The periodic sync (MaxSync) recompiles every Service from the
 	// caches, so a lost dirty mark cannot leave a Service stale for long.
-	if p.opts.Clock.Since(p.lastFull) >= p.opts.MaxSync {
+	if c.opts.Clock.Since(c.lastFull) >= c.opts.MaxSync {
 		full = true
 	}
 	if full {
-		p.lastFull = p.opts.Clock.Now()
+		c.lastFull = c.opts.Clock.Now()
 	}
 	restore := func() {
-		p.mu.Lock()
-		p.full = true
-		p.mu.Unlock()
+		c.mu.Lock()
+		c.full = true
+		c.mu.Unlock()
 	}
-	services := p.factory.Core().V1().Services().Lister()
+	services := c.factory.Core().V1().Services().Lister()
 	if full {
 		all, err := services.List(labels.Everything())
 		if err != nil {
 			restore()
 			return nil, false, err
 		}
-		p.desired = compile.Desired{}
-		p.perService = map[types.NamespacedName]compile.Desired{}
-		p.healthChecks = map[types.NamespacedName]compile.HealthCheck{}
+		c.desired = compile.Desired{}
+		c.perService = map[types.NamespacedName]compile.Desired{}
+		c.healthChecks = map[types.NamespacedName]compile.HealthCheck{}
 		dirty = map[types.NamespacedName]bool{}
 		for _, s := range all {
 			dirty[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = true
 		}
 	}
-	index := p.factory.Discovery().V1().EndpointSlices().Informer().GetIndexer()
+	index := c.factory.Discovery().V1().EndpointSlices().Informer().GetIndexer()
 	for key := range dirty {
 		svc, err := services.Services(key.Namespace).Get(key.Name)
 		// The Service's old frontends leave; its new ones (if any) enter.
-		for f := range p.perService[key] {
-			delete(p.desired, f)
+		for f := range c.perService[key] {
+			delete(c.desired, f)
 			touched = append(touched, f)
 		}
 		if apierrors.IsNotFound(err) {
-			delete(p.perService, key)
-			delete(p.healthChecks, key)
+			delete(c.perService, key)
+			delete(c.healthChecks, key)
 			continue
 		}
 		if err != nil {
@@ -370,18 +365,18 @@ func (p *Proxy) compile(node compile.Node) (touched []compile.Frontend, full boo
 		}
 		d, errs := compile.Service(svc, slices, node)
 		for _, e := range errs {
-			p.metrics.ObjectErrors.Inc()
-			p.log.Warn("object partly ignored", "err", e)
+			c.metrics.ObjectErrors.Inc()
+			c.log.Warn("object partly ignored", "err", e)
 		}
-		p.perService[key] = d
+		c.perService[key] = d
 		for f, e := range d {
-			p.desired[f] = e
+			c.desired[f] = e
 			touched = append(touched, f)
 		}
 		if hc, ok := compile.ServiceHealthCheck(svc, slices, node); ok {
-			p.healthChecks[key] = hc
+			c.healthChecks[key] = hc
 		} else {
-			delete(p.healthChecks, key)
+			delete(c.healthChecks, key)
 		}
 	}
 	return touched, full, nil

@@ -28,11 +28,11 @@ import (
 
 // The API is faked here (the wiring from informer events to the maps is
 // under test); the maps and programs are real.
-func setup(t *testing.T) (*fake.Clientset, *bpf.Datapath, *Proxy, string) {
+func setup(t *testing.T) (*fake.Clientset, *bpf.Datapath, *Controller, string) {
 	return setupWith(t, nil)
 }
 
-func setupWith(t *testing.T, hc *healthcheck.Server) (*fake.Clientset, *bpf.Datapath, *Proxy, string) {
+func setupWith(t *testing.T, hc *healthcheck.Server) (*fake.Clientset, *bpf.Datapath, *Controller, string) {
 	t.Helper()
 	dp := bpftest.Load(t, bpf.Config{MaxServices: 1024, MaxBackends: 4096})
 	w, err := mapsync.New(dp)
@@ -46,7 +46,7 @@ func setupWith(t *testing.T, hc *healthcheck.Server) (*fake.Clientset, *bpf.Data
 	})
 	state := filepath.Join(t.TempDir(), "node.json")
 	factory := informers.NewSharedInformerFactory(client, 0)
-	p, err := New(slog.New(slog.NewTextHandler(io.Discard, nil)), factory, w, metrics.New(dp), Options{
+	ctrl, err := New(slog.New(slog.NewTextHandler(io.Discard, nil)), factory, w, metrics.New(dp), Options{
 		NodeName: "node-a", NodeStateFile: state, MinSync: 10 * time.Millisecond, MaxSync: time.Hour,
 		HealthChecks: hc,
 	})
@@ -54,10 +54,11 @@ func setupWith(t *testing.T, hc *healthcheck.Server) (*fake.Clientset, *bpf.Data
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	factory.Start(ctx.Done())
 	done := make(chan struct{})
-	go func() { _ = p.Run(ctx); close(done) }()
+	go func() { _ = ctrl.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return client, dp, p, state
+	return client, dp, ctrl, state
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {
@@ -80,11 +81,11 @@ func backendCount(dp *bpf.Datapath, vip string) (uint32, bool) {
 	return v.BackendCount, true
 }
 
-func TestProxyFollowsTheAPI(t *testing.T) {
-	client, dp, p, state := setup(t)
+func TestServicesFollowTheAPI(t *testing.T) {
+	client, dp, ctrl, state := setup(t)
 	ctx := context.Background()
 
-	eventually(t, "readiness", func() bool { ok, _ := p.Ready(); return ok })
+	eventually(t, "readiness", func() bool { ok, _ := ctrl.Ready(); return ok })
 	s, err := nodestate.Read(state)
 	if err != nil || len(s.PodCIDRs) != 1 || s.PodCIDRs[0] != "10.244.0.0/24" {
 		t.Fatalf("node state: %+v, %v", s, err)
