@@ -63,18 +63,61 @@ func up(args []string) error {
 
 func step(format string, a ...any) { fmt.Printf("==> "+format+"\n", a...) }
 
+// bringUp runs the steps of `up` in order; each step records what it made
+// in s (and saves it) before the next starts, so that `down` can remove a
+// half-built cluster.
 func bringUp(s *state, proxyOf []string) error {
-	nodes := len(proxyOf)
-	repo, err := repoRoot()
-	if err != nil {
-		return err
-	}
 	for _, d := range []string{"bin", "logs", "pki", "nodes"} {
 		if err := os.MkdirAll(path(d), 0o755); err != nil {
 			return err
 		}
 	}
+	if err := buildBinaries(s, proxyOf); err != nil {
+		return err
+	}
+	step("generating certificates")
+	ca, err := writePKI()
+	if err != nil {
+		return err
+	}
+	step("creating the underlay bridge and %d node network namespaces", len(proxyOf))
+	if err := makeNetworks(s, proxyOf); err != nil {
+		return err
+	}
+	step("starting etcd, kube-apiserver and kube-controller-manager in %s (%s)", controlNS, controlPlaneIP)
+	if err := startControlPlane(s); err != nil {
+		return err
+	}
+	client, err := waitAPI(s)
+	if err != nil {
+		return err
+	}
+	step("applying manifests/sluice.yaml with kubectl (k8sServiceHost: %s)", controlPlaneIP)
+	in, token, err := installSluice(s, client)
+	if err != nil {
+		return err
+	}
+	if err := startNodes(s, client, in, ca, token); err != nil {
+		return err
+	}
+	if err := startScheduler(s); err != nil {
+		return err
+	}
+	step("waiting for every agent to program its datapath and every node to be Ready")
+	if err := waitNodes(s, client, in); err != nil {
+		return err
+	}
+	printUsage(s)
+	return nil
+}
 
+// buildBinaries builds everything the cluster runs before anything is
+// started: a compile error should cost seconds, not a half-made cluster.
+func buildBinaries(s *state, proxyOf []string) error {
+	repo, err := repoRoot()
+	if err != nil {
+		return err
+	}
 	step("building Kubernetes from Go modules (hack/build-k8s.sh; cached after the first run)")
 	if s.K8sBin, err = buildK8s(repo); err != nil {
 		return err
@@ -83,22 +126,19 @@ func bringUp(s *state, proxyOf []string) error {
 	if err := buildSluice(repo); err != nil {
 		return err
 	}
+	// kube-proxy nodes (benchmark layouts) use the reference CNI plugins.
 	if slices.ContainsFunc(proxyOf, func(p string) bool { return p != proxySluice }) {
 		if err := buildReferencePlugins(repo); err != nil {
 			return err
 		}
 	}
-	if err := s.save(); err != nil {
-		return err
-	}
+	return s.save()
+}
 
-	step("generating certificates")
-	ca, err := writePKI()
-	if err != nil {
-		return err
-	}
-
-	step("creating the underlay bridge and %d node network namespaces", nodes)
+// makeNetworks creates the underlay, the control plane's namespace and one
+// namespace per node with its host directories, recording each node in s:
+// the whole network exists before any daemon needs it.
+func makeNetworks(s *state, proxyOf []string) error {
 	cg2, err := cgroup2Root()
 	if err != nil {
 		return err
@@ -109,9 +149,9 @@ func bringUp(s *state, proxyOf []string) error {
 	if err := attachToUnderlay(controlNS, controlPlaneIP); err != nil {
 		return err
 	}
-	for i := range nodes {
+	for i, proxy := range proxyOf {
 		n := nodeState{
-			Name: nodeName(i), IP: nodeIP(i).String(), PodCIDR: nodePodCIDR(i), Netns: netnsPrefix + nodeName(i), Proxy: proxyOf[i],
+			Name: nodeName(i), IP: nodeIP(i).String(), PodCIDR: nodePodCIDR(i), Netns: netnsPrefix + nodeName(i), Proxy: proxy,
 			Host: hostPaths{
 				Root: path("nodes", nodeName(i), "root"), BPFFS: filepath.Join(bpffsDir, nodeName(i)),
 				Cgroup: filepath.Join(cg2, cgroupName, nodeName(i)),
@@ -130,70 +170,76 @@ func bringUp(s *state, proxyOf []string) error {
 		}
 		s.Nodes = append(s.Nodes, n)
 	}
-	if err := s.save(); err != nil {
-		return err
-	}
+	return s.save()
+}
 
-	step("starting etcd, kube-apiserver and kube-controller-manager in %s (%s)", controlNS, controlPlaneIP)
-	if err := startControlPlane(s); err != nil {
-		return err
-	}
-	client, err := waitAPI(s)
-	if err != nil {
-		return err
-	}
-
-	step("applying manifests/sluice.yaml with kubectl (k8sServiceHost: %s)", controlPlaneIP)
+// installSluice applies the manifest as a user would, then reads back what
+// every node needs to play the DaemonSet's pod: the install (DaemonSet and
+// ConfigMap, from the API, not from the file) and the agent's token.
+func installSluice(s *state, client kubernetes.Interface) (*install, string, error) {
 	if err := applyManifest(s); err != nil {
-		return err
+		return nil, "", err
 	}
 	token, err := agentToken(client)
 	if err != nil {
-		return err
+		return nil, "", err
 	}
 	in, err := readInstallFromAPI(client)
 	if err != nil {
-		return err
+		return nil, "", err
 	}
+	return in, token, nil
+}
 
-	ctx := context.Background()
+// startNodes registers each node with the API server and starts its
+// daemons, one node after the other.
+func startNodes(s *state, client kubernetes.Interface, in *install, ca *pki.CA, token string) error {
 	for i, n := range s.Nodes {
 		step("%s: Node object (InternalIP %s, podCIDR %s), CNI install, %s and node shim", n.Name, n.IP, n.PodCIDR, n.Proxy)
-		node := &v1.Node{
-			ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: map[string]string{
-				"kubernetes.io/hostname": n.Name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-				"topology.kubernetes.io/zone": fmt.Sprintf("zone-%c", 'a'+i%2),
-			}},
-			Spec:   v1.NodeSpec{PodCIDR: n.PodCIDR, PodCIDRs: []string{n.PodCIDR}},
-			Status: v1.NodeStatus{Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: n.IP}, {Type: v1.NodeHostName, Address: n.Name}}},
-		}
-		created, err := client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
-		if err != nil {
-			return fmt.Errorf("create Node %s: %w", n.Name, err)
-		}
-		created.Status = node.Status
-		if _, err := client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
-			return fmt.Errorf("status of Node %s: %w", n.Name, err)
+		if err := registerNode(client, i, n); err != nil {
+			return err
 		}
 		if err := startNode(s, &s.Nodes[i], in, ca, token); err != nil {
 			return err
 		}
 	}
-	s.Daemons["scheduler"] = &daemon{Name: "scheduler", Netns: nsexec.Path(controlNS),
-		Argv: []string{path("bin", "localcluster"), "_scheduler", "--kubeconfig", path("pki", "scheduler.kubeconfig")}}
-	if err := s.Daemons["scheduler"].start(); err != nil {
-		return err
-	}
-	if err := s.save(); err != nil {
-		return err
-	}
-
-	step("waiting for every agent to program its datapath and every node to be Ready")
-	if err := waitNodes(s, client, in); err != nil {
-		return err
-	}
-	printUsage(s)
 	return nil
+}
+
+// registerNode creates the Node object a kubelet would, with its pod CIDR
+// and InternalIP: the agents read both, and there is no node IPAM
+// controller to assign the CIDR.
+func registerNode(client kubernetes.Interface, i int, n nodeState) error {
+	ctx := context.Background()
+	node := &v1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: map[string]string{
+			"kubernetes.io/hostname": n.Name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+			"topology.kubernetes.io/zone": fmt.Sprintf("zone-%c", 'a'+i%2),
+		}},
+		Spec:   v1.NodeSpec{PodCIDR: n.PodCIDR, PodCIDRs: []string{n.PodCIDR}},
+		Status: v1.NodeStatus{Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: n.IP}, {Type: v1.NodeHostName, Address: n.Name}}},
+	}
+	created, err := client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("create Node %s: %w", n.Name, err)
+	}
+	created.Status = node.Status
+	if _, err := client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("status of Node %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// startScheduler starts the minimal scheduler once the nodes exist, so that
+// pods created from now on are bound to a node that can run them.
+func startScheduler(s *state) error {
+	d := &daemon{Name: "scheduler", Netns: nsexec.Path(controlNS),
+		Argv: []string{path("bin", "localcluster"), "_scheduler", "--kubeconfig", path("pki", "scheduler.kubeconfig")}}
+	s.Daemons[d.Name] = d
+	if err := d.start(); err != nil {
+		return err
+	}
+	return s.save()
 }
 
 // repoRoot is the Sluice checkout this command runs from.
