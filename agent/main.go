@@ -128,7 +128,8 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
-	m := metrics.New(dp)
+	m := metrics.New()
+	m.RegisterDatapath(dp)
 	var nodePortCIDRs []netip.Prefix
 	for _, s := range cfg.NodePortAddresses {
 		nodePortCIDRs = append(nodePortCIDRs, netip.MustParsePrefix(s)) // validated by config
@@ -151,7 +152,7 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	}
 	var nodeRoutes *routes.Controller
 	if *cfg.NativeRouting {
-		nodeRoutes, err = routes.New(log, factory, routes.MainTable{}, routes.Options{
+		nodeRoutes, err = routes.New(log, factory, routes.MainTable{}, m, routes.Options{
 			NodeName: cfg.NodeName, MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration,
 		})
 		if err != nil {

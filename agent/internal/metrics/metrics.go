@@ -13,9 +13,10 @@ import (
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	SyncDuration       prometheus.Histogram
-	SyncErrors         prometheus.Counter
-	ObjectErrors       prometheus.Counter
+	syncDuration *prometheus.HistogramVec
+	syncErrors   *prometheus.CounterVec
+	objectErrors *prometheus.CounterVec
+
 	ServicesProgrammed prometheus.Gauge
 	BackendsProgrammed prometheus.Gauge
 	MapCapacity        *prometheus.GaugeVec
@@ -23,25 +24,38 @@ type Metrics struct {
 	ConntrackEntries   prometheus.Gauge
 	ConntrackGCDeleted prometheus.Counter
 
-	PolicySyncDuration      prometheus.Histogram
 	PolicyEndpointsIsolated prometheus.Gauge
 }
 
-// New registers every metric, plus the drop counters read from dp.
-func New(dp *bpf.Datapath) *Metrics {
+// Controller is what every controller reports about its syncs, labelled
+// with its name.
+type Controller struct {
+	SyncDuration prometheus.Observer
+	SyncErrors   prometheus.Counter
+	// ObjectErrors counts objects, or fields of them, the controller could
+	// not use.
+	ObjectErrors prometheus.Counter
+}
+
+// New registers every metric the agent updates; RegisterDatapath adds
+// what the datapath itself reports.
+func New() *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
-		SyncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "sluice_sync_duration_seconds",
-			Help:    "Time to compile Services and EndpointSlices and apply the difference to the datapath maps.",
+		syncDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "sluice_sync_duration_seconds",
+			Help: "Time one sync of a controller takes: compile its objects and apply the difference " +
+				"(service: Services and EndpointSlices to the service maps; netpol: Pods, Namespaces and " +
+				"NetworkPolicies to the policy maps; routes: Nodes to the routing table).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}),
-		SyncErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sluice_sync_errors_total", Help: "Datapath syncs that failed (they are retried).",
-		}),
-		ObjectErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sluice_object_errors_total", Help: "Malformed fields found in Services (the rest of the object is programmed).",
-		}),
+		}, []string{"controller"}),
+		syncErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_sync_errors_total", Help: "Syncs of a controller that failed (they are retried).",
+		}, []string{"controller"}),
+		objectErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_object_errors_total",
+			Help: "Objects, or fields of them, a controller could not use (the rest is programmed; the log names object and field).",
+		}, []string{"controller"}),
 		ServicesProgrammed: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sluice_services_programmed", Help: "Service frontends (address, port, protocol, scope) in the datapath.",
 		}),
@@ -60,19 +74,30 @@ func New(dp *bpf.Datapath) *Metrics {
 		ConntrackGCDeleted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_conntrack_gc_deleted_total", Help: "Expired conntrack entries deleted by garbage collection.",
 		}),
-		PolicySyncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "sluice_policy_sync_duration_seconds",
-			Help:    "Time to compile Pods, Namespaces and NetworkPolicies and apply the difference to the policy maps.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}),
 		PolicyEndpointsIsolated: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sluice_policy_endpoints_isolated", Help: "Local pods isolated by NetworkPolicy (ingress, egress or both).",
 		}),
 	}
-	m.Registry.MustRegister(m.SyncDuration, m.SyncErrors, m.ObjectErrors, m.ServicesProgrammed, m.BackendsProgrammed,
-		m.MapCapacity, m.MapEntries, m.ConntrackEntries, m.ConntrackGCDeleted, m.PolicySyncDuration, m.PolicyEndpointsIsolated,
-		&dropCollector{dp: dp},
+	m.Registry.MustRegister(m.syncDuration, m.syncErrors, m.objectErrors, m.ServicesProgrammed, m.BackendsProgrammed,
+		m.MapCapacity, m.MapEntries, m.ConntrackEntries, m.ConntrackGCDeleted, m.PolicyEndpointsIsolated,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Controller returns the sync metrics of the named controller; its series
+// exist (at zero) from then on.
+func (m *Metrics) Controller(name string) Controller {
+	return Controller{
+		SyncDuration: m.syncDuration.WithLabelValues(name),
+		SyncErrors:   m.syncErrors.WithLabelValues(name),
+		ObjectErrors: m.objectErrors.WithLabelValues(name),
+	}
+}
+
+// RegisterDatapath publishes dp's map capacities and collects its drop
+// counters at every scrape.
+func (m *Metrics) RegisterDatapath(dp *bpf.Datapath) {
+	m.Registry.MustRegister(&dropCollector{dp: dp})
 	for name, mp := range map[string]interface{ MaxEntries() uint32 }{
 		"services": dp.Services, "backends": dp.Backends, "conntrack": dp.Conntrack,
 		"affinity": dp.Affinity, "endpoints": dp.Endpoints, "sock_revnat": dp.SockRevnat,
@@ -80,7 +105,6 @@ func New(dp *bpf.Datapath) *Metrics {
 	} {
 		m.MapCapacity.WithLabelValues(name).Set(float64(mp.MaxEntries()))
 	}
-	return m
 }
 
 var (

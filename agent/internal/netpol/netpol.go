@@ -59,9 +59,11 @@ type Controller struct {
 	policies listersnetworkingv1.NetworkPolicyLister
 	writer   Writer
 	metrics  *metrics.Metrics
-	alloc    *compile.Allocator
-	runner   *runner.Runner
-	synced   []cache.InformerSynced // our handlers have seen the initial lists
+	// syncMetrics are this controller's series of the shared sync metrics.
+	syncMetrics metrics.Controller
+	alloc       *compile.Allocator
+	runner      *runner.Runner
+	synced      []cache.InformerSynced // our handlers have seen the initial lists
 
 	firstSync     chan struct{}
 	firstSyncOnce sync.Once
@@ -74,7 +76,7 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer Write
 		opts.Clock = clock.RealClock{}
 	}
 	c := &Controller{
-		log: log, opts: opts, writer: writer, metrics: m, alloc: compile.NewAllocator(),
+		log: log, opts: opts, writer: writer, metrics: m, syncMetrics: m.Controller("netpol"), alloc: compile.NewAllocator(),
 		pods:      factory.Core().V1().Pods().Lister(),
 		nss:       factory.Core().V1().Namespaces().Lister(),
 		policies:  factory.Networking().V1().NetworkPolicies().Lister(),
@@ -165,6 +167,16 @@ func (c *Controller) Run(ctx context.Context) error {
 
 func (c *Controller) sync() error {
 	start := c.opts.Clock.Now()
+	err := c.syncOnce(start)
+	c.syncMetrics.SyncDuration.Observe(c.opts.Clock.Since(start).Seconds())
+	if err != nil {
+		c.syncMetrics.SyncErrors.Inc()
+		c.log.Error("NetworkPolicy sync failed; will retry", "err", err)
+	}
+	return err
+}
+
+func (c *Controller) syncOnce(start time.Time) error {
 	pods, err := c.pods.List(labels.Everything())
 	if err != nil {
 		return err
@@ -183,7 +195,7 @@ func (c *Controller) sync() error {
 	}
 	out := compile.Compile(compile.Input{NodeName: c.opts.NodeName, HostAddrs: hostAddrs, Pods: pods, Namespaces: nss, Policies: policies}, c.alloc)
 	for _, e := range out.Errors {
-		c.metrics.ObjectErrors.Inc()
+		c.syncMetrics.ObjectErrors.Inc()
 		c.log.Warn("NetworkPolicy skipped", "error", e)
 	}
 	st, err := c.writer.Apply(out)
@@ -191,13 +203,11 @@ func (c *Controller) sync() error {
 	// view, even if some entries failed (a full map): they are reported
 	// and retried, and holding every Service hostage would be worse.
 	defer c.firstSyncOnce.Do(func() { close(c.firstSync) })
-	c.metrics.PolicySyncDuration.Observe(c.opts.Clock.Since(start).Seconds())
 	c.metrics.PolicyEndpointsIsolated.Set(float64(st.Isolated))
 	for name, n := range map[string]int{"ipcache": st.IPCache, "policy_cidrs": st.CIDRs, "policy_endpoints": st.Endpoints, "policy": st.Rules} {
 		c.metrics.MapEntries.WithLabelValues(name).Set(float64(n))
 	}
 	if err != nil {
-		c.metrics.SyncErrors.Inc()
 		return fmt.Errorf("write NetworkPolicy maps: %w", err)
 	}
 	level := slog.LevelDebug

@@ -24,6 +24,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/sluice-net/sluice/agent/internal/apiobj"
+	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/agent/internal/runner"
 )
 
@@ -159,22 +160,23 @@ type Options struct {
 
 // Controller keeps the routes in step with the Nodes.
 type Controller struct {
-	log    *slog.Logger
-	opts   Options
-	nodes  corelisters.NodeLister
-	writer Writer
-	runner *runner.Runner
-	synced cache.InformerSynced // our handler has seen the initial list
+	log     *slog.Logger
+	opts    Options
+	nodes   corelisters.NodeLister
+	writer  Writer
+	metrics metrics.Controller
+	runner  *runner.Runner
+	synced  cache.InformerSynced // our handler has seen the initial list
 }
 
 // New registers the controller's informer and handler on factory; the
 // caller starts the factory.
-func New(log *slog.Logger, factory informers.SharedInformerFactory, writer Writer, opts Options) (*Controller, error) {
+func New(log *slog.Logger, factory informers.SharedInformerFactory, writer Writer, m *metrics.Metrics, opts Options) (*Controller, error) {
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
 	}
 	inf := factory.Core().V1().Nodes()
-	c := &Controller{log: log, opts: opts, nodes: inf.Lister(), writer: writer}
+	c := &Controller{log: log, opts: opts, nodes: inf.Lister(), writer: writer, metrics: m.Controller("routes")}
 	c.runner = runner.New(c.sync, opts.MinSync, opts.MaxSync, opts.MinSync, opts.Clock)
 	reg, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.changed("added", obj) },
@@ -212,20 +214,29 @@ func (c *Controller) Run(ctx context.Context) error {
 }
 
 func (c *Controller) sync() error {
+	start := c.opts.Clock.Now()
+	err := c.syncOnce()
+	c.metrics.SyncDuration.Observe(c.opts.Clock.Since(start).Seconds())
+	if err != nil {
+		c.metrics.SyncErrors.Inc()
+		c.log.Error("route sync failed; will retry", "err", err)
+	}
+	return err
+}
+
+func (c *Controller) syncOnce() error {
 	nodes, err := c.nodes.List(labels.Everything())
 	if err != nil {
 		return err
 	}
 	desired, errs := Desired(nodes, c.opts.NodeName)
 	for _, e := range errs {
+		c.metrics.ObjectErrors.Inc()
 		c.log.Warn("node not routed", "err", e)
 	}
 	n, err := c.writer.Sync(desired)
 	if n > 0 {
 		c.log.Info("routes to other nodes' pod CIDRs updated", "changed", n, "routes", len(desired))
-	}
-	if err != nil {
-		c.log.Error("route sync failed; will retry", "err", err)
 	}
 	return err
 }

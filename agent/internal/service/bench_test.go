@@ -127,7 +127,7 @@ func BenchmarkChangeToDatapath(b *testing.B) {
 		b.Fatal(err)
 	}
 	factory := informers.NewSharedInformerFactory(client, 0)
-	ctrl, err := New(slog.New(slog.NewTextHandler(io.Discard, nil)), factory, w, metrics.New(dp), Options{
+	ctrl, err := New(slog.New(slog.NewTextHandler(io.Discard, nil)), factory, w, metrics.New(), Options{
 		NodeName: "node-a", NodeStateFile: filepath.Join(b.TempDir(), "node.json"),
 		MinSync: 10 * time.Millisecond, MaxSync: time.Hour,
 	})

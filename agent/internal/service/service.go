@@ -54,7 +54,9 @@ type Controller struct {
 	factory informers.SharedInformerFactory
 	writer  *mapsync.Writer
 	metrics *metrics.Metrics
-	runner  *runner.Runner
+	// syncMetrics are this controller's series of the shared sync metrics.
+	syncMetrics metrics.Controller
+	runner      *runner.Runner
 
 	mu    sync.Mutex
 	node  *v1.Node                      // this node, once seen
@@ -80,7 +82,7 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *maps
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
 	}
-	c := &Controller{log: log, opts: opts, factory: factory, writer: writer, metrics: m,
+	c := &Controller{log: log, opts: opts, factory: factory, writer: writer, metrics: m, syncMetrics: m.Controller("service"),
 		dirty: map[types.NamespacedName]bool{}, full: true, perService: map[types.NamespacedName]compile.Desired{},
 		desired:      compile.Desired{},
 		healthChecks: map[types.NamespacedName]compile.HealthCheck{}}
@@ -223,9 +225,9 @@ func (c *Controller) nodeInfo() (compile.Node, []string, error) {
 func (c *Controller) sync() error {
 	start := c.opts.Clock.Now()
 	err := c.syncOnce(start)
-	c.metrics.SyncDuration.Observe(c.opts.Clock.Since(start).Seconds())
+	c.syncMetrics.SyncDuration.Observe(c.opts.Clock.Since(start).Seconds())
 	if err != nil {
-		c.metrics.SyncErrors.Inc()
+		c.syncMetrics.SyncErrors.Inc()
 		c.lastError.Store(err.Error())
 		c.log.Error("datapath sync failed; will retry", "err", err)
 	}
@@ -365,7 +367,7 @@ func (c *Controller) compile(node compile.Node) (touched []compile.Frontend, ful
 		}
 		d, errs := compile.Service(svc, slices, node)
 		for _, e := range errs {
-			c.metrics.ObjectErrors.Inc()
+			c.syncMetrics.ObjectErrors.Inc()
 			c.log.Warn("object partly ignored", "err", e)
 		}
 		c.perService[key] = d

@@ -46,7 +46,7 @@ func setupWith(t *testing.T, hc *healthcheck.Server) (*fake.Clientset, *bpf.Data
 	})
 	state := filepath.Join(t.TempDir(), "node.json")
 	factory := informers.NewSharedInformerFactory(client, 0)
-	ctrl, err := New(slog.New(slog.NewTextHandler(io.Discard, nil)), factory, w, metrics.New(dp), Options{
+	ctrl, err := New(slog.New(slog.NewTextHandler(io.Discard, nil)), factory, w, metrics.New(), Options{
 		NodeName: "node-a", NodeStateFile: state, MinSync: 10 * time.Millisecond, MaxSync: time.Hour,
 		HealthChecks: hc,
 	})
