@@ -140,7 +140,8 @@ func restartAgent(args []string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.node(args[0]); err != nil {
+	node, err := s.node(args[0])
+	if err != nil {
 		return err
 	}
 	d := s.Daemons["agent-"+args[0]]
@@ -153,8 +154,46 @@ func restartAgent(args []string) error {
 	if err := d.start(); err != nil {
 		return err
 	}
-	fmt.Printf("agent on %s restarted (PID %d)\n", args[0], d.PID)
-	return s.save()
+	// Recorded before waiting, so that `down` finds the new PID whatever
+	// happens next.
+	if err := s.save(); err != nil {
+		return err
+	}
+	if err := waitAgentReady(s, *node, d); err != nil {
+		return err
+	}
+	fmt.Printf("agent on %s restarted and ready (PID %d)\n", args[0], d.PID)
+	return nil
+}
+
+// agentRestartTimeout bounds restart-agent's wait for the new agent's
+// /readyz, like the kind driver's wait for its pod (the e2e suite gives the
+// whole restart 2 minutes).
+const agentRestartTimeout = 90 * time.Second
+
+// waitAgentReady waits until the restarted agent d answers /readyz on its
+// node: restart-agent returns only once the agent is back, as the kind
+// driver returns only once the agent's pod is Ready.
+func waitAgentReady(s *state, n nodeState, d *daemon) error {
+	client, err := adminClient(s)
+	if err != nil {
+		return err
+	}
+	in, err := readInstallFromAPI(client)
+	if err != nil {
+		return err
+	}
+	port := healthPort(in)
+	var last error
+	for deadline := time.Now().Add(agentRestartTimeout); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+		if !d.alive() {
+			return fmt.Errorf("the restarted agent on %s (PID %d) exited; see %s", n.Name, d.PID, d.logPath())
+		}
+		if last = proxyReady(n, port, "/readyz"); last == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("the restarted agent on %s (PID %d) not ready after %v: /readyz: %v; see %s", n.Name, d.PID, agentRestartTimeout, last, d.logPath())
 }
 
 // runForward forwards a loopback port of this machine's namespace to the

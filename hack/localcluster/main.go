@@ -28,7 +28,7 @@ const usage = `usage: localcluster COMMAND
   kubeconfig                      print the admin kubeconfig path
   exec NAMESPACE/POD -- CMD ...   run CMD in the pod's network namespace; exits with its code
   outside -- CMD ...              run CMD on the underlay (192.168.77.1), outside every node
-  restart-agent NODE              restart the Sluice agent on NODE
+  restart-agent NODE              restart the Sluice agent on NODE; returns once it is ready
 `
 
 func main() {

@@ -3,6 +3,7 @@
 package e2e_test
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
 )
 
 // settleDwell is how long a phase keeps probing after the change settled,
@@ -99,7 +101,10 @@ const agentRestartSettle = 10 * time.Second
 
 // TestAgentRestartKeepsConnections: restarting the agent, on the client's
 // node and then on the other, fails no new connection to a Service: the
-// datapath and its maps outlive the agent.
+// datapath and its maps outlive the agent. Each restarted agent must be
+// ready again, and serve what changes after the restarts: a new endpoint
+// of the Service and a new Service. (The datapath outlives a dead agent
+// too, so connections alone would not tell.)
 //
 // Not parallel: a restart would disturb the other tests' traffic, and a
 // failure it caused would be blamed on them.
@@ -108,16 +113,86 @@ func TestAgentRestartKeepsConnections(t *testing.T) {
 	clientNode, otherNode := f.nodes[0], f.nodes[1]
 	labels := map[string]string{"app": "backend"}
 	f.runPods(netexecPod("backend-0", clientNode, labels), netexecPod("backend-1", otherNode, labels),
-		netexecPod("client", clientNode, nil))
+		netexecPod("client", clientNode, nil), hostNetworkPod("host-"+clientNode, clientNode), hostNetworkPod("host-"+otherNode, otherNode))
 	vip := f.createService(service("backend", labels), 2)
 	f.dialEventually("client", "http", vip, svcHTTPPort)
+	healthPort := f.agentHealthPort()
 
 	p := f.startProber("client", net.JoinHostPort(vip, strconv.Itoa(svcHTTPPort)), "before restarts")
 	time.Sleep(settleDwell)
 	for _, node := range []string{clientNode, otherNode} {
 		p.enter("restart agent on " + node)
 		f.restartAgent(node)
+		f.expectAgentReady(node, healthPort)
 		time.Sleep(agentRestartSettle)
 	}
 	p.finish()
+
+	// A new endpoint: the client's node's restarted agent sends
+	// connections to it.
+	f.runPods(netexecPod("backend-2", otherNode, labels))
+	f.waitForEndpoints("backend", 3)
+	f.eventually("backend-2 answering through "+vip, datapathTimeout, func(context.Context) error {
+		got, err := f.dialFrom("client", "http", vip, svcHTTPPort)
+		if err == nil && got != "backend-2" {
+			err = fmt.Errorf("answered by %s", got)
+		}
+		return err
+	})
+	// A new Service, from a pod on the client's node and from the other
+	// node's host (socket-level load balancing, the other agent's maps).
+	newVIP := f.createService(service("after-restart", labels), 3)
+	f.dialEventually("client", "http", newVIP, svcHTTPPort)
+	url := "http://" + net.JoinHostPort(newVIP, strconv.Itoa(svcHTTPPort)) + "/hostname"
+	f.eventually("the new Service answering on "+otherNode+"'s host", datapathTimeout, func(context.Context) error {
+		_, err := f.exec("host-"+otherNode, "curl", "-sS", "--max-time", "3", url)
+		return err
+	})
+}
+
+// hostNetworkPod runs agnhost pause in node's own network namespace, to
+// run commands as the node's host would.
+func hostNetworkPod(name, node string) *v1.Pod {
+	return &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: v1.PodSpec{
+			NodeName: node, HostNetwork: true,
+			Tolerations:                  []v1.Toleration{{Operator: v1.TolerationOpExists}},
+			AutomountServiceAccountToken: ptr.To(false),
+			Containers:                   []v1.Container{{Name: "pause", Image: agnhostImage, Args: []string{"pause"}}},
+		},
+	}
+}
+
+// agentHealthPort is the port of the agents' /readyz: healthAddr in the
+// installed agent config (ConfigMap sluice-system/sluice-config).
+func (f *testNS) agentHealthPort() string {
+	f.t.Helper()
+	cm, err := f.client.CoreV1().ConfigMaps("sluice-system").Get(f.t.Context(), "sluice-config", metav1.GetOptions{})
+	if err != nil {
+		f.t.Fatalf("the agent config: %v", err)
+	}
+	var cfg struct {
+		HealthAddr string `json:"healthAddr"`
+	}
+	if err := yaml.Unmarshal([]byte(cm.Data["agent.yaml"]), &cfg); err != nil {
+		f.t.Fatalf("ConfigMap sluice-system/sluice-config agent.yaml: %v", err)
+	}
+	_, port, err := net.SplitHostPort(cfg.HealthAddr)
+	if err != nil {
+		f.t.Fatalf("agent healthAddr %q: %v", cfg.HealthAddr, err)
+	}
+	return port
+}
+
+// expectAgentReady waits until the agent on node answers its /readyz with
+// 200 (ready once its first sync is written), asked from the node's own
+// network namespace through its hostNetwork pod host-NODE.
+func (f *testNS) expectAgentReady(node, healthPort string) {
+	f.t.Helper()
+	host := "host-" + node
+	f.eventually("the agent on "+node+" ready", datapathTimeout, func(context.Context) error {
+		_, err := f.exec(host, "curl", "-sSf", "--max-time", "2", "http://127.0.0.1:"+healthPort+"/readyz")
+		return err
+	})
 }

@@ -6,7 +6,7 @@
 //	SLUICE_E2E_DRIVER      executable that reaches into the nodes:
 //	                         DRIVER exec NAMESPACE/POD -- CMD [ARGS...]
 //	                         DRIVER outside -- CMD [ARGS...]  (a host on the node network, outside every node)
-//	                         DRIVER restart-agent NODE
+//	                         DRIVER restart-agent NODE  (returns once the new agent is ready)
 //
 // go test runs in this directory, so give both as absolute paths:
 //

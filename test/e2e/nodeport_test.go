@@ -4,11 +4,14 @@ package e2e_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -101,7 +104,29 @@ func TestNodePortFromOutside(t *testing.T) {
 	if host, _, err := net.SplitHostPort(clientIP); err != nil || host == ipA || host == ipB {
 		t.Errorf("Local NodePort backend saw the client as %q, want the outside client's own address", clientIP)
 	}
-	if got, err := f.fromOutside(url(ipA, localPort, "/hostname")); err == nil {
-		t.Errorf("Local NodePort on %s (no local backend) answered %q, want a refusal", ipA, got)
+	// A refusal (a reset, curl's exit 7), at once: a timeout (exit 28) is
+	// what a drop would look like, and a client would wait out every one.
+	start := time.Now()
+	got, err := f.fromOutside(url(ipA, localPort, "/hostname"))
+	if code := curlExitCode(err); code != curlCouldntConnect {
+		t.Errorf("Local NodePort on %s (no local backend): %q, %v after %v; want a refusal (curl exit %d), not an answer or a timeout",
+			ipA, got, err, time.Since(start), curlCouldntConnect)
 	}
+}
+
+// curlCouldntConnect is curl's exit code when the connection is refused
+// (a reset or an ICMP error); a timeout (--max-time) is 28.
+const curlCouldntConnect = 7
+
+// curlExitCode is the exit code of a failed curl run through the driver,
+// 0 for no error and -1 for an error that is not an exit code.
+func curlExitCode(err error) int {
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &exit):
+		return exit.ExitCode()
+	}
+	return -1
 }

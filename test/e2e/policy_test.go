@@ -4,6 +4,7 @@ package e2e_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -20,24 +22,52 @@ import (
 // node's datapath.
 const policyTimeout = 20 * time.Second
 
-// connects reports whether client can open a TCP connection to addr.
+// podOtherPort is a second TCP port the policy tests' server listens on
+// (a second netexec), so that a port a policy leaves closed is closed by
+// the policy, not by the absence of a listener.
+const podOtherPort = 8082
+
+// policyServerPod is a netexec pod that also listens on podOtherPort.
+func policyServerPod(name, node string, labels map[string]string) *v1.Pod {
+	p := netexecPod(name, node, labels)
+	p.Spec.Containers = append(p.Spec.Containers, v1.Container{
+		Name:  "other-port",
+		Image: agnhostImage,
+		Args:  []string{"netexec", "--http-port=" + strconv.Itoa(podOtherPort), "--udp-port=" + strconv.Itoa(podOtherPort+1)},
+		Ports: []v1.ContainerPort{{Name: "other", ContainerPort: podOtherPort, Protocol: v1.ProtocolTCP}},
+	})
+	return p
+}
+
+// connects reports whether client can open a TCP connection to addr. The
+// error carries agnhost's verdict: TIMEOUT (no answer at all) or REFUSED (a
+// reset or an ICMP error).
 func (f *testNS) connects(client, addr string) error {
 	_, err := f.exec(client, "/agnhost", "connect", addr, "--timeout=2s", "--protocol=tcp")
 	return err
 }
 
-// expectReach waits until client's connections to addr succeed (want
-// true) or fail (want false).
-func (f *testNS) expectReach(client, addr string, want bool) {
+// expectReach waits until client's connections to addr succeed.
+func (f *testNS) expectReach(client, addr string) {
 	f.t.Helper()
-	what := fmt.Sprintf("%s to reach %s: %v", client, addr, want)
-	f.eventually(what, policyTimeout, func(context.Context) error {
+	f.eventually(fmt.Sprintf("%s to reach %s", client, addr), policyTimeout, func(context.Context) error {
+		return f.connects(client, addr)
+	})
+}
+
+// expectPolicyDrop waits until client's connections to addr time out: a
+// NetworkPolicy drops the SYN without a reply, so the client sees a
+// timeout, never a refusal (a refusal would come from a port nothing
+// listens on, or a Service without endpoints, not from the policy).
+func (f *testNS) expectPolicyDrop(client, addr string) {
+	f.t.Helper()
+	f.eventually(fmt.Sprintf("%s to %s dropped by policy (TIMEOUT)", client, addr), policyTimeout, func(context.Context) error {
 		err := f.connects(client, addr)
-		if want && err != nil {
-			return err
+		if err == nil {
+			return errors.New("connected")
 		}
-		if !want && err == nil {
-			return fmt.Errorf("connected")
+		if !strings.Contains(err.Error(), "TIMEOUT") {
+			return fmt.Errorf("got %v, want TIMEOUT (a policy drop sends no reset)", err)
 		}
 		return nil
 	})
@@ -59,24 +89,27 @@ func TestNetworkPolicy(t *testing.T) {
 	f := newTestNS(t)
 	a, b := f.nodes[0], f.nodes[1]
 	ips := f.runPods(
-		netexecPod("server", a, map[string]string{"app": "server"}),
+		policyServerPod("server", a, map[string]string{"app": "server"}),
 		netexecPod("allowed", b, map[string]string{"role": "allowed"}),
 		netexecPod("other", b, map[string]string{"role": "other"}),
 		netexecPod("neighbour", a, map[string]string{"role": "other"}))
 	server := net.JoinHostPort(ips[0], strconv.Itoa(podHTTPPort))
 	vip := f.createService(service("server", map[string]string{"app": "server"}), 1)
 	viaService := net.JoinHostPort(vip, strconv.Itoa(svcHTTPPort))
+	otherPort := net.JoinHostPort(ips[0], strconv.Itoa(podOtherPort))
 	clients := []string{"allowed", "other", "neighbour"}
 	for _, c := range clients {
-		f.expectReach(c, server, true)
+		f.expectReach(c, server)
 	}
+	// The port the allow below leaves closed is open until then.
+	f.expectReach("allowed", otherPort)
 
 	f.applyPolicy(&networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: "default-deny"},
 		Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}},
 	})
 	for _, c := range clients {
-		f.expectReach(c, server, false)
+		f.expectPolicyDrop(c, server)
 	}
 	// The node's own traffic (kubelet probes) still reaches it.
 	f.eventually("server Ready under default deny", policyTimeout, func(ctx context.Context) error {
@@ -98,17 +131,18 @@ func TestNetworkPolicy(t *testing.T) {
 			}},
 		},
 	})
-	f.expectReach("allowed", server, true)
-	f.expectReach("allowed", viaService, true)
-	f.expectReach("other", server, false)
-	f.expectReach("other", viaService, false)
-	f.expectReach("neighbour", server, false)
-	// Another port of the same pod stays closed to the allowed client.
-	f.expectReach("allowed", net.JoinHostPort(ips[0], "8082"), false)
+	f.expectReach("allowed", server)
+	f.expectReach("allowed", viaService)
+	f.expectPolicyDrop("other", server)
+	f.expectPolicyDrop("other", viaService)
+	f.expectPolicyDrop("neighbour", server)
+	// Another port of the same pod, with a listener, stays closed to the
+	// allowed client.
+	f.expectPolicyDrop("allowed", otherPort)
 	// The isolated server still reaches itself through its Service
 	// (hairpin), and a Service without endpoints still refuses at once
 	// rather than its reset being dropped by the isolated client's policy.
-	f.expectReach("server", viaService, true)
+	f.expectReach("server", viaService)
 	empty := net.JoinHostPort(f.createService(service("empty", map[string]string{"app": "nothing"}), 0), strconv.Itoa(svcHTTPPort))
 	refused := func() error {
 		_, err := f.exec("server", "/agnhost", "connect", empty, "--timeout=3s", "--protocol=tcp")
@@ -131,12 +165,12 @@ func TestNetworkPolicy(t *testing.T) {
 	if _, err := f.client.CoreV1().Pods(f.name).Update(t.Context(), other, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	f.expectReach("other", server, true)
+	f.expectReach("other", server)
 
 	if err := f.client.NetworkingV1().NetworkPolicies(f.name).DeleteCollection(t.Context(), metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	f.expectReach("neighbour", server, true)
+	f.expectReach("neighbour", server)
 }
 
 // TestNetworkPolicyEgress: an egress default deny with one allowed
@@ -152,7 +186,7 @@ func TestNetworkPolicyEgress(t *testing.T) {
 	db := net.JoinHostPort(ips[1], strconv.Itoa(podHTTPPort))
 	web := net.JoinHostPort(ips[2], strconv.Itoa(podHTTPPort))
 	client := net.JoinHostPort(ips[0], strconv.Itoa(podHTTPPort))
-	f.expectReach("client", web, true)
+	f.expectReach("client", web)
 
 	f.applyPolicy(&networkingv1.NetworkPolicy{
 		ObjectMeta: metav1.ObjectMeta{Name: "client-egress"},
@@ -164,9 +198,9 @@ func TestNetworkPolicyEgress(t *testing.T) {
 			}},
 		},
 	})
-	f.expectReach("client", web, false)
-	f.expectReach("client", db, true)
+	f.expectPolicyDrop("client", web)
+	f.expectReach("client", db)
 	// Inbound connections to the client are not isolated, and their
 	// replies leave through its isolated egress.
-	f.expectReach("web", client, true)
+	f.expectReach("web", client)
 }

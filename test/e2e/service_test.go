@@ -14,9 +14,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/sets"
-	"k8s.io/utils/ptr"
 )
 
 // TestClusterIPFromEveryNode: from a client on every node, TCP and UDP
@@ -159,16 +157,8 @@ func TestHostNetworkToClusterIP(t *testing.T) {
 	t.Parallel()
 	f := newTestNS(t)
 	labels := map[string]string{"app": "hostnet-backend"}
-	host := &v1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "host-client"},
-		Spec: v1.PodSpec{
-			NodeName: f.nodes[0], HostNetwork: true,
-			Tolerations:                  []v1.Toleration{{Operator: v1.TolerationOpExists}},
-			AutomountServiceAccountToken: ptr.To(false),
-			Containers:                   []v1.Container{{Name: "pause", Image: agnhostImage, Args: []string{"pause"}}},
-		},
-	}
-	f.runPods(netexecPod("backend-0", f.nodes[0], labels), netexecPod("backend-1", f.nodes[1], labels), host)
+	f.runPods(netexecPod("backend-0", f.nodes[0], labels), netexecPod("backend-1", f.nodes[1], labels),
+		hostNetworkPod("host-client", f.nodes[0]))
 	vip := f.createService(service("hostnet", labels), 2)
 	url := "http://" + net.JoinHostPort(vip, strconv.Itoa(svcHTTPPort)) + "/hostname"
 	answers := sets.New[string]()
