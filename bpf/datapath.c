@@ -28,6 +28,8 @@
 #include "lib/reject.h"
 #include "lib/conntrack.h"
 #include "lib/policy.h"
+#include "lib/frag.h"
+#include "lib/source.h"
 #include "lib/lb.h"
 #include "lib/revnat.h"
 #include "lib/sock.h"
@@ -50,39 +52,76 @@ const enum identity *unused_identity __attribute__((unused));
 const enum policy_endpoint_flags *unused_policy_endpoint_flags __attribute__((unused));
 const enum policy_dir *unused_policy_dir __attribute__((unused));
 const enum policy_key_bits *unused_policy_key_bits __attribute__((unused));
+const struct frag_key *unused_frag_key __attribute__((unused));
+const struct frag_value *unused_frag_value __attribute__((unused));
+const enum frag_flags *unused_frag_flags __attribute__((unused));
+
+/* judge applies the endpoint's policy (dir) to a packet that is not a
+ * service flow; a first fragment that passes leaves its decision for the
+ * rest of its datagram. */
+static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, __u8 dir, __u8 hook)
+{
+	if (!policy_active())
+		return TC_ACT_OK;
+	/* An ICMP error about a flow the endpoint has passes either way. */
+	if (is_icmp_error(p) && icmp_error_of_flow(skb, p))
+		return TC_ACT_OK;
+	int verdict = policy_enforce(skb, p, dir, 0);
+
+	if (verdict == TC_ACT_OK && p->frag_first)
+		frag_record(p, 0, 0, 0, hook);
+	return verdict;
+}
+
+/* unreadable decides a packet parse could not read: dropped when the
+ * endpoint it belongs to (at local) is isolated that way, otherwise left
+ * to the kernel's own checks. */
+static __always_inline int unreadable(struct __sk_buff *skb, const struct pkt *p, const __u8 *local, __u8 dir,
+				      __u8 hook)
+{
+	if (!policy_active() || !policy_isolates(local, dir))
+		return TC_ACT_OK;
+	record_drop(skb, p, DROP_UNPARSEABLE, 0, hook);
+	return TC_ACT_SHOT;
+}
 
 SEC("tc")
 int from_pod(struct __sk_buff *skb)
 {
 	struct pkt p = {};
+	int parsed = parse(skb, &p);
 
-	if (parse(skb, &p) < 0 || p.frag || !has_ports(p.proto))
+	if (parsed == PARSE_NOT_IP)
 		return TC_ACT_OK;
-	if (addr_eq(p.dst, p.family == 4 ? hairpin_addr4 : hairpin_addr6))
-		return hairpin_reply(skb, &p);
-	/* Under policy a remote's address is its identity: a pod may send only
-	 * from its own addresses (the CNI recorded which veth has them). */
-	if (policy_active()) {
-		struct endpoint_value *self = bpf_map_lookup_elem(&sluice_endpoints_v1, p.src);
-
-		if (!self || self->ifindex != skb->ifindex) {
-			record_drop(skb, &p, DROP_SPOOFED_SOURCE, 0, HOOK_FROM_POD);
-			return TC_ACT_SHOT;
-		}
+	/* A pod may send only from its own addresses, policy or not: under
+	 * policy a remote's address is its identity, and a pod without
+	 * policy must not lend another pod's. */
+	if (p.addrs && !pod_source_ok(&p, skb->ifindex)) {
+		record_drop(skb, &p, DROP_SPOOFED_SOURCE, 0, HOOK_FROM_POD);
+		return TC_ACT_SHOT;
 	}
-
-	struct svc_key key = {};
-	__builtin_memcpy(key.addr, p.dst, SLUICE_ADDR_LEN);
-	key.port = p.dport;
-	key.proto = p.proto;
-	key.scope = SVC_SCOPE_INTERNAL;
-	struct svc_value *svc = bpf_map_lookup_elem(&sluice_services_v1, &key);
-	if (!svc) {
+	if (parsed != PARSE_OK)
+		return unreadable(skb, &p, p.src, POLICY_EGRESS, HOOK_FROM_POD);
+	if (link_control(&p))
+		return TC_ACT_OK;
+	if (p.frag)
+		return frag_follow(skb, &p, HOOK_FROM_POD,
+				   policy_active() && policy_isolates(p.src, POLICY_EGRESS));
+	if (has_ports(p.proto)) {
+		if (addr_eq(p.dst, p.family == 4 ? hairpin_addr4 : hairpin_addr6))
+			return hairpin_reply(skb, &p);
+		struct svc_key key = {};
+		__builtin_memcpy(key.addr, p.dst, SLUICE_ADDR_LEN);
+		key.port = p.dport;
+		key.proto = p.proto;
+		key.scope = SVC_SCOPE_INTERNAL;
+		struct svc_value *svc = bpf_map_lookup_elem(&sluice_services_v1, &key);
+		if (svc)
+			return lb_service(skb, &p, svc, HOOK_FROM_POD);
 		if (p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
 			forget_stale_reply(&p);
-		return policy_active() ? policy_enforce(skb, &p, POLICY_EGRESS, 0) : TC_ACT_OK;
 	}
-	return lb_service(skb, &p, svc, HOOK_FROM_POD);
+	return judge(skb, &p, POLICY_EGRESS, HOOK_FROM_POD);
 }
 
 SEC("tc")
@@ -94,16 +133,30 @@ int to_pod(struct __sk_buff *skb)
 		skb->mark = 0;
 		return TC_ACT_OK; /* made or turned around by from_pod: final */
 	}
-	if (parse(skb, &p) < 0)
+	int parsed = parse(skb, &p);
+	if (parsed == PARSE_NOT_IP)
 		return TC_ACT_OK;
-	if (p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6)
+	if (parsed != PARSE_OK)
+		return unreadable(skb, &p, p.dst, POLICY_INGRESS, HOOK_TO_POD);
+	if (link_control(&p))
+		return TC_ACT_OK;
+	if (p.frag)
+		return frag_follow(skb, &p, HOOK_TO_POD,
+				   policy_active() && policy_isolates(p.dst, POLICY_INGRESS));
+	if (p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6) {
+		/* Judged as the pod will see it: an error about a service flow
+		 * quotes the backend, as the flow was recorded. */
+		if (judge(skb, &p, POLICY_INGRESS, HOOK_TO_POD) != TC_ACT_OK)
+			return TC_ACT_SHOT;
 		return icmp_error_revnat(skb, &p);
-	if (p.frag || !has_ports(p.proto))
-		return TC_ACT_OK;
-	int verdict;
-	if (service_reply(skb, &p, HOOK_TO_POD, &verdict))
-		return verdict;
-	return policy_active() ? policy_enforce(skb, &p, POLICY_INGRESS, 0) : TC_ACT_OK;
+	}
+	if (has_ports(p.proto)) {
+		int verdict;
+
+		if (service_reply(skb, &p, HOOK_TO_POD, &verdict))
+			return verdict;
+	}
+	return judge(skb, &p, POLICY_INGRESS, HOOK_TO_POD);
 }
 
 /* ---- the node's uplink -------------------------------------------------------
@@ -119,7 +172,15 @@ int from_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 
-	if (parse(skb, &p) < 0 || p.frag || !has_ports(p.proto))
+	if (parse(skb, &p) != PARSE_OK)
+		return TC_ACT_OK;
+	if (uplink_source_spoofed(&p)) {
+		record_drop(skb, &p, DROP_SPOOFED_UPLINK, 0, HOOK_FROM_NETDEV);
+		return TC_ACT_SHOT;
+	}
+	if (p.frag)
+		return frag_follow(skb, &p, HOOK_FROM_NETDEV, 0);
+	if (!has_ports(p.proto))
 		return TC_ACT_OK;
 	struct svc_key key = {};
 	__builtin_memcpy(key.addr, p.dst, SLUICE_ADDR_LEN);
@@ -137,7 +198,11 @@ int to_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 
-	if (parse(skb, &p) < 0 || p.frag || !has_ports(p.proto))
+	if (parse(skb, &p) != PARSE_OK)
+		return TC_ACT_OK;
+	if (p.frag)
+		return frag_follow(skb, &p, HOOK_TO_NETDEV, 0);
+	if (!has_ports(p.proto))
 		return TC_ACT_OK;
 	int verdict;
 	if (service_reply(skb, &p, HOOK_TO_NETDEV, &verdict))

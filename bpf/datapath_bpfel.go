@@ -105,6 +105,8 @@ type datapathDropEvent struct {
 	Sport       uint16
 	Dport       uint16
 	SvcId       uint32
+	Identity    uint32
+	Pad         uint32
 }
 
 type datapathDropReason uint32
@@ -119,6 +121,10 @@ const (
 	datapathDropReasonDROP_POLICY_INGRESS  datapathDropReason = 6
 	datapathDropReasonDROP_POLICY_EGRESS   datapathDropReason = 7
 	datapathDropReasonDROP_SPOOFED_SOURCE  datapathDropReason = 8
+	datapathDropReasonDROP_UNPARSEABLE     datapathDropReason = 9
+	datapathDropReasonDROP_FRAG_NO_FLOW    datapathDropReason = 10
+	datapathDropReasonDROP_FRAG_OVERLAP    datapathDropReason = 11
+	datapathDropReasonDROP_SPOOFED_UPLINK  datapathDropReason = 12
 	datapathDropReasonDROP_REASON_MAX      datapathDropReason = 64
 )
 
@@ -137,6 +143,33 @@ type datapathEndpointValue struct {
 	Pad      uint16
 }
 
+type datapathFragFlags uint32
+
+const (
+	datapathFragFlagsFRAG_F_NAT_DST   datapathFragFlags = 1
+	datapathFragFlagsFRAG_F_NAT_SRC   datapathFragFlags = 2
+	datapathFragFlagsFRAG_F_SNAT_MARK datapathFragFlags = 4
+)
+
+type datapathFragKey struct {
+	_     structs.HostLayout
+	Src   [16]uint8
+	Dst   [16]uint8
+	Id    uint32
+	Proto uint8
+	Hook  uint8
+	Pad   uint16
+}
+
+type datapathFragValue struct {
+	_         structs.HostLayout
+	NatAddr   [16]uint8
+	Sport     uint16
+	Dport     uint16
+	Flags     uint32
+	ExpiresNs uint64
+}
+
 type datapathHook uint32
 
 const (
@@ -144,6 +177,7 @@ const (
 	datapathHookHOOK_TO_POD      datapathHook = 1
 	datapathHookHOOK_FROM_NETDEV datapathHook = 2
 	datapathHookHOOK_TO_NETDEV   datapathHook = 3
+	datapathHookHOOK_MAX         datapathHook = 4
 )
 
 type datapathIdentity uint32
@@ -161,12 +195,36 @@ type datapathIpcacheValue struct {
 }
 
 type datapathKeyScratch struct {
-	_    structs.HostLayout
-	Ct   datapathCtKey
-	Ctv  datapathCtValue
-	Rule datapathPolicyKey
-	Cidr datapathCidrKey
-	_    [4]byte
+	_        structs.HostLayout
+	Ct       datapathCtKey
+	Ctv      datapathCtValue
+	Rule     datapathPolicyKey
+	Cidr     datapathCidrKey
+	Identity uint32
+	Pad      uint32
+	Frag     datapathFragKey
+	_        [4]byte
+	Fragv    datapathFragValue
+	Inner    struct {
+		_         structs.HostLayout
+		Src       [16]uint8
+		Dst       [16]uint8
+		Sport     uint16
+		Dport     uint16
+		L3Off     uint32
+		L4Off     uint32
+		L4Len     uint32
+		FragId    uint32
+		FragOff   uint16
+		Family    uint8
+		Proto     uint8
+		TcpFlags  uint8
+		Frag      uint8
+		FragFirst uint8
+		IcmpType  uint8
+		Addrs     uint8
+		_         [3]byte
+	}
 }
 
 type datapathMark uint32
@@ -278,9 +336,10 @@ const (
 	datapathMapSluiceAffinityV1          = "sluice_affinity_v1"
 	datapathMapSluiceBackendsV1          = "sluice_backends_v1"
 	datapathMapSluiceCtV1                = "sluice_ct_v1"
-	datapathMapSluiceDropsV1             = "sluice_drops_v1"
+	datapathMapSluiceDropsV2             = "sluice_drops_v2"
 	datapathMapSluiceEndpointsV1         = "sluice_endpoints_v1"
-	datapathMapSluiceEventsV1            = "sluice_events_v1"
+	datapathMapSluiceEventsV2            = "sluice_events_v2"
+	datapathMapSluiceFragsV1             = "sluice_frags_v1"
 	datapathMapSluiceIpcacheV1           = "sluice_ipcache_v1"
 	datapathMapSluiceKeyScratch          = "sluice_key_scratch"
 	datapathMapSluiceMaglevV1            = "sluice_maglev_v1"
@@ -317,6 +376,9 @@ const (
 	datapathVarUnusedDropReason          = "unused_drop_reason"
 	datapathVarUnusedEndpointKey         = "unused_endpoint_key"
 	datapathVarUnusedEndpointValue       = "unused_endpoint_value"
+	datapathVarUnusedFragFlags           = "unused_frag_flags"
+	datapathVarUnusedFragKey             = "unused_frag_key"
+	datapathVarUnusedFragValue           = "unused_frag_value"
 	datapathVarUnusedHook                = "unused_hook"
 	datapathVarUnusedIdentity            = "unused_identity"
 	datapathVarUnusedMark                = "unused_mark"
@@ -390,9 +452,10 @@ type datapathMapSpecs struct {
 	SluiceAffinityV1        *ebpf.MapSpec `ebpf:"sluice_affinity_v1"`
 	SluiceBackendsV1        *ebpf.MapSpec `ebpf:"sluice_backends_v1"`
 	SluiceCtV1              *ebpf.MapSpec `ebpf:"sluice_ct_v1"`
-	SluiceDropsV1           *ebpf.MapSpec `ebpf:"sluice_drops_v1"`
+	SluiceDropsV2           *ebpf.MapSpec `ebpf:"sluice_drops_v2"`
 	SluiceEndpointsV1       *ebpf.MapSpec `ebpf:"sluice_endpoints_v1"`
-	SluiceEventsV1          *ebpf.MapSpec `ebpf:"sluice_events_v1"`
+	SluiceEventsV2          *ebpf.MapSpec `ebpf:"sluice_events_v2"`
+	SluiceFragsV1           *ebpf.MapSpec `ebpf:"sluice_frags_v1"`
 	SluiceIpcacheV1         *ebpf.MapSpec `ebpf:"sluice_ipcache_v1"`
 	SluiceKeyScratch        *ebpf.MapSpec `ebpf:"sluice_key_scratch"`
 	SluiceMaglevV1          *ebpf.MapSpec `ebpf:"sluice_maglev_v1"`
@@ -423,6 +486,9 @@ type datapathVariableSpecs struct {
 	UnusedDropReason          *ebpf.VariableSpec `ebpf:"unused_drop_reason"`
 	UnusedEndpointKey         *ebpf.VariableSpec `ebpf:"unused_endpoint_key"`
 	UnusedEndpointValue       *ebpf.VariableSpec `ebpf:"unused_endpoint_value"`
+	UnusedFragFlags           *ebpf.VariableSpec `ebpf:"unused_frag_flags"`
+	UnusedFragKey             *ebpf.VariableSpec `ebpf:"unused_frag_key"`
+	UnusedFragValue           *ebpf.VariableSpec `ebpf:"unused_frag_value"`
 	UnusedHook                *ebpf.VariableSpec `ebpf:"unused_hook"`
 	UnusedIdentity            *ebpf.VariableSpec `ebpf:"unused_identity"`
 	UnusedMark                *ebpf.VariableSpec `ebpf:"unused_mark"`
@@ -456,9 +522,10 @@ type datapathMaps struct {
 	SluiceAffinityV1        *ebpf.Map `ebpf:"sluice_affinity_v1"`
 	SluiceBackendsV1        *ebpf.Map `ebpf:"sluice_backends_v1"`
 	SluiceCtV1              *ebpf.Map `ebpf:"sluice_ct_v1"`
-	SluiceDropsV1           *ebpf.Map `ebpf:"sluice_drops_v1"`
+	SluiceDropsV2           *ebpf.Map `ebpf:"sluice_drops_v2"`
 	SluiceEndpointsV1       *ebpf.Map `ebpf:"sluice_endpoints_v1"`
-	SluiceEventsV1          *ebpf.Map `ebpf:"sluice_events_v1"`
+	SluiceEventsV2          *ebpf.Map `ebpf:"sluice_events_v2"`
+	SluiceFragsV1           *ebpf.Map `ebpf:"sluice_frags_v1"`
 	SluiceIpcacheV1         *ebpf.Map `ebpf:"sluice_ipcache_v1"`
 	SluiceKeyScratch        *ebpf.Map `ebpf:"sluice_key_scratch"`
 	SluiceMaglevV1          *ebpf.Map `ebpf:"sluice_maglev_v1"`
@@ -475,9 +542,10 @@ func (m *datapathMaps) Close() error {
 		m.SluiceAffinityV1,
 		m.SluiceBackendsV1,
 		m.SluiceCtV1,
-		m.SluiceDropsV1,
+		m.SluiceDropsV2,
 		m.SluiceEndpointsV1,
-		m.SluiceEventsV1,
+		m.SluiceEventsV2,
+		m.SluiceFragsV1,
 		m.SluiceIpcacheV1,
 		m.SluiceKeyScratch,
 		m.SluiceMaglevV1,
@@ -509,6 +577,9 @@ type datapathVariables struct {
 	UnusedDropReason          *ebpf.Variable `ebpf:"unused_drop_reason"`
 	UnusedEndpointKey         *ebpf.Variable `ebpf:"unused_endpoint_key"`
 	UnusedEndpointValue       *ebpf.Variable `ebpf:"unused_endpoint_value"`
+	UnusedFragFlags           *ebpf.Variable `ebpf:"unused_frag_flags"`
+	UnusedFragKey             *ebpf.Variable `ebpf:"unused_frag_key"`
+	UnusedFragValue           *ebpf.Variable `ebpf:"unused_frag_value"`
 	UnusedHook                *ebpf.Variable `ebpf:"unused_hook"`
 	UnusedIdentity            *ebpf.Variable `ebpf:"unused_identity"`
 	UnusedMark                *ebpf.Variable `ebpf:"unused_mark"`

@@ -137,6 +137,8 @@ type Datapath struct {
 	// SockRevnat remembers the service behind each socket translated by
 	// socket-level load balancing.
 	SockRevnat *ebpf.Map
+	// Frags holds, per fragmented datagram, what its first fragment got.
+	Frags *ebpf.Map
 	// NetworkPolicy: identities of the cluster's pod IPs, of ipBlock
 	// prefixes, this node's isolated endpoints and their allow rules.
 	// PolicyState counts the isolated endpoints; at 0 policy is skipped.
@@ -192,7 +194,8 @@ func Load(cfg Config) (*Datapath, error) {
 		FromPod: objs.FromPod, ToPod: objs.ToPod, FromNetdev: objs.FromNetdev, ToNetdev: objs.ToNetdev,
 		Services: objs.SluiceServicesV1, Backends: objs.SluiceBackendsV1, Maglev: objs.SluiceMaglevV1,
 		Conntrack: objs.SluiceCtV1, Affinity: objs.SluiceAffinityV1, Endpoints: objs.SluiceEndpointsV1,
-		Drops: objs.SluiceDropsV1, Events: objs.SluiceEventsV1, SockRevnat: objs.SluiceSockRevnatV1,
+		Drops: objs.SluiceDropsV2, Events: objs.SluiceEventsV2, SockRevnat: objs.SluiceSockRevnatV1,
+		Frags:   objs.SluiceFragsV1,
 		IPCache: objs.SluiceIpcacheV1, PolicyCIDRs: objs.SluicePolicyCidrsV1,
 		PolicyEndpoints: objs.SluicePolicyEndpointsV1, Policy: objs.SluicePolicyV1, PolicyState: objs.SluicePolicyStateV1,
 		root: cfg.PinRoot,
@@ -286,8 +289,9 @@ func OpenPinned(root string) (*Datapath, error) {
 	d.Conntrack = open(datapathMapSluiceCtV1)
 	d.Affinity = open(datapathMapSluiceAffinityV1)
 	d.Endpoints = open(datapathMapSluiceEndpointsV1)
-	d.Drops = open(datapathMapSluiceDropsV1)
-	d.Events = open(datapathMapSluiceEventsV1)
+	d.Drops = open(datapathMapSluiceDropsV2)
+	d.Events = open(datapathMapSluiceEventsV2)
+	d.Frags = open(datapathMapSluiceFragsV1)
 	d.SockRevnat = open(datapathMapSluiceSockRevnatV1)
 	d.IPCache = open(datapathMapSluiceIpcacheV1)
 	d.PolicyCIDRs = open(datapathMapSluicePolicyCidrsV1)
@@ -328,7 +332,7 @@ func (d *Datapath) Close() error {
 		errs = append(errs, p.Close())
 	}
 	for _, m := range []*ebpf.Map{d.Services, d.Backends, d.Maglev, d.Conntrack, d.Affinity, d.Endpoints, d.Drops, d.Events,
-		d.SockRevnat, d.IPCache, d.PolicyCIDRs, d.PolicyEndpoints, d.Policy, d.PolicyState} {
+		d.SockRevnat, d.Frags, d.IPCache, d.PolicyCIDRs, d.PolicyEndpoints, d.Policy, d.PolicyState} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}

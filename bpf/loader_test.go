@@ -24,6 +24,7 @@ func TestReloadKeepsPinnedState(t *testing.T) {
 		t.Fatal(err)
 	}
 	install(t, d, oneBackend(1, vip4, unix.IPPROTO_TCP, be4a))
+	addEndpoints(t, d, 1, client4.Addr())
 	run(t, d.FromPod, build(t, flow{src: client4, dst: vip4, proto: unix.IPPROTO_TCP, tcpFlags: "S"}))
 	d.Close()
 

@@ -129,22 +129,48 @@ func (d *Datapath) GCConntrack() (CTStats, error) {
 	return stats, nil
 }
 
-// DropCounts sums the per-CPU drop counters by reason, omitting zeros.
-func (d *Datapath) DropCounts() (map[DropReason]DropCounter, error) {
-	out := map[DropReason]DropCounter{}
+// DropKey names one drop counter: a reason at a hook (which says the
+// direction: from_pod is a pod's egress, to_pod its ingress).
+type DropKey struct {
+	Reason DropReason
+	Hook   Hook
+}
+
+// DropCountsByHook sums the per-CPU drop counters by reason and hook,
+// omitting zeros.
+func (d *Datapath) DropCountsByHook() (map[DropKey]DropCounter, error) {
+	out := map[DropKey]DropCounter{}
 	var perCPU []DropCounter
-	for r := DropReason(0); r < dropReasonMax; r++ {
-		if err := d.Drops.Lookup(uint32(r), &perCPU); err != nil {
-			return nil, fmt.Errorf("read drop counter %s: %w", r, err)
+	for h := Hook(0); h < hookMax; h++ {
+		for r := DropReason(0); r < dropReasonMax; r++ {
+			if err := d.Drops.Lookup(uint32(h)*uint32(dropReasonMax)+uint32(r), &perCPU); err != nil {
+				return nil, fmt.Errorf("read drop counter %s at %s: %w", r, h, err)
+			}
+			var sum DropCounter
+			for _, c := range perCPU {
+				sum.Packets += c.Packets
+				sum.Bytes += c.Bytes
+			}
+			if sum.Packets > 0 {
+				out[DropKey{Reason: r, Hook: h}] = sum
+			}
 		}
-		var sum DropCounter
-		for _, c := range perCPU {
-			sum.Packets += c.Packets
-			sum.Bytes += c.Bytes
-		}
-		if sum.Packets > 0 {
-			out[r] = sum
-		}
+	}
+	return out, nil
+}
+
+// DropCounts sums the drop counters by reason over every hook.
+func (d *Datapath) DropCounts() (map[DropReason]DropCounter, error) {
+	byHook, err := d.DropCountsByHook()
+	if err != nil {
+		return nil, err
+	}
+	out := map[DropReason]DropCounter{}
+	for k, c := range byHook {
+		sum := out[k.Reason]
+		sum.Packets += c.Packets
+		sum.Bytes += c.Bytes
+		out[k.Reason] = sum
 	}
 	return out, nil
 }

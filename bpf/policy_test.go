@@ -202,20 +202,6 @@ func TestPolicySameNodePods(t *testing.T) {
 	}
 }
 
-// TestPolicyPicksUpEstablishedTCP: a connection opened before its pod
-// became isolated keeps flowing (its packets carry no SYN); a new one is
-// judged.
-func TestPolicyPicksUpEstablishedTCP(t *testing.T) {
-	d := policyDatapath(t, PolicyEgressIsolated)
-	old := flow{src: netip.AddrPortFrom(polPod, 40100), dst: netip.AddrPortFrom(polRemote, 5432), proto: unix.IPPROTO_TCP, tcpFlags: "A", seq: 7, ack: 9}
-	if got := verdict(t, d, old); got != actOK {
-		t.Errorf("mid-stream packet of an older connection: verdict %d, want picked up", got)
-	}
-	if got := verdict(t, d, syn(polPod, polRemote, 5432)); got != actShot {
-		t.Errorf("new connection without a rule: verdict %d, want dropped", got)
-	}
-}
-
 // TestPolicyRefusesSpoofedSources: under policy a pod may only send from
 // its own addresses; otherwise it could borrow another pod's identity.
 func TestPolicyRefusesSpoofedSources(t *testing.T) {

@@ -47,6 +47,16 @@ func TestTrafficThroughVIP(t *testing.T) {
 				t.Fatalf("attach %s: %v", dev, err)
 			}
 		}
+		// The pods' addresses, as the CNI records them.
+		for dev, addrs := range map[string][]string{"hclient": {"10.200.1.2", "fd00:200:1::2"}, "hserver": {"10.200.2.2", "fd00:200:2::2"}} {
+			l, err := net.InterfaceByName(dev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, a := range addrs {
+				addEndpoints(t, d, uint32(l.Index), netip.MustParseAddr(a))
+			}
+		}
 	})
 
 	install(t, d, oneBackend(1, ap("10.96.0.10:80"), unix.IPPROTO_TCP, ap("10.200.2.2:8080")))

@@ -113,6 +113,10 @@ const (
 	DropPolicyIngress  = datapathDropReasonDROP_POLICY_INGRESS
 	DropPolicyEgress   = datapathDropReasonDROP_POLICY_EGRESS
 	DropSpoofedSource  = datapathDropReasonDROP_SPOOFED_SOURCE
+	DropUnparseable    = datapathDropReasonDROP_UNPARSEABLE
+	DropFragNoFlow     = datapathDropReasonDROP_FRAG_NO_FLOW
+	DropFragOverlap    = datapathDropReasonDROP_FRAG_OVERLAP
+	DropSpoofedUplink  = datapathDropReasonDROP_SPOOFED_UPLINK
 	dropReasonMax      = datapathDropReasonDROP_REASON_MAX
 )
 
@@ -126,6 +130,51 @@ var dropReasonNames = map[DropReason]string{
 	DropPolicyIngress:              "policy_ingress",
 	DropPolicyEgress:               "policy_egress",
 	DropSpoofedSource:              "spoofed_source",
+	DropUnparseable:                "unparseable",
+	DropFragNoFlow:                 "frag_no_flow",
+	DropFragOverlap:                "frag_overlap",
+	DropSpoofedUplink:              "spoofed_uplink",
+}
+
+// Hook is where in the datapath a packet was seen.
+type Hook = datapathHook
+
+// Hooks. From a pod's point of view from_pod is egress and to_pod ingress.
+const (
+	HookFromPod    = datapathHookHOOK_FROM_POD
+	HookToPod      = datapathHookHOOK_TO_POD
+	HookFromNetdev = datapathHookHOOK_FROM_NETDEV
+	HookToNetdev   = datapathHookHOOK_TO_NETDEV
+	hookMax        = datapathHookHOOK_MAX
+)
+
+var hookNames = map[Hook]string{
+	HookFromPod: "from_pod", HookToPod: "to_pod", HookFromNetdev: "from_netdev", HookToNetdev: "to_netdev",
+}
+
+// String names the hook as metrics and logs show it.
+func (h Hook) String() string {
+	if n, ok := hookNames[h]; ok {
+		return n
+	}
+	return fmt.Sprintf("hook_%d", uint32(h))
+}
+
+// Direction is the hook's direction as a pod sees it: "egress" from a
+// pod, "ingress" into one; the uplink hooks are "from_outside" and
+// "to_outside".
+func (h Hook) Direction() string {
+	switch h {
+	case HookFromPod:
+		return "egress"
+	case HookToPod:
+		return "ingress"
+	case HookFromNetdev:
+		return "from_outside"
+	case HookToNetdev:
+		return "to_outside"
+	}
+	return h.String()
 }
 
 // String names the reason as metrics and logs show it.

@@ -164,6 +164,10 @@ enum drop_reason {
 	DROP_POLICY_INGRESS = 6,  /* NetworkPolicy: not allowed into the pod */
 	DROP_POLICY_EGRESS = 7,	  /* NetworkPolicy: not allowed out of the pod */
 	DROP_SPOOFED_SOURCE = 8,  /* a pod sent from an address that is not its own */
+	DROP_UNPARSEABLE = 9,	  /* an isolated endpoint's packet the parser cannot read */
+	DROP_FRAG_NO_FLOW = 10,	  /* an isolated endpoint's later fragment without its first */
+	DROP_FRAG_OVERLAP = 11,	  /* a fragment that would overwrite the L4 header */
+	DROP_SPOOFED_UPLINK = 12, /* from outside with a local pod's or the hairpin source */
 	DROP_REASON_MAX = 64,
 };
 
@@ -185,6 +189,9 @@ struct drop_event {
 	__be16 dport;
 	/* The service, or for policy drops the local endpoint's policy ID. */
 	__u32 svc_id;
+	/* Policy drops: the remote's identity (pod or CIDR) as judged. */
+	__u32 identity;
+	__u32 pad;
 };
 
 enum hook {
@@ -192,7 +199,11 @@ enum hook {
 	HOOK_TO_POD = 1,
 	HOOK_FROM_NETDEV = 2,
 	HOOK_TO_NETDEV = 3,
+	HOOK_MAX = 4,
 };
+
+/* sluice_drops_v2 is indexed by hook * DROP_REASON_MAX + reason: a counter
+ * per reason and direction. */
 
 /* skb->mark from_netdev sets on NodePort/ExternalIP traffic it sends to a
  * backend on another node: the agent's nftables table masquerades such
@@ -264,6 +275,32 @@ struct policy_key {
 
 struct policy_value {
 	__u32 pad;
+};
+
+/* sluice_frags_v1: what the first fragment of a datagram decided, for its
+ * later fragments, which carry no L4 header. Keyed by the datagram as the
+ * later fragments carry it (before any translation). */
+struct frag_key {
+	__u8 src[SLUICE_ADDR_LEN];
+	__u8 dst[SLUICE_ADDR_LEN];
+	__u32 id; /* IPv4 identification (zero-extended) or IPv6 fragment ID */
+	__u8 proto;
+	__u8 hook; /* enum hook: where the decision was taken */
+	__u16 pad;
+};
+
+enum frag_flags {
+	FRAG_F_NAT_DST = 1 << 0,   /* later fragments get nat_addr as destination */
+	FRAG_F_NAT_SRC = 1 << 1,   /* later fragments get nat_addr as source */
+	FRAG_F_SNAT_MARK = 1 << 2, /* from_netdev: mark for masquerade (MARK_SNAT) */
+};
+
+struct frag_value {
+	__u8 nat_addr[SLUICE_ADDR_LEN];
+	__be16 sport; /* the first fragment's ports, for events and metrics */
+	__be16 dport;
+	__u32 flags; /* enum frag_flags */
+	__u64 expires_ns;
 };
 
 /* Prefix lengths of a policy_key: endpoint, remote and direction alone

@@ -38,37 +38,44 @@ static __always_inline void ct_refresh(struct ct_value *ct, const struct pkt *p,
 		return;
 	ct->expires_ns = expires;
 }
-/* ct_create records both directions of a new service flow. */
+/* ct_create records both directions of a new service flow. The entries
+ * are built in the per-CPU scratch: from_pod's stack has no room left. */
 static __always_inline void ct_create(const struct ct_key *fwd, const struct pkt *p,
 				      const struct svc_value *svc, const struct backend_value *be,
 				      __u32 backend_id, __u8 hairpin, __u64 now)
 {
-	struct ct_value v = {};
-	struct ct_key rev = {};
+	struct key_scratch *s = key_scratch();
 
-	v.expires_ns = now + ct_update(p, &v.flags);
-	v.backend_id = backend_id;
-	v.svc_id = svc->id;
+	if (!s)
+		return;
+	struct ct_value *v = &s->ctv;
+	struct ct_key *rev = &s->ct;
+
+	__builtin_memset(v, 0, sizeof(*v));
+	v->expires_ns = now + ct_update(p, &v->flags);
+	v->backend_id = backend_id;
+	v->svc_id = svc->id;
 	if (hairpin)
-		v.flags |= CT_F_HAIRPIN;
-	__builtin_memcpy(v.nat_addr, be->addr, SLUICE_ADDR_LEN);
-	v.nat_port = be->port;
-	bpf_map_update_elem(&sluice_ct_v1, fwd, &v, BPF_ANY);
+		v->flags |= CT_F_HAIRPIN;
+	__builtin_memcpy(v->nat_addr, be->addr, SLUICE_ADDR_LEN);
+	v->nat_port = be->port;
+	bpf_map_update_elem(&sluice_ct_v1, fwd, v, BPF_ANY);
 
 	/* The reply comes from the backend to the client, or to the hairpin
 	 * address when the client is its own backend. */
-	__builtin_memcpy(rev.src, be->addr, SLUICE_ADDR_LEN);
+	__builtin_memset(rev, 0, sizeof(*rev));
+	__builtin_memcpy(rev->src, be->addr, SLUICE_ADDR_LEN);
 	if (hairpin)
-		hairpin_addr(p->family, rev.dst);
+		hairpin_addr(p->family, rev->dst);
 	else
-		__builtin_memcpy(rev.dst, p->src, SLUICE_ADDR_LEN);
-	rev.sport = be->port;
-	rev.dport = p->sport;
-	rev.proto = p->proto;
-	rev.dir = CT_DIR_REPLY;
-	__builtin_memcpy(v.nat_addr, p->dst, SLUICE_ADDR_LEN);
-	v.nat_port = p->dport;
-	bpf_map_update_elem(&sluice_ct_v1, &rev, &v, BPF_ANY);
+		__builtin_memcpy(rev->dst, p->src, SLUICE_ADDR_LEN);
+	rev->sport = be->port;
+	rev->dport = p->sport;
+	rev->proto = p->proto;
+	rev->dir = CT_DIR_REPLY;
+	__builtin_memcpy(v->nat_addr, p->dst, SLUICE_ADDR_LEN);
+	v->nat_port = p->dport;
+	bpf_map_update_elem(&sluice_ct_v1, rev, v, BPF_ANY);
 }
 
 /* forget_stale_reply: a pod opens a connection straight to an address and

@@ -5,6 +5,7 @@
 #define SLUICE_LIB_LB_H
 
 #include "conntrack.h"
+#include "frag.h"
 #include "nat.h"
 #include "policy.h"
 #include "reject.h"
@@ -22,7 +23,7 @@ static __always_inline __u32 hash_mix(__u32 h, __u32 k)
 }
 
 /* flow_hash is murmur3 over the client's address, the ports and protocol. */
-static __always_inline __u32 flow_hash(const struct pkt *p)
+static __noinline __u32 flow_hash(const struct pkt *p)
 {
 	__u32 w[4], h = 0x736c7563;
 
@@ -154,13 +155,20 @@ nat:
 		record_drop(skb, p, DROP_SCTP_PORT_NAT, svc->id, hook);
 		return TC_ACT_SHOT;
 	}
-	struct pkt orig = *p;
+	/* p changes only once a rewrite succeeded: on failure it still shows
+	 * the packet as it came. */
 	if (nat_dst(skb, p, be->addr, be->port) < 0)
 		goto fail;
-	if (hook == HOOK_FROM_NETDEV && !(be->flags & BACKEND_F_LOCAL))
+	__u32 frag_flags = FRAG_F_NAT_DST;
+	if (hook == HOOK_FROM_NETDEV && !(be->flags & BACKEND_F_LOCAL)) {
 		skb->mark = MARK_SNAT;
-	if (!hairpin)
+		frag_flags |= FRAG_F_SNAT_MARK;
+	}
+	if (!hairpin) {
+		if (p->frag_first)
+			frag_record(p, &fwd, be->addr, frag_flags, hook);
 		return TC_ACT_OK;
+	}
 	/* The pod talks to itself: give it a source it does not own, or its
 	 * stack would drop the packet as a martian and answer itself locally. */
 	__u8 src[SLUICE_ADDR_LEN];
@@ -170,7 +178,7 @@ nat:
 		goto fail;
 	return bounce(skb);
 fail:
-	record_drop(skb, &orig, DROP_NAT_FAILED, svc->id, hook);
+	record_drop(skb, p, DROP_NAT_FAILED, svc->id, hook);
 	return TC_ACT_SHOT;
 }
 

@@ -8,6 +8,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "sluice.h"
+#include "parse.h"
 
 /* Capacities the loader sets from bpf.Config (bpf.DefaultConfig holds the
  * defaults), so no number here can disagree with it. */
@@ -117,17 +118,27 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, DROP_REASON_MAX);
+	__uint(max_entries, DROP_REASON_MAX *HOOK_MAX);
 	__type(key, __u32);
 	__type(value, struct drop_counter);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sluice_drops_v1 SEC(".maps");
+} sluice_drops_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sluice_events_v1 SEC(".maps");
+} sluice_events_v2 SEC(".maps");
+
+/* Later fragments of a datagram get its first fragment's verdict and
+ * translation. An entry lives for the reassembly timeout. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct frag_key);
+	__type(value, struct frag_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_frags_v1 SEC(".maps");
 
 /* While no local endpoint is isolated, pod packets skip policy entirely
  * (one array lookup the verifier inlines). */
@@ -148,6 +159,11 @@ struct key_scratch {
 	struct ct_value ctv;
 	struct policy_key rule;
 	struct cidr_key cidr;
+	__u32 identity; /* the remote's identity policy_allows judged */
+	__u32 pad;
+	struct frag_key frag;
+	struct frag_value fragv;
+	struct pkt inner; /* the packet an ICMP error quotes */
 };
 
 struct {

@@ -5,6 +5,58 @@
 
 #include "csum.h"
 
+/* ip_store_addr writes the new address n (16 bytes, IPv4 in the last
+ * word) into the IP header and, for IPv4 when it changed, folds diff (the
+ * checksum difference of the change) into the header checksum. */
+static __always_inline int ip_store_addr(void *data, void *end, __u8 family, int is_src, const __u32 *n,
+					 int changed, __u32 diff)
+{
+	if (family == 4) {
+		struct iphdr *ip = data + ETH_HLEN;
+
+		if ((void *)(ip + 1) > end)
+			return -1;
+		if (changed) {
+			__u32 sum = csum_add32((__u16)~ip->check, diff);
+
+			sum = (sum & 0xffff) + (sum >> 16);
+			sum = (sum & 0xffff) + (sum >> 16);
+			ip->check = (__u16)~sum;
+			if (is_src)
+				ip->saddr = n[3];
+			else
+				ip->daddr = n[3];
+		}
+		return 0;
+	}
+	struct ipv6hdr *ip6 = data + ETH_HLEN;
+
+	if ((void *)(ip6 + 1) > end)
+		return -1;
+	if (is_src)
+		__builtin_memcpy(&ip6->saddr, n, 16);
+	else
+		__builtin_memcpy(&ip6->daddr, n, 16);
+	return 0;
+}
+
+/* addr_csum_diff is the ones'-complement difference of replacing address o
+ * by n (one word for IPv4, four for IPv6). */
+static __always_inline __u32 addr_csum_diff(__u8 family, const __u32 *o, const __u32 *n)
+{
+	__u32 words = family == 4 ? 1 : 4;
+	__u32 first = family == 4 ? 3 : 0;
+	__u32 diff = 0;
+
+	for (__u32 i = 0; i < 4; i++) {
+		if (i < first || i >= first + words)
+			continue;
+		diff = csum_add32(diff, ~o[i]);
+		diff = csum_add32(diff, n[i]);
+	}
+	return diff;
+}
+
 /*
  * nat_rewrite replaces the source (is_src) or destination address and port
  * of a parsed TCP/UDP/SCTP packet: the per-packet hot path. Only the L4
@@ -21,18 +73,10 @@ static __noinline int nat_rewrite(struct __sk_buff *skb, struct pkt *p, int is_s
 	__be16 old_port = is_src ? p->sport : p->dport;
 	int csum = l4_csum_off(p);
 	__u64 flags = l4_csum_flags(p);
-	__u32 words = p->family == 4 ? 1 : 4;
-	__u32 first = p->family == 4 ? 3 : 0;
-	__u32 diff = 0;
 
 	__builtin_memcpy(o, cur, 16);
 	__builtin_memcpy(n, addr, 16);
-	for (__u32 i = 0; i < 4; i++) {
-		if (i < first || i >= first + words)
-			continue;
-		diff = csum_add32(diff, ~o[i]);
-		diff = csum_add32(diff, n[i]);
-	}
+	__u32 diff = addr_csum_diff(p->family, o, n);
 	int addr_changed = o[0] != n[0] || o[1] != n[1] || o[2] != n[2] || o[3] != n[3];
 	if (csum >= 0 && addr_changed &&
 	    bpf_l4_csum_replace(skb, csum, 0, diff, flags | BPF_F_PSEUDO_HDR) < 0)
@@ -48,32 +92,8 @@ static __noinline int nat_rewrite(struct __sk_buff *skb, struct pkt *p, int is_s
 	__be16 *ports = data + l4;
 	if ((void *)(ports + 2) > end)
 		return -1;
-	if (p->family == 4) {
-		struct iphdr *ip = data + ETH_HLEN;
-
-		if ((void *)(ip + 1) > end)
-			return -1;
-		if (addr_changed) {
-			__u32 sum = csum_add32((__u16)~ip->check, diff);
-
-			sum = (sum & 0xffff) + (sum >> 16);
-			sum = (sum & 0xffff) + (sum >> 16);
-			ip->check = (__u16)~sum;
-			if (is_src)
-				ip->saddr = n[3];
-			else
-				ip->daddr = n[3];
-		}
-	} else {
-		struct ipv6hdr *ip6 = data + ETH_HLEN;
-
-		if ((void *)(ip6 + 1) > end)
-			return -1;
-		if (is_src)
-			__builtin_memcpy(&ip6->saddr, n, 16);
-		else
-			__builtin_memcpy(&ip6->daddr, n, 16);
-	}
+	if (ip_store_addr(data, end, p->family, is_src, n, addr_changed, diff) < 0)
+		return -1;
 	ports[is_src ? 0 : 1] = port;
 	__builtin_memcpy(cur, addr, 16);
 	if (is_src)

@@ -12,10 +12,15 @@
  *
  * Judged at the pod's veth: egress in from_pod (after DNAT, so against the
  * chosen backend), ingress in to_pod (with the real client address, since
- * DNAT happened on the client's node). A flow let through is recorded in
- * conntrack (CT_DIR_POLICY_EGRESS/INGRESS) so its later packets and its
- * replies pass unjudged, in both directions, while policies change. Traffic without
- * ports (ICMP) and non-first fragments are not judged.
+ * DNAT happened on the client's node). Every IP protocol is judged: a rule
+ * without ports admits any protocol, one with ports only its protocols.
+ * A flow let through by a judged packet is recorded in conntrack
+ * (CT_DIR_POLICY_EGRESS/INGRESS) so its later packets and its replies
+ * pass, in both directions, while policies change. Nothing else admits a
+ * packet: a packet of an isolated direction without such an entry is
+ * judged as new (a mid-stream packet of a flow opened before isolation
+ * included), and a TCP SYN is always judged against today's rules. ICMP
+ * errors pass when they quote a recorded flow.
  */
 
 static __always_inline int policy_active(void)
@@ -47,7 +52,9 @@ static __always_inline int policy_allows(struct key_scratch *s, __u32 endpoint, 
 {
 	struct ipcache_value *pod = bpf_map_lookup_elem(&sluice_ipcache_v1, remote);
 
+	s->identity = IDENTITY_WORLD;
 	if (pod) {
+		s->identity = pod->identity;
 		if (pod->identity == IDENTITY_HOST)
 			return 1; /* kubelet probes and the node's own traffic */
 		if (rule_matches(s, endpoint, pod->identity, dir, p))
@@ -56,9 +63,50 @@ static __always_inline int policy_allows(struct key_scratch *s, __u32 endpoint, 
 	s->cidr.prefixlen = 128;
 	__builtin_memcpy(s->cidr.addr, remote, SLUICE_ADDR_LEN);
 	struct ipcache_value *cidr = bpf_map_lookup_elem(&sluice_policy_cidrs_v1, &s->cidr);
-	if (rule_matches(s, endpoint, cidr ? cidr->identity : IDENTITY_WORLD, dir, p))
+	__u32 cidr_id = cidr ? cidr->identity : IDENTITY_WORLD;
+	if (!pod)
+		s->identity = cidr_id;
+	if (rule_matches(s, endpoint, cidr_id, dir, p))
 		return 1;
 	return rule_matches(s, endpoint, IDENTITY_ANY, dir, p);
+}
+
+/* ct_live looks up s->ct and refreshes a live entry with p. */
+static __always_inline int ct_live(struct key_scratch *s, const struct pkt *p, __u64 now)
+{
+	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &s->ct);
+
+	if (!ct || ct->expires_ns <= now)
+		return 0;
+	ct_refresh(ct, p, now);
+	return 1;
+}
+
+/* icmp_error_of_flow reports whether an ICMP error quotes a packet of a
+ * flow recorded for policy, either way round (the endpoint may have sent
+ * the quoted packet or received it). The quote is that of the packet as it
+ * crossed this veth, so it matches the recorded tuple. */
+static __noinline int icmp_error_of_flow(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct key_scratch *s = key_scratch();
+
+	if (!s)
+		return 0;
+	struct pkt *in = &s->inner;
+	__u64 now = bpf_ktime_get_ns();
+
+	__builtin_memset(in, 0, sizeof(*in));
+	if (parse_l3(skb, p->l4_off + 8, p->family, in) < 0 || in->frag)
+		return 0;
+	for (int rev = 0; rev < 2; rev++) {
+		ct_key_of(&s->ct, in, rev, CT_DIR_POLICY_EGRESS);
+		if (ct_live(s, in, now))
+			return 1;
+		ct_key_of(&s->ct, in, rev, CT_DIR_POLICY_INGRESS);
+		if (ct_live(s, in, now))
+			return 1;
+	}
+	return 0;
 }
 
 /* policy_enforce judges the packet for the local endpoint at local (the
@@ -76,36 +124,40 @@ static __noinline int policy_enforce(struct __sk_buff *skb, const struct pkt *p,
 	struct key_scratch *s = key_scratch();
 	if (!s)
 		return TC_ACT_SHOT; /* cannot happen: a one-slot per-CPU array */
+	__u32 isolated = dir == POLICY_EGRESS ? POLICY_F_EGRESS_ISOLATED : POLICY_F_INGRESS_ISOLATED;
+	__u8 hook = dir == POLICY_EGRESS ? HOOK_FROM_POD : HOOK_TO_POD;
 
-	/* A reply to a flow this endpoint let through the other way, or the
-	 * next packet of one it let through this way. */
+	if (is_icmp_error(p)) {
+		/* Not about a flow of ours (the caller asked
+		 * icmp_error_of_flow): judged like any ICMP, not recorded. */
+		if (!(ep->flags & isolated) || policy_allows(s, ep->id, dir, remote, p))
+			return TC_ACT_OK;
+		goto drop;
+	}
+
 	__u8 this_way = dir == POLICY_EGRESS ? CT_DIR_POLICY_EGRESS : CT_DIR_POLICY_INGRESS;
 	__u8 other_way = dir == POLICY_EGRESS ? CT_DIR_POLICY_INGRESS : CT_DIR_POLICY_EGRESS;
 	__u64 now = bpf_ktime_get_ns();
-	ct_key_of(&s->ct, p, 1, other_way);
-	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &s->ct);
-	if (!ct || ct->expires_ns <= now) {
+	/* A SYN opens a connection: it is judged against today's rules even
+	 * when an older flow left an entry on its tuple, and it is never a
+	 * reply. */
+	int opening =
+		p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	if (!opening) {
+		/* A reply to a flow this endpoint let through the other way,
+		 * or the next packet of one it let through this way. */
+		ct_key_of(&s->ct, p, 1, other_way);
+		if (ct_live(s, p, now))
+			return TC_ACT_OK;
 		ct_key_of(&s->ct, p, 0, this_way);
-		ct = bpf_map_lookup_elem(&sluice_ct_v1, &s->ct);
+		if (ct_live(s, p, now))
+			return TC_ACT_OK;
 	}
-	if (ct && ct->expires_ns > now) {
-		ct_refresh(ct, p, now);
-		return TC_ACT_OK;
-	}
-
-	/* A TCP packet without SYN and without an entry belongs to a
-	 * connection opened before the pod became isolated (or before the
-	 * agent restarted): pick it up, as nf_conntrack does. Such a packet
-	 * cannot open a connection; only a SYN can, and it is judged. */
-	int midstream = p->proto == IPPROTO_TCP && !(p->tcp_flags & TCP_FLAG_SYN);
-	__u32 isolated = dir == POLICY_EGRESS ? POLICY_F_EGRESS_ISOLATED : POLICY_F_INGRESS_ISOLATED;
-	if ((ep->flags & isolated) && !midstream && !policy_allows(s, ep->id, dir, remote, p)) {
-		record_drop(skb, p, dir == POLICY_EGRESS ? DROP_POLICY_EGRESS : DROP_POLICY_INGRESS, ep->id,
-			    dir == POLICY_EGRESS ? HOOK_FROM_POD : HOOK_TO_POD);
-		return TC_ACT_SHOT;
-	}
-	/* Record the flow (s->ct is its own direction now) so its replies pass
-	 * even through the other, also isolated, direction of this endpoint. */
+	if ((ep->flags & isolated) && !policy_allows(s, ep->id, dir, remote, p))
+		goto drop;
+	/* Record the flow so its replies pass even through the other, also
+	 * isolated, direction of this endpoint. */
+	ct_key_of(&s->ct, p, 0, this_way);
 	__u8 flags = 0;
 	__builtin_memset(&s->ctv, 0, sizeof(s->ctv));
 	s->ctv.svc_id = svc_id;
@@ -113,6 +165,20 @@ static __noinline int policy_enforce(struct __sk_buff *skb, const struct pkt *p,
 	s->ctv.flags = flags;
 	bpf_map_update_elem(&sluice_ct_v1, &s->ct, &s->ctv, BPF_ANY);
 	return TC_ACT_OK;
+drop:
+	record_drop_of(skb, p, dir == POLICY_EGRESS ? DROP_POLICY_EGRESS : DROP_POLICY_INGRESS, ep->id,
+		       s->identity, hook);
+	return TC_ACT_SHOT;
+}
+
+/* policy_isolates reports whether the endpoint at addr is isolated in dir:
+ * its packets that cannot be judged (unreadable, orphan fragments) go. */
+static __always_inline int policy_isolates(const __u8 *addr, __u8 dir)
+{
+	struct policy_endpoint_value *ep = bpf_map_lookup_elem(&sluice_policy_endpoints_v1, addr);
+	__u32 isolated = dir == POLICY_EGRESS ? POLICY_F_EGRESS_ISOLATED : POLICY_F_INGRESS_ISOLATED;
+
+	return ep && (ep->flags & isolated);
 }
 
 #endif

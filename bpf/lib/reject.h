@@ -11,12 +11,6 @@
 #include "csum.h"
 #include "drop.h"
 
-/* linux/icmp.h drags in libc's socket headers; these are all we need. */
-#define ICMP_DEST_UNREACH  3
-#define ICMP_PORT_UNREACH  3
-#define ICMP_TIME_EXCEEDED 11
-#define ICMP_PARAMETERPROB 12
-
 struct icmphdr {
 	__u8 type;
 	__u8 code;

@@ -6,6 +6,7 @@
 #define SLUICE_LIB_REVNAT_H
 
 #include "conntrack.h"
+#include "frag.h"
 #include "nat.h"
 #include "reject.h"
 
@@ -25,26 +26,17 @@ static __always_inline int hairpin_reply(struct __sk_buff *skb, struct pkt *p)
 	__u8 client[SLUICE_ADDR_LEN];
 	__u8 vip[SLUICE_ADDR_LEN];
 	__be16 vport = ct->nat_port;
-	struct pkt orig = *p;
 
 	__builtin_memcpy(client, p->src, SLUICE_ADDR_LEN);
 	__builtin_memcpy(vip, ct->nat_addr, SLUICE_ADDR_LEN);
 	if (nat_dst(skb, p, client, p->dport) < 0 || nat_src(skb, p, vip, vport) < 0) {
-		record_drop(skb, &orig, DROP_NAT_FAILED, ct->svc_id, HOOK_FROM_POD);
+		record_drop(skb, p, DROP_NAT_FAILED, ct->svc_id, HOOK_FROM_POD);
 		return TC_ACT_SHOT;
 	}
 	return bounce(skb);
 }
 
 /* ---- reverse NAT ----------------------------------------------------------- */
-
-static __always_inline int is_icmp_error(const struct pkt *p, __u8 type)
-{
-	if (p->family == 4)
-		return p->proto == IPPROTO_ICMP && (type == ICMP_DEST_UNREACH || type == ICMP_TIME_EXCEEDED ||
-						    type == ICMP_PARAMETERPROB);
-	return p->proto == IPPROTO_ICMPV6 && type >= ICMPV6_DEST_UNREACH && type <= ICMPV6_PARAMPROB;
-}
 
 /*
  * icmp_error_revnat translates an ICMP error about a service flow: the quoted
@@ -57,9 +49,7 @@ static __always_inline int is_icmp_error(const struct pkt *p, __u8 type)
  */
 static __always_inline int icmp_error_revnat(struct __sk_buff *skb, struct pkt *p)
 {
-	__u8 type;
-
-	if (p->frag || bpf_skb_load_bytes(skb, p->l4_off, &type, 1) < 0 || !is_icmp_error(p, type))
+	if (p->frag || !is_icmp_error(p))
 		return TC_ACT_OK;
 
 	struct pkt in = {};
@@ -80,7 +70,6 @@ static __always_inline int icmp_error_revnat(struct __sk_buff *skb, struct pkt *
 	/* ICMPv4's checksum covers only the ICMP message; ICMPv6's also the
 	 * pseudo header, so the outer source change counts there too. */
 	int icmp_csum = p->l4_off + 2;
-	struct pkt orig = *p;
 	int outer_ok = 0;
 
 	if (addr_eq(p->src, in.dst))
@@ -105,7 +94,7 @@ static __always_inline int icmp_error_revnat(struct __sk_buff *skb, struct pkt *
 		goto fail;
 	return TC_ACT_OK;
 fail:
-	record_drop(skb, &orig, DROP_NAT_FAILED, ct->svc_id, HOOK_TO_POD);
+	record_drop(skb, p, DROP_NAT_FAILED, ct->svc_id, HOOK_TO_POD);
 	return TC_ACT_SHOT;
 }
 
@@ -129,10 +118,11 @@ static __always_inline int service_reply(struct __sk_buff *skb, struct pkt *p, _
 
 	__u8 vip[SLUICE_ADDR_LEN];
 	__builtin_memcpy(vip, ct->nat_addr, SLUICE_ADDR_LEN);
-	struct pkt orig = *p;
 	if (nat_src(skb, p, vip, ct->nat_port) < 0) {
-		record_drop(skb, &orig, DROP_NAT_FAILED, ct->svc_id, hook);
+		record_drop(skb, p, DROP_NAT_FAILED, ct->svc_id, hook);
 		*verdict = TC_ACT_SHOT;
+	} else if (p->frag_first) {
+		frag_record(p, &rk, vip, FRAG_F_NAT_SRC, hook);
 	}
 	return 1;
 }

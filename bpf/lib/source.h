@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* source.h: source address validation. A remote's address is its policy
+ * identity, so a pod must send only from its own addresses, and nothing
+ * from outside may claim a local pod's or the hairpin address. */
+#ifndef SLUICE_LIB_SOURCE_H
+#define SLUICE_LIB_SOURCE_H
+
+#include "config.h"
+#include "maps.h"
+#include "parse.h"
+
+/* link_control reports IPv6 link-scope control messages a pod needs
+ * whatever its policy, which may come from its link-local or the
+ * unspecified address: MLD (130-132, 143) and neighbour discovery with
+ * router messages (133-137). Receivers ignore routed copies (ND demands
+ * hop limit 255, MLD a link-local source), so they cannot reach beyond the
+ * link. */
+static __always_inline int link_control(const struct pkt *p)
+{
+	if (p->proto != IPPROTO_ICMPV6)
+		return 0;
+	return (p->icmp_type >= 130 && p->icmp_type <= 137) || p->icmp_type == 143;
+}
+
+static __always_inline int link_local_or_unspecified(const struct pkt *p)
+{
+	const __u64 *a = (const __u64 *)p->src;
+
+	return (p->src[0] == 0xfe && (p->src[1] & 0xc0) == 0x80) || (a[0] == 0 && a[1] == 0);
+}
+
+/* pod_source_ok reports whether a packet leaving the pod behind ifindex
+ * comes from one of the pod's addresses (the CNI recorded which veth has
+ * them), or is link-scope control from its link-local address. */
+static __always_inline int pod_source_ok(const struct pkt *p, __u32 ifindex)
+{
+	struct endpoint_value *self = bpf_map_lookup_elem(&sluice_endpoints_v1, p->src);
+
+	if (self)
+		return self->ifindex == ifindex;
+	return p->family == 6 && link_control(p) && link_local_or_unspecified(p);
+}
+
+/* uplink_source_spoofed reports a packet from outside the node that claims
+ * to come from a pod of this node or from the hairpin address. */
+static __always_inline int uplink_source_spoofed(const struct pkt *p)
+{
+	if (addr_eq(p->src, p->family == 4 ? hairpin_addr4 : hairpin_addr6))
+		return 1;
+	return bpf_map_lookup_elem(&sluice_endpoints_v1, p->src) != 0;
+}
+
+#endif
