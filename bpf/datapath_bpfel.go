@@ -133,6 +133,19 @@ type datapathEndpointKey struct {
 	Addr [16]uint8
 }
 
+type datapathEndpointSlot struct {
+	_       structs.HostLayout
+	Ifindex uint32
+	Addr4   [4]uint8
+	Addr6   [16]uint8
+}
+
+type datapathEndpointSlots uint32
+
+const (
+	datapathEndpointSlotsENDPOINT_SLOTS datapathEndpointSlots = 65536
+)
+
 type datapathEndpointValue struct {
 	_        structs.HostLayout
 	Ifindex  uint32
@@ -337,6 +350,7 @@ const (
 	datapathMapSluiceBackendsV1          = "sluice_backends_v1"
 	datapathMapSluiceCtV1                = "sluice_ct_v1"
 	datapathMapSluiceDropsV2             = "sluice_drops_v2"
+	datapathMapSluiceEndpointSlotsV1     = "sluice_endpoint_slots_v1"
 	datapathMapSluiceEndpointsV1         = "sluice_endpoints_v1"
 	datapathMapSluiceEventsV2            = "sluice_events_v2"
 	datapathMapSluiceFragsV1             = "sluice_frags_v1"
@@ -375,6 +389,8 @@ const (
 	datapathVarUnusedDropEvent           = "unused_drop_event"
 	datapathVarUnusedDropReason          = "unused_drop_reason"
 	datapathVarUnusedEndpointKey         = "unused_endpoint_key"
+	datapathVarUnusedEndpointSlot        = "unused_endpoint_slot"
+	datapathVarUnusedEndpointSlots       = "unused_endpoint_slots"
 	datapathVarUnusedEndpointValue       = "unused_endpoint_value"
 	datapathVarUnusedFragFlags           = "unused_frag_flags"
 	datapathVarUnusedFragKey             = "unused_frag_key"
@@ -453,6 +469,7 @@ type datapathMapSpecs struct {
 	SluiceBackendsV1        *ebpf.MapSpec `ebpf:"sluice_backends_v1"`
 	SluiceCtV1              *ebpf.MapSpec `ebpf:"sluice_ct_v1"`
 	SluiceDropsV2           *ebpf.MapSpec `ebpf:"sluice_drops_v2"`
+	SluiceEndpointSlotsV1   *ebpf.MapSpec `ebpf:"sluice_endpoint_slots_v1"`
 	SluiceEndpointsV1       *ebpf.MapSpec `ebpf:"sluice_endpoints_v1"`
 	SluiceEventsV2          *ebpf.MapSpec `ebpf:"sluice_events_v2"`
 	SluiceFragsV1           *ebpf.MapSpec `ebpf:"sluice_frags_v1"`
@@ -485,6 +502,8 @@ type datapathVariableSpecs struct {
 	UnusedDropEvent           *ebpf.VariableSpec `ebpf:"unused_drop_event"`
 	UnusedDropReason          *ebpf.VariableSpec `ebpf:"unused_drop_reason"`
 	UnusedEndpointKey         *ebpf.VariableSpec `ebpf:"unused_endpoint_key"`
+	UnusedEndpointSlot        *ebpf.VariableSpec `ebpf:"unused_endpoint_slot"`
+	UnusedEndpointSlots       *ebpf.VariableSpec `ebpf:"unused_endpoint_slots"`
 	UnusedEndpointValue       *ebpf.VariableSpec `ebpf:"unused_endpoint_value"`
 	UnusedFragFlags           *ebpf.VariableSpec `ebpf:"unused_frag_flags"`
 	UnusedFragKey             *ebpf.VariableSpec `ebpf:"unused_frag_key"`
@@ -523,6 +542,7 @@ type datapathMaps struct {
 	SluiceBackendsV1        *ebpf.Map `ebpf:"sluice_backends_v1"`
 	SluiceCtV1              *ebpf.Map `ebpf:"sluice_ct_v1"`
 	SluiceDropsV2           *ebpf.Map `ebpf:"sluice_drops_v2"`
+	SluiceEndpointSlotsV1   *ebpf.Map `ebpf:"sluice_endpoint_slots_v1"`
 	SluiceEndpointsV1       *ebpf.Map `ebpf:"sluice_endpoints_v1"`
 	SluiceEventsV2          *ebpf.Map `ebpf:"sluice_events_v2"`
 	SluiceFragsV1           *ebpf.Map `ebpf:"sluice_frags_v1"`
@@ -543,6 +563,7 @@ func (m *datapathMaps) Close() error {
 		m.SluiceBackendsV1,
 		m.SluiceCtV1,
 		m.SluiceDropsV2,
+		m.SluiceEndpointSlotsV1,
 		m.SluiceEndpointsV1,
 		m.SluiceEventsV2,
 		m.SluiceFragsV1,
@@ -576,6 +597,8 @@ type datapathVariables struct {
 	UnusedDropEvent           *ebpf.Variable `ebpf:"unused_drop_event"`
 	UnusedDropReason          *ebpf.Variable `ebpf:"unused_drop_reason"`
 	UnusedEndpointKey         *ebpf.Variable `ebpf:"unused_endpoint_key"`
+	UnusedEndpointSlot        *ebpf.Variable `ebpf:"unused_endpoint_slot"`
+	UnusedEndpointSlots       *ebpf.Variable `ebpf:"unused_endpoint_slots"`
 	UnusedEndpointValue       *ebpf.Variable `ebpf:"unused_endpoint_value"`
 	UnusedFragFlags           *ebpf.Variable `ebpf:"unused_frag_flags"`
 	UnusedFragKey             *ebpf.Variable `ebpf:"unused_frag_key"`

@@ -75,16 +75,16 @@ func loadTest(t testing.TB, cfg Config) *Datapath {
 
 // testPods are the addresses of the local test pods behind the veth the
 // test runs use: BPF_PROG_TEST_RUN runs on the loopback device, ifindex 1.
-var testPods = []netip.Addr{client4.Addr(), client6.Addr(), netip.MustParseAddr("10.244.0.3"), netip.MustParseAddr("10.244.0.9")}
+// The slot, which holds one address per family, gets the last of each:
+// client4 and client6, the common case; the others take the map path.
+var testPods = []netip.Addr{netip.MustParseAddr("10.244.0.3"), netip.MustParseAddr("10.244.0.9"), client4.Addr(), client6.Addr()}
 
 // addEndpoints records addrs as a pod's behind the veth ifindex, as the CNI
 // does: from_pod lets a pod send only from its own addresses.
 func addEndpoints(t testing.TB, d *Datapath, ifindex uint32, addrs ...netip.Addr) {
 	t.Helper()
-	for _, a := range addrs {
-		if err := d.Endpoints.Put(EndpointKey{Addr: Addr(a)}, EndpointValue{Ifindex: ifindex}); err != nil {
-			t.Fatalf("endpoint %v: %v", a, err)
-		}
+	if err := d.RecordEndpoint(ifindex, addrs, EndpointValue{}); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -127,6 +128,51 @@ func (d *Datapath) GCConntrack() (CTStats, error) {
 		stats.Deleted++
 	}
 	return stats, nil
+}
+
+// RecordEndpoint records a local pod behind the host veth ifindex: each of
+// its addresses in the endpoints map, and its slot for from_pod's source
+// check. A slot another veth holds is taken over; that veth is then
+// checked through the endpoints map, more slowly but as strictly.
+func (d *Datapath) RecordEndpoint(ifindex uint32, addrs []netip.Addr, v EndpointValue) error {
+	v.Ifindex = ifindex
+	slot := EndpointSlot{Ifindex: ifindex}
+	for _, a := range addrs {
+		if err := d.Endpoints.Put(EndpointKey{Addr: Addr(a)}, v); err != nil {
+			return fmt.Errorf("record endpoint %s (map sluice_endpoints_v1 full?): %w", a, err)
+		}
+		if a.Is4() {
+			slot.Addr4 = a.As4()
+		} else {
+			slot.Addr6 = a.As16()
+		}
+	}
+	if err := d.EndpointSlots.Put(ifindex%endpointSlots, slot); err != nil {
+		return fmt.Errorf("record endpoint slot of ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// ForgetEndpoint removes what RecordEndpoint wrote; the slot only if it
+// is still this veth's. Entries already gone are not an error.
+func (d *Datapath) ForgetEndpoint(ifindex uint32, addrs []netip.Addr) error {
+	var errs []error
+	for _, a := range addrs {
+		if err := d.Endpoints.Delete(EndpointKey{Addr: Addr(a)}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("delete endpoint %s: %w", a, err))
+		}
+	}
+	var slot EndpointSlot
+	if ifindex != 0 {
+		if err := d.EndpointSlots.Lookup(ifindex%endpointSlots, &slot); err != nil {
+			errs = append(errs, fmt.Errorf("read endpoint slot of ifindex %d: %w", ifindex, err))
+		} else if slot.Ifindex == ifindex {
+			if err := d.EndpointSlots.Put(ifindex%endpointSlots, EndpointSlot{}); err != nil {
+				errs = append(errs, fmt.Errorf("clear endpoint slot of ifindex %d: %w", ifindex, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // DropKey names one drop counter: a reason at a hook (which says the

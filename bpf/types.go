@@ -29,7 +29,10 @@ type (
 	PolicyKey           = datapathPolicyKey
 	PolicyValue         = datapathPolicyValue
 	PolicyState         = datapathPolicyState
+	EndpointSlot        = datapathEndpointSlot
 )
+
+const endpointSlots = uint32(datapathEndpointSlotsENDPOINT_SLOTS)
 
 // MarkSNAT is the skb mark from_netdev puts on external traffic sent to a
 // backend on another node; the agent masquerades packets carrying it.

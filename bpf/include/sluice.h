@@ -153,6 +153,20 @@ struct endpoint_value {
 	__u16 pad;
 };
 
+/* sluice_endpoint_slots_v1, indexed by the host veth's ifindex modulo
+ * ENDPOINT_SLOTS: the pod's addresses, so that from_pod checks a source
+ * with one array lookup. A slot holds one veth (ifindex tells which); a
+ * veth whose slot another holds is checked through sluice_endpoints_v1. */
+enum endpoint_slots {
+	ENDPOINT_SLOTS = 65536,
+};
+
+struct endpoint_slot {
+	__u32 ifindex;	/* 0: free */
+	__u8 addr4[4];	/* 0.0.0.0: none */
+	__u8 addr6[16]; /* ::: none */
+};
+
 /* Why a packet was dropped or rejected; the index of sluice_drops. */
 enum drop_reason {
 	DROP_UNKNOWN = 0,

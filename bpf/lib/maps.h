@@ -72,6 +72,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_endpoints_v1 SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, ENDPOINT_SLOTS);
+	__type(key, __u32);
+	__type(value, struct endpoint_slot);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_endpoint_slots_v1 SEC(".maps");
+
 /* NetworkPolicy: every pod IP of the cluster (and the node's own) to its
  * identity; ipBlock prefixes to CIDR identities; local endpoints; rules. */
 struct {

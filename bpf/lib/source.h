@@ -34,6 +34,21 @@ static __always_inline int link_local_or_unspecified(const struct pkt *p)
  * them), or is link-scope control from its link-local address. */
 static __always_inline int pod_source_ok(const struct pkt *p, __u32 ifindex)
 {
+	/* The fast path: the veth's slot (an array lookup the verifier
+	 * inlines) holds the pod's addresses. */
+	__u32 idx = ifindex % ENDPOINT_SLOTS;
+	struct endpoint_slot *slot = bpf_map_lookup_elem(&sluice_endpoint_slots_v1, &idx);
+
+	if (slot && slot->ifindex == ifindex) {
+		const __u32 *src = (const __u32 *)p->src;
+
+		if (p->family == 4 && src[3] == *(__u32 *)slot->addr4)
+			return 1;
+		const __u64 *a = (const __u64 *)p->src;
+		const __u64 *b = (const __u64 *)slot->addr6;
+		if (p->family == 6 && a[0] == b[0] && a[1] == b[1])
+			return 1;
+	}
 	struct endpoint_value *self = bpf_map_lookup_elem(&sluice_endpoints_v1, p->src);
 
 	if (self)

@@ -167,13 +167,11 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err := dp.AttachPod(hostVeth, attachMode(conf.AttachMode)); err != nil {
 		return fmt.Errorf("attach datapath to %s: %w", hostVeth, err)
 	}
-	for _, a := range addrs {
-		v := bpf.EndpointValue{Ifindex: uint32(wired.HostIndex)}
-		copy(v.Mac[:], wired.PodMAC)
-		copy(v.HostMac[:], wired.HostMAC)
-		if err := dp.Endpoints.Put(bpf.EndpointKey{Addr: bpf.Addr(a)}, v); err != nil {
-			return fmt.Errorf("record endpoint %s in the datapath (map %s full?): %w", a, "sluice_endpoints_v1", err)
-		}
+	var v bpf.EndpointValue
+	copy(v.Mac[:], wired.PodMAC)
+	copy(v.HostMac[:], wired.HostMAC)
+	if err := dp.RecordEndpoint(uint32(wired.HostIndex), addrs, v); err != nil {
+		return fmt.Errorf("record the pod in the datapath: %w", err)
 	}
 	return types.PrintResult(result(conf, args, pod, wired), conf.CNIVersion)
 }
@@ -211,10 +209,16 @@ func result(conf *netconf.Config, args *skel.CmdArgs, pod netsetup.Pod, w *netse
 func undo(log *slog.Logger, conf *netconf.Config, pool *ipam.Pool, dp *bpf.Datapath, args *skel.CmdArgs, hostVeth string, addrs []netip.Addr) []error {
 	var errs []error
 	if dp != nil {
+		// The entries name the veth whose source-check slot is freed.
+		var ifindex uint32
 		for _, a := range addrs {
-			if err := dp.Endpoints.Delete(bpf.EndpointKey{Addr: bpf.Addr(a)}); err != nil && !isNotExist(err) {
-				errs = append(errs, fmt.Errorf("delete endpoint %s: %w", a, err))
+			var v bpf.EndpointValue
+			if dp.Endpoints.Lookup(bpf.EndpointKey{Addr: bpf.Addr(a)}, &v) == nil {
+				ifindex = v.Ifindex
 			}
+		}
+		if err := dp.ForgetEndpoint(ifindex, addrs); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	// Deleting the veth detaches its programs with it; unpinning the dead
