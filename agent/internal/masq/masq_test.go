@@ -1,6 +1,7 @@
 package masq
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -9,6 +10,9 @@ import (
 
 	"github.com/sluice-net/sluice/internal/testutil/netnstest"
 )
+
+// testSNATMark stands for bpf.MarkSNAT (this package takes it as a value).
+const testSNATMark = 0x534c
 
 // TestMasquerade: a pod reaching an address outside the cluster CIDR is
 // seen from the node's address (and the reply finds its way back); a pod
@@ -55,13 +59,13 @@ func TestMasquerade(t *testing.T) {
 	cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/48")}
 	for range 2 { // applying again replaces the table
 		var err error
-		node.Do(t, func() { err = Apply(cidrs, 0) })
+		node.Do(t, func() { err = Apply(cidrs, testSNATMark) })
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
 	out, err := exec.Command("ip", "netns", "exec", node.Name, "nft", "list", "table", "inet", TableName).CombinedOutput()
-	if err != nil || strings.Count(string(out), "masquerade") != 2 {
+	if err != nil || strings.Count(string(out), "masquerade") != 3 {
 		t.Fatalf("nft list table:\n%s%v", out, err)
 	}
 
@@ -76,6 +80,27 @@ func TestMasquerade(t *testing.T) {
 		if got := pod.WhoAmI(t, "tcp", netip.MustParseAddrPort(c.dst)); got != c.want {
 			t.Errorf("pod -> %s seen from %q, want %s", c.dst, got, c.want)
 		}
+	}
+
+	// NodePort traffic from_netdev sends to a backend elsewhere carries the
+	// SNAT mark: it must reach the backend from the node's address, so
+	// the reply comes back through the node. Here a stand-in rule marks
+	// what outside sends to the peer pod; unmarked, outside is seen.
+	outside.IP(t, "route", "add", "10.244.0.0/16", "via", "192.0.2.1")
+	if got := outside.WhoAmI(t, "tcp", netip.MustParseAddrPort("10.244.0.3:7000")); got != "192.0.2.5" {
+		t.Errorf("unmarked outside -> pod seen from %q, want 192.0.2.5 (kept)", got)
+	}
+	nft := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", node.Name, "nft"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("nft %v: %s %v", args, out, err)
+		}
+	}
+	nft("add", "table", "ip", "marktest")
+	nft("add", "chain", "ip", "marktest", "pre", "{ type filter hook prerouting priority -150 ; }")
+	nft("add", "rule", "ip", "marktest", "pre", "ip", "saddr", "192.0.2.5", "meta", "mark", "set", fmt.Sprint(testSNATMark))
+	if got := outside.WhoAmI(t, "tcp", netip.MustParseAddrPort("10.244.0.3:7000")); got != "10.244.0.1" {
+		t.Errorf("marked outside -> pod seen from %q, want the node's address 10.244.0.1 (masqueraded)", got)
 	}
 
 	node.Do(t, func() { err = Apply(nil, 0) })
