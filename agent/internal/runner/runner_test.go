@@ -14,12 +14,15 @@ type harness struct {
 	clock *clocktesting.FakeClock
 	runs  atomic.Int32
 	fail  atomic.Bool
-	r     *Runner
+	// pending is how many requests were waiting when fn last ran.
+	pending atomic.Int32
+	r       *Runner
 }
 
 func start(t *testing.T) *harness {
 	h := &harness{clock: clocktesting.NewFakeClock(time.Unix(1000, 0))}
 	h.r = New(func() error {
+		h.pending.Store(int32(len(h.r.requests)))
 		h.runs.Add(1)
 		if h.fail.Load() {
 			return errors.New("boom")
@@ -45,8 +48,18 @@ func (h *harness) waitRuns(t *testing.T, n int32) {
 	}
 }
 
-// settle gives the loop time to (not) act on what happened.
-func settle() { time.Sleep(20 * time.Millisecond) }
+// waitTimers waits (in real time) until the loop has armed n timers on the
+// fake clock: stepping the clock before it has would fire nothing.
+func (h *harness) waitTimers(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for h.clock.Waiters() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d timers armed, want %d", h.clock.Waiters(), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
 
 func TestFirstRequestRunsAtOnce(t *testing.T) {
 	h := start(t)
@@ -58,24 +71,26 @@ func TestBurstCoalescesAndKeepsMinInterval(t *testing.T) {
 	h := start(t)
 	h.r.Run()
 	h.waitRuns(t, 1)
+	h.r.Run()
+	// The loop has taken that request and waits for the minimum gap (a
+	// second timer beside the periodic one); the burst arrives meanwhile.
+	h.waitTimers(t, 2)
 	for range 1000 {
 		h.r.Run()
 	}
-	settle()
 	if got := h.runs.Load(); got != 1 {
 		t.Fatalf("ran %d times before the minimum interval passed, want 1", got)
 	}
 	h.clock.Step(time.Second)
 	h.waitRuns(t, 2)
-	settle()
-	if got := h.runs.Load(); got != 2 {
-		t.Errorf("a burst of 1000 requests cost %d syncs, want 2", got)
+	if n := h.pending.Load(); n != 0 {
+		t.Errorf("the second sync left %d requests of the burst pending: they would cost a third", n)
 	}
 }
 
 func TestPeriodicSync(t *testing.T) {
 	h := start(t)
-	settle()
+	h.waitTimers(t, 1)
 	h.clock.Step(time.Minute)
 	h.waitRuns(t, 1)
 }
@@ -86,7 +101,8 @@ func TestRetryAfterFailure(t *testing.T) {
 	h.r.Run()
 	h.waitRuns(t, 1)
 	h.fail.Store(false)
-	settle()
+	// The periodic timer and the retry.
+	h.waitTimers(t, 2)
 	h.clock.Step(5 * time.Second)
 	h.waitRuns(t, 2)
 }
