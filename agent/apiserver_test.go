@@ -19,8 +19,10 @@ import (
 	authv1 "k8s.io/api/authentication/v1"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
@@ -143,7 +145,8 @@ func startControlPlane(t testing.TB, ns *netnstest.NS) *controlPlane {
 
 // TestAgentAgainstAPIServer runs the real agent binary against a real
 // kube-apiserver and etcd, all inside one network namespace, and follows a
-// Service from creation to its endpoints in the datapath maps.
+// Service from creation to its endpoints in the datapath maps, then a
+// NetworkPolicy into the policy maps.
 func TestAgentAgainstAPIServer(t *testing.T) {
 	bpftest.Require(t)
 	ns := netnstest.New(t, "sl-agent")
@@ -225,7 +228,7 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	defer dp.Close()
 	backends := func() int {
 		var v bpf.ServiceValue
-		if err := dp.Services.Lookup(bpf.ServiceKey{Addr: bpf.Addr(vip.Addr()), Port: bpf.Port(80), Proto: 6}, &v); err != nil {
+		if err := dp.Services.Lookup(bpf.ServiceKey{Addr: bpf.Addr(vip.Addr()), Port: bpf.Port(80), Proto: bpf.ProtoTCP}, &v); err != nil {
 			return -1
 		}
 		return int(v.BackendCount)
@@ -237,11 +240,79 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	}
 	eventually(t, "the Service gone from the datapath", func() bool { return backends() == -1 })
 
+	followNetworkPolicy(t, cp, dp)
+
 	_, metrics := httpGet(":9962/metrics")
-	for _, m := range []string{"sluice_sync_duration_seconds_count", "sluice_services_programmed", "sluice_map_capacity{map=\"services\"}"} {
+	for _, m := range []string{
+		`sluice_sync_duration_seconds_count{controller="service"}`, `sluice_sync_duration_seconds_count{controller="netpol"}`,
+		"sluice_services_programmed", `sluice_map_capacity{map="services"}`,
+	} {
 		if !strings.Contains(metrics, m) {
 			t.Errorf("metrics lack %s", m)
 		}
+	}
+}
+
+// followNetworkPolicy creates a pod on the agent's node and a client pod
+// on another, then a NetworkPolicy letting only the client reach the pod
+// on TCP 8080, and waits for the policy maps to isolate the pod and hold
+// that rule.
+func followNetworkPolicy(t *testing.T, cp *controlPlane, dp *bpf.Datapath) {
+	t.Helper()
+	// Pods need their namespace's default ServiceAccount, which
+	// kube-controller-manager would create.
+	sa := &v1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "default"}}
+	if _, err := cp.client.CoreV1().ServiceAccounts("default").Create(context.Background(), sa, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	web, client := netip.MustParseAddr("10.244.0.5"), netip.MustParseAddr("10.244.1.7")
+	createRunningPod(t, cp, "web", "node-a", web, map[string]string{"app": "web"})
+	createRunningPod(t, cp, "client", "node-b", client, map[string]string{"app": "client"})
+	tcp, port := v1.ProtocolTCP, intstr.FromInt32(8080)
+	np := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web-from-client"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "client"}}}},
+				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}},
+			}},
+		},
+	}
+	if _, err := cp.client.NetworkingV1().NetworkPolicies("default").Create(context.Background(), np, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "web isolated, and client allowed in on TCP 8080, in the policy maps", func() bool {
+		var ep bpf.PolicyEndpointValue
+		if err := dp.PolicyEndpoints.Lookup(bpf.EndpointKey{Addr: bpf.Addr(web)}, &ep); err != nil || ep.Flags&bpf.PolicyIngressIsolated == 0 {
+			return false
+		}
+		var remote bpf.IPCacheValue
+		if err := dp.IPCache.Lookup(bpf.EndpointKey{Addr: bpf.Addr(client)}, &remote); err != nil {
+			return false
+		}
+		var allow bpf.PolicyValue
+		rule := bpf.PolicyRule(ep.Id, remote.Identity, bpf.PolicyIngress, bpf.ProtoTCP, 8080, 16)
+		return dp.Policy.Lookup(rule, &allow) == nil
+	})
+}
+
+// createRunningPod creates a pod bound to node and reports it running at
+// addr, as the kubelet would.
+func createRunningPod(t *testing.T, cp *controlPlane, name, node string, addr netip.Addr, lbls map[string]string) {
+	t.Helper()
+	ctx := context.Background()
+	pod := &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, Labels: lbls},
+		Spec:       v1.PodSpec{NodeName: node, Containers: []v1.Container{{Name: "app", Image: "app"}}},
+	}
+	pod, err := cp.client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod.Status = v1.PodStatus{Phase: v1.PodRunning, PodIP: addr.String(), PodIPs: []v1.PodIP{{IP: addr.String()}}}
+	if _, err := cp.client.CoreV1().Pods("default").UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 }
 
