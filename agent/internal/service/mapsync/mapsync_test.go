@@ -187,6 +187,12 @@ func TestDatapathFollowsSync(t *testing.T) {
 	if _, err := w.Sync(desired); err != nil {
 		t.Fatal(err)
 	}
+	// from_pod lets a pod send only from its own addresses: record the
+	// client as the CNI does, behind the device test runs use (loopback,
+	// ifindex 1).
+	if err := dp.RecordEndpoint(1, []netip.Addr{synSource}, bpf.EndpointValue{}); err != nil {
+		t.Fatal(err)
+	}
 	ret, out := synTo(t, dp, "10.96.0.10:80")
 	dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte(out[30:34])), binary.BigEndian.Uint16(out[36:38]))
 	if ret != 0 || (dst.String() != "10.244.1.5:8080" && dst.String() != "10.244.1.6:8080") {
@@ -197,11 +203,14 @@ func TestDatapathFollowsSync(t *testing.T) {
 	}
 }
 
+// synSource is the pod synTo sends from.
+var synSource = netip.MustParseAddr("10.244.0.2")
+
 func synTo(t *testing.T, dp *bpf.Datapath, vip string) (uint32, []byte) {
 	t.Helper()
 	dst := netip.MustParseAddrPort(vip)
 	eth := &layers.Ethernet{SrcMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, DstMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, EthernetType: layers.EthernetTypeIPv4}
-	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: net.IP{10, 244, 0, 2}, DstIP: dst.Addr().AsSlice()}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: synSource.AsSlice(), DstIP: dst.Addr().AsSlice()}
 	tcp := &layers.TCP{SrcPort: 40000, DstPort: layers.TCPPort(dst.Port()), SYN: true, Window: 1000}
 	_ = tcp.SetNetworkLayerForChecksum(ip)
 	buf := gopacket.NewSerializeBuffer()
