@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/sluice-net/sluice/bpf"
 )
 
 // Config is every agent setting. The JSON names are the config file keys;
@@ -86,14 +88,16 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // MarshalJSON writes the duration as a string.
 func (d Duration) MarshalJSON() ([]byte, error) { return []byte(`"` + d.String() + `"`), nil }
 
-// Default returns the settings used when nothing is configured.
+// Default returns the settings used when nothing is configured. The
+// datapath's are the loader's own defaults.
 func Default() Config {
+	dp := bpf.DefaultConfig()
 	return Config{
-		BPFRoot:         "/sys/fs/bpf/sluice",
-		MaglevTableSize: 16381,
-		MaxServices:     65536,
-		MaxBackends:     262144,
-		MaxConntrack:    262144,
+		BPFRoot:         dp.PinRoot,
+		MaglevTableSize: dp.MaglevSize,
+		MaxServices:     dp.MaxServices,
+		MaxBackends:     dp.MaxBackends,
+		MaxConntrack:    dp.MaxConntrack,
 		NodeStateFile:   "/run/sluice/node.json",
 		NativeRouting:   ptr(true),
 		SyncMinInterval: Duration{time.Second},

@@ -28,11 +28,8 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/netpol/compile"
 	"github.com/sluice-net/sluice/agent/internal/netpol/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/runner"
+	"github.com/sluice-net/sluice/bpf"
 )
-
-// hairpinAddrs are the datapath's hairpin sources: a pod reaching itself
-// through a Service arrives from them, and is allowed like the node.
-var hairpinAddrs = []netip.Addr{netip.MustParseAddr("169.254.42.1"), netip.MustParseAddr("fd73:6c75:6963:6500::1")}
 
 // retryInterval is how soon a failed sync is retried.
 const retryInterval = time.Second
@@ -220,14 +217,15 @@ func (c *Controller) syncOnce(start time.Time) error {
 }
 
 // localAddrs are the addresses of this node's network namespace (the
-// agent runs in it), plus the hairpin sources: traffic from them is the
+// agent runs in it), plus the datapath's hairpin sources (a pod reaching
+// itself through a Service arrives from them): traffic from them is the
 // node's own, always allowed.
 func localAddrs() ([]netip.Addr, error) {
 	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, err
 	}
-	out := append([]netip.Addr(nil), hairpinAddrs...)
+	out := []netip.Addr{bpf.HairpinAddr4, bpf.HairpinAddr6}
 	for _, a := range addrs {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok {
 			out = append(out, ip.Unmap())

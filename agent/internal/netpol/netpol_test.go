@@ -21,6 +21,7 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/agent/internal/netpol/compile"
 	"github.com/sluice-net/sluice/agent/internal/netpol/mapsync"
+	"github.com/sluice-net/sluice/bpf"
 )
 
 // The API and the maps are faked: what is under test is the wiring from
@@ -220,7 +221,7 @@ func TestNetworkPolicyIsWritten(t *testing.T) {
 	eventually(t, "a write isolating web and allowing client on TCP 8080", func() bool {
 		_, out := h.writer.written()
 		ep := out.Endpoints[web]
-		rule := compile.Rule{Endpoint: ep.ID, Remote: out.IPCache[client], Dir: compile.Ingress, Proto: 6, Port: 8080, PortBits: 16}
+		rule := compile.Rule{Endpoint: ep.ID, Remote: out.IPCache[client], Dir: compile.Ingress, Proto: bpf.ProtoTCP, Port: 8080, PortBits: 16}
 		_, allowed := out.Rules[rule]
 		return ep.IngressIsolated && allowed
 	})

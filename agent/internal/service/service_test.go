@@ -75,7 +75,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 func backendCount(dp *bpf.Datapath, vip string) (uint32, bool) {
 	ap := netip.MustParseAddrPort(vip)
 	var v bpf.ServiceValue
-	if err := dp.Services.Lookup(bpf.ServiceKey{Addr: bpf.Addr(ap.Addr()), Port: bpf.Port(ap.Port()), Proto: 6}, &v); err != nil {
+	if err := dp.Services.Lookup(bpf.ServiceKey{Addr: bpf.Addr(ap.Addr()), Port: bpf.Port(ap.Port()), Proto: bpf.ProtoTCP}, &v); err != nil {
 		return 0, false
 	}
 	return v.BackendCount, true

@@ -17,29 +17,19 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/sluice-net/sluice/agent/internal/apiobj"
+	"github.com/sluice-net/sluice/bpf"
 )
 
-// Identities with a fixed meaning. Pod identities are numbered from
-// firstPodIdentity, CIDR identities from firstCIDRIdentity, so the two
-// never collide.
+// Pod identities are numbered from firstPodIdentity, CIDR identities from
+// firstCIDRIdentity, so the two never collide, nor meet the reserved ones
+// (bpf.IdentityAny: any remote, as a rule's remote; bpf.IdentityHost: this
+// node's own addresses, always allowed; bpf.IdentityWorld: an address in
+// no ipBlock).
 const (
-	// IdentityAny, as a rule's remote, matches every remote.
-	IdentityAny uint32 = 0
-	// IdentityHost is this node's own addresses; the datapath always allows
-	// traffic from and to them.
-	IdentityHost uint32 = 1
-	// IdentityWorld is the CIDR identity of an address in no ipBlock.
-	IdentityWorld uint32 = 2
-
 	firstPodIdentity  uint32 = 256
 	firstCIDRIdentity uint32 = 1 << 24
-)
-
-// Protocol numbers as the datapath keys them; 0 in a rule means any.
-const (
-	ProtoTCP  uint8 = 6
-	ProtoUDP  uint8 = 17
-	ProtoSCTP uint8 = 132
 )
 
 // Direction is the direction of a rule, seen from the local endpoint.
@@ -47,8 +37,8 @@ type Direction uint8
 
 // The values are the datapath's.
 const (
-	Ingress Direction = 0
-	Egress  Direction = 1
+	Ingress = Direction(bpf.PolicyIngress)
+	Egress  = Direction(bpf.PolicyEgress)
 )
 
 func (d Direction) String() string {
@@ -95,33 +85,18 @@ func (r Rule) String() string {
 // Output is the complete desired content of the policy maps for one node.
 type Output struct {
 	// IPCache maps every pod address in the cluster to its pod identity,
-	// and this node's addresses to IdentityHost. Addresses are unmapped
+	// and this node's addresses to bpf.IdentityHost. Addresses are unmapped
 	// (an IPv4 address is never in its ::ffff: form).
 	IPCache map[netip.Addr]uint32
 	// CIDRs maps every ipBlock prefix (cidr and except) to its CIDR
 	// identity; the longest prefix containing an address decides, and an
-	// address in none has IdentityWorld.
+	// address in none has bpf.IdentityWorld.
 	CIDRs map[netip.Prefix]uint32
 	// Endpoints are the addresses of the pods on this node.
 	Endpoints map[netip.Addr]Endpoint
 	Rules     map[Rule]struct{}
 	// Errors report objects, or parts of them, that were skipped.
 	Errors []error
-}
-
-// Error reports an object, or one field of it, that could not be compiled.
-// A policy with an error is skipped as a whole, as if it did not exist: the
-// API server validates policies, so only a validation gap gets one here,
-// and enforcing a part of it would be a guess at what it meant.
-type Error struct {
-	Kind   string
-	Object types.NamespacedName
-	Field  string
-	Reason string
-}
-
-func (e *Error) Error() string {
-	return fmt.Sprintf("%s %s: %s: %s", e.Kind, e.Object, e.Field, e.Reason)
 }
 
 // Compile computes the policy maps of node in.NodeName. a keeps identity
@@ -148,7 +123,7 @@ func Compile(in Input, a *Allocator) Output {
 	// Host addresses win over a pod claiming the same address (only a
 	// misreported status could do that): the node is the node.
 	for _, addr := range in.HostAddrs {
-		c.out.IPCache[addr.Unmap()] = IdentityHost
+		c.out.IPCache[addr.Unmap()] = bpf.IdentityHost
 	}
 	policies := c.parsePolicies()
 	c.cidrIdentities()
@@ -259,7 +234,7 @@ func (c *compiler) podAddrs(p *v1.Pod) []netip.Addr {
 	for i, ip := range ips {
 		addr, err := netip.ParseAddr(ip.IP)
 		if err != nil {
-			c.out.Errors = append(c.out.Errors, &Error{Kind: "Pod", Object: podName(p),
+			c.out.Errors = append(c.out.Errors, &apiobj.Error{Kind: "Pod", Object: podName(p),
 				Field: fmt.Sprintf("%s[%d]", field, i), Reason: fmt.Sprintf("%q is not an IP address", ip.IP)})
 			continue
 		}
@@ -354,7 +329,7 @@ func (c *compiler) emit(lp *localPod, r *rule, rem remoteSet) {
 	addAll := func(proto uint8, pps []PortPrefix) {
 		for _, pp := range pps {
 			if rem.any {
-				add(IdentityAny, proto, pp)
+				add(bpf.IdentityAny, proto, pp)
 			}
 			for _, id := range rem.pods {
 				add(id.id, proto, pp)

@@ -16,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
+
+	"github.com/sluice-net/sluice/bpf"
 )
 
 // The model cluster: two nodes, three labelled namespaces with three pods
@@ -240,9 +242,9 @@ func datapathAllows(out Output, local, remote netip.Addr, dir Direction, proto u
 	if !isolated {
 		return true
 	}
-	remotes := []uint32{IdentityAny, cidrIdentity(out, remote)}
+	remotes := []uint32{bpf.IdentityAny, cidrIdentity(out, remote)}
 	if id, ok := out.IPCache[remote]; ok {
-		if id == IdentityHost {
+		if id == bpf.IdentityHost {
 			return true
 		}
 		remotes = append(remotes, id)
@@ -262,7 +264,7 @@ func datapathAllows(out Output, local, remote netip.Addr, dir Direction, proto u
 }
 
 func cidrIdentity(out Output, addr netip.Addr) uint32 {
-	id, best := IdentityWorld, -1
+	id, best := bpf.IdentityWorld, -1
 	for p, pid := range out.CIDRs {
 		if p.Contains(addr) && p.Bits() > best {
 			id, best = pid, p.Bits()
@@ -393,9 +395,9 @@ var protocols = map[string]struct {
 	num uint8
 	k8s v1.Protocol
 }{
-	"tcp":  {ProtoTCP, v1.ProtocolTCP},
-	"udp":  {ProtoUDP, v1.ProtocolUDP},
-	"sctp": {ProtoSCTP, v1.ProtocolSCTP},
+	"tcp":  {bpf.ProtoTCP, v1.ProtocolTCP},
+	"udp":  {bpf.ProtoUDP, v1.ProtocolUDP},
+	"sctp": {bpf.ProtoSCTP, v1.ProtocolSCTP},
 }
 
 // check asserts verdicts written "src > dst proto:port allow|deny", src and
@@ -1085,8 +1087,8 @@ func TestOutputContents(t *testing.T) {
 	if got := slices.SortedFunc(maps.Keys(out.IPCache), netip.Addr.Compare); !slices.Equal(got, slices.SortedFunc(slices.Values(want), netip.Addr.Compare)) {
 		t.Errorf("ipcache holds %v, want %v (no host-network, finished or IP-less pods)", got, want)
 	}
-	if ident("192.168.0.1") != IdentityHost || ident("fd00:ff::1") != IdentityHost {
-		t.Errorf("host addresses not IdentityHost")
+	if ident("192.168.0.1") != bpf.IdentityHost || ident("fd00:ff::1") != bpf.IdentityHost {
+		t.Errorf("host addresses not bpf.IdentityHost")
 	}
 	if _, ok := out.IPCache[netip.MustParseAddr("192.168.0.2")]; ok {
 		t.Errorf("another node's address in the ipcache")

@@ -10,7 +10,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
-	servicecompile "github.com/sluice-net/sluice/agent/internal/service/compile"
+	"github.com/sluice-net/sluice/agent/internal/apiobj"
+	"github.com/sluice-net/sluice/bpf"
 )
 
 // Allocator keeps pod identities, CIDR identities and endpoint IDs stable
@@ -147,7 +148,7 @@ func namedPorts(p *v1.Pod) []namedPort {
 	var out []namedPort
 	add := func(c *v1.Container) {
 		for _, cp := range c.Ports {
-			proto, ok := servicecompile.Protocol(cp.Protocol)
+			proto, ok := apiobj.Protocol(cp.Protocol)
 			if cp.Name == "" || !ok || cp.ContainerPort < 1 || cp.ContainerPort > math.MaxUint16 {
 				continue
 			}
@@ -221,7 +222,7 @@ type ipBlock struct {
 // exactly when that prefix is, and its CIDR identity names exactly the
 // blocks it is in. Each block then lists the identities whose sets include
 // it, which is what an ipBlock peer allows. A prefix in no block gets
-// IdentityWorld; it is inserted anyway to shadow shorter prefixes around
+// bpf.IdentityWorld; it is inserted anyway to shadow shorter prefixes around
 // it (an except hole in a block).
 func (c *compiler) cidrIdentities() {
 	cidrOf := map[netip.Prefix][]*ipBlock{}
@@ -252,7 +253,7 @@ func (c *compiler) cidrIdentities() {
 		}
 		in = slices.DeleteFunc(in, func(b *ipBlock) bool { return slices.Contains(out, b) })
 		if len(in) == 0 {
-			c.out.CIDRs[p] = IdentityWorld
+			c.out.CIDRs[p] = bpf.IdentityWorld
 			continue
 		}
 		slices.SortFunc(in, func(a, b *ipBlock) int { return strings.Compare(a.key, b.key) })

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
+
+	"github.com/sluice-net/sluice/bpf"
 )
 
 func TestNumbering(t *testing.T) {
@@ -71,7 +73,7 @@ func TestCIDRIdentities(t *testing.T) {
 		name     string
 		policies string
 		// groups of prefixes that share an identity; different groups
-		// differ. A group starting with "world" is IdentityWorld.
+		// differ. A group starting with "world" is bpf.IdentityWorld.
 		same     [][]string
 		verdicts []string
 	}{{
@@ -157,7 +159,7 @@ spec:
 			for g, group := range tt.same {
 				want := cidrs[prefix(group[len(group)-1])]
 				if group[0] == "world" {
-					want, group = IdentityWorld, group[1:]
+					want, group = bpf.IdentityWorld, group[1:]
 				} else if want < firstCIDRIdentity {
 					t.Errorf("%s: identity %d, not a CIDR identity", group[0], want)
 				}

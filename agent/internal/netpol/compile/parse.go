@@ -13,7 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	servicecompile "github.com/sluice-net/sluice/agent/internal/service/compile"
+	"github.com/sluice-net/sluice/agent/internal/apiobj"
+	"github.com/sluice-net/sluice/bpf"
 )
 
 // policy is a NetworkPolicy parsed and checked.
@@ -84,8 +85,12 @@ func (c *compiler) parsePolicies() []*policy {
 
 func parsePolicy(np *networkingv1.NetworkPolicy) (*policy, error) {
 	p := &policy{obj: types.NamespacedName{Namespace: np.Namespace, Name: np.Name}}
+	// A policy with an error is skipped as a whole, as if it did not
+	// exist: the API server validates policies, so only a validation gap
+	// gets one here, and enforcing a part of it would be a guess at what it
+	// meant.
 	fail := func(field, format string, args ...any) (*policy, error) {
-		return nil, &Error{Kind: "NetworkPolicy", Object: p.obj, Field: field, Reason: fmt.Sprintf(format, args...)}
+		return nil, &apiobj.Error{Kind: "NetworkPolicy", Object: p.obj, Field: field, Reason: fmt.Sprintf(format, args...)}
 	}
 	var err error
 	if p.podSelector, err = metav1.LabelSelectorAsSelector(&np.Spec.PodSelector); err != nil {
@@ -208,10 +213,10 @@ func parseIPBlock(ib *networkingv1.IPBlock) (*ipBlock, string, error) {
 }
 
 func parsePort(np networkingv1.NetworkPolicyPort) (portSpec, error) {
-	pt := portSpec{proto: ProtoTCP}
+	pt := portSpec{proto: bpf.ProtoTCP}
 	if np.Protocol != nil {
 		var ok bool
-		if pt.proto, ok = servicecompile.Protocol(*np.Protocol); !ok {
+		if pt.proto, ok = apiobj.Protocol(*np.Protocol); !ok {
 			return pt, fmt.Errorf("unsupported protocol %q", *np.Protocol)
 		}
 	}

@@ -19,7 +19,7 @@ func TestApplyWritesTheDifference(t *testing.T) {
 		CIDRs:     map[netip.Prefix]uint32{netip.MustParsePrefix("192.168.0.0/16"): 1 << 24},
 		Endpoints: map[netip.Addr]compile.Endpoint{pod: {ID: 1, IngressIsolated: true}},
 		Rules: map[compile.Rule]struct{}{
-			{Endpoint: 1, Remote: 301, Dir: compile.Ingress, Proto: 6, Port: 8080, PortBits: 16}: {},
+			{Endpoint: 1, Remote: 301, Dir: compile.Ingress, Proto: bpf.ProtoTCP, Port: 8080, PortBits: 16}: {},
 		},
 	}
 	st, err := w.Apply(out)
@@ -59,7 +59,7 @@ func TestApplyWritesTheDifference(t *testing.T) {
 	// rules that fit are written.
 	out.Rules = map[compile.Rule]struct{}{}
 	for i := range 6 {
-		out.Rules[compile.Rule{Endpoint: 1, Remote: 301, Dir: compile.Ingress, Proto: 6, Port: uint16(1000 + i), PortBits: 16}] = struct{}{}
+		out.Rules[compile.Rule{Endpoint: 1, Remote: 301, Dir: compile.Ingress, Proto: bpf.ProtoTCP, Port: uint16(1000 + i), PortBits: 16}] = struct{}{}
 	}
 	st, err = w.Apply(out)
 	if err == nil || !strings.Contains(err.Error(), "map policy (capacity 4)") {

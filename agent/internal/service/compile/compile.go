@@ -13,6 +13,9 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/sluice-net/sluice/agent/internal/apiobj"
+	"github.com/sluice-net/sluice/bpf"
 )
 
 // Labels and annotations with meaning for a service proxy.
@@ -24,22 +27,15 @@ const (
 	DefaultAffinityTimeout = 10800
 )
 
-// Protocol numbers as the datapath keys them.
-const (
-	ProtoTCP  uint8 = 6
-	ProtoUDP  uint8 = 17
-	ProtoSCTP uint8 = 132
-)
-
 // Scope says which traffic a frontend answers (the datapath's svc_scope).
 type Scope uint8
 
 const (
 	// ScopeInternal: traffic from pods and host processes on the node.
-	ScopeInternal Scope = 0
+	ScopeInternal = Scope(bpf.ScopeInternal)
 	// ScopeExternal: traffic entering the node from outside (NodePort,
 	// ExternalIPs, LoadBalancer IPs).
-	ScopeExternal Scope = 1
+	ScopeExternal = Scope(bpf.ScopeExternal)
 )
 
 // Node is what the compiler needs to know about the node it runs on.
@@ -91,19 +87,6 @@ type Entry struct {
 // Desired is the complete set of frontends for a node.
 type Desired map[Frontend]Entry
 
-// Error reports one object that could not be (fully) compiled; the rest of
-// the state still compiles.
-type Error struct {
-	Object types.NamespacedName
-	Kind   string
-	Field  string
-	Reason string
-}
-
-func (e *Error) Error() string {
-	return fmt.Sprintf("%s %s: %s: %s", e.Kind, e.Object, e.Field, e.Reason)
-}
-
 // Skipped says why the proxy ignores a Service, or "" when it handles it.
 func Skipped(svc *v1.Service) string {
 	switch {
@@ -115,20 +98,6 @@ func Skipped(svc *v1.Service) string {
 		return "headless service"
 	}
 	return ""
-}
-
-// Protocol maps a Kubernetes protocol to its IP protocol number; "" is
-// TCP, the API default. NetworkPolicy ports share it (package netpol/compile).
-func Protocol(p v1.Protocol) (uint8, bool) {
-	switch p {
-	case v1.ProtocolTCP, "":
-		return ProtoTCP, true
-	case v1.ProtocolUDP:
-		return ProtoUDP, true
-	case v1.ProtocolSCTP:
-		return ProtoSCTP, true
-	}
-	return 0, false
 }
 
 // Compile computes the desired frontends of every Service on this node.
@@ -170,7 +139,9 @@ func Service(svc *v1.Service, slices []*discovery.EndpointSlice, node Node) (Des
 func compileService(out Desired, svc *v1.Service, key types.NamespacedName, slices []*discovery.EndpointSlice, node Node) []error {
 	var errs []error
 	bad := func(field, reason string) {
-		errs = append(errs, &Error{Object: key, Kind: "Service", Field: field, Reason: reason})
+		// A malformed field costs that field (an address, a port); the rest
+		// of the Service still compiles.
+		errs = append(errs, &apiobj.Error{Kind: "Service", Object: key, Field: field, Reason: reason})
 	}
 	clusterIPs := svc.Spec.ClusterIPs
 	if len(clusterIPs) == 0 && svc.Spec.ClusterIP != "" {
@@ -227,7 +198,7 @@ func compileService(out Desired, svc *v1.Service, key types.NamespacedName, slic
 	}
 
 	for i, sp := range svc.Spec.Ports {
-		proto, ok := Protocol(sp.Protocol)
+		proto, ok := apiobj.Protocol(sp.Protocol)
 		if !ok {
 			bad(fmt.Sprintf("spec.ports[%d].protocol", i), fmt.Sprintf("%q is not TCP, UDP or SCTP", sp.Protocol))
 			continue

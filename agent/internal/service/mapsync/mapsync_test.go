@@ -24,7 +24,7 @@ func loadDatapath(t *testing.T) (*bpf.Datapath, string) {
 }
 
 func fe(s string) compile.Frontend {
-	return compile.Frontend{Addr: netip.MustParseAddrPort(s), Proto: compile.ProtoTCP, Scope: compile.ScopeInternal}
+	return compile.Frontend{Addr: netip.MustParseAddrPort(s), Proto: bpf.ProtoTCP, Scope: compile.ScopeInternal}
 }
 
 func backends(addrs ...string) []compile.Backend {
