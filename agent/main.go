@@ -68,20 +68,63 @@ func newLogger(cfg config.Config) *slog.Logger {
 }
 
 func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
-	restCfg, err := restConfig(cfg)
+	client, err := apiClient(cfg)
 	if err != nil {
 		return err
 	}
+	dp, err := loadDatapath(log, cfg)
+	if err != nil {
+		return err
+	}
+	defer dp.Close() // the pins stay: the datapath outlives the agent
+	if err := attachDatapath(log, cfg, dp); err != nil {
+		return err
+	}
+	if err := masquerade(log, cfg); err != nil {
+		return err
+	}
+	m := metrics.New()
+	m.RegisterDatapath(dp)
+	hc := healthcheck.New(log, "")
+	defer hc.Close()
+	factory := informers.NewSharedInformerFactory(client, 0)
+	ctrls, err := newControllers(log, cfg, factory, dp, m, hc)
+	if err != nil {
+		return err
+	}
+	// Once, after every controller has registered its informers: a
+	// factory starts only the informers asked for before Start.
+	factory.Start(ctx.Done())
+
+	// One slot for each goroutine that reports, so none blocks once run
+	// has returned.
+	errs := make(chan error, 5)
+	go func() { errs <- serve(ctx, log, "metrics", cfg.MetricsAddr, metricsMux(m)) }()
+	go func() { errs <- serve(ctx, log, "health", cfg.HealthAddr, healthMux(ctrls.services)) }()
+	go gcConntrack(ctx, log, dp, m, cfg.CTGCInterval.Duration)
+	return ctrls.run(ctx, log, errs)
+}
+
+// apiClient connects to the API server as configured.
+func apiClient(cfg config.Config) (*kubernetes.Clientset, error) {
+	restCfg, err := restConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
 	client, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
-		return fmt.Errorf("API client: %w", err)
+		return nil, fmt.Errorf("API client: %w", err)
 	}
+	return client, nil
+}
 
+// loadDatapath loads (or reuses, when pinned) this node's datapath.
+func loadDatapath(log *slog.Logger, cfg config.Config) (*bpf.Datapath, error) {
 	// The agent runs in the node's network namespace (hostNetwork): socket
 	// LB serves exactly the sockets of that namespace.
 	hostNetns, err := bpf.NetnsCookie()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	dp, err := bpf.Load(bpf.Config{
 		PinRoot: cfg.BPFRoot, MaglevSize: cfg.MaglevTableSize,
@@ -89,24 +132,21 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 		HostNetnsCookie: hostNetns,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer dp.Close() // the pins stay: the datapath outlives the agent
 	log.Info("datapath loaded", "bpfRoot", cfg.BPFRoot, "maglevTableSize", cfg.MaglevTableSize)
+	return dp, nil
+}
 
+// attachDatapath hooks the datapath where traffic other than the pods'
+// enters it: host sockets (socket-level load balancing) and the node's
+// uplinks (NodePorts and external addresses).
+func attachDatapath(log *slog.Logger, cfg config.Config, dp *bpf.Datapath) error {
 	if cfg.SocketLBCgroup != "" {
 		if err := dp.AttachSocketLB(cfg.SocketLBCgroup); err != nil {
 			return err
 		}
 		log.Info("socket-level load balancing attached", "cgroup", cfg.SocketLBCgroup)
-	}
-
-	var clusterCIDRs []netip.Prefix
-	for _, s := range cfg.ClusterCIDRs {
-		clusterCIDRs = append(clusterCIDRs, netip.MustParsePrefix(s)) // validated by config
-	}
-	if err := masq.Apply(clusterCIDRs, bpf.MarkSNAT); err != nil {
-		return err
 	}
 	devices, err := uplinks(cfg.Devices)
 	if err != nil {
@@ -122,66 +162,85 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	} else {
 		log.Info("NodePort, ExternalIP and LoadBalancer traffic served on the node's uplinks", "devices", devices)
 	}
-	log.Info("masquerade of traffic leaving the cluster CIDRs", "clusterCIDRs", cfg.ClusterCIDRs, "table", "inet "+masq.TableName)
+	return nil
+}
 
-	writer, err := servicemapsync.New(dp)
-	if err != nil {
+// masquerade programs the node's nftables masquerade: pod traffic leaving
+// the cluster, and NodePort traffic the datapath marked for SNAT.
+func masquerade(log *slog.Logger, cfg config.Config) error {
+	var clusterCIDRs []netip.Prefix
+	for _, s := range cfg.ClusterCIDRs {
+		clusterCIDRs = append(clusterCIDRs, netip.MustParsePrefix(s)) // validated by config
+	}
+	if err := masq.Apply(clusterCIDRs, bpf.MarkSNAT); err != nil {
 		return err
 	}
-	m := metrics.New()
-	m.RegisterDatapath(dp)
+	log.Info("masquerade of traffic leaving the cluster CIDRs", "clusterCIDRs", cfg.ClusterCIDRs, "table", "inet "+masq.TableName)
+	return nil
+}
+
+// controllers are the agent's controllers, sharing one informer factory.
+type controllers struct {
+	services *service.Controller
+	policies *netpol.Controller
+	routes   *routes.Controller // nil without native routing
+}
+
+// newControllers builds every controller, each registering its informers
+// on factory.
+func newControllers(log *slog.Logger, cfg config.Config, factory informers.SharedInformerFactory,
+	dp *bpf.Datapath, m *metrics.Metrics, hc *healthcheck.Server) (*controllers, error) {
+	var c controllers
+	serviceMaps, err := servicemapsync.New(dp)
+	if err != nil {
+		return nil, err
+	}
 	var nodePortCIDRs []netip.Prefix
 	for _, s := range cfg.NodePortAddresses {
 		nodePortCIDRs = append(nodePortCIDRs, netip.MustParsePrefix(s)) // validated by config
 	}
-	factory := informers.NewSharedInformerFactory(client, 0)
-	hc := healthcheck.New(log, "")
-	defer hc.Close()
-	services, err := service.New(log, factory, writer, m, service.Options{
+	c.services, err = service.New(log, factory, serviceMaps, m, service.Options{
 		NodeName: cfg.NodeName, NodePortCIDRs: nodePortCIDRs, NodeStateFile: cfg.NodeStateFile,
 		MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration, HealthChecks: hc,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	policies, err := netpol.New(log, factory, netpolmapsync.New(dp), m, netpol.Options{
+	c.policies, err = netpol.New(log, factory, netpolmapsync.New(dp), m, netpol.Options{
 		NodeName: cfg.NodeName, MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var nodeRoutes *routes.Controller
 	if *cfg.NativeRouting {
-		nodeRoutes, err = routes.New(log, factory, routes.MainTable{}, m, routes.Options{
+		c.routes, err = routes.New(log, factory, routes.MainTable{}, m, routes.Options{
 			NodeName: cfg.NodeName, MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration,
 		})
 		if err != nil {
-			return err
+			return nil, err
 		}
 	}
-	// Once, after every controller has registered its informers: a
-	// factory starts only the informers asked for before Start.
-	factory.Start(ctx.Done())
+	return &c, nil
+}
 
-	errs := make(chan error, 5)
-	if nodeRoutes != nil {
-		go func() { errs <- nodeRoutes.Run(ctx) }()
+// run runs the controllers until ctx ends, or one of them (or another
+// goroutine reporting to errs) fails.
+func (c *controllers) run(ctx context.Context, log *slog.Logger, errs chan error) error {
+	if c.routes != nil {
+		go func() { errs <- c.routes.Run(ctx) }()
 	}
-	go func() { errs <- serve(ctx, log, "metrics", cfg.MetricsAddr, metricsMux(m)) }()
-	go func() { errs <- serve(ctx, log, "health", cfg.HealthAddr, healthMux(services)) }()
-	go gcConntrack(ctx, log, dp, m, cfg.CTGCInterval.Duration)
 	// Policy first: the service controller's first sync tells the CNI that
 	// pods may start, and no pod may start before its policy is in place.
-	go func() { errs <- policies.Run(ctx) }()
+	go func() { errs <- c.policies.Run(ctx) }()
 	select {
-	case <-policies.FirstSync():
+	case <-c.policies.FirstSync():
 		log.Info("NetworkPolicy programmed")
 	case err := <-errs:
 		return err
 	case <-ctx.Done():
 		return nil
 	}
-	go func() { errs <- services.Run(ctx) }()
+	go func() { errs <- c.services.Run(ctx) }()
 	select {
 	case <-ctx.Done():
 		return nil

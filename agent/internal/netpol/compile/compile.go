@@ -205,6 +205,9 @@ func (c *compiler) addPods() {
 		}
 		lp := &localPod{ident: ident, addrs: addrs}
 		for _, addr := range addrs {
+			if h, ok := c.a.hints.Endpoints[addr]; ok {
+				c.a.endpoints.claim(addr, h)
+			}
 			id := c.a.endpoints.get(addr)
 			c.out.Endpoints[addr] = Endpoint{ID: id}
 			lp.eps = append(lp.eps, id)

@@ -15,13 +15,14 @@ import (
 )
 
 // Allocator keeps pod identities, CIDR identities and endpoint IDs stable
-// from one Compile to the next. The datapath's maps are updated in place,
-// entry by entry: if numbers moved between compiles, an address could
-// briefly meet rules meant for another.
+// from one Compile to the next, and across agent restarts (Restore). The
+// datapath's maps are updated in place, entry by entry: if numbers moved
+// between compiles, an address could briefly meet rules meant for another.
 type Allocator struct {
 	pods      numbering[string]
 	cidrs     numbering[string]
 	endpoints numbering[netip.Addr]
+	hints     Hints
 }
 
 // NewAllocator returns an Allocator that has handed out no number.
@@ -33,11 +34,34 @@ func NewAllocator() *Allocator {
 	}
 }
 
-// release frees the numbers of keys the last compile did not use.
+// Hints are the numbers the datapath's maps held when the agent started
+// (a restart keeps the pinned maps): the identity of each address in the
+// ipcache, of each ipBlock prefix, and each local endpoint's ID.
+type Hints struct {
+	PodIdentities  map[netip.Addr]uint32
+	CIDRIdentities map[netip.Prefix]uint32
+	Endpoints      map[netip.Addr]uint32
+}
+
+// Restore makes the next Compile give every label set, ipBlock set and
+// endpoint the number its addresses had in hints, so that an agent
+// restart renumbers nothing and its first sync rewrites nothing. Numbers
+// no key claims in that compile are freed after it. Call it before the
+// first Compile.
+func (a *Allocator) Restore(h Hints) {
+	a.hints = h
+	a.pods.expect(slices.Collect(maps.Values(h.PodIdentities)), firstCIDRIdentity)
+	a.cidrs.expect(slices.Collect(maps.Values(h.CIDRIdentities)), math.MaxUint32)
+	a.endpoints.expect(slices.Collect(maps.Values(h.Endpoints)), math.MaxUint32)
+}
+
+// release frees the numbers of keys the last compile did not use, and the
+// hints none claimed.
 func (a *Allocator) release() {
 	a.pods.release()
 	a.cidrs.release()
 	a.endpoints.release()
+	a.hints = Hints{}
 }
 
 // numbering hands out numbers upwards from a first one, one per key. A
@@ -52,6 +76,9 @@ type numbering[K comparable] struct {
 	free []uint32 // released numbers, reused oldest first
 	next uint32   // the lowest number never handed out
 	gen  uint64   // counts releases
+	// expected are restored numbers (Restore) no key has claimed yet:
+	// get hands them to no one else; release frees what is left.
+	expected map[uint32]bool
 }
 
 type assigned struct {
@@ -61,6 +88,42 @@ type assigned struct {
 
 func newNumbering[K comparable](first uint32) numbering[K] {
 	return numbering[K]{ids: map[K]assigned{}, next: first}
+}
+
+// maxRestoreGap bounds how far above the numbers handed out a restored
+// number may lie: the gap below it becomes free numbers.
+const maxRestoreGap = 1 << 20
+
+// expect sets numbers aside for the keys that will claim them (claim).
+// Numbers outside [next, limit) or absurdly high are ignored: they cannot
+// be ours.
+func (n *numbering[K]) expect(ids []uint32, limit uint32) {
+	n.expected = map[uint32]bool{}
+	first := n.next
+	top := n.next
+	for _, id := range ids {
+		if id < first || id >= limit || id-first > maxRestoreGap {
+			continue
+		}
+		n.expected[id] = true
+		top = max(top, id+1)
+	}
+	for id := n.next; id < top; id++ {
+		if !n.expected[id] {
+			n.free = append(n.free, id)
+		}
+	}
+	n.next = top
+}
+
+// claim gives k the restored number id, unless k has a number already or
+// id was not restored or another key claimed it first.
+func (n *numbering[K]) claim(k K, id uint32) {
+	if _, ok := n.ids[k]; ok || !n.expected[id] {
+		return
+	}
+	delete(n.expected, id)
+	n.ids[k] = assigned{id: id, gen: n.gen}
 }
 
 func (n *numbering[K]) get(k K) uint32 {
@@ -88,6 +151,10 @@ func (n *numbering[K]) release() {
 			freed = append(freed, a.id)
 		}
 	}
+	for id := range n.expected {
+		freed = append(freed, id)
+	}
+	n.expected = nil
 	// Reusing the oldest first gives a number the longest time unused:
 	// whatever still referred to it has been rewritten long before.
 	slices.Sort(freed)
@@ -134,6 +201,12 @@ func (c *compiler) podIdentity(p *v1.Pod) *podIdentity {
 	key := podKey(ns, p.Labels, ports)
 	if id := c.idents[key]; id != nil {
 		return id
+	}
+	for _, addr := range c.podAddrs(p) {
+		if h, ok := c.a.hints.PodIdentities[addr]; ok {
+			c.a.pods.claim(key, h)
+			break
+		}
 	}
 	id := &podIdentity{id: c.a.pods.get(key), ns: ns, labels: p.Labels, ports: ports}
 	c.idents[key] = id
@@ -261,6 +334,9 @@ func (c *compiler) cidrIdentities() {
 		for _, b := range in {
 			key.WriteString(b.key)
 			key.WriteByte('\n')
+		}
+		if h, ok := c.a.hints.CIDRIdentities[p]; ok {
+			c.a.cidrs.claim(key.String(), h)
 		}
 		id := c.a.cidrs.get(key.String())
 		c.out.CIDRs[p] = id

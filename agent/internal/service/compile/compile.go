@@ -136,6 +136,8 @@ func Service(svc *v1.Service, slices []*discovery.EndpointSlice, node Node) (Des
 	return out, compileService(out, svc, key, slices, node)
 }
 
+// compileService adds the frontends of every port of svc, in each IP
+// family, to out, and returns what it had to leave out.
 func compileService(out Desired, svc *v1.Service, key types.NamespacedName, slices []*discovery.EndpointSlice, node Node) []error {
 	var errs []error
 	bad := func(field, reason string) {
@@ -143,60 +145,7 @@ func compileService(out Desired, svc *v1.Service, key types.NamespacedName, slic
 		// of the Service still compiles.
 		errs = append(errs, &apiobj.Error{Kind: "Service", Object: key, Field: field, Reason: reason})
 	}
-	clusterIPs := svc.Spec.ClusterIPs
-	if len(clusterIPs) == 0 && svc.Spec.ClusterIP != "" {
-		clusterIPs = []string{svc.Spec.ClusterIP}
-	}
-	var internal, external []netip.Addr
-	for i, s := range clusterIPs {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			bad(fmt.Sprintf("spec.clusterIPs[%d]", i), fmt.Sprintf("%q is not an IP address", s))
-			continue
-		}
-		internal = append(internal, a)
-	}
-	for i, s := range svc.Spec.ExternalIPs {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			bad(fmt.Sprintf("spec.externalIPs[%d]", i), fmt.Sprintf("%q is not an IP address", s))
-			continue
-		}
-		external = append(external, a)
-	}
-	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
-		for i, ing := range svc.Status.LoadBalancer.Ingress {
-			if ing.IP == "" {
-				continue
-			}
-			a, err := netip.ParseAddr(ing.IP)
-			if err != nil {
-				bad(fmt.Sprintf("status.loadBalancer.ingress[%d].ip", i), fmt.Sprintf("%q is not an IP address", ing.IP))
-				continue
-			}
-			external = append(external, a)
-		}
-	}
-
-	var affinity uint32
-	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
-		affinity = DefaultAffinityTimeout
-		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
-			affinity = uint32(*c.ClientIP.TimeoutSeconds)
-		}
-	}
-	internalLocal := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
-	externalLocal := svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
-	nodePorts := svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer
-	// NodePorts answer only in the service's own IP families.
-	hasFamily := map[bool]bool{}
-	for _, a := range internal {
-		hasFamily[a.Is4()] = true
-	}
-	for _, f := range svc.Spec.IPFamilies {
-		hasFamily[f == v1.IPv4Protocol] = true
-	}
-
+	s := settingsOf(svc, key, bad)
 	for i, sp := range svc.Spec.Ports {
 		proto, ok := apiobj.Protocol(sp.Protocol)
 		if !ok {
@@ -208,51 +157,163 @@ func compileService(out Desired, svc *v1.Service, key types.NamespacedName, slic
 			continue
 		}
 		eps := endpointsFor(slices, sp.Name, sp.Protocol, node)
-		topo := topologyAware(svc)
-		for _, family := range []bool{true, false} { // IPv4, then IPv6
-			all := selectBackends(eps, family, false, topo, node.Zone)
-			local := selectBackends(eps, family, true, false, node.Zone)
-			entry := func(sel selection, localOnly bool) Entry {
-				return Entry{Service: key, PortName: sp.Name, Backends: sel.backends, AffinityTimeout: affinity,
-					LocalOnly: localOnly, TerminatingFallback: sel.fallback}
-			}
-			port := uint16(sp.Port)
-			for _, a := range internal {
-				if a.Is4() == family {
-					f := Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeInternal}
-					if internalLocal {
-						out[f] = entry(local, true)
-					} else {
-						out[f] = entry(all, false)
-					}
-				}
-			}
-			addExternal := func(a netip.Addr, port uint16) {
-				// Pods reaching an external address get any endpoint, as
-				// kube-proxy short-circuits them; traffic from outside
-				// honours externalTrafficPolicy.
-				out[Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeInternal}] = entry(all, false)
-				if externalLocal {
-					out[Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeExternal}] = entry(local, true)
-				} else {
-					out[Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeExternal}] = entry(all, false)
-				}
-			}
-			for _, a := range external {
-				if a.Is4() == family {
-					addExternal(a, port)
-				}
-			}
-			if nodePorts && sp.NodePort > 0 && hasFamily[family] {
-				for _, a := range node.NodePortAddrs {
-					if a.Is4() == family {
-						addExternal(a, uint16(sp.NodePort))
-					}
-				}
-			}
+		for _, fam := range []family{ipv4, ipv6} {
+			s.addPort(out, sp, proto, fam, eps, node)
 		}
 	}
 	return errs
+}
+
+// family is an IP family: a frontend gets backends of its own family only.
+type family uint8
+
+const (
+	ipv4 family = iota
+	ipv6
+)
+
+func familyOf(a netip.Addr) family {
+	if a.Is4() {
+		return ipv4
+	}
+	return ipv6
+}
+
+// serviceSettings are what every port of a Service compiles with.
+type serviceSettings struct {
+	key                types.NamespacedName
+	internal, external []netip.Addr // clusterIPs; externalIPs and load balancer IPs
+	affinity           uint32       // ClientIP affinity timeout in seconds, 0: none
+	internalLocal      bool         // internalTrafficPolicy Local
+	externalLocal      bool         // externalTrafficPolicy Local
+	nodePorts          bool         // a NodePort or LoadBalancer Service
+	// families are the Service's own IP families: its NodePorts answer in
+	// them only.
+	families map[family]bool
+	topology bool // zone-local routing asked for
+}
+
+// settingsOf reads the Service-wide settings, reporting malformed
+// addresses to bad.
+func settingsOf(svc *v1.Service, key types.NamespacedName, bad func(field, reason string)) *serviceSettings {
+	s := &serviceSettings{
+		key:           key,
+		affinity:      affinityTimeout(svc),
+		internalLocal: svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal,
+		externalLocal: svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal,
+		nodePorts:     svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer,
+		families:      map[family]bool{},
+		topology:      topologyAware(svc),
+	}
+	s.internal, s.external = serviceAddrs(svc, bad)
+	for _, a := range s.internal {
+		s.families[familyOf(a)] = true
+	}
+	for _, f := range svc.Spec.IPFamilies {
+		if f == v1.IPv4Protocol {
+			s.families[ipv4] = true
+		} else {
+			s.families[ipv6] = true
+		}
+	}
+	return s
+}
+
+// serviceAddrs returns the Service's internal addresses (clusterIPs) and
+// external ones (externalIPs, and load balancer IPs of a LoadBalancer),
+// reporting those that do not parse to bad.
+func serviceAddrs(svc *v1.Service, bad func(field, reason string)) (internal, external []netip.Addr) {
+	parse := func(field, s string) (netip.Addr, bool) {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			bad(field, fmt.Sprintf("%q is not an IP address", s))
+		}
+		return a, err == nil
+	}
+	clusterIPs := svc.Spec.ClusterIPs
+	if len(clusterIPs) == 0 && svc.Spec.ClusterIP != "" {
+		clusterIPs = []string{svc.Spec.ClusterIP}
+	}
+	for i, s := range clusterIPs {
+		if a, ok := parse(fmt.Sprintf("spec.clusterIPs[%d]", i), s); ok {
+			internal = append(internal, a)
+		}
+	}
+	for i, s := range svc.Spec.ExternalIPs {
+		if a, ok := parse(fmt.Sprintf("spec.externalIPs[%d]", i), s); ok {
+			external = append(external, a)
+		}
+	}
+	if svc.Spec.Type != v1.ServiceTypeLoadBalancer {
+		return internal, external
+	}
+	for i, ing := range svc.Status.LoadBalancer.Ingress {
+		if ing.IP == "" {
+			continue
+		}
+		if a, ok := parse(fmt.Sprintf("status.loadBalancer.ingress[%d].ip", i), ing.IP); ok {
+			external = append(external, a)
+		}
+	}
+	return internal, external
+}
+
+// affinityTimeout is the Service's ClientIP affinity in seconds; 0: none.
+func affinityTimeout(svc *v1.Service) uint32 {
+	if svc.Spec.SessionAffinity != v1.ServiceAffinityClientIP {
+		return 0
+	}
+	if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+		return uint32(*c.ClientIP.TimeoutSeconds)
+	}
+	return DefaultAffinityTimeout
+}
+
+// addPort adds the frontends of one port in one family: on the clusterIPs,
+// on the external addresses, and on the node's addresses for a NodePort.
+func (s *serviceSettings) addPort(out Desired, sp v1.ServicePort, proto uint8, fam family, eps []endpoint, node Node) {
+	all := selectBackends(eps, fam, false, s.topology, node.Zone)
+	local := selectBackends(eps, fam, true, false, node.Zone)
+	entry := func(sel selection, localOnly bool) Entry {
+		return Entry{Service: s.key, PortName: sp.Name, Backends: sel.backends, AffinityTimeout: s.affinity,
+			LocalOnly: localOnly, TerminatingFallback: sel.fallback}
+	}
+	port := uint16(sp.Port)
+	for _, a := range s.internal {
+		if familyOf(a) != fam {
+			continue
+		}
+		f := Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeInternal}
+		if s.internalLocal {
+			out[f] = entry(local, true)
+		} else {
+			out[f] = entry(all, false)
+		}
+	}
+	addExternal := func(a netip.Addr, port uint16) {
+		// Pods reaching an external address get any endpoint, as
+		// kube-proxy short-circuits them; traffic from outside honours
+		// externalTrafficPolicy.
+		out[Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeInternal}] = entry(all, false)
+		if s.externalLocal {
+			out[Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeExternal}] = entry(local, true)
+		} else {
+			out[Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeExternal}] = entry(all, false)
+		}
+	}
+	for _, a := range s.external {
+		if familyOf(a) == fam {
+			addExternal(a, port)
+		}
+	}
+	if !s.nodePorts || sp.NodePort <= 0 || !s.families[fam] {
+		return
+	}
+	for _, a := range node.NodePortAddrs {
+		if familyOf(a) == fam {
+			addExternal(a, uint16(sp.NodePort))
+		}
+	}
 }
 
 // topologyAware says whether the service asks for zone-local routing.
@@ -348,10 +409,10 @@ type selection struct {
 // none is ready, serving-and-terminating ones; optionally only local ones;
 // with topology, only same-zone ones when every endpoint carries hints and
 // some name this zone.
-func selectBackends(eps []endpoint, ipv4, localOnly, topology bool, zone string) selection {
+func selectBackends(eps []endpoint, fam family, localOnly, topology bool, zone string) selection {
 	var cands []endpoint
 	for _, e := range eps {
-		if e.addr.Addr().Is4() == ipv4 && (!localOnly || e.local) {
+		if familyOf(e.addr.Addr()) == fam && (!localOnly || e.local) {
 			cands = append(cands, e)
 		}
 	}

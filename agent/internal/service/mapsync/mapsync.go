@@ -214,11 +214,34 @@ func (w *Writer) SyncTouched(desired compile.Desired, touched []compile.Frontend
 	return w.apply(desired, touched)
 }
 
-// apply syncs every frontend (touched nil) or only the touched ones.
+// apply syncs every frontend (touched nil) or only the touched ones. Its
+// steps write in the package's order, so that the datapath never meets a
+// dangling reference; a failed batch write stops the sync before anything
+// refers to what it failed to write.
 func (w *Writer) apply(desired compile.Desired, touched []compile.Frontend) (Stats, error) {
 	var st Stats
-	var errs []error
-	var plans []*plan
+	plans, stale, errs := w.planChanges(desired, touched)
+	fail := func(err error) (Stats, error) { return st, errors.Join(append(errs, err)...) }
+	if err := w.writeBackends(plans, &st); err != nil {
+		return fail(err)
+	}
+	if err := w.writeTables(plans, &st, &errs); err != nil {
+		return fail(err)
+	}
+	if err := w.writeServices(plans, &st); err != nil {
+		return fail(err)
+	}
+	unused := w.adopt(plans, &errs)
+	unused = append(unused, w.deleteStale(stale, &st, &errs)...)
+	w.deleteBackends(unused, &st, &errs)
+	st.Services, st.Backends = len(w.services), len(w.backends)
+	return st, errors.Join(errs...)
+}
+
+// planChanges plans the frontends whose entry differs from the one last
+// applied, and lists the frontends to delete; an unchanged frontend costs
+// a comparison.
+func (w *Writer) planChanges(desired compile.Desired, touched []compile.Frontend) (plans []*plan, stale []bpf.ServiceKey, errs []error) {
 	consider := func(f compile.Frontend, e compile.Entry) {
 		key := serviceKey(f)
 		cur := w.services[key]
@@ -232,7 +255,6 @@ func (w *Writer) apply(desired compile.Desired, touched []compile.Frontend) (Sta
 		}
 		plans = append(plans, p)
 	}
-	var stale []bpf.ServiceKey
 	if touched == nil {
 		seen := make(map[bpf.ServiceKey]bool, len(desired))
 		for f, e := range desired {
@@ -244,17 +266,21 @@ func (w *Writer) apply(desired compile.Desired, touched []compile.Frontend) (Sta
 				stale = append(stale, key)
 			}
 		}
-	} else {
-		for _, f := range touched {
-			if e, ok := desired[f]; ok {
-				consider(f, e)
-			} else if _, ok := w.services[serviceKey(f)]; ok {
-				stale = append(stale, serviceKey(f))
-			}
+		return plans, stale, errs
+	}
+	for _, f := range touched {
+		if e, ok := desired[f]; ok {
+			consider(f, e)
+		} else if _, ok := w.services[serviceKey(f)]; ok {
+			stale = append(stale, serviceKey(f))
 		}
 	}
+	return plans, stale, errs
+}
 
-	// 1. Backends.
+// writeBackends writes the planned backends that are new or changed (step
+// 1: before any table can point at them).
+func (w *Writer) writeBackends(plans []*plan, st *Stats) error {
 	var bids []uint32
 	var bvals []bpf.BackendValue
 	for _, p := range plans {
@@ -265,19 +291,26 @@ func (w *Writer) apply(desired compile.Desired, touched []compile.Frontend) (Sta
 			}
 		}
 	}
-	if len(bids) > 0 {
-		if _, err := w.dp.Backends.BatchUpdate(bids, bvals, nil); err != nil {
-			return st, errors.Join(append(errs, fmt.Errorf("write %d backends (backend map full? MaxBackends is %d): %w", len(bids), w.dp.Backends.MaxEntries(), err))...)
-		}
-		for i, id := range bids {
-			w.backends[id] = bvals[i]
-		}
-		st.BackendsWritten = len(bids)
+	if len(bids) == 0 {
+		return nil
 	}
+	if _, err := w.dp.Backends.BatchUpdate(bids, bvals, nil); err != nil {
+		return fmt.Errorf("write %d backends (backend map full? MaxBackends is %d): %w", len(bids), w.dp.Backends.MaxEntries(), err)
+	}
+	for i, id := range bids {
+		w.backends[id] = bvals[i]
+	}
+	st.BackendsWritten = len(bids)
+	return nil
+}
 
-	// 2. Maglev tables, computed on every core (0.3 ms each at 16381
-	// slots), installed in chunks so a cold sync of 10,000 services holds
-	// tens of MiB of tables at a time, not gigabytes.
+// writeTables builds and installs the Maglev tables the plans need (step
+// 2: before a service entry can point at them). Tables are computed on
+// every core (0.3 ms each at 16381 slots) and installed in chunks, so a
+// cold sync of 10,000 services holds tens of MiB of tables at a time, not
+// gigabytes. A table that cannot be built is reported in errs and left
+// out; a failed install is returned.
+func (w *Writer) writeTables(plans []*plan, st *Stats, errs *[]error) error {
 	var jobs []*plan
 	for _, p := range plans {
 		if p.table {
@@ -286,14 +319,18 @@ func (w *Writer) apply(desired compile.Desired, touched []compile.Frontend) (Sta
 	}
 	for chunk := range slices.Chunk(jobs, tableChunk) {
 		tables, tableErrs := w.buildTables(chunk)
-		errs = append(errs, tableErrs...)
+		*errs = append(*errs, tableErrs...)
 		if err := w.dp.SetMaglevTables(tables); err != nil {
-			return st, errors.Join(append(errs, err)...)
+			return err
 		}
 		st.TablesWritten += len(tables)
 	}
+	return nil
+}
 
-	// 3. Service entries.
+// writeServices writes the planned service entries that are new or changed
+// (step 3: their backends and tables are in place).
+func (w *Writer) writeServices(plans []*plan, st *Stats) error {
 	var skeys []bpf.ServiceKey
 	var svals []bpf.ServiceValue
 	for _, p := range plans {
@@ -301,32 +338,44 @@ func (w *Writer) apply(desired compile.Desired, touched []compile.Frontend) (Sta
 			skeys, svals = append(skeys, p.key), append(svals, p.svc.value)
 		}
 	}
-	if len(skeys) > 0 {
-		if _, err := w.dp.Services.BatchUpdate(skeys, svals, nil); err != nil {
-			return st, errors.Join(append(errs, fmt.Errorf("write %d services (service map full? MaxServices is %d): %w", len(skeys), w.dp.Services.MaxEntries(), err))...)
-		}
-		st.ServicesWritten = len(skeys)
+	if len(skeys) == 0 {
+		return nil
 	}
-	unused := w.orphans
+	if _, err := w.dp.Services.BatchUpdate(skeys, svals, nil); err != nil {
+		return fmt.Errorf("write %d services (service map full? MaxServices is %d): %w", len(skeys), w.dp.Services.MaxEntries(), err)
+	}
+	st.ServicesWritten = len(skeys)
+	return nil
+}
+
+// adopt makes the written plans the writer's view, deletes the tables of
+// frontends left without backends (a frontend without backends rejects;
+// its table is not read) and returns the backend IDs nothing uses any
+// more: those the plans dropped, and the orphans found at restore.
+func (w *Writer) adopt(plans []*plan, errs *[]error) (unused []uint32) {
+	unused = w.orphans
 	w.orphans = nil
 	for _, p := range plans {
 		svc := p.svc
 		w.services[p.key] = &svc
 		unused = append(unused, p.removed...)
 		if len(p.ordered) == 0 {
-			// A frontend without backends rejects; its table is not read.
-			errs = append(errs, w.dp.DeleteMaglevTable(svc.id))
+			*errs = append(*errs, w.dp.DeleteMaglevTable(svc.id))
 		}
 	}
+	return unused
+}
 
-	// 4. Frontends no longer desired, with their tables.
+// deleteStale deletes the frontends no longer desired, with their tables
+// (step 4: nothing points at them), and returns their backend IDs.
+func (w *Writer) deleteStale(stale []bpf.ServiceKey, st *Stats, errs *[]error) (unused []uint32) {
 	for _, key := range stale {
 		svc := w.services[key]
 		if err := w.dp.Services.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("delete service %v: %w", key, err))
+			*errs = append(*errs, fmt.Errorf("delete service %v: %w", key, err))
 			continue
 		}
-		errs = append(errs, w.dp.DeleteMaglevTable(svc.id))
+		*errs = append(*errs, w.dp.DeleteMaglevTable(svc.id))
 		for _, id := range svc.ids {
 			unused = append(unused, id)
 		}
@@ -334,19 +383,21 @@ func (w *Writer) apply(desired compile.Desired, touched []compile.Frontend) (Sta
 		w.svcIDs.put(svc.id)
 		st.ServicesDeleted++
 	}
+	return unused
+}
 
-	// 5. Backends nobody uses any more.
+// deleteBackends deletes backends nobody uses any more (step 5: no table
+// points at them now).
+func (w *Writer) deleteBackends(unused []uint32, st *Stats, errs *[]error) {
 	for _, id := range unused {
 		if err := w.dp.Backends.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("delete backend %d: %w", id, err))
+			*errs = append(*errs, fmt.Errorf("delete backend %d: %w", id, err))
 			continue
 		}
 		delete(w.backends, id)
 		w.beIDs.put(id)
 		st.BackendsDeleted++
 	}
-	st.Services, st.Backends = len(w.services), len(w.backends)
-	return st, errors.Join(errs...)
 }
 
 // plan assigns IDs for a changed frontend and works out what to write.
