@@ -160,13 +160,13 @@ type Options struct {
 
 // Controller keeps the routes in step with the Nodes.
 type Controller struct {
-	log     *slog.Logger
-	opts    Options
-	nodes   corelisters.NodeLister
-	writer  Writer
-	metrics metrics.Controller
-	runner  *runner.Runner
-	synced  cache.InformerSynced // our handler has seen the initial list
+	log         *slog.Logger
+	opts        Options
+	nodes       corelisters.NodeLister
+	writer      Writer
+	syncMetrics metrics.Controller
+	runner      *runner.Runner
+	synced      cache.InformerSynced // our handler has seen the initial list
 }
 
 // New registers the controller's informer and handler on factory; the
@@ -176,7 +176,7 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer Write
 		opts.Clock = clock.RealClock{}
 	}
 	inf := factory.Core().V1().Nodes()
-	c := &Controller{log: log, opts: opts, nodes: inf.Lister(), writer: writer, metrics: m.Controller("routes")}
+	c := &Controller{log: log, opts: opts, nodes: inf.Lister(), writer: writer, syncMetrics: m.Controller("routes")}
 	c.runner = runner.New(c.sync, opts.MinSync, opts.MaxSync, opts.MinSync, opts.Clock)
 	reg, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { c.changed("added", obj) },
@@ -216,9 +216,9 @@ func (c *Controller) Run(ctx context.Context) error {
 func (c *Controller) sync() error {
 	start := c.opts.Clock.Now()
 	err := c.syncOnce()
-	c.metrics.SyncDuration.Observe(c.opts.Clock.Since(start).Seconds())
+	c.syncMetrics.SyncDuration.Observe(c.opts.Clock.Since(start).Seconds())
 	if err != nil {
-		c.metrics.SyncErrors.Inc()
+		c.syncMetrics.SyncErrors.Inc()
 		c.log.Error("route sync failed; will retry", "err", err)
 	}
 	return err
@@ -231,7 +231,7 @@ func (c *Controller) syncOnce() error {
 	}
 	desired, errs := Desired(nodes, c.opts.NodeName)
 	for _, e := range errs {
-		c.metrics.ObjectErrors.Inc()
+		c.syncMetrics.ObjectErrors.Inc()
 		c.log.Warn("node not routed", "err", e)
 	}
 	n, err := c.writer.Sync(desired)
