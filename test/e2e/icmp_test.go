@@ -1,0 +1,140 @@
+//go:build e2e
+
+package e2e_test
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// pingHelperEnv, set in its environment, makes this test binary send one
+// ICMP echo request to the address it names and exit 0 once the reply
+// arrives, 1 without one. The local cluster's pods run the host's programs
+// and Debian hosts may have no ping; agnhost has none either.
+const pingHelperEnv = "SLUICE_E2E_PING"
+
+// pingTimeout is how long one ping waits for its reply: the pods' network
+// answers in microseconds, a policy drop never.
+const pingTimeout = 2 * time.Second
+
+func TestMain(m *testing.M) {
+	if dst := os.Getenv(pingHelperEnv); dst != "" {
+		if err := echoOnce(dst, pingTimeout); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// echoOnce sends one ICMP (or ICMPv6) echo request to dst from a raw
+// socket and waits until timeout for the echo reply.
+func echoOnce(dst string, timeout time.Duration) error {
+	ip := net.ParseIP(dst)
+	if ip == nil {
+		return fmt.Errorf("ping: %q is not an IP address", dst)
+	}
+	network, request, reply := "ip4:icmp", byte(8), byte(0)
+	if ip.To4() == nil {
+		network, request, reply = "ip6:ipv6-icmp", 128, 129
+	}
+	c, err := net.ListenPacket(network, "")
+	if err != nil {
+		return fmt.Errorf("ping: raw socket: %w", err)
+	}
+	defer c.Close()
+	id := uint16(os.Getpid())
+	msg := []byte{request, 0, 0, 0, byte(id >> 8), byte(id), 0, 1, 's', 'l', 'u', 'i', 'c', 'e'}
+	if ip.To4() != nil {
+		// The kernel fills in ICMPv6 checksums, not ICMP ones.
+		sum := icmpChecksum(msg)
+		msg[2], msg[3] = byte(sum>>8), byte(sum)
+	}
+	if _, err := c.WriteTo(msg, &net.IPAddr{IP: ip}); err != nil {
+		return fmt.Errorf("ping %s: send: %w", dst, err)
+	}
+	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return err
+	}
+	buf := make([]byte, 1500)
+	for {
+		// An IPv4 raw socket's reads come without the IP header.
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return fmt.Errorf("ping %s: TIMEOUT: no echo reply within %v", dst, timeout)
+			}
+			return fmt.Errorf("ping %s: %w", dst, err)
+		}
+		src, ok := from.(*net.IPAddr)
+		if !ok || !src.IP.Equal(ip) || n < 8 {
+			continue // the socket sees every ICMP message of the namespace
+		}
+		if buf[0] == reply && uint16(buf[4])<<8|uint16(buf[5]) == id {
+			return nil
+		}
+	}
+}
+
+func icmpChecksum(b []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	return ^uint16(sum)
+}
+
+// pingArgv is the command a pod pings with, chosen once: the pod's own
+// ping where it has one (agnhost's image on a real node has busybox's),
+// otherwise this test binary as pingHelperEnv describes (the local
+// cluster, whose pods run the host's programs).
+var pingArgv struct {
+	once sync.Once
+	argv func(dst string) []string
+	err  error
+}
+
+// ping has pod send one ICMP echo request to dst; nil means the reply came
+// back.
+func (f *testNS) ping(pod, dst string) error {
+	pingArgv.once.Do(func() {
+		// Loopback answers whatever the policy: only the tool is tested.
+		if _, err := f.exec(pod, "ping", "-c", "1", "-W", "2", "127.0.0.1"); err == nil {
+			pingArgv.argv = func(dst string) []string { return []string{"ping", "-c", "1", "-W", "2", dst} }
+			return
+		}
+		self, err := os.Executable()
+		if err != nil {
+			pingArgv.err = err
+			return
+		}
+		argv := func(dst string) []string { return []string{"env", pingHelperEnv + "=" + dst, self} }
+		if _, err := f.exec(pod, argv("127.0.0.1")...); err != nil {
+			pingArgv.err = fmt.Errorf("no way to ping from a pod: no ping in it, and this test binary cannot be run in it: %w", err)
+			return
+		}
+		pingArgv.argv = argv
+	})
+	if pingArgv.err != nil {
+		f.t.Fatal(pingArgv.err)
+	}
+	out, err := f.exec(pod, pingArgv.argv(dst)...)
+	if err != nil {
+		return fmt.Errorf("%s: %w %s", pod, err, strings.TrimSpace(out))
+	}
+	return nil
+}
