@@ -284,7 +284,7 @@ func TestEveryProtocolJudged(t *testing.T) {
 			"icmp echo in": echo4(polRemote, polPod, 8), "icmp echo out": echo4(polPod, polRemote, 8),
 			"icmpv6 echo in": echo6(polRemote6, polPod6, 128), "icmpv6 echo out": echo6(polPod6, polRemote6, 128),
 			"icmp echo reply in, no request": echo4(polRemote, polPod, 0),
-			"gre in": gre(polRemote, polPod), "gre out": gre(polPod, polRemote),
+			"gre in":                         gre(polRemote, polPod), "gre out": gre(polPod, polRemote),
 			"gre out to the world": gre(polPod, polWorld),
 		} {
 			if got := runOn(t, d, r); got != actShot {
