@@ -37,6 +37,7 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/service"
 	servicemapsync "github.com/sluice-net/sluice/agent/internal/service/mapsync"
 	"github.com/sluice-net/sluice/bpf"
+	"github.com/sluice-net/sluice/internal/endpointapi"
 )
 
 func main() {
@@ -98,8 +99,9 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 
 	// One slot for each goroutine that reports, so none blocks once run
 	// has returned.
-	errs := make(chan error, 5)
+	errs := make(chan error, 6)
 	go func() { errs <- serve(ctx, log, "metrics", cfg.MetricsAddr, metricsMux(m)) }()
+	go func() { errs <- endpointapi.Serve(ctx, log, cfg.EndpointSocket, ctrls.policies) }()
 	go func() { errs <- serve(ctx, log, "health", cfg.HealthAddr, healthMux(ctrls.services)) }()
 	go gcConntrack(ctx, log, dp, m, cfg.CTGCInterval.Duration)
 	return ctrls.run(ctx, log, errs)

@@ -230,6 +230,16 @@ func PolicyRule(endpoint, remote uint32, dir, proto uint8, port uint16, portBits
 	return k
 }
 
+// PrefixFrom converts a CIDRKey back to the prefix CIDR made it from.
+func PrefixFrom(k CIDRKey) netip.Prefix {
+	a := netip.AddrFrom16(k.Addr)
+	bits := int(k.Prefixlen)
+	if a.Is4In6() && bits >= 96 {
+		return netip.PrefixFrom(a.Unmap(), bits-96)
+	}
+	return netip.PrefixFrom(a, bits)
+}
+
 // CIDR is the key of an ipBlock prefix in the IPv4-mapped address space.
 func CIDR(p netip.Prefix) CIDRKey {
 	p = p.Masked()

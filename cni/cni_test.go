@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/bpf/bpftest"
+	"github.com/sluice-net/sluice/internal/endpointapi"
 	"github.com/sluice-net/sluice/internal/nodestate"
 	"github.com/sluice-net/sluice/internal/testutil/netnstest"
 	"github.com/sluice-net/sluice/manifests"
@@ -65,12 +67,50 @@ type node struct {
 	list      *libcni.NetworkConfigList
 	raw       []byte
 	cni       *libcni.CNIConfig
+	agent     *standInAgent // nil with nodeOpts.noAgent
 }
 
 type nodeOpts struct {
 	podCIDRs   []string // in the config, overriding the state file
 	notReady   bool     // no state file
 	attachMode string
+	noAgent    bool // nothing answers on the agent's endpoint API socket
+}
+
+// standInAgent answers the agent's endpoint API for the plugin under test
+// and records what the plugin asked; the agent's own side is tested in
+// agent/ against a real API server.
+type standInAgent struct {
+	mu      sync.Mutex
+	ensured []endpointapi.Endpoint
+	refuse  error // when set, EnsureEndpoint fails with it
+}
+
+func (a *standInAgent) EnsureEndpoint(_ context.Context, ep endpointapi.Endpoint) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.refuse != nil {
+		return a.refuse
+	}
+	a.ensured = append(a.ensured, ep)
+	return nil
+}
+
+func (a *standInAgent) ForgetEndpoint(endpointapi.Endpoint) {}
+
+func (a *standInAgent) Ready() (bool, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.refuse != nil {
+		return false, a.refuse.Error()
+	}
+	return true, ""
+}
+
+func (a *standInAgent) asked() []endpointapi.Endpoint {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.ensured)
 }
 
 func newNode(t testing.TB, o nodeOpts) *node {
@@ -107,6 +147,22 @@ func newNode(t testing.TB, o nodeOpts) *node {
 	if o.attachMode != "" {
 		plugin["attachMode"] = o.attachMode
 	}
+	plugin["agentSocket"] = filepath.Join(n.dir, "agent.sock")
+	if !o.noAgent {
+		n.agent = &standInAgent{}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			done <- endpointapi.Serve(ctx, slog.New(slog.DiscardHandler), plugin["agentSocket"].(string), n.agent)
+		}()
+		t.Cleanup(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("stand-in agent: %v", err)
+			}
+		})
+		waitForSocket(t, plugin["agentSocket"].(string))
+	}
 	n.raw, _ = json.Marshal(list)
 	if n.list, err = libcni.ConfListFromBytes(n.raw); err != nil {
 		t.Fatal(err)
@@ -122,8 +178,28 @@ func (n *node) setReady(ready bool) {
 	}
 }
 
+// waitForSocket waits until something listens on the unix socket path.
+func waitForSocket(t testing.TB, path string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.Dial("unix", path)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing listens on %s: %v", path, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// rt is the runtime's view of a pod: its sandbox and, as the kubelet
+// passes them, its namespace and name (here the container ID).
 func rt(id string, pod *netnstest.NS) *libcni.RuntimeConf {
-	return &libcni.RuntimeConf{ContainerID: id, NetNS: pod.Path(), IfName: "eth0"}
+	return &libcni.RuntimeConf{ContainerID: id, NetNS: pod.Path(), IfName: "eth0",
+		Args: [][2]string{{"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", id}}}
 }
 
 // in runs fn in the node's namespace, where the runtime runs the plugin.
@@ -338,6 +414,64 @@ func TestStatus(t *testing.T) {
 	n.in(func() { err = n.cni.GetStatusNetworkList(context.Background(), n.list) })
 	if err != nil {
 		t.Errorf("STATUS once ready: %v", err)
+	}
+	n.agent.mu.Lock()
+	n.agent.refuse = errors.New("informer caches not synced")
+	n.agent.mu.Unlock()
+	n.in(func() { err = n.cni.GetStatusNetworkList(context.Background(), n.list) })
+	if err == nil || !asTypesError(err, &terr) || terr.Code != 50 || !strings.Contains(terr.Msg, "cannot program NetworkPolicy") {
+		t.Errorf("STATUS while the agent cannot enforce: %v, want code 50 saying so", err)
+	}
+}
+
+// TestAddWaitsForPolicy: ADD returns only after the agent has programmed
+// the pod's policy, and has asked for exactly this pod and its addresses.
+func TestAddWaitsForPolicy(t *testing.T) {
+	n := newNode(t, nodeOpts{})
+	pod := netnstest.New(t, "sl-pod")
+	r := n.mustAdd("web-1", pod)
+	v4, v6 := podAddrs(r)
+	asked := n.agent.asked()
+	if len(asked) != 1 || asked[0].Namespace != "default" || asked[0].Name != "web-1" || asked[0].ContainerID != "web-1" ||
+		!slices.Contains(asked[0].Addrs, v4) || !slices.Contains(asked[0].Addrs, v6) {
+		t.Fatalf("the agent was asked for %+v, want default/web-1 with %v and %v", asked, v4, v6)
+	}
+	if err := n.del("web-1", pod); err != nil {
+		t.Fatal(err)
+	}
+	n.assertClean(t)
+}
+
+// TestAddFailsWithoutPolicy: with the agent absent, or refusing, ADD fails
+// with "try again later" (code 11) saying why, and leaves nothing behind:
+// a pod that started anyway would run unprotected.
+func TestAddFailsWithoutPolicy(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		opts nodeOpts
+		msg  string
+	}{
+		{"agent absent", nodeOpts{noAgent: true}, "is sluice-agent running on this node?"},
+		{"agent refuses", nodeOpts{}, "pod default/web-2 not in the informer cache"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			n := newNode(t, c.opts)
+			if n.agent != nil {
+				n.agent.refuse = errors.New("pod default/web-2 not in the informer cache")
+			}
+			pod := netnstest.New(t, "sl-pod")
+			_, err := n.add("web-2", pod)
+			var terr *types.Error
+			if err == nil || !asTypesError(err, &terr) || terr.Code != 11 || !strings.Contains(terr.Msg, "NetworkPolicy of pod default/web-2 not programmed") || !strings.Contains(terr.Msg, c.msg) {
+				t.Fatalf("ADD: %v, want code 11 saying the policy is not programmed and %q", err, c.msg)
+			}
+			pod.Do(t, func() {
+				if _, err := net.InterfaceByName("eth0"); err == nil {
+					t.Error("failed ADD left eth0 in the pod")
+				}
+			})
+			n.assertClean(t)
+		})
 	}
 }
 

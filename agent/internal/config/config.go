@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sluice-net/sluice/bpf"
+	"github.com/sluice-net/sluice/internal/endpointapi"
 )
 
 // Config is every agent setting. The JSON names are the config file keys;
@@ -35,6 +36,9 @@ type Config struct {
 	MaxConntrack    uint32 `json:"maxConntrack,omitempty"`
 
 	NodeStateFile string `json:"nodeStateFile,omitempty"`
+	// EndpointSocket is the unix socket of the endpoint API: the CNI
+	// plugin's ADD waits there until the new pod's policy is programmed.
+	EndpointSocket string `json:"endpointSocket,omitempty"`
 	// NodePortAddresses are CIDRs selecting the node addresses NodePorts
 	// answer on; empty means every InternalIP and ExternalIP of the Node.
 	NodePortAddresses []string `json:"nodePortAddresses,omitempty"`
@@ -99,6 +103,7 @@ func Default() Config {
 		MaxBackends:     dp.MaxBackends,
 		MaxConntrack:    dp.MaxConntrack,
 		NodeStateFile:   "/run/sluice/node.json",
+		EndpointSocket:  endpointapi.DefaultSocket,
 		NativeRouting:   ptr(true),
 		SyncMinInterval: Duration{time.Second},
 		SyncMaxInterval: Duration{time.Hour},
@@ -151,6 +156,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.Func("maxBackends", "backend map capacity", uintFlag(&c.MaxBackends))
 	fs.Func("maxConntrack", "conntrack map capacity", uintFlag(&c.MaxConntrack))
 	fs.StringVar(&c.NodeStateFile, "nodeStateFile", "", "where readiness and pod CIDRs are published for the CNI plugin")
+	fs.StringVar(&c.EndpointSocket, "endpointSocket", "", "unix socket where the CNI plugin asks for a new pod's policy")
 	fs.Func("nodePortAddresses", "comma-separated CIDRs of node addresses for NodePorts", func(s string) error {
 		c.NodePortAddresses = splitComma(s)
 		return nil
@@ -198,6 +204,7 @@ func overlay(dst, src *Config, set map[string]bool) {
 	pick("maxBackends", func() { dst.MaxBackends = src.MaxBackends })
 	pick("maxConntrack", func() { dst.MaxConntrack = src.MaxConntrack })
 	pick("nodeStateFile", func() { dst.NodeStateFile = src.NodeStateFile })
+	pick("endpointSocket", func() { dst.EndpointSocket = src.EndpointSocket })
 	pick("nodePortAddresses", func() { dst.NodePortAddresses = src.NodePortAddresses })
 	pick("devices", func() { dst.Devices = src.Devices })
 	pick("nativeRouting", func() { dst.NativeRouting = src.NativeRouting })

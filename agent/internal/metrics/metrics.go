@@ -108,8 +108,8 @@ func (m *Metrics) RegisterDatapath(dp *bpf.Datapath) {
 }
 
 var (
-	dropPackets = prometheus.NewDesc("sluice_drops_total", "Packets the datapath dropped or rejected, by reason.", []string{"reason"}, nil)
-	dropBytes   = prometheus.NewDesc("sluice_drop_bytes_total", "Bytes the datapath dropped or rejected, by reason.", []string{"reason"}, nil)
+	dropPackets = prometheus.NewDesc("sluice_drops_total", "Packets the datapath dropped or rejected, by reason and direction.", []string{"reason", "direction"}, nil)
+	dropBytes   = prometheus.NewDesc("sluice_drop_bytes_total", "Bytes the datapath dropped or rejected, by reason and direction.", []string{"reason", "direction"}, nil)
 )
 
 // dropCollector reads the per-CPU drop counters at scrape time.
@@ -121,13 +121,13 @@ func (c *dropCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *dropCollector) Collect(ch chan<- prometheus.Metric) {
-	counts, err := c.dp.DropCounts()
+	counts, err := c.dp.DropCountsByHook()
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(dropPackets, err)
 		return
 	}
-	for reason, n := range counts {
-		ch <- prometheus.MustNewConstMetric(dropPackets, prometheus.CounterValue, float64(n.Packets), reason.String())
-		ch <- prometheus.MustNewConstMetric(dropBytes, prometheus.CounterValue, float64(n.Bytes), reason.String())
+	for k, n := range counts {
+		ch <- prometheus.MustNewConstMetric(dropPackets, prometheus.CounterValue, float64(n.Packets), k.Reason.String(), k.Hook.Direction())
+		ch <- prometheus.MustNewConstMetric(dropBytes, prometheus.CounterValue, float64(n.Bytes), k.Reason.String(), k.Hook.Direction())
 	}
 }

@@ -6,6 +6,7 @@ package netpol
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -18,6 +19,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
 	listersnetworkingv1 "k8s.io/client-go/listers/networking/v1"
@@ -28,16 +30,17 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/netpol/compile"
 	"github.com/sluice-net/sluice/agent/internal/netpol/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/runner"
-	"github.com/sluice-net/sluice/bpf"
+	"github.com/sluice-net/sluice/internal/endpointapi"
 )
 
 // retryInterval is how soon a failed sync is retried.
 const retryInterval = time.Second
 
-// Writer applies compiled policy to the datapath's maps; *mapsync.Writer
-// is the real one.
+// Writer applies compiled policy to the datapath's maps and reads back
+// the numbers they hold; *mapsync.Writer is the real one.
 type Writer interface {
 	Apply(compile.Output) (mapsync.Stats, error)
+	Hints() (compile.Hints, error)
 }
 
 // Options configure the controller.
@@ -57,13 +60,25 @@ type Controller struct {
 	writer   Writer
 	metrics  *metrics.Metrics
 	// syncMetrics are this controller's series of the shared sync metrics.
-	syncMetrics metrics.Controller
-	alloc       *compile.Allocator
-	runner      *runner.Runner
-	synced      []cache.InformerSynced // our handlers have seen the initial lists
+	syncMetrics    metrics.Controller
+	alloc          *compile.Allocator
+	runner         *runner.Runner
+	handlersSynced []cache.InformerSynced // our handlers have seen the initial lists
 
 	firstSync     chan struct{}
 	firstSyncOnce sync.Once
+
+	// syncMu makes syncs one at a time: the runner's and those the CNI
+	// plugin waits for (EnsureEndpoint).
+	syncMu sync.Mutex
+	// pending are pods the CNI plugin is wiring, with the addresses it
+	// gave them, until the API shows them (or the plugin gives up):
+	// their policy must be in place before their first packet.
+	mu      sync.Mutex
+	pending map[types.NamespacedName]endpointapi.Endpoint
+	// wanted counts EnsureEndpoint requests; synced is the count the last
+	// successful sync had seen when it started.
+	wanted, synced uint64
 }
 
 // New registers the controller's informers and handlers on factory; the
@@ -78,6 +93,7 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer Write
 		nss:       factory.Core().V1().Namespaces().Lister(),
 		policies:  factory.Networking().V1().NetworkPolicies().Lister(),
 		firstSync: make(chan struct{}),
+		pending:   map[types.NamespacedName]endpointapi.Endpoint{},
 	}
 	c.runner = runner.New(c.sync, opts.MinSync, opts.MaxSync, retryInterval, opts.Clock)
 	for _, inf := range []struct {
@@ -100,7 +116,7 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer Write
 		if err != nil {
 			return nil, fmt.Errorf("watch %ss: %w", inf.kind, err)
 		}
-		c.synced = append(c.synced, reg.HasSynced)
+		c.handlersSynced = append(c.handlersSynced, reg.HasSynced)
 	}
 	return c, nil
 }
@@ -154,8 +170,16 @@ func (c *Controller) FirstSync() <-chan struct{} { return c.firstSync }
 // then syncs until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
 	c.log.Info("waiting for Pods, Namespaces and NetworkPolicies to sync from the API server")
-	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
+	if !cache.WaitForCacheSync(ctx.Done(), c.handlersSynced...) {
 		return fmt.Errorf("informer caches for NetworkPolicy did not sync")
+	}
+	// A restarted agent numbers everything as its predecessor did, so its
+	// first sync rewrites nothing a packet could meet half-written.
+	if h, err := c.writer.Hints(); err != nil {
+		c.log.Warn("could not read back the policy maps; identities are numbered afresh", "err", err)
+	} else {
+		c.alloc.Restore(h)
+		c.log.Info("policy numbering restored from the pinned maps", "addresses", len(h.PodIdentities), "prefixes", len(h.CIDRIdentities), "endpoints", len(h.Endpoints))
 	}
 	c.runner.Run()
 	c.runner.Loop(ctx)
@@ -163,8 +187,18 @@ func (c *Controller) Run(ctx context.Context) error {
 }
 
 func (c *Controller) sync() error {
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
+	c.mu.Lock()
+	wanted := c.wanted
+	c.mu.Unlock()
 	start := c.opts.Clock.Now()
 	err := c.syncOnce(start)
+	if err == nil {
+		c.mu.Lock()
+		c.synced = max(c.synced, wanted)
+		c.mu.Unlock()
+	}
 	c.syncMetrics.SyncDuration.Observe(c.opts.Clock.Since(start).Seconds())
 	if err != nil {
 		c.syncMetrics.SyncErrors.Inc()
@@ -190,6 +224,7 @@ func (c *Controller) syncOnce(start time.Time) error {
 	if err != nil {
 		return fmt.Errorf("this node's addresses: %w", err)
 	}
+	pods = c.withPending(pods)
 	out := compile.Compile(compile.Input{NodeName: c.opts.NodeName, HostAddrs: hostAddrs, Pods: pods, Namespaces: nss, Policies: policies}, c.alloc)
 	for _, e := range out.Errors {
 		c.syncMetrics.ObjectErrors.Inc()
@@ -217,19 +252,125 @@ func (c *Controller) syncOnce(start time.Time) error {
 }
 
 // localAddrs are the addresses of this node's network namespace (the
-// agent runs in it), plus the datapath's hairpin sources (a pod reaching
-// itself through a Service arrives from them): traffic from them is the
-// node's own, always allowed.
+// agent runs in it): traffic from them is the node's own, always allowed.
+// The hairpin sources are not among them: the datapath marks hairpin flows
+// in conntrack, and an address anyone could claim is no identity.
 func localAddrs() ([]netip.Addr, error) {
 	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, err
 	}
-	out := []netip.Addr{bpf.HairpinAddr4, bpf.HairpinAddr6}
+	var out []netip.Addr
 	for _, a := range addrs {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok {
 			out = append(out, ip.Unmap())
 		}
 	}
 	return out, nil
+}
+
+// Ready reports whether the controller can program a new pod's policy:
+// its caches are synced and its first sync has been written.
+func (c *Controller) Ready() (bool, string) {
+	select {
+	case <-c.firstSync:
+		return true, ""
+	default:
+		return false, "NetworkPolicy not yet programmed from a full view of the API"
+	}
+}
+
+// EnsureEndpoint programs the policy of a pod the CNI plugin is wiring
+// before the plugin lets the pod run: the pod (from the informer cache, so
+// with its labels) takes part in a sync with the addresses the plugin gave
+// it, which the API does not show yet. It returns once that sync has been
+// written, or with why not.
+func (c *Controller) EnsureEndpoint(ctx context.Context, ep endpointapi.Endpoint) error {
+	if ok, why := c.Ready(); !ok {
+		return errors.New(why)
+	}
+	key := types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name}
+	// The pod exists (the kubelet is starting it) but the watch may lag.
+	for {
+		if _, err := c.pods.Pods(ep.Namespace).Get(ep.Name); err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("pod %s not in the agent's informer cache: %w", key, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	c.mu.Lock()
+	c.pending[key] = ep
+	c.wanted++
+	mine := c.wanted
+	c.mu.Unlock()
+
+	// One sync covers every request made before it started: a burst of
+	// ADDs waits on the lock and mostly finds its work done.
+	done := make(chan error, 1)
+	go func() {
+		c.mu.Lock()
+		covered := c.synced >= mine
+		c.mu.Unlock()
+		if covered {
+			done <- nil
+			return
+		}
+		done <- c.sync()
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("NetworkPolicy sync: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("NetworkPolicy sync did not finish in time: %w", ctx.Err())
+	}
+}
+
+// ForgetEndpoint drops a pod the CNI plugin unwired.
+func (c *Controller) ForgetEndpoint(ep endpointapi.Endpoint) {
+	c.mu.Lock()
+	delete(c.pending, types.NamespacedName{Namespace: ep.Namespace, Name: ep.Name})
+	c.mu.Unlock()
+	c.runner.Run()
+}
+
+// withPending returns pods with the pending pods' addresses filled in,
+// and drops pending pods the API now shows with an address, or no longer
+// shows at all.
+func (c *Controller) withPending(pods []*v1.Pod) []*v1.Pod {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.pending) == 0 {
+		return pods
+	}
+	out := make([]*v1.Pod, 0, len(pods))
+	seen := map[types.NamespacedName]bool{}
+	for _, p := range pods {
+		key := types.NamespacedName{Namespace: p.Namespace, Name: p.Name}
+		seen[key] = true
+		ep, ok := c.pending[key]
+		switch {
+		case !ok:
+		case len(p.Status.PodIPs) > 0 || p.Status.PodIP != "":
+			delete(c.pending, key) // the API knows: the plugin's word is no longer needed
+		default:
+			p = p.DeepCopy()
+			for _, a := range ep.Addrs {
+				p.Status.PodIPs = append(p.Status.PodIPs, v1.PodIP{IP: a.String()})
+			}
+			p.Status.PodIP = p.Status.PodIPs[0].IP
+		}
+		out = append(out, p)
+	}
+	for key := range c.pending {
+		if !seen[key] {
+			delete(c.pending, key) // deleted before the API ever showed it running
+		}
+	}
+	return out
 }

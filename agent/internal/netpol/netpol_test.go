@@ -46,6 +46,9 @@ func (w *fakeWriter) Apply(out compile.Output) (mapsync.Stats, error) {
 }
 
 // written returns the number of Apply calls so far and the last Output.
+// Hints reports empty maps: the controller starts as on a fresh node.
+func (w *fakeWriter) Hints() (compile.Hints, error) { return compile.Hints{}, nil }
+
 func (w *fakeWriter) written() (int, compile.Output) {
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -19,6 +19,7 @@ const (
 	DefaultNodeStateFile = "/run/sluice/node.json"
 	DefaultIPAMDir       = "/var/lib/sluice/ipam"
 	DefaultLogFile       = "/var/log/sluice/cni.log"
+	DefaultAgentSocket   = "/run/sluice/agent.sock"
 )
 
 // Config is the plugin's entry in the network configuration list.
@@ -40,6 +41,9 @@ type Config struct {
 	LogFile string `json:"logFile,omitempty"`
 	// AttachMode is "auto" (tcx, else legacy tc), "tcx" or "legacy".
 	AttachMode string `json:"attachMode,omitempty"`
+	// AgentSocket is the agent's endpoint API: ADD returns only once the
+	// agent has programmed the new pod's NetworkPolicy there.
+	AgentSocket string `json:"agentSocket,omitempty"`
 }
 
 // Error is a configuration error naming the field at fault.
@@ -75,6 +79,7 @@ func Parse(data []byte) (*Config, error) {
 	setDefault(&c.IPAMDir, DefaultIPAMDir)
 	setDefault(&c.LogFile, DefaultLogFile)
 	setDefault(&c.AttachMode, "auto")
+	setDefault(&c.AgentSocket, DefaultAgentSocket)
 	switch c.AttachMode {
 	case "auto", "tcx", "legacy":
 	default:

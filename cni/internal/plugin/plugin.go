@@ -3,6 +3,7 @@
 package plugin
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +14,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -23,8 +23,34 @@ import (
 	"github.com/sluice-net/sluice/cni/internal/ipam"
 	"github.com/sluice-net/sluice/cni/internal/netconf"
 	"github.com/sluice-net/sluice/cni/internal/netsetup"
+	"github.com/sluice-net/sluice/internal/endpointapi"
 	"github.com/sluice-net/sluice/internal/nodestate"
 )
+
+// How long ADD waits for the agent to program a pod's policy, and DEL and
+// STATUS for its answer. A runtime retries an ADD that fails with "try
+// again later".
+const (
+	policyTimeout = 10 * time.Second
+	agentTimeout  = 2 * time.Second
+)
+
+// k8sArgs are the CNI_ARGS a Kubernetes runtime passes.
+type k8sArgs struct {
+	types.CommonArgs
+	K8S_POD_NAMESPACE types.UnmarshallableString // field names are the CNI_ARGS keys
+	K8S_POD_NAME      types.UnmarshallableString
+}
+
+// podEndpoint names the pod being wired, for the agent.
+func podEndpoint(args *skel.CmdArgs, addrs []netip.Addr) (endpointapi.Endpoint, error) {
+	var k k8sArgs
+	if err := types.LoadArgs(args.Args, &k); err != nil {
+		return endpointapi.Endpoint{}, types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_ARGS: %v", err), "")
+	}
+	return endpointapi.Endpoint{Namespace: string(k.K8S_POD_NAMESPACE), Name: string(k.K8S_POD_NAME),
+		ContainerID: args.ContainerID, Addrs: addrs}, nil
+}
 
 // Error codes beyond the spec's, in its plugin-specific range (100+).
 const ErrAddressPoolExhausted uint = 100
@@ -173,6 +199,18 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err := dp.RecordEndpoint(uint32(wired.HostIndex), addrs, v); err != nil {
 		return fmt.Errorf("record the pod in the datapath: %w", err)
 	}
+	// The pod's first packet must meet its policy: the agent programs it
+	// now, from its caches and the pod's labels, before the pod can run.
+	ep, err := podEndpoint(args, addrs)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), policyTimeout)
+	defer cancel()
+	if err := endpointapi.NewClient(conf.AgentSocket).Ensure(ctx, ep); err != nil {
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("NetworkPolicy of pod %s/%s not programmed, so the pod may not start yet: %v", ep.Namespace, ep.Name, err), "")
+	}
 	return types.PrintResult(result(conf, args, pod, wired), conf.CNIVersion)
 }
 
@@ -256,6 +294,14 @@ func Del(args *skel.CmdArgs) (err error) {
 	}
 	if errs := undo(log, conf, pool, dp, args, netsetup.HostVethName(args.ContainerID, args.IfName), addrs); len(errs) > 0 {
 		return errors.Join(errs...)
+	}
+	// Best effort: the agent forgets a pod the API never showed running.
+	if ep, err := podEndpoint(args, addrs); err == nil && ep.Namespace != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), agentTimeout)
+		if err := endpointapi.NewClient(conf.AgentSocket).Forget(ctx, ep); err != nil {
+			log.Debug("agent not told of the pod's removal", "err", err)
+		}
+		cancel()
 	}
 	log.Info("pod released", "addresses", addrs)
 	return nil
@@ -385,7 +431,9 @@ func staleEndpoints(dp *bpf.Datapath, pool *ipam.Pool) ([]bpf.EndpointKey, error
 	return stale, it.Err()
 }
 
-// Status succeeds once the agent has signalled a programmed datapath.
+// Status succeeds once the agent has signalled a programmed datapath and
+// answers that it can enforce policy: pods started without it would run
+// unprotected.
 func Status(args *skel.CmdArgs) error {
 	conf, _, closeLog, err := load(args, "STATUS")
 	if err != nil {
@@ -400,9 +448,10 @@ func Status(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("datapath not ready: %v", err), "")
 	}
 	dp.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), agentTimeout)
+	defer cancel()
+	if err := endpointapi.NewClient(conf.AgentSocket).Ready(ctx); err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("the agent cannot program NetworkPolicy for new pods: %v", err), "")
+	}
 	return nil
-}
-
-func isNotExist(err error) bool {
-	return errors.Is(err, os.ErrNotExist) || errors.Is(err, ebpf.ErrKeyNotExist)
 }

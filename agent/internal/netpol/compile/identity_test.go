@@ -1,6 +1,7 @@
 package compile
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -181,4 +182,75 @@ spec:
 			c.crossCheck(t)
 		})
 	}
+}
+
+// TestRestoreKeepsNumbers: an agent restarting with the maps of its
+// predecessor numbers every pod identity, CIDR identity and endpoint as
+// before, even where a fresh allocator would number differently (here
+// after pods and ipBlocks came and went, the survivors' numbers are not
+// the lowest). A restart must rewrite nothing: entry-by-entry
+// renumbering would let packets meet a mix of old and new numbers.
+func TestRestoreKeepsNumbers(t *testing.T) {
+	c := newCluster()
+	c.policies = parsePolicies(t, `
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: blocks, namespace: alpha}
+spec:
+  podSelector: {}
+  ingress:
+  - from:
+    - ipBlock: {cidr: 192.168.0.0/16, except: [192.168.9.0/24]}
+    - ipBlock: {cidr: 172.16.0.0/12}
+`)
+	c.compile(t)
+	// Churn: alpha's pods and the first ipBlock go; what remains keeps
+	// numbers above the lowest.
+	c.pods = slices.DeleteFunc(c.pods, func(p *v1.Pod) bool { return p.Namespace == "alpha" && p.Name != "web" })
+	c.policies[0].Spec.Ingress[0].From = c.policies[0].Spec.Ingress[0].From[1:]
+	c.compile(t)
+	before := c.outs[nodeA]
+
+	in := Input{NodeName: nodeA, HostAddrs: hostAddrs[nodeA], Pods: c.pods, Namespaces: c.namespaces, Policies: c.policies}
+	fresh := Compile(in, NewAllocator())
+	if maps.Equal(fresh.IPCache, before.IPCache) && maps.Equal(fresh.CIDRs, before.CIDRs) {
+		t.Fatal("setup: a fresh allocator numbers like the old one; the test would prove nothing")
+	}
+
+	restored := NewAllocator()
+	restored.Restore(hintsOf(before))
+	after := Compile(in, restored)
+	if !maps.Equal(after.IPCache, before.IPCache) {
+		t.Errorf("pod identities renumbered by a restart:\nbefore %v\nafter  %v", before.IPCache, after.IPCache)
+	}
+	if !maps.Equal(after.CIDRs, before.CIDRs) {
+		t.Errorf("CIDR identities renumbered by a restart:\nbefore %v\nafter  %v", before.CIDRs, after.CIDRs)
+	}
+	if !maps.Equal(endpointIDs(after), endpointIDs(before)) {
+		t.Errorf("endpoint IDs renumbered by a restart:\nbefore %v\nafter  %v", endpointIDs(before), endpointIDs(after))
+	}
+	if !maps.Equal(after.Rules, before.Rules) {
+		t.Errorf("rules differ after a restart: %d before, %d after", len(before.Rules), len(after.Rules))
+	}
+
+	// A new pod after the restart takes a number no one holds.
+	c.pods = append(c.pods, podObj("beta", "new", nodeA, map[string]string{"app": "new"}, []string{"10.0.2.99"}))
+	in.Pods = c.pods
+	next := Compile(in, restored)
+	id := next.IPCache[netip.MustParseAddr("10.0.2.99")]
+	for addr, other := range before.IPCache {
+		if other == id {
+			t.Errorf("the new pod's identity %d is %s's", id, addr)
+		}
+	}
+}
+
+// hintsOf is what a restarted agent reads back from the maps out was
+// written to.
+func hintsOf(out Output) Hints {
+	h := Hints{PodIdentities: out.IPCache, CIDRIdentities: out.CIDRs, Endpoints: map[netip.Addr]uint32{}}
+	for a, ep := range out.Endpoints {
+		h.Endpoints[a] = ep.ID
+	}
+	return h
 }

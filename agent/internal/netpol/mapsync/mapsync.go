@@ -101,6 +101,40 @@ func (w *Writer) Apply(out compile.Output) (Stats, error) {
 	return st, errors.Join(errs...)
 }
 
+// Hints reads back the numbers the maps hold (a restarted agent finds its
+// predecessor's), for compile.Allocator.Restore.
+func (w *Writer) Hints() (compile.Hints, error) {
+	h := compile.Hints{PodIdentities: map[netip.Addr]uint32{}, CIDRIdentities: map[netip.Prefix]uint32{}, Endpoints: map[netip.Addr]uint32{}}
+	var errs []error
+	var ek bpf.EndpointKey
+	var iv bpf.IPCacheValue
+	it := w.dp.IPCache.Iterate()
+	for it.Next(&ek, &iv) {
+		h.PodIdentities[bpf.AddrFrom(ek.Addr)] = iv.Identity
+	}
+	errs = append(errs, wrapRead("ipcache", it.Err()))
+	var ck bpf.CIDRKey
+	it = w.dp.PolicyCIDRs.Iterate()
+	for it.Next(&ck, &iv) {
+		h.CIDRIdentities[bpf.PrefixFrom(ck)] = iv.Identity
+	}
+	errs = append(errs, wrapRead("policy_cidrs", it.Err()))
+	var ev bpf.PolicyEndpointValue
+	it = w.dp.PolicyEndpoints.Iterate()
+	for it.Next(&ek, &ev) {
+		h.Endpoints[bpf.AddrFrom(ek.Addr)] = ev.Id
+	}
+	errs = append(errs, wrapRead("policy_endpoints", it.Err()))
+	return h, errors.Join(errs...)
+}
+
+func wrapRead(name string, err error) error {
+	if err != nil {
+		return fmt.Errorf("read map %s: %w", name, err)
+	}
+	return nil
+}
+
 func (w *Writer) setIsolated(n int) error {
 	if err := w.dp.PolicyState.Put(uint32(0), bpf.PolicyState{IsolatedEndpoints: uint32(n)}); err != nil {
 		return fmt.Errorf("map policy_state: %w", err)
