@@ -171,6 +171,20 @@ func TestRestartRewritesNothing(t *testing.T) {
 			t.Errorf("%s changed across restart: %v -> %v", k, v, after[k])
 		}
 	}
+	// What the service entries say, read back: local-only and affinity.
+	for name, want := range map[string]bpf.ServiceValue{
+		"10.96.0.10:80": {AffinityTimeout: 60},
+		"10.96.0.12:80": {Flags: bpf.ServiceLocalOnly},
+	} {
+		var got bpf.ServiceValue
+		ap := netip.MustParseAddrPort(name)
+		if err := dp2.Services.Lookup(bpf.ServiceKey{Addr: bpf.Addr(ap.Addr()), Port: bpf.Port(ap.Port()), Proto: bpf.ProtoTCP}, &got); err != nil {
+			t.Fatalf("service %s: %v", name, err)
+		}
+		if got.Flags != want.Flags || got.AffinityTimeout != want.AffinityTimeout {
+			t.Errorf("service %s after restart: flags %#x affinity %d, want flags %#x affinity %d", name, got.Flags, got.AffinityTimeout, want.Flags, want.AffinityTimeout)
+		}
+	}
 }
 
 // TestDatapathFollowsSync: packets follow what Sync wrote.
