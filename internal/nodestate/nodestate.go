@@ -11,6 +11,9 @@ import (
 	"path/filepath"
 )
 
+// DefaultPath is where the agent publishes the state unless configured.
+const DefaultPath = "/run/sluice/node.json"
+
 // State is what the agent publishes for the CNI plugin.
 type State struct {
 	// Ready is true once the datapath is loaded and programmed.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/internal/endpointapi"
+	"github.com/sluice-net/sluice/internal/nodestate"
 )
 
 // Config is every agent setting. The JSON names are the config file keys;
@@ -102,7 +103,7 @@ func Default() Config {
 		MaxServices:     dp.MaxServices,
 		MaxBackends:     dp.MaxBackends,
 		MaxConntrack:    dp.MaxConntrack,
-		NodeStateFile:   "/run/sluice/node.json",
+		NodeStateFile:   nodestate.DefaultPath,
 		EndpointSocket:  endpointapi.DefaultSocket,
 		NativeRouting:   ptr(true),
 		SyncMinInterval: Duration{time.Second},

@@ -10,16 +10,19 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/sluice-net/sluice/internal/endpointapi"
+	"github.com/sluice-net/sluice/internal/nodestate"
 )
 
 // Defaults for fields the configuration leaves out.
 const (
 	DefaultMTU           = 1500
 	DefaultBPFRoot       = "/sys/fs/bpf/sluice"
-	DefaultNodeStateFile = "/run/sluice/node.json"
+	DefaultNodeStateFile = nodestate.DefaultPath
 	DefaultIPAMDir       = "/var/lib/sluice/ipam"
 	DefaultLogFile       = "/var/log/sluice/cni.log"
-	DefaultAgentSocket   = "/run/sluice/agent.sock"
+	DefaultAgentSocket   = endpointapi.DefaultSocket
 )
 
 // Config is the plugin's entry in the network configuration list.
