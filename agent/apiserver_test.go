@@ -28,8 +28,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/sluice-net/sluice/bpf"
-	"github.com/sluice-net/sluice/bpf/bpftest"
 	"github.com/sluice-net/sluice/internal/nodestate"
+	"github.com/sluice-net/sluice/internal/testutil/bpffs"
 	"github.com/sluice-net/sluice/internal/testutil/netnstest"
 	"github.com/sluice-net/sluice/manifests"
 )
@@ -148,7 +148,7 @@ func startControlPlane(t testing.TB, ns *netnstest.NS) *controlPlane {
 // Service from creation to its endpoints in the datapath maps, then a
 // NetworkPolicy into the policy maps.
 func TestAgentAgainstAPIServer(t *testing.T) {
-	bpftest.Require(t)
+	bpffs.Require(t)
 	ns := netnstest.New(t, "sl-agent")
 	ns.IP(t, "link", "set", "lo", "up")
 	cp := startControlPlane(t, ns)
@@ -158,7 +158,7 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", agentBin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build agent: %v\n%s", err, out)
 	}
-	root := bpftest.Root(t)
+	root := bpffs.Root(t)
 	dir := t.TempDir()
 	state := filepath.Join(dir, "node.json")
 

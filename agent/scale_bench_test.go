@@ -17,7 +17,7 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/sluice-net/sluice/bpf/bpftest"
+	"github.com/sluice-net/sluice/internal/testutil/bpffs"
 	"github.com/sluice-net/sluice/internal/testutil/netnstest"
 )
 
@@ -30,7 +30,7 @@ import (
 //	SLUICE_K8S_BIN=$(hack/build-k8s.sh | tail -1) go test -run '^$' -bench AgentAtScale -benchtime 1x ./agent/
 func BenchmarkAgentAtScale(b *testing.B) {
 	const services, endpoints = 10000, 10
-	bpftest.Require(b)
+	bpffs.Require(b)
 	ns := netnstest.New(b, "sl-scale")
 	ns.IP(b, "link", "set", "lo", "up")
 	cp := startControlPlane(b, ns)
@@ -85,7 +85,7 @@ func BenchmarkAgentAtScale(b *testing.B) {
 	b.ResetTimer()
 	t0 := time.Now()
 	cmd := start(b, ns, dir, "sluice-agent", agentBin, "--kubeconfig", cp.kubeconfig, "--nodeName", "node-a",
-		"--bpfRoot", bpftest.Root(b), "--nodeStateFile", filepath.Join(dir, "node.json"), "--maxBackends", "262144",
+		"--bpfRoot", bpffs.Root(b), "--nodeStateFile", filepath.Join(dir, "node.json"), "--maxBackends", "262144",
 		"--metricsAddr", "127.0.0.1:9962", "--healthAddr", "127.0.0.1:9963", "--socketLBCgroup", "", "--nativeRouting=false")
 	client := ns.HTTPClient(b)
 	programmed := func() int {

@@ -10,6 +10,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-net/sluice/internal/testutil/bpffs"
 )
 
 // benchMaglevSize keeps 100,000 services' tables at ~400 MiB of kernel
@@ -136,7 +138,7 @@ func BenchmarkFromPodNonService(b *testing.B) {
 // machine (an empty program versus one making four bpf_ktime_get_ns calls),
 // the unit that the datapath's per-packet cost is mostly made of.
 func BenchmarkHelperCallCost(b *testing.B) {
-	requireBPF(b)
+	bpffs.Require(b)
 	for _, calls := range []int{0, 4} {
 		b.Run(fmt.Sprintf("calls=%d", calls), func(b *testing.B) {
 			var ins asm.Instructions

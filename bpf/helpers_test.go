@@ -1,14 +1,10 @@
 package bpf
 
 import (
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -18,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-net/sluice/bpf/maglev"
+	"github.com/sluice-net/sluice/internal/testutil/bpffs"
 )
 
 // tc verdicts as BPF_PROG_TEST_RUN reports them.
@@ -27,39 +24,13 @@ const (
 	actRedirect = 7
 )
 
-// requireBPF skips unless the test can load BPF programs and pin to bpffs.
-func requireBPF(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs (run the tests as root)")
-	}
-	var st unix.Statfs_t
-	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
-		t.Skip("needs bpffs at /sys/fs/bpf (hack/install-deps.sh mounts it)")
-	}
-}
-
-// testRoot returns a fresh bpffs pin root that is removed after the test.
-func testRoot(t testing.TB) string {
-	t.Helper()
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	root := filepath.Join("/sys/fs/bpf", "sluice-test-"+hex.EncodeToString(b))
-	t.Cleanup(func() {
-		if err := Remove(root); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
-	return root
-}
-
 // loadTest loads a datapath into a fresh pin root. A small Maglev table
 // keeps the tests quick; the algorithm does not depend on the size.
 func loadTest(t testing.TB, cfg Config) *Datapath {
 	t.Helper()
-	requireBPF(t)
+	bpffs.Require(t)
 	if cfg.PinRoot == "" {
-		cfg.PinRoot = testRoot(t)
+		cfg.PinRoot = bpffs.Root(t)
 	}
 	if cfg.MaglevSize == 0 {
 		cfg.MaglevSize = 251

@@ -11,14 +11,15 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/sluice-net/sluice/internal/testutil/bpffs"
 	"github.com/sluice-net/sluice/internal/testutil/netnstest"
 )
 
 // TestReloadKeepsPinnedState: a restarted agent finds its services and
 // conntrack where it left them, and the CNI can open the same pins.
 func TestReloadKeepsPinnedState(t *testing.T) {
-	requireBPF(t)
-	root := testRoot(t)
+	bpffs.Require(t)
+	root := bpffs.Root(t)
 	d, err := Load(Config{PinRoot: root, MaglevSize: 251})
 	if err != nil {
 		t.Fatal(err)
@@ -77,9 +78,9 @@ func countEntries(t *testing.T, m *ebpf.Map) int {
 // TestIncompatiblePinsRefused: a pinned map of another layout or size is
 // an error naming the problem, never silently reused.
 func TestIncompatiblePinsRefused(t *testing.T) {
-	requireBPF(t)
+	bpffs.Require(t)
 	t.Run("map capacity changed", func(t *testing.T) {
-		root := testRoot(t)
+		root := bpffs.Root(t)
 		d, err := Load(Config{PinRoot: root, MaglevSize: 251})
 		if err != nil {
 			t.Fatal(err)
@@ -91,7 +92,7 @@ func TestIncompatiblePinsRefused(t *testing.T) {
 		}
 	})
 	t.Run("value layout changed", func(t *testing.T) {
-		root := testRoot(t)
+		root := bpffs.Root(t)
 		if err := os.MkdirAll(mapsDir(root), 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -109,7 +110,7 @@ func TestIncompatiblePinsRefused(t *testing.T) {
 		}
 	})
 	t.Run("maglev size changed", func(t *testing.T) {
-		root := testRoot(t)
+		root := bpffs.Root(t)
 		d, err := Load(Config{PinRoot: root, MaglevSize: 251})
 		if err != nil {
 			t.Fatal(err)
@@ -122,13 +123,13 @@ func TestIncompatiblePinsRefused(t *testing.T) {
 		}
 	})
 	t.Run("maglev size not prime", func(t *testing.T) {
-		_, err := Load(Config{PinRoot: testRoot(t), MaglevSize: 1000})
+		_, err := Load(Config{PinRoot: bpffs.Root(t), MaglevSize: 1000})
 		if err == nil || !strings.Contains(err.Error(), "MaglevSize: 1000 is not prime") {
 			t.Errorf("got %v", err)
 		}
 	})
 	t.Run("nothing pinned", func(t *testing.T) {
-		_, err := OpenPinned(testRoot(t))
+		_, err := OpenPinned(bpffs.Root(t))
 		if err == nil || !strings.Contains(err.Error(), "has the agent loaded the datapath") {
 			t.Errorf("got %v", err)
 		}
@@ -138,7 +139,7 @@ func TestIncompatiblePinsRefused(t *testing.T) {
 // TestAttach: both attach flavours put the programs on the device, are
 // idempotent, survive the loader closing, and detach cleanly.
 func TestAttach(t *testing.T) {
-	requireBPF(t)
+	bpffs.Require(t)
 	for _, mode := range []struct {
 		name string
 		mode AttachMode

@@ -3,50 +3,18 @@
 package bpftest
 
 import (
-	"crypto/rand"
-	"encoding/hex"
-	"os"
-	"path/filepath"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/sluice-net/sluice/bpf"
+	"github.com/sluice-net/sluice/internal/testutil/bpffs"
 )
 
-// Require skips the test unless it can load BPF programs and pin to bpffs.
-func Require(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs and create namespaces (run the tests as root)")
-	}
-	var st unix.Statfs_t
-	if err := unix.Statfs("/sys/fs/bpf", &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
-		t.Skip("needs bpffs at /sys/fs/bpf (hack/install-deps.sh mounts it)")
-	}
-}
-
-// Root returns a fresh pin root, removed (maps, programs, links) after the
-// test.
-func Root(t testing.TB) string {
-	t.Helper()
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	root := filepath.Join("/sys/fs/bpf", "sluice-test-"+hex.EncodeToString(b))
-	t.Cleanup(func() {
-		if err := bpf.Remove(root); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-	})
-	return root
-}
-
 // Load loads a datapath under a fresh root (cfg.PinRoot is set) with a
-// small Maglev table unless cfg names one.
+// small Maglev table unless cfg names one. It skips where BPF cannot load.
 func Load(t testing.TB, cfg bpf.Config) *bpf.Datapath {
 	t.Helper()
-	Require(t)
-	cfg.PinRoot = Root(t)
+	bpffs.Require(t)
+	cfg.PinRoot = bpffs.Root(t)
 	if cfg.MaglevSize == 0 {
 		cfg.MaglevSize = 251
 	}
