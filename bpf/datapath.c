@@ -112,12 +112,7 @@ int from_pod(struct __sk_buff *skb)
 	if (has_ports(p.proto)) {
 		if (addr_eq(p.dst, p.family == 4 ? hairpin_addr4 : hairpin_addr6))
 			return hairpin_reply(skb, &p);
-		struct svc_key key = {};
-		__builtin_memcpy(key.addr, p.dst, SLUICE_ADDR_LEN);
-		key.port = p.dport;
-		key.proto = p.proto;
-		key.scope = SVC_SCOPE_INTERNAL;
-		struct svc_value *svc = bpf_map_lookup_elem(&sluice_services_v1, &key);
+		struct svc_value *svc = lookup_service(&p, SVC_SCOPE_INTERNAL);
 		if (svc)
 			return lb_service(skb, &p, svc, HOOK_FROM_POD);
 		if (p.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN)
@@ -184,12 +179,7 @@ int from_netdev(struct __sk_buff *skb)
 		return frag_follow(skb, &p, HOOK_FROM_NETDEV, 0);
 	if (!has_ports(p.proto))
 		return TC_ACT_OK;
-	struct svc_key key = {};
-	__builtin_memcpy(key.addr, p.dst, SLUICE_ADDR_LEN);
-	key.port = p.dport;
-	key.proto = p.proto;
-	key.scope = SVC_SCOPE_EXTERNAL;
-	struct svc_value *svc = bpf_map_lookup_elem(&sluice_services_v1, &key);
+	struct svc_value *svc = lookup_service(&p, SVC_SCOPE_EXTERNAL);
 	if (!svc)
 		return TC_ACT_OK;
 	return lb_service(skb, &p, svc, HOOK_FROM_NETDEV);

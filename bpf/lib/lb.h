@@ -98,6 +98,19 @@ static __always_inline struct backend_value *select_backend(const struct svc_val
 	return be;
 }
 
+/* lookup_service finds the service entry for the packet's destination in
+ * scope (enum svc_scope). */
+static __always_inline struct svc_value *lookup_service(const struct pkt *p, __u8 scope)
+{
+	struct svc_key key = {};
+
+	__builtin_memcpy(key.addr, p->dst, SLUICE_ADDR_LEN);
+	key.port = p->dport;
+	key.proto = p->proto;
+	key.scope = scope;
+	return bpf_map_lookup_elem(&sluice_services_v1, &key);
+}
+
 /* lb_service load-balances a packet to a service, from a pod (from_pod) or
  * from outside the node (from_netdev). */
 static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc,
