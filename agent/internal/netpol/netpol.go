@@ -72,13 +72,15 @@ type Controller struct {
 	// plugin waits for (EnsureEndpoint).
 	syncMu sync.Mutex
 	// pending are pods the CNI plugin is wiring, with the addresses it
-	// gave them, until the API shows them (or the plugin gives up):
-	// their policy must be in place before their first packet.
+	// gave them, until the API shows them with an address, or they go
+	// (DEL, deletion): their policy must be in place before their first
+	// packet.
 	mu      sync.Mutex
 	pending map[types.NamespacedName]endpointapi.Endpoint
-	// wanted counts EnsureEndpoint requests; synced is the count the last
-	// successful sync had seen when it started.
-	wanted, synced uint64
+	// requests counts EnsureEndpoint requests; served is the count a
+	// successful sync had seen when it started: every request up to it has
+	// been written.
+	requests, served uint64
 }
 
 // New registers the controller's informers and handlers on factory; the
@@ -190,13 +192,13 @@ func (c *Controller) sync() error {
 	c.syncMu.Lock()
 	defer c.syncMu.Unlock()
 	c.mu.Lock()
-	wanted := c.wanted
+	requests := c.requests
 	c.mu.Unlock()
 	start := c.opts.Clock.Now()
 	err := c.syncOnce(start)
 	if err == nil {
 		c.mu.Lock()
-		c.synced = max(c.synced, wanted)
+		c.served = max(c.served, requests)
 		c.mu.Unlock()
 	}
 	c.syncMetrics.SyncDuration.Observe(c.opts.Clock.Since(start).Seconds())
@@ -303,8 +305,8 @@ func (c *Controller) EnsureEndpoint(ctx context.Context, ep endpointapi.Endpoint
 	}
 	c.mu.Lock()
 	c.pending[key] = ep
-	c.wanted++
-	mine := c.wanted
+	c.requests++
+	mine := c.requests
 	c.mu.Unlock()
 
 	// One sync covers every request made before it started: a burst of
@@ -312,7 +314,7 @@ func (c *Controller) EnsureEndpoint(ctx context.Context, ep endpointapi.Endpoint
 	done := make(chan error, 1)
 	go func() {
 		c.mu.Lock()
-		covered := c.synced >= mine
+		covered := c.served >= mine
 		c.mu.Unlock()
 		if covered {
 			done <- nil
