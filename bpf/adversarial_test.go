@@ -521,6 +521,39 @@ func TestSpoofedSources(t *testing.T) {
 	}
 }
 
+// TestUplinkPodCIDRSource: once the agent has written the node's pod
+// CIDRs, nothing from outside may come from any address in them (an
+// ipBlock covering the CIDR would admit an unused one); other nodes' pods
+// still arrive.
+func TestUplinkPodCIDRSource(t *testing.T) {
+	d := loadTest(t, Config{})
+	if err := d.SetNodePodCIDRs([]netip.Prefix{netip.MustParsePrefix("10.244.0.0/24"), netip.MustParsePrefix("fd00:244::/64")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		src  string
+		want uint32
+	}{
+		{"10.244.0.77", actShot},  // unused address of this node's CIDR
+		{"10.244.0.2", actShot},   // a pod of this node
+		{"fd00:244::77", actShot}, // unused IPv6 address of this node's CIDR
+		{"10.244.1.5", actOK},     // a pod of another node
+		{"10.244.255.1", actOK},   // outside this node's /24
+		{"fd00:244:1::5", actOK},  // another node's IPv6 pod
+		{"192.168.3.4", actOK},    // the world
+	} {
+		src := netip.MustParseAddr(c.src)
+		dst := client4.Addr()
+		if src.Is6() {
+			dst = client6.Addr()
+		}
+		if ret, _ := run(t, d.FromNetdev, tcpTo(src, dst, 41300, 80, tcpSYN).bytes()); ret != c.want {
+			t.Errorf("from the uplink with source %s: verdict %d, want %d", src, ret, c.want)
+		}
+	}
+	wantDrops(t, d, DropSpoofedUplink, HookFromNetdev, 3)
+}
+
 // TestPolicyDropEvent: a policy drop reports the endpoint and the remote's
 // identity.
 func TestPolicyDropEvent(t *testing.T) {

@@ -54,6 +54,7 @@ const enum policy_dir *unused_policy_dir __attribute__((unused));
 const enum policy_key_bits *unused_policy_key_bits __attribute__((unused));
 const struct frag_key *unused_frag_key __attribute__((unused));
 const struct endpoint_slot *unused_endpoint_slot __attribute__((unused));
+const struct node_cidr *unused_node_cidr __attribute__((unused));
 const enum endpoint_slots *unused_endpoint_slots __attribute__((unused));
 const struct frag_value *unused_frag_value __attribute__((unused));
 const enum frag_flags *unused_frag_flags __attribute__((unused));

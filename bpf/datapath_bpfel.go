@@ -247,6 +247,13 @@ const (
 	datapathMarkMARK_BOUNCED datapathMark = 21325
 )
 
+type datapathNodeCidr struct {
+	_         structs.HostLayout
+	Addr      [16]uint8
+	Prefixlen uint32
+	Pad       uint32
+}
+
 type datapathPolicyDir uint32
 
 const (
@@ -357,6 +364,7 @@ const (
 	datapathMapSluiceIpcacheV1           = "sluice_ipcache_v1"
 	datapathMapSluiceKeyScratch          = "sluice_key_scratch"
 	datapathMapSluiceMaglevV1            = "sluice_maglev_v1"
+	datapathMapSluiceNodeCidrsV1         = "sluice_node_cidrs_v1"
 	datapathMapSluicePolicyCidrsV1       = "sluice_policy_cidrs_v1"
 	datapathMapSluicePolicyEndpointsV1   = "sluice_policy_endpoints_v1"
 	datapathMapSluicePolicyStateV1       = "sluice_policy_state_v1"
@@ -398,6 +406,7 @@ const (
 	datapathVarUnusedHook                = "unused_hook"
 	datapathVarUnusedIdentity            = "unused_identity"
 	datapathVarUnusedMark                = "unused_mark"
+	datapathVarUnusedNodeCidr            = "unused_node_cidr"
 	datapathVarUnusedPolicyDir           = "unused_policy_dir"
 	datapathVarUnusedPolicyEndpointFlags = "unused_policy_endpoint_flags"
 	datapathVarUnusedPolicyKeyBits       = "unused_policy_key_bits"
@@ -476,6 +485,7 @@ type datapathMapSpecs struct {
 	SluiceIpcacheV1         *ebpf.MapSpec `ebpf:"sluice_ipcache_v1"`
 	SluiceKeyScratch        *ebpf.MapSpec `ebpf:"sluice_key_scratch"`
 	SluiceMaglevV1          *ebpf.MapSpec `ebpf:"sluice_maglev_v1"`
+	SluiceNodeCidrsV1       *ebpf.MapSpec `ebpf:"sluice_node_cidrs_v1"`
 	SluicePolicyCidrsV1     *ebpf.MapSpec `ebpf:"sluice_policy_cidrs_v1"`
 	SluicePolicyEndpointsV1 *ebpf.MapSpec `ebpf:"sluice_policy_endpoints_v1"`
 	SluicePolicyStateV1     *ebpf.MapSpec `ebpf:"sluice_policy_state_v1"`
@@ -511,6 +521,7 @@ type datapathVariableSpecs struct {
 	UnusedHook                *ebpf.VariableSpec `ebpf:"unused_hook"`
 	UnusedIdentity            *ebpf.VariableSpec `ebpf:"unused_identity"`
 	UnusedMark                *ebpf.VariableSpec `ebpf:"unused_mark"`
+	UnusedNodeCidr            *ebpf.VariableSpec `ebpf:"unused_node_cidr"`
 	UnusedPolicyDir           *ebpf.VariableSpec `ebpf:"unused_policy_dir"`
 	UnusedPolicyEndpointFlags *ebpf.VariableSpec `ebpf:"unused_policy_endpoint_flags"`
 	UnusedPolicyKeyBits       *ebpf.VariableSpec `ebpf:"unused_policy_key_bits"`
@@ -549,6 +560,7 @@ type datapathMaps struct {
 	SluiceIpcacheV1         *ebpf.Map `ebpf:"sluice_ipcache_v1"`
 	SluiceKeyScratch        *ebpf.Map `ebpf:"sluice_key_scratch"`
 	SluiceMaglevV1          *ebpf.Map `ebpf:"sluice_maglev_v1"`
+	SluiceNodeCidrsV1       *ebpf.Map `ebpf:"sluice_node_cidrs_v1"`
 	SluicePolicyCidrsV1     *ebpf.Map `ebpf:"sluice_policy_cidrs_v1"`
 	SluicePolicyEndpointsV1 *ebpf.Map `ebpf:"sluice_policy_endpoints_v1"`
 	SluicePolicyStateV1     *ebpf.Map `ebpf:"sluice_policy_state_v1"`
@@ -570,6 +582,7 @@ func (m *datapathMaps) Close() error {
 		m.SluiceIpcacheV1,
 		m.SluiceKeyScratch,
 		m.SluiceMaglevV1,
+		m.SluiceNodeCidrsV1,
 		m.SluicePolicyCidrsV1,
 		m.SluicePolicyEndpointsV1,
 		m.SluicePolicyStateV1,
@@ -606,6 +619,7 @@ type datapathVariables struct {
 	UnusedHook                *ebpf.Variable `ebpf:"unused_hook"`
 	UnusedIdentity            *ebpf.Variable `ebpf:"unused_identity"`
 	UnusedMark                *ebpf.Variable `ebpf:"unused_mark"`
+	UnusedNodeCidr            *ebpf.Variable `ebpf:"unused_node_cidr"`
 	UnusedPolicyDir           *ebpf.Variable `ebpf:"unused_policy_dir"`
 	UnusedPolicyEndpointFlags *ebpf.Variable `ebpf:"unused_policy_endpoint_flags"`
 	UnusedPolicyKeyBits       *ebpf.Variable `ebpf:"unused_policy_key_bits"`

@@ -142,6 +142,9 @@ type Datapath struct {
 	// EndpointSlots holds each pod veth's addresses by ifindex, the fast
 	// path of from_pod's source check (RecordEndpoint writes it).
 	EndpointSlots *ebpf.Map
+	// NodeCIDRs holds this node's pod CIDRs (SetNodePodCIDRs): from_netdev
+	// drops packets from outside claiming an address in them.
+	NodeCIDRs *ebpf.Map
 	// NetworkPolicy: identities of the cluster's pod IPs, of ipBlock
 	// prefixes, this node's isolated endpoints and their allow rules.
 	// PolicyState counts the isolated endpoints; at 0 policy is skipped.
@@ -198,7 +201,7 @@ func Load(cfg Config) (*Datapath, error) {
 		Services: objs.SluiceServicesV1, Backends: objs.SluiceBackendsV1, Maglev: objs.SluiceMaglevV1,
 		Conntrack: objs.SluiceCtV1, Affinity: objs.SluiceAffinityV1, Endpoints: objs.SluiceEndpointsV1,
 		Drops: objs.SluiceDropsV2, Events: objs.SluiceEventsV2, SockRevnat: objs.SluiceSockRevnatV1,
-		Frags: objs.SluiceFragsV1, EndpointSlots: objs.SluiceEndpointSlotsV1,
+		Frags: objs.SluiceFragsV1, EndpointSlots: objs.SluiceEndpointSlotsV1, NodeCIDRs: objs.SluiceNodeCidrsV1,
 		IPCache: objs.SluiceIpcacheV1, PolicyCIDRs: objs.SluicePolicyCidrsV1,
 		PolicyEndpoints: objs.SluicePolicyEndpointsV1, Policy: objs.SluicePolicyV1, PolicyState: objs.SluicePolicyStateV1,
 		root: cfg.PinRoot,
@@ -296,6 +299,7 @@ func OpenPinned(root string) (*Datapath, error) {
 	d.Events = open(datapathMapSluiceEventsV2)
 	d.Frags = open(datapathMapSluiceFragsV1)
 	d.EndpointSlots = open(datapathMapSluiceEndpointSlotsV1)
+	d.NodeCIDRs = open(datapathMapSluiceNodeCidrsV1)
 	d.SockRevnat = open(datapathMapSluiceSockRevnatV1)
 	d.IPCache = open(datapathMapSluiceIpcacheV1)
 	d.PolicyCIDRs = open(datapathMapSluicePolicyCidrsV1)
@@ -336,7 +340,7 @@ func (d *Datapath) Close() error {
 		errs = append(errs, p.Close())
 	}
 	for _, m := range []*ebpf.Map{d.Services, d.Backends, d.Maglev, d.Conntrack, d.Affinity, d.Endpoints, d.Drops, d.Events,
-		d.SockRevnat, d.Frags, d.EndpointSlots, d.IPCache, d.PolicyCIDRs, d.PolicyEndpoints, d.Policy, d.PolicyState} {
+		d.SockRevnat, d.Frags, d.EndpointSlots, d.NodeCIDRs, d.IPCache, d.PolicyCIDRs, d.PolicyEndpoints, d.Policy, d.PolicyState} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}

@@ -175,6 +175,27 @@ func (d *Datapath) ForgetEndpoint(ifindex uint32, addrs []netip.Addr) error {
 	return errors.Join(errs...)
 }
 
+// SetNodePodCIDRs writes this node's pod CIDRs (at most one per family;
+// a family without one is cleared), which no packet from outside may claim
+// as its source.
+func (d *Datapath) SetNodePodCIDRs(cidrs []netip.Prefix) error {
+	var v4, v6 NodeCIDR
+	for _, c := range cidrs {
+		k := CIDR(c)
+		if c.Addr().Is4() {
+			v4 = NodeCIDR{Addr: k.Addr, Prefixlen: k.Prefixlen}
+		} else {
+			v6 = NodeCIDR{Addr: k.Addr, Prefixlen: k.Prefixlen}
+		}
+	}
+	for i, v := range []NodeCIDR{v4, v6} {
+		if err := d.NodeCIDRs.Put(uint32(i), v); err != nil {
+			return fmt.Errorf("write the node's pod CIDRs (map sluice_node_cidrs_v1): %w", err)
+		}
+	}
+	return nil
+}
+
 // DropKey names one drop counter: a reason at a hook (which says the
 // direction: from_pod is a pod's egress, to_pod its ingress).
 type DropKey struct {

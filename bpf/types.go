@@ -30,6 +30,7 @@ type (
 	PolicyValue         = datapathPolicyValue
 	PolicyState         = datapathPolicyState
 	EndpointSlot        = datapathEndpointSlot
+	NodeCIDR            = datapathNodeCidr
 )
 
 const endpointSlots = uint32(datapathEndpointSlotsENDPOINT_SLOTS)

@@ -167,6 +167,14 @@ struct endpoint_slot {
 	__u8 addr6[16]; /* ::: none */
 };
 
+/* sluice_node_cidrs_v1, index 0 for IPv4, 1 for IPv6: this node's pod
+ * CIDR of that family. No packet from outside may come from it. */
+struct node_cidr {
+	__u8 addr[SLUICE_ADDR_LEN];
+	__u32 prefixlen; /* in the 128-bit (IPv4-mapped) space; 0: not set */
+	__u32 pad;
+};
+
 /* Why a packet was dropped or rejected; the index of sluice_drops. */
 enum drop_reason {
 	DROP_UNKNOWN = 0,

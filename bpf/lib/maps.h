@@ -80,6 +80,14 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_endpoint_slots_v1 SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct node_cidr);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_node_cidrs_v1 SEC(".maps");
+
 /* NetworkPolicy: every pod IP of the cluster (and the node's own) to its
  * identity; ipBlock prefixes to CIDR identities; local endpoints; rules. */
 struct {

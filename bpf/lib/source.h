@@ -56,12 +56,29 @@ static __always_inline int pod_source_ok(const struct pkt *p, __u32 ifindex)
 	return p->family == 6 && link_control(p) && link_local_or_unspecified(p);
 }
 
+/* prefix_match reports whether addr lies in net/len (128-bit space). */
+static __always_inline int prefix_match(const __u8 *addr, const __u8 *net, __u32 len)
+{
+	const __u64 *a = (const __u64 *)addr;
+	const __u64 *n = (const __u64 *)net;
+	__u64 hi = len >= 64 ? ~0ULL : len == 0 ? 0 : ~0ULL << (64 - len);
+	__u64 lo = len >= 128 ? ~0ULL : len <= 64 ? 0 : ~0ULL << (128 - len);
+
+	return ((a[0] ^ n[0]) & bpf_cpu_to_be64(hi)) == 0 && ((a[1] ^ n[1]) & bpf_cpu_to_be64(lo)) == 0;
+}
+
 /* uplink_source_spoofed reports a packet from outside the node that claims
- * to come from a pod of this node or from the hairpin address. */
+ * to come from this node's pod CIDR (a pod or an unused address of it: an
+ * ipBlock covering the CIDR would admit either) or the hairpin address.
+ * Until the agent has written the CIDR, the pods' own addresses serve. */
 static __always_inline int uplink_source_spoofed(const struct pkt *p)
 {
 	if (addr_eq(p->src, p->family == 4 ? hairpin_addr4 : hairpin_addr6))
 		return 1;
+	__u32 idx = p->family == 4 ? 0 : 1;
+	struct node_cidr *c = bpf_map_lookup_elem(&sluice_node_cidrs_v1, &idx);
+	if (c && c->prefixlen)
+		return prefix_match(p->src, c->addr, c->prefixlen);
 	return bpf_map_lookup_elem(&sluice_endpoints_v1, p->src) != 0;
 }
 

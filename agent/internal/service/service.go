@@ -287,6 +287,9 @@ func (c *Controller) syncOnce(start time.Time) error {
 	if len(podCIDRs) == 0 {
 		return fmt.Errorf("node %q has no spec.podCIDRs yet: pods cannot get addresses", c.opts.NodeName)
 	}
+	if err := c.writer.SetNodePodCIDRs(podCIDRs); err != nil {
+		return err
+	}
 	if err := nodestate.Write(c.opts.NodeStateFile, nodestate.State{Ready: true, PodCIDRs: podCIDRs}); err != nil {
 		return err
 	}

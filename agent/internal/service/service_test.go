@@ -90,6 +90,12 @@ func TestServicesFollowTheAPI(t *testing.T) {
 	if err != nil || len(s.PodCIDRs) != 1 || s.PodCIDRs[0] != "10.244.0.0/24" {
 		t.Fatalf("node state: %+v, %v", s, err)
 	}
+	// The datapath knows the node's pod CIDR too: no packet from outside
+	// may claim it.
+	var cidr bpf.NodeCIDR
+	if err := dp.NodeCIDRs.Lookup(uint32(0), &cidr); err != nil || bpf.PrefixFrom(bpf.CIDRKey{Prefixlen: cidr.Prefixlen, Addr: cidr.Addr}) != netip.MustParsePrefix("10.244.0.0/24") {
+		t.Errorf("node pod CIDR in the datapath: %+v, %v; want 10.244.0.0/24", cidr, err)
+	}
 
 	svc := &v1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},

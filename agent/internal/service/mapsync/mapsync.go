@@ -195,6 +195,21 @@ func sameEntry(a, b compile.Entry) bool {
 		a.TerminatingFallback == b.TerminatingFallback && slices.Equal(a.Backends, b.Backends)
 }
 
+// SetNodePodCIDRs writes this node's pod CIDRs (a list of "10.244.1.0/24"
+// strings, as Node.spec.podCIDRs has them) into the datapath, which then
+// refuses them as sources of traffic from outside.
+func (w *Writer) SetNodePodCIDRs(cidrs []string) error {
+	var prefixes []netip.Prefix
+	for i, s := range cidrs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return fmt.Errorf("node spec.podCIDRs[%d]: %q is not a CIDR", i, s)
+		}
+		prefixes = append(prefixes, p.Masked())
+	}
+	return w.dp.SetNodePodCIDRs(prefixes)
+}
+
 // Sync makes the maps hold exactly desired. Frontends whose entry is the
 // one last applied cost a comparison; the rest are planned and written in
 // batches. On error the maps hold a consistent mix of old and new state
