@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sluice-net/sluice/internal/testutil/icmpecho"
 	"github.com/sluice-net/sluice/internal/testutil/netnstest"
 )
 
@@ -148,21 +149,6 @@ func dropsAt(t *testing.T, d *Datapath, reason DropReason, hook Hook) uint64 {
 	return counts[DropKey{Reason: reason, Hook: hook}].Packets
 }
 
-// inetChecksum is the Internet checksum of b.
-func inetChecksum(b []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
-}
-
 // withL4Checksum fills in the TCP or UDP checksum of seg, sent from src to
 // dst, over the pseudo-header: the receiving kernel checks it.
 func withL4Checksum(src, dst netip.Addr, proto uint8, seg []byte) []byte {
@@ -182,7 +168,7 @@ func withL4Checksum(src, dst netip.Addr, proto uint8, seg []byte) []byte {
 		off = 6
 	}
 	binary.BigEndian.PutUint16(seg[off:], 0)
-	sum := inetChecksum(append(b, seg...))
+	sum := icmpecho.Checksum(append(b, seg...))
 	if sum == 0 && proto == unix.IPPROTO_UDP {
 		sum = 0xffff
 	}
@@ -384,46 +370,6 @@ func TestNetnsCraftedACKThenConnect(t *testing.T) {
 	}
 }
 
-// echo sends one ICMP (ICMPv6) echo request from src to dst on a raw
-// socket and reports whether its reply came back within wait. Call it
-// inside the sender's namespace.
-func echo(src, dst netip.Addr, id uint16, wait time.Duration) (bool, error) {
-	network, req, rep := "ip4:icmp", uint8(8), uint8(0)
-	if src.Is6() {
-		network, req, rep = "ip6:ipv6-icmp", 128, 129
-	}
-	c, err := net.ListenPacket(network, src.String())
-	if err != nil {
-		return false, err
-	}
-	defer c.Close()
-	msg := icmpMsg(req, 0, id, []byte("sluice adversarial echo"))
-	if src.Is4() {
-		binary.BigEndian.PutUint16(msg[2:], inetChecksum(msg)) // the kernel does ICMPv6's
-	}
-	if _, err := c.WriteTo(msg, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
-		return false, err
-	}
-	_ = c.SetReadDeadline(time.Now().Add(wait))
-	buf := make([]byte, 1500)
-	for {
-		n, from, err := c.ReadFrom(buf)
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				return false, nil
-			}
-			return false, err
-		}
-		// The raw socket sees every ICMP message; ours is the reply
-		// from dst with our identifier.
-		fromAddr, _ := netip.AddrFromSlice(from.(*net.IPAddr).IP)
-		if n >= 8 && buf[0] == rep && binary.BigEndian.Uint16(buf[4:]) == id && fromAddr.Unmap() == dst {
-			return true, nil
-		}
-	}
-}
-
 // TestNetnsICMPEchoUnderDenyAll: raw ICMP and ICMPv6 echo into an ingress
 // deny-all pod, and out of an egress deny-all one, get no reply, also
 // when a rule with ports (TCP 8080) exists; the echo requests are counted
@@ -460,9 +406,9 @@ func TestNetnsICMPEchoUnderDenyAll(t *testing.T) {
 			ping := func(id uint16, wait time.Duration) (got [2]bool) {
 				var errs [2]error
 				inParallel(t, client.ns, func() {
-					got[0], errs[0] = echo(client.addr4, server.addr4, id, wait)
+					got[0], errs[0] = icmpecho.Echo(client.addr4, server.addr4, id, wait)
 				}, func() {
-					got[1], errs[1] = echo(client.addr6, server.addr6, id+1, wait)
+					got[1], errs[1] = icmpecho.Echo(client.addr6, server.addr6, id+1, wait)
 				})
 				for _, err := range errs {
 					if err != nil {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-net/sluice/internal/testutil/icmpecho"
 )
 
 // The adversarial suite: what a tenant with an ordinary pod can send
@@ -52,7 +54,7 @@ func (r rawPkt) bytes() []byte {
 		s, d := r.src.As4(), r.dst.As4()
 		copy(ip[12:], s[:])
 		copy(ip[16:], d[:])
-		binary.BigEndian.PutUint16(ip[10:], ipv4Checksum(ip))
+		binary.BigEndian.PutUint16(ip[10:], icmpecho.Checksum(ip)) // over a zero checksum field
 		return append(append(eth, ip...), r.l4...)
 	}
 	binary.BigEndian.PutUint16(eth[12:], unix.ETH_P_IPV6)
@@ -102,20 +104,6 @@ func (r rawPkt) bytes() []byte {
 	copy(ip[8:], s[:])
 	copy(ip[24:], d[:])
 	return append(append(eth, ip...), payload...)
-}
-
-func ipv4Checksum(h []byte) uint16 {
-	var sum uint32
-	for i := 0; i < len(h); i += 2 {
-		if i == 10 {
-			continue
-		}
-		sum += uint32(binary.BigEndian.Uint16(h[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
 }
 
 // tcpHeader is a 20-byte TCP header with the given flags (checksum zero:

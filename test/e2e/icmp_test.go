@@ -3,14 +3,15 @@
 package e2e_test
 
 import (
-	"errors"
 	"fmt"
-	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sluice-net/sluice/internal/testutil/icmpecho"
 )
 
 // pingHelperEnv, set in its environment, makes this test binary send one
@@ -37,65 +38,18 @@ func TestMain(m *testing.M) {
 // echoOnce sends one ICMP (or ICMPv6) echo request to dst from a raw
 // socket and waits until timeout for the echo reply.
 func echoOnce(dst string, timeout time.Duration) error {
-	ip := net.ParseIP(dst)
-	if ip == nil {
+	addr, err := netip.ParseAddr(dst)
+	if err != nil {
 		return fmt.Errorf("ping: %q is not an IP address", dst)
 	}
-	network, request, reply := "ip4:icmp", byte(8), byte(0)
-	if ip.To4() == nil {
-		network, request, reply = "ip6:ipv6-icmp", 128, 129
-	}
-	c, err := net.ListenPacket(network, "")
+	replied, err := icmpecho.Echo(netip.Addr{}, addr.Unmap(), uint16(os.Getpid()), timeout)
 	if err != nil {
-		return fmt.Errorf("ping: raw socket: %w", err)
+		return fmt.Errorf("ping %s: %w", dst, err)
 	}
-	defer c.Close()
-	id := uint16(os.Getpid())
-	msg := []byte{request, 0, 0, 0, byte(id >> 8), byte(id), 0, 1, 's', 'l', 'u', 'i', 'c', 'e'}
-	if ip.To4() != nil {
-		// The kernel fills in ICMPv6 checksums, not ICMP ones.
-		sum := icmpChecksum(msg)
-		msg[2], msg[3] = byte(sum>>8), byte(sum)
+	if !replied {
+		return fmt.Errorf("ping %s: TIMEOUT: no echo reply within %v", dst, timeout)
 	}
-	if _, err := c.WriteTo(msg, &net.IPAddr{IP: ip}); err != nil {
-		return fmt.Errorf("ping %s: send: %w", dst, err)
-	}
-	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
-		return err
-	}
-	buf := make([]byte, 1500)
-	for {
-		// An IPv4 raw socket's reads come without the IP header.
-		n, from, err := c.ReadFrom(buf)
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				return fmt.Errorf("ping %s: TIMEOUT: no echo reply within %v", dst, timeout)
-			}
-			return fmt.Errorf("ping %s: %w", dst, err)
-		}
-		src, ok := from.(*net.IPAddr)
-		if !ok || !src.IP.Equal(ip) || n < 8 {
-			continue // the socket sees every ICMP message of the namespace
-		}
-		if buf[0] == reply && uint16(buf[4])<<8|uint16(buf[5]) == id {
-			return nil
-		}
-	}
-}
-
-func icmpChecksum(b []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(b[i])<<8 | uint32(b[i+1])
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return ^uint16(sum)
+	return nil
 }
 
 // pingArgv is the command a pod pings with, chosen once: the pod's own
