@@ -130,8 +130,9 @@ func loadDatapath(log *slog.Logger, cfg config.Config) (*bpf.Datapath, error) {
 	}
 	dp, err := bpf.Load(bpf.Config{
 		PinRoot: cfg.BPFRoot, MaglevSize: cfg.MaglevTableSize,
-		MaxServices: cfg.MaxServices, MaxBackends: cfg.MaxBackends, MaxConntrack: cfg.MaxConntrack,
-		HostNetnsCookie: hostNetns,
+		MaxServices: cfg.MaxServices, MaxBackends: cfg.MaxBackends, MaxConntrackTCP: cfg.MaxConntrackTCP,
+		MaxConntrackOther: cfg.MaxConntrackOther,
+		HostNetnsCookie:   hostNetns,
 	})
 	if err != nil {
 		return nil, err
@@ -358,11 +359,15 @@ func gcConntrack(ctx context.Context, log *slog.Logger, dp *bpf.Datapath, m *met
 			log.Error("conntrack garbage collection failed", "err", err)
 			continue
 		}
-		m.ConntrackEntries.Set(float64(st.Live))
-		m.MapEntries.WithLabelValues("conntrack").Set(float64(st.Live))
-		m.ConntrackGCDeleted.Add(float64(st.Deleted))
-		if st.Deleted > 0 {
-			log.Debug("conntrack garbage collected", "deleted", st.Deleted, "live", st.Live)
+		live := 0
+		for _, s := range st {
+			live += s.Live
+			m.MapEntries.WithLabelValues("conntrack_" + s.Map).Set(float64(s.Live))
+			m.ConntrackGCDeleted.Add(float64(s.Deleted))
+			if s.Deleted > 0 {
+				log.Debug("conntrack garbage collected", "map", s.Map, "deleted", s.Deleted, "live", s.Live)
+			}
 		}
+		m.ConntrackEntries.Set(float64(live))
 	}
 }

@@ -211,7 +211,7 @@ func TestCraftedACKOpensNothing(t *testing.T) {
 			}
 			wantDrops(t, d, DropPolicyIngress, HookToPod, 4)
 			wantDrops(t, d, DropPolicyEgress, HookFromPod, 4)
-			if n := countEntries(t, d.Conntrack); n != 0 {
+			if n := countEntries(t, d.ConntrackTCP) + countEntries(t, d.ConntrackOther); n != 0 {
 				t.Errorf("%d conntrack entries left by dropped packets, want 0", n)
 			}
 		})

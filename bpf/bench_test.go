@@ -35,7 +35,7 @@ func loadServices(b *testing.B, d *Datapath, n int) {
 		for j := range uint32(2) {
 			be := netip.AddrFrom4([4]byte{10, 200 + byte(j), byte(i >> 8), byte(i)})
 			bids = append(bids, id*2+j)
-			bvals = append(bvals, BackendValue{Addr: Addr(be), Port: Port(8080)})
+			bvals = append(bvals, BackendValue{Addr: Addr(be), Port: Port(8080), SvcId: id})
 		}
 		table := make([]uint32, benchMaglevSize)
 		for s := range table {
@@ -60,7 +60,7 @@ func loadServices(b *testing.B, d *Datapath, n int) {
 var benchSizes = []int{10, 1000, 10000, 100000}
 
 func benchDatapath(b *testing.B, n int) *Datapath {
-	d := loadTest(b, Config{MaglevSize: benchMaglevSize, MaxServices: 131072, MaxBackends: 262144, MaxConntrack: 1 << 20})
+	d := loadTest(b, Config{MaglevSize: benchMaglevSize, MaxServices: 131072, MaxBackends: 262144, MaxConntrackTCP: 1 << 20})
 	start := time.Now()
 	loadServices(b, d, n)
 	b.Logf("loaded %d services in %v", n, time.Since(start).Round(time.Millisecond))
@@ -107,7 +107,7 @@ func BenchmarkFromPodNewFlow(b *testing.B) {
 				// only from its own address); when the ports run out, the
 				// flows of the last round are forgotten, untimed.
 				if i > 0 && i%65535 == 0 {
-					flushMap(b, d.Conntrack)
+					flushMap(b, d.ConntrackTCP)
 				}
 				binary.BigEndian.PutUint16(pkt[14+20:], uint16(i%65535)+1)
 				ret, per, err := d.FromPod.Benchmark(pkt, 1, nil)

@@ -23,7 +23,9 @@ type datapathAffinityValue struct {
 	_          structs.HostLayout
 	LastUsedNs uint64
 	BackendId  uint32
-	Pad        uint32
+	Port       uint16
+	Pad        uint16
+	Addr       [16]uint8
 }
 
 type datapathBackendFlags uint32
@@ -39,6 +41,7 @@ type datapathBackendValue struct {
 	Port  uint16
 	Flags uint8
 	Pad   uint8
+	SvcId uint32
 }
 
 type datapathCidrKey struct {
@@ -46,6 +49,17 @@ type datapathCidrKey struct {
 	Prefixlen uint32
 	Addr      [16]uint8
 }
+
+type datapathCounter uint32
+
+const (
+	datapathCounterCOUNTER_CT_REPLY_RESTORED   datapathCounter = 0
+	datapathCounterCOUNTER_CT_FORWARD_RESTORED datapathCounter = 1
+	datapathCounterCOUNTER_CT_REOPENED         datapathCounter = 2
+	datapathCounterCOUNTER_AFFINITY_STALE      datapathCounter = 3
+	datapathCounterCOUNTER_CT_INSERT_FAILED    datapathCounter = 4
+	datapathCounterCOUNTER_MAX                 datapathCounter = 16
+)
 
 type datapathCtDir uint32
 
@@ -62,6 +76,7 @@ const (
 	datapathCtFlagsCT_F_ESTABLISHED datapathCtFlags = 1
 	datapathCtFlagsCT_F_CLOSING     datapathCtFlags = 2
 	datapathCtFlagsCT_F_HAIRPIN     datapathCtFlags = 4
+	datapathCtFlagsCT_F_REPLIED     datapathCtFlags = 8
 )
 
 type datapathCtKey struct {
@@ -211,6 +226,7 @@ type datapathKeyScratch struct {
 	_        structs.HostLayout
 	Ct       datapathCtKey
 	Ctv      datapathCtValue
+	Fwd      datapathCtValue
 	Rule     datapathPolicyKey
 	Cidr     datapathCidrKey
 	Identity uint32
@@ -353,9 +369,11 @@ type datapathSvcValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	datapathMapSluiceAffinityV1          = "sluice_affinity_v1"
-	datapathMapSluiceBackendsV1          = "sluice_backends_v1"
-	datapathMapSluiceCtV1                = "sluice_ct_v1"
+	datapathMapSluiceAffinityV2          = "sluice_affinity_v2"
+	datapathMapSluiceBackendsV2          = "sluice_backends_v2"
+	datapathMapSluiceCountersV1          = "sluice_counters_v1"
+	datapathMapSluiceCtOtherV1           = "sluice_ct_other_v1"
+	datapathMapSluiceCtTcpV1             = "sluice_ct_tcp_v1"
 	datapathMapSluiceDropsV2             = "sluice_drops_v2"
 	datapathMapSluiceEndpointSlotsV1     = "sluice_endpoint_slots_v1"
 	datapathMapSluiceEndpointsV1         = "sluice_endpoints_v1"
@@ -387,11 +405,13 @@ const (
 	datapathVarCtTimeoutOtherNs          = "ct_timeout_other_ns"
 	datapathVarCtTimeoutSynNs            = "ct_timeout_syn_ns"
 	datapathVarCtTimeoutTcpNs            = "ct_timeout_tcp_ns"
+	datapathVarCtTimeoutUnrepliedNs      = "ct_timeout_unreplied_ns"
 	datapathVarHairpinAddr4              = "hairpin_addr4"
 	datapathVarHairpinAddr6              = "hairpin_addr6"
 	datapathVarHostNetnsCookie           = "host_netns_cookie"
 	datapathVarMaglevSize                = "maglev_size"
 	datapathVarUnusedBackendFlags        = "unused_backend_flags"
+	datapathVarUnusedCounter             = "unused_counter"
 	datapathVarUnusedCtDir               = "unused_ct_dir"
 	datapathVarUnusedCtFlags             = "unused_ct_flags"
 	datapathVarUnusedDropEvent           = "unused_drop_event"
@@ -474,9 +494,11 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	SluiceAffinityV1        *ebpf.MapSpec `ebpf:"sluice_affinity_v1"`
-	SluiceBackendsV1        *ebpf.MapSpec `ebpf:"sluice_backends_v1"`
-	SluiceCtV1              *ebpf.MapSpec `ebpf:"sluice_ct_v1"`
+	SluiceAffinityV2        *ebpf.MapSpec `ebpf:"sluice_affinity_v2"`
+	SluiceBackendsV2        *ebpf.MapSpec `ebpf:"sluice_backends_v2"`
+	SluiceCountersV1        *ebpf.MapSpec `ebpf:"sluice_counters_v1"`
+	SluiceCtOtherV1         *ebpf.MapSpec `ebpf:"sluice_ct_other_v1"`
+	SluiceCtTcpV1           *ebpf.MapSpec `ebpf:"sluice_ct_tcp_v1"`
 	SluiceDropsV2           *ebpf.MapSpec `ebpf:"sluice_drops_v2"`
 	SluiceEndpointSlotsV1   *ebpf.MapSpec `ebpf:"sluice_endpoint_slots_v1"`
 	SluiceEndpointsV1       *ebpf.MapSpec `ebpf:"sluice_endpoints_v1"`
@@ -502,11 +524,13 @@ type datapathVariableSpecs struct {
 	CtTimeoutOtherNs          *ebpf.VariableSpec `ebpf:"ct_timeout_other_ns"`
 	CtTimeoutSynNs            *ebpf.VariableSpec `ebpf:"ct_timeout_syn_ns"`
 	CtTimeoutTcpNs            *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
+	CtTimeoutUnrepliedNs      *ebpf.VariableSpec `ebpf:"ct_timeout_unreplied_ns"`
 	HairpinAddr4              *ebpf.VariableSpec `ebpf:"hairpin_addr4"`
 	HairpinAddr6              *ebpf.VariableSpec `ebpf:"hairpin_addr6"`
 	HostNetnsCookie           *ebpf.VariableSpec `ebpf:"host_netns_cookie"`
 	MaglevSize                *ebpf.VariableSpec `ebpf:"maglev_size"`
 	UnusedBackendFlags        *ebpf.VariableSpec `ebpf:"unused_backend_flags"`
+	UnusedCounter             *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedCtDir               *ebpf.VariableSpec `ebpf:"unused_ct_dir"`
 	UnusedCtFlags             *ebpf.VariableSpec `ebpf:"unused_ct_flags"`
 	UnusedDropEvent           *ebpf.VariableSpec `ebpf:"unused_drop_event"`
@@ -549,9 +573,11 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	SluiceAffinityV1        *ebpf.Map `ebpf:"sluice_affinity_v1"`
-	SluiceBackendsV1        *ebpf.Map `ebpf:"sluice_backends_v1"`
-	SluiceCtV1              *ebpf.Map `ebpf:"sluice_ct_v1"`
+	SluiceAffinityV2        *ebpf.Map `ebpf:"sluice_affinity_v2"`
+	SluiceBackendsV2        *ebpf.Map `ebpf:"sluice_backends_v2"`
+	SluiceCountersV1        *ebpf.Map `ebpf:"sluice_counters_v1"`
+	SluiceCtOtherV1         *ebpf.Map `ebpf:"sluice_ct_other_v1"`
+	SluiceCtTcpV1           *ebpf.Map `ebpf:"sluice_ct_tcp_v1"`
 	SluiceDropsV2           *ebpf.Map `ebpf:"sluice_drops_v2"`
 	SluiceEndpointSlotsV1   *ebpf.Map `ebpf:"sluice_endpoint_slots_v1"`
 	SluiceEndpointsV1       *ebpf.Map `ebpf:"sluice_endpoints_v1"`
@@ -571,9 +597,11 @@ type datapathMaps struct {
 
 func (m *datapathMaps) Close() error {
 	return _DatapathClose(
-		m.SluiceAffinityV1,
-		m.SluiceBackendsV1,
-		m.SluiceCtV1,
+		m.SluiceAffinityV2,
+		m.SluiceBackendsV2,
+		m.SluiceCountersV1,
+		m.SluiceCtOtherV1,
+		m.SluiceCtTcpV1,
 		m.SluiceDropsV2,
 		m.SluiceEndpointSlotsV1,
 		m.SluiceEndpointsV1,
@@ -600,11 +628,13 @@ type datapathVariables struct {
 	CtTimeoutOtherNs          *ebpf.Variable `ebpf:"ct_timeout_other_ns"`
 	CtTimeoutSynNs            *ebpf.Variable `ebpf:"ct_timeout_syn_ns"`
 	CtTimeoutTcpNs            *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
+	CtTimeoutUnrepliedNs      *ebpf.Variable `ebpf:"ct_timeout_unreplied_ns"`
 	HairpinAddr4              *ebpf.Variable `ebpf:"hairpin_addr4"`
 	HairpinAddr6              *ebpf.Variable `ebpf:"hairpin_addr6"`
 	HostNetnsCookie           *ebpf.Variable `ebpf:"host_netns_cookie"`
 	MaglevSize                *ebpf.Variable `ebpf:"maglev_size"`
 	UnusedBackendFlags        *ebpf.Variable `ebpf:"unused_backend_flags"`
+	UnusedCounter             *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedCtDir               *ebpf.Variable `ebpf:"unused_ct_dir"`
 	UnusedCtFlags             *ebpf.Variable `ebpf:"unused_ct_flags"`
 	UnusedDropEvent           *ebpf.Variable `ebpf:"unused_drop_event"`

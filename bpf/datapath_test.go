@@ -209,20 +209,20 @@ func TestSessionAffinity(t *testing.T) {
 		_ = d.Affinity.Delete(key)
 	}
 	now := MonotonicNow()
-	if err := d.Affinity.Put(key, AffinityValue{LastUsedNs: now, BackendId: svc.backends[3].id}); err != nil {
+	if err := d.Affinity.Put(key, affinityTo(now, svc.backends[3])); err != nil {
 		t.Fatal(err)
 	}
 	if got := probe(port + 1); got != svc.backends[3].addr {
 		t.Errorf("fresh affinity ignored: got %v, want %v", got, svc.backends[3].addr)
 	}
 	stale := now - uint64(svc.affinity+1)*uint64(time.Second)
-	if err := d.Affinity.Put(key, AffinityValue{LastUsedNs: stale, BackendId: svc.backends[3].id}); err != nil {
+	if err := d.Affinity.Put(key, affinityTo(stale, svc.backends[3])); err != nil {
 		t.Fatal(err)
 	}
 	// The same tuple as the Maglev probe above, without its conntrack
 	// entry (which would answer before affinity is read): the Maglev
 	// choice must come back.
-	if err := d.Conntrack.Delete(CTKey{Src: Addr(client4.Addr()), Dst: Addr(vip4.Addr()), Sport: Port(port), Dport: Port(vip4.Port()), Proto: unix.IPPROTO_TCP, Dir: CTDirService}); err != nil {
+	if err := d.ConntrackTCP.Delete(CTKey{Src: Addr(client4.Addr()), Dst: Addr(vip4.Addr()), Sport: Port(port), Dport: Port(vip4.Port()), Proto: unix.IPPROTO_TCP, Dir: CTDirService}); err != nil {
 		t.Fatalf("delete the probe's conntrack entry: %v", err)
 	}
 	if got := probe(port); got == svc.backends[3].addr {
@@ -251,11 +251,11 @@ func TestAffinityHonoursBackendFlags(t *testing.T) {
 			// The table lists only the usable backend; the flagged one is
 			// reachable only through the client's affinity.
 			install(t, d, testService{id: 12, vip: vip4, proto: unix.IPPROTO_TCP, backends: []testBackend{usable}, affinity: 60, flags: c.svcFlags})
-			if err := d.Backends.Put(flagged.id, BackendValue{Addr: Addr(be4b.Addr()), Port: Port(be4b.Port()), Flags: c.beFlags}); err != nil {
+			if err := d.Backends.Put(flagged.id, BackendValue{Addr: Addr(be4b.Addr()), Port: Port(be4b.Port()), Flags: c.beFlags, SvcId: 12}); err != nil {
 				t.Fatal(err)
 			}
 			key := AffinityKey{Client: Addr(client4.Addr()), SvcId: 12}
-			if err := d.Affinity.Put(key, AffinityValue{LastUsedNs: MonotonicNow(), BackendId: flagged.id}); err != nil {
+			if err := d.Affinity.Put(key, AffinityValue{LastUsedNs: MonotonicNow(), BackendId: flagged.id, Addr: Addr(be4b.Addr()), Port: Port(be4b.Port())}); err != nil {
 				t.Fatal(err)
 			}
 			f := flow{src: netip.AddrPortFrom(client4.Addr(), uint16(41000+i)), dst: vip4, proto: unix.IPPROTO_TCP, tcpFlags: "S"}
@@ -563,7 +563,7 @@ func TestMalformedPackets(t *testing.T) {
 // TestConntrackLifetimeAndGC: entries carry their state's lifetime and GC
 // removes exactly those past it.
 func TestConntrackLifetimeAndGC(t *testing.T) {
-	d := loadTest(t, Config{CTTimeoutOther: 50 * time.Millisecond, CTTimeoutSYN: time.Minute, CTTimeoutTCP: time.Hour})
+	d := loadTest(t, Config{CTTimeoutOther: 50 * time.Millisecond, CTTimeoutUnreplied: 50 * time.Millisecond, CTTimeoutSYN: time.Minute, CTTimeoutTCP: time.Hour})
 	install(t, d, oneBackend(70, vip4, unix.IPPROTO_TCP, be4a))
 	install(t, d, oneBackend(71, ap("10.96.0.10:53"), unix.IPPROTO_UDP, ap("10.244.1.5:53")))
 
@@ -571,7 +571,7 @@ func TestConntrackLifetimeAndGC(t *testing.T) {
 	run(t, d.FromPod, build(t, syn))
 	key := CTKey{Src: Addr(client4.Addr()), Dst: Addr(vip4.Addr()), Sport: Port(client4.Port()), Dport: Port(80), Proto: unix.IPPROTO_TCP, Dir: CTDirService}
 	var v CTValue
-	if err := d.Conntrack.Lookup(key, &v); err != nil {
+	if err := d.ConntrackTCP.Lookup(key, &v); err != nil {
 		t.Fatalf("no conntrack entry after SYN: %v", err)
 	}
 	if left := time.Duration(v.ExpiresNs - MonotonicNow()); left > time.Minute || left < 50*time.Second {
@@ -580,7 +580,7 @@ func TestConntrackLifetimeAndGC(t *testing.T) {
 	ack := syn
 	ack.tcpFlags = "A"
 	run(t, d.FromPod, build(t, ack))
-	_ = d.Conntrack.Lookup(key, &v)
+	_ = d.ConntrackTCP.Lookup(key, &v)
 	if v.Flags&CTFlagEstablished == 0 || time.Duration(v.ExpiresNs-MonotonicNow()) < 50*time.Minute {
 		t.Errorf("after ACK: flags %#x, lifetime %v; want established with the TCP timeout", v.Flags, time.Duration(v.ExpiresNs-MonotonicNow()))
 	}
@@ -591,7 +591,7 @@ func TestConntrackLifetimeAndGC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if stats.Deleted != 2 || stats.Live != 2 {
+	if tcp, other := stats[0], stats[1]; tcp.Deleted != 0 || tcp.Live != 2 || other.Deleted != 2 || other.Live != 0 {
 		t.Errorf("GC: %+v, want the UDP flow's 2 entries deleted and the TCP flow's 2 live", stats)
 	}
 }

@@ -81,7 +81,7 @@ func install(t testing.TB, d *Datapath, s testService) {
 	t.Helper()
 	var names []string
 	for _, b := range s.backends {
-		v := BackendValue{Addr: Addr(b.addr.Addr()), Port: Port(b.addr.Port()), Flags: b.flags}
+		v := BackendValue{Addr: Addr(b.addr.Addr()), Port: Port(b.addr.Port()), Flags: b.flags, SvcId: s.id}
 		if err := d.Backends.Put(b.id, v); err != nil {
 			t.Fatalf("put backend %d: %v", b.id, err)
 		}
@@ -260,3 +260,8 @@ func describe(b []byte) string {
 }
 
 func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+// affinityTo is an affinity entry naming backend b, last used at ns.
+func affinityTo(ns uint64, b testBackend) AffinityValue {
+	return AffinityValue{LastUsedNs: ns, BackendId: b.id, Addr: Addr(b.addr.Addr()), Port: Port(b.addr.Port())}
+}

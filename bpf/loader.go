@@ -33,14 +33,17 @@ type Config struct {
 	// must be a prime well above the largest backend count (M >= 100*N
 	// keeps the disruption on backend changes near the ideal 1/N).
 	MaglevSize uint32
-	// Map capacities.
-	MaxServices, MaxBackends, MaxConntrack, MaxAffinity, MaxEndpoints uint32
+	// Map capacities. Conntrack has one map for TCP and one for every
+	// other protocol, so a flood of one cannot evict flows of the other.
+	MaxServices, MaxBackends, MaxAffinity, MaxEndpoints uint32
+	MaxConntrackTCP, MaxConntrackOther                  uint32
 	// NetworkPolicy map capacities: pod IPs of the whole cluster, ipBlock
 	// prefixes, and allow rules of this node's endpoints (local endpoints
 	// share MaxEndpoints).
 	MaxIPCache, MaxPolicyCIDRs, MaxPolicyRules uint32
-	// Conntrack lifetimes by state.
-	CTTimeoutSYN, CTTimeoutTCP, CTTimeoutClose, CTTimeoutOther time.Duration
+	// Conntrack lifetimes by state. CTTimeoutUnreplied is for flows other
+	// than TCP until their first reply, CTTimeoutOther after it.
+	CTTimeoutSYN, CTTimeoutTCP, CTTimeoutClose, CTTimeoutOther, CTTimeoutUnreplied time.Duration
 	// HostNetnsCookie limits socket-level load balancing to sockets of the
 	// network namespace with this cookie (NetnsCookie of the node's); pods'
 	// traffic then takes the tc path. 0 translates sockets everywhere.
@@ -50,20 +53,22 @@ type Config struct {
 // DefaultConfig returns the configuration used for zero Config fields.
 func DefaultConfig() Config {
 	return Config{
-		PinRoot:        DefaultPinRoot,
-		MaglevSize:     16381,
-		MaxServices:    65536,
-		MaxBackends:    262144,
-		MaxConntrack:   262144,
-		MaxAffinity:    65536,
-		MaxEndpoints:   4096,
-		MaxIPCache:     65536,
-		MaxPolicyCIDRs: 16384,
-		MaxPolicyRules: 262144,
-		CTTimeoutSYN:   60 * time.Second,
-		CTTimeoutTCP:   6 * time.Hour,
-		CTTimeoutClose: 10 * time.Second,
-		CTTimeoutOther: 60 * time.Second,
+		PinRoot:            DefaultPinRoot,
+		MaglevSize:         16381,
+		MaxServices:        65536,
+		MaxBackends:        262144,
+		MaxConntrackTCP:    262144,
+		MaxConntrackOther:  131072,
+		MaxAffinity:        65536,
+		MaxEndpoints:       4096,
+		MaxIPCache:         65536,
+		MaxPolicyCIDRs:     16384,
+		MaxPolicyRules:     262144,
+		CTTimeoutSYN:       30 * time.Second,
+		CTTimeoutTCP:       6 * time.Hour,
+		CTTimeoutClose:     10 * time.Second,
+		CTTimeoutOther:     60 * time.Second,
+		CTTimeoutUnreplied: 10 * time.Second,
 	}
 }
 
@@ -85,7 +90,8 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.MaglevSize, d.MaglevSize)
 	setDefault(&c.MaxServices, d.MaxServices)
 	setDefault(&c.MaxBackends, d.MaxBackends)
-	setDefault(&c.MaxConntrack, d.MaxConntrack)
+	setDefault(&c.MaxConntrackTCP, d.MaxConntrackTCP)
+	setDefault(&c.MaxConntrackOther, d.MaxConntrackOther)
 	setDefault(&c.MaxAffinity, d.MaxAffinity)
 	setDefault(&c.MaxEndpoints, d.MaxEndpoints)
 	setDefault(&c.MaxIPCache, d.MaxIPCache)
@@ -95,6 +101,7 @@ func (c Config) withDefaults() Config {
 	setDefaultDur(&c.CTTimeoutTCP, d.CTTimeoutTCP)
 	setDefaultDur(&c.CTTimeoutClose, d.CTTimeoutClose)
 	setDefaultDur(&c.CTTimeoutOther, d.CTTimeoutOther)
+	setDefaultDur(&c.CTTimeoutUnreplied, d.CTTimeoutUnreplied)
 	return c
 }
 
@@ -126,14 +133,18 @@ type Datapath struct {
 	FromNetdev *ebpf.Program
 	ToNetdev   *ebpf.Program
 
-	Services  *ebpf.Map
-	Backends  *ebpf.Map
-	Maglev    *ebpf.Map
-	Conntrack *ebpf.Map
-	Affinity  *ebpf.Map
-	Endpoints *ebpf.Map
-	Drops     *ebpf.Map
-	Events    *ebpf.Map
+	Services *ebpf.Map
+	Backends *ebpf.Map
+	Maglev   *ebpf.Map
+	// ConntrackTCP and ConntrackOther: conntrack of TCP, and of every
+	// other protocol (ConntrackMap picks by protocol).
+	ConntrackTCP, ConntrackOther *ebpf.Map
+	Affinity                     *ebpf.Map
+	Endpoints                    *ebpf.Map
+	Drops                        *ebpf.Map
+	// Counters counts datapath events that are not drops (enum counter).
+	Counters *ebpf.Map
+	Events   *ebpf.Map
 	// SockRevnat remembers the service behind each socket translated by
 	// socket-level load balancing.
 	SockRevnat *ebpf.Map
@@ -198,10 +209,12 @@ func Load(cfg Config) (*Datapath, error) {
 	}
 	d := &Datapath{
 		FromPod: objs.FromPod, ToPod: objs.ToPod, FromNetdev: objs.FromNetdev, ToNetdev: objs.ToNetdev,
-		Services: objs.SluiceServicesV1, Backends: objs.SluiceBackendsV1, Maglev: objs.SluiceMaglevV1,
-		Conntrack: objs.SluiceCtV1, Affinity: objs.SluiceAffinityV1, Endpoints: objs.SluiceEndpointsV1,
-		Drops: objs.SluiceDropsV2, Events: objs.SluiceEventsV2, SockRevnat: objs.SluiceSockRevnatV1,
-		Frags: objs.SluiceFragsV1, EndpointSlots: objs.SluiceEndpointSlotsV1, NodeCIDRs: objs.SluiceNodeCidrsV1,
+		Services: objs.SluiceServicesV1, Backends: objs.SluiceBackendsV2, Maglev: objs.SluiceMaglevV1,
+		ConntrackTCP: objs.SluiceCtTcpV1, ConntrackOther: objs.SluiceCtOtherV1,
+		Affinity: objs.SluiceAffinityV2, Endpoints: objs.SluiceEndpointsV1,
+		Drops: objs.SluiceDropsV2, Counters: objs.SluiceCountersV1, Events: objs.SluiceEventsV2,
+		SockRevnat: objs.SluiceSockRevnatV1,
+		Frags:      objs.SluiceFragsV1, EndpointSlots: objs.SluiceEndpointSlotsV1, NodeCIDRs: objs.SluiceNodeCidrsV1,
 		IPCache: objs.SluiceIpcacheV1, PolicyCIDRs: objs.SluicePolicyCidrsV1,
 		PolicyEndpoints: objs.SluicePolicyEndpointsV1, Policy: objs.SluicePolicyV1, PolicyState: objs.SluicePolicyStateV1,
 		root: cfg.PinRoot,
@@ -223,14 +236,15 @@ func Load(cfg Config) (*Datapath, error) {
 
 func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 	consts := map[string]any{
-		"maglev_size":         cfg.MaglevSize,
-		"ct_timeout_syn_ns":   uint64(cfg.CTTimeoutSYN.Nanoseconds()),
-		"ct_timeout_tcp_ns":   uint64(cfg.CTTimeoutTCP.Nanoseconds()),
-		"ct_timeout_close_ns": uint64(cfg.CTTimeoutClose.Nanoseconds()),
-		"ct_timeout_other_ns": uint64(cfg.CTTimeoutOther.Nanoseconds()),
-		"host_netns_cookie":   cfg.HostNetnsCookie,
-		"hairpin_addr4":       Addr(HairpinAddr4),
-		"hairpin_addr6":       Addr(HairpinAddr6),
+		"maglev_size":             cfg.MaglevSize,
+		"ct_timeout_syn_ns":       uint64(cfg.CTTimeoutSYN.Nanoseconds()),
+		"ct_timeout_tcp_ns":       uint64(cfg.CTTimeoutTCP.Nanoseconds()),
+		"ct_timeout_close_ns":     uint64(cfg.CTTimeoutClose.Nanoseconds()),
+		"ct_timeout_other_ns":     uint64(cfg.CTTimeoutOther.Nanoseconds()),
+		"ct_timeout_unreplied_ns": uint64(cfg.CTTimeoutUnreplied.Nanoseconds()),
+		"host_netns_cookie":       cfg.HostNetnsCookie,
+		"hairpin_addr4":           Addr(HairpinAddr4),
+		"hairpin_addr6":           Addr(HairpinAddr6),
 	}
 	for name, v := range consts {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -239,10 +253,11 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 	}
 	sizes := map[string]uint32{
 		datapathMapSluiceServicesV1:        cfg.MaxServices,
-		datapathMapSluiceBackendsV1:        cfg.MaxBackends,
+		datapathMapSluiceBackendsV2:        cfg.MaxBackends,
 		datapathMapSluiceMaglevV1:          cfg.MaxServices,
-		datapathMapSluiceCtV1:              cfg.MaxConntrack,
-		datapathMapSluiceAffinityV1:        cfg.MaxAffinity,
+		datapathMapSluiceCtTcpV1:           cfg.MaxConntrackTCP,
+		datapathMapSluiceCtOtherV1:         cfg.MaxConntrackOther,
+		datapathMapSluiceAffinityV2:        cfg.MaxAffinity,
 		datapathMapSluiceEndpointsV1:       cfg.MaxEndpoints,
 		datapathMapSluicePolicyEndpointsV1: cfg.MaxEndpoints,
 		datapathMapSluiceIpcacheV1:         cfg.MaxIPCache,
@@ -290,12 +305,14 @@ func OpenPinned(root string) (*Datapath, error) {
 		return m
 	}
 	d.Services = open(datapathMapSluiceServicesV1)
-	d.Backends = open(datapathMapSluiceBackendsV1)
+	d.Backends = open(datapathMapSluiceBackendsV2)
 	d.Maglev = open(datapathMapSluiceMaglevV1)
-	d.Conntrack = open(datapathMapSluiceCtV1)
-	d.Affinity = open(datapathMapSluiceAffinityV1)
+	d.ConntrackTCP = open(datapathMapSluiceCtTcpV1)
+	d.ConntrackOther = open(datapathMapSluiceCtOtherV1)
+	d.Affinity = open(datapathMapSluiceAffinityV2)
 	d.Endpoints = open(datapathMapSluiceEndpointsV1)
 	d.Drops = open(datapathMapSluiceDropsV2)
+	d.Counters = open(datapathMapSluiceCountersV1)
 	d.Events = open(datapathMapSluiceEventsV2)
 	d.Frags = open(datapathMapSluiceFragsV1)
 	d.EndpointSlots = open(datapathMapSluiceEndpointSlotsV1)
@@ -339,7 +356,8 @@ func (d *Datapath) Close() error {
 	for _, p := range d.sockProgs {
 		errs = append(errs, p.Close())
 	}
-	for _, m := range []*ebpf.Map{d.Services, d.Backends, d.Maglev, d.Conntrack, d.Affinity, d.Endpoints, d.Drops, d.Events,
+	for _, m := range []*ebpf.Map{d.Services, d.Backends, d.Maglev, d.ConntrackTCP, d.ConntrackOther, d.Affinity,
+		d.Endpoints, d.Drops, d.Counters, d.Events,
 		d.SockRevnat, d.Frags, d.EndpointSlots, d.NodeCIDRs, d.IPCache, d.PolicyCIDRs, d.PolicyEndpoints, d.Policy, d.PolicyState} {
 		if m != nil {
 			errs = append(errs, m.Close())

@@ -38,7 +38,7 @@ func TestReloadKeepsPinnedState(t *testing.T) {
 	if err := d2.Services.Lookup(ServiceKey{Addr: Addr(vip4.Addr()), Port: Port(80), Proto: unix.IPPROTO_TCP}, &sv); err != nil || sv.Id != 1 {
 		t.Errorf("service lost across reload: %+v, %v", sv, err)
 	}
-	if n := countEntries(t, d2.Conntrack); n != 2 {
+	if n := countEntries(t, d2.ConntrackTCP); n != 2 {
 		t.Errorf("conntrack has %d entries after reload, want the flow's 2", n)
 	}
 	// The reloaded programs use the pinned maps: the flow still translates.

@@ -93,24 +93,59 @@ func MonotonicNow() uint64 {
 	return uint64(ts.Nano())
 }
 
-// CTStats is the outcome of one conntrack garbage collection pass.
-type CTStats struct {
-	Deleted int // entries whose lifetime had passed
-	Live    int // entries left
+// ConntrackMap is the conntrack map holding flows of the L4 protocol proto.
+func (d *Datapath) ConntrackMap(proto uint8) *ebpf.Map {
+	if proto == ProtoTCP {
+		return d.ConntrackTCP
+	}
+	return d.ConntrackOther
 }
 
-// GCConntrack deletes every conntrack entry whose lifetime has passed. The
-// datapath already ignores such entries; deleting them frees room before
-// the LRU has to evict live flows.
-func (d *Datapath) GCConntrack() (CTStats, error) {
+// CTStats is the outcome of one conntrack garbage collection pass over
+// one conntrack map.
+type CTStats struct {
+	Map      string // "tcp" or "other"
+	Deleted  int    // entries whose lifetime had passed
+	Live     int    // entries left
+	Capacity int    // the map's max entries
+}
+
+// Fill is the share of the map's capacity that live entries take, 0 to 1.
+func (s CTStats) Fill() float64 {
+	if s.Capacity == 0 {
+		return 0
+	}
+	return float64(s.Live) / float64(s.Capacity)
+}
+
+// GCConntrack deletes every conntrack entry whose lifetime has passed, in
+// both conntrack maps. The datapath already ignores such entries; deleting
+// them frees room before the LRU has to evict live flows.
+func (d *Datapath) GCConntrack() ([]CTStats, error) {
+	var out []CTStats
+	for _, m := range []struct {
+		name string
+		m    *ebpf.Map
+	}{{"tcp", d.ConntrackTCP}, {"other", d.ConntrackOther}} {
+		st, err := gcConntrackMap(m.m)
+		st.Map = m.name
+		out = append(out, st)
+		if err != nil {
+			return out, fmt.Errorf("conntrack map %s: %w", m.name, err)
+		}
+	}
+	return out, nil
+}
+
+func gcConntrackMap(m *ebpf.Map) (CTStats, error) {
 	now := MonotonicNow()
 	var (
-		stats   CTStats
+		stats   = CTStats{Capacity: int(m.MaxEntries())}
 		key     CTKey
 		val     CTValue
 		expired []CTKey
 	)
-	it := d.Conntrack.Iterate()
+	it := m.Iterate()
 	for it.Next(&key, &val) {
 		if val.ExpiresNs <= now {
 			expired = append(expired, key)
@@ -122,12 +157,42 @@ func (d *Datapath) GCConntrack() (CTStats, error) {
 		return stats, fmt.Errorf("walk conntrack: %w", err)
 	}
 	for _, k := range expired {
-		if err := d.Conntrack.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return stats, fmt.Errorf("delete expired conntrack entry: %w", err)
 		}
 		stats.Deleted++
 	}
 	return stats, nil
+}
+
+// Counter names one of the datapath's event counters (Counters).
+type Counter = datapathCounter
+
+// Datapath event counters; see enum counter in bpf/include/sluice.h.
+const (
+	CounterCTReplyRestored   = datapathCounterCOUNTER_CT_REPLY_RESTORED
+	CounterCTForwardRestored = datapathCounterCOUNTER_CT_FORWARD_RESTORED
+	CounterCTReopened        = datapathCounterCOUNTER_CT_REOPENED
+	CounterAffinityStale     = datapathCounterCOUNTER_AFFINITY_STALE
+	CounterCTInsertFailed    = datapathCounterCOUNTER_CT_INSERT_FAILED
+)
+
+// CounterValues sums the per-CPU event counters, by counter.
+func (d *Datapath) CounterValues() (map[Counter]uint64, error) {
+	out := map[Counter]uint64{}
+	var perCPU []uint64
+	for _, c := range []Counter{CounterCTReplyRestored, CounterCTForwardRestored, CounterCTReopened,
+		CounterAffinityStale, CounterCTInsertFailed} {
+		if err := d.Counters.Lookup(uint32(c), &perCPU); err != nil {
+			return nil, fmt.Errorf("read datapath counter %d: %w", c, err)
+		}
+		var sum uint64
+		for _, v := range perCPU {
+			sum += v
+		}
+		out[c] = sum
+	}
+	return out, nil
 }
 
 // RecordEndpoint records a local pod behind the host veth ifindex: each of

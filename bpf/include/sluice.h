@@ -59,11 +59,16 @@ struct svc_value {
 	__u32 flags;		/* enum svc_flags */
 };
 
+/* sluice_backends_v2 value. svc_id names the frontend the backend ID was
+ * given for: an ID is per (frontend, endpoint), and whoever holds an ID
+ * (a conntrack or affinity entry) checks it still belongs to its service,
+ * so a freed and reused ID can never lead to another Service's pod. */
 struct backend_value {
 	__u8 addr[SLUICE_ADDR_LEN];
 	__be16 port;
 	__u8 flags; /* enum backend_flags */
 	__u8 pad;
+	__u32 svc_id;
 };
 
 struct affinity_key {
@@ -71,10 +76,14 @@ struct affinity_key {
 	__u32 svc_id;
 };
 
+/* sluice_affinity_v2 value: the backend by ID and by address, both
+ * checked on use against sluice_backends_v2 (with the key's svc_id). */
 struct affinity_value {
 	__u64 last_used_ns; /* bpf_ktime_get_ns() of the last connection */
 	__u32 backend_id;
-	__u32 pad;
+	__be16 port;
+	__u16 pad;
+	__u8 addr[SLUICE_ADDR_LEN];
 };
 
 /* ct_key.dir */
@@ -96,6 +105,9 @@ enum ct_flags {
 	CT_F_ESTABLISHED = 1 << 0, /* traffic seen after the opening packet */
 	CT_F_CLOSING = 1 << 1,	   /* FIN or RST seen */
 	CT_F_HAIRPIN = 1 << 2,	   /* client is its own backend: source NATed */
+	/* A reply was seen. Until then a flow other than TCP lives only
+	 * ct_timeout_unreplied_ns, so one-way floods age out fast. */
+	CT_F_REPLIED = 1 << 3,
 };
 
 struct ct_key {
@@ -222,6 +234,26 @@ enum hook {
 	HOOK_FROM_NETDEV = 2,
 	HOOK_TO_NETDEV = 3,
 	HOOK_MAX = 4,
+};
+
+/* sluice_counters_v1 (per CPU): events of the datapath that are not drops,
+ * for metrics. */
+enum counter {
+	/* A service flow's reply entry was missing (evicted) at a forward
+	 * packet and was made again from the forward entry. */
+	COUNTER_CT_REPLY_RESTORED = 0,
+	/* A service flow's forward entry was missing at a reply and was made
+	 * again from the reply entry. */
+	COUNTER_CT_FORWARD_RESTORED = 1,
+	/* A new TCP SYN reused the tuple of a closing service flow: the flow
+	 * was opened afresh (backend chosen again). */
+	COUNTER_CT_REOPENED = 2,
+	/* An affinity entry named a backend no longer its service's: ignored. */
+	COUNTER_AFFINITY_STALE = 3,
+	/* A conntrack or affinity insert failed (map full of entries that
+	 * cannot be evicted, or out of memory). */
+	COUNTER_CT_INSERT_FAILED = 4,
+	COUNTER_MAX = 16,
 };
 
 /* sluice_drops_v2 is indexed by hook * DROP_REASON_MAX + reason: a counter

@@ -11,11 +11,13 @@
 
 /* Slots of each service's Maglev table (bpf.Config.MaglevSize). */
 volatile const __u32 maglev_size;
-/* Conntrack lifetimes by state (bpf.Config.CTTimeout*). */
+/* Conntrack lifetimes by state (bpf.Config.CTTimeout*); unreplied is for
+ * flows other than TCP until their first reply. */
 volatile const __u64 ct_timeout_syn_ns;
 volatile const __u64 ct_timeout_tcp_ns;
 volatile const __u64 ct_timeout_close_ns;
 volatile const __u64 ct_timeout_other_ns;
+volatile const __u64 ct_timeout_unreplied_ns;
 /* Socket LB translates only sockets of this network namespace (the
  * node's); pods are left to from_pod, whose ClientIP affinity sees the
  * pod's address as kube-proxy's does. 0 translates every namespace. */

@@ -64,7 +64,23 @@ static __always_inline struct backend_value *maglev_pick(const struct svc_value 
 		return 0;
 	__u32 *bid = &table[slot];
 	*id = *bid;
-	return bpf_map_lookup_elem(&sluice_backends_v1, bid);
+	struct backend_value *be = bpf_map_lookup_elem(&sluice_backends_v2, bid);
+	/* A table swapped while an ID was freed and given again elsewhere. */
+	if (be && be->svc_id != svc_id)
+		return 0;
+	return be;
+}
+
+/* affinity_holds reports whether an affinity entry's backend is still the
+ * one it recorded, of this service, and may take new flows. */
+static __always_inline int affinity_holds(const struct svc_value *svc, const struct affinity_value *av,
+					  const struct backend_value *be)
+{
+	if (be->svc_id != svc->id || !addr_eq(be->addr, av->addr) || be->port != av->port) {
+		count(COUNTER_AFFINITY_STALE);
+		return 0;
+	}
+	return backend_usable(svc, be);
 }
 
 /* select_backend picks the backend for a new flow: the client's affinity
@@ -78,11 +94,11 @@ static __always_inline struct backend_value *select_backend(const struct svc_val
 	if (svc->affinity_timeout) {
 		__builtin_memcpy(ak.client, p->src, SLUICE_ADDR_LEN);
 		ak.svc_id = svc->id;
-		struct affinity_value *av = bpf_map_lookup_elem(&sluice_affinity_v1, &ak);
+		struct affinity_value *av = bpf_map_lookup_elem(&sluice_affinity_v2, &ak);
 
 		if (av && now - av->last_used_ns <= (__u64)svc->affinity_timeout * 1000000000ULL) {
-			be = bpf_map_lookup_elem(&sluice_backends_v1, &av->backend_id);
-			if (be && backend_usable(svc, be)) {
+			be = bpf_map_lookup_elem(&sluice_backends_v2, &av->backend_id);
+			if (be && affinity_holds(svc, av, be)) {
 				av->last_used_ns = now;
 				*id = av->backend_id;
 				return be;
@@ -91,9 +107,11 @@ static __always_inline struct backend_value *select_backend(const struct svc_val
 	}
 	be = maglev_pick(svc, p, id);
 	if (be && svc->affinity_timeout) {
-		struct affinity_value nv = {.last_used_ns = now, .backend_id = *id};
+		struct affinity_value nv = {.last_used_ns = now, .backend_id = *id, .port = be->port};
 
-		bpf_map_update_elem(&sluice_affinity_v1, &ak, &nv, BPF_ANY);
+		__builtin_memcpy(nv.addr, be->addr, SLUICE_ADDR_LEN);
+		if (bpf_map_update_elem(&sluice_affinity_v2, &ak, &nv, BPF_ANY) < 0)
+			count(COUNTER_CT_INSERT_FAILED);
 	}
 	return be;
 }
@@ -124,13 +142,18 @@ static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, cons
 
 	ct_key_of(&fwd, p, 0, CT_DIR_SERVICE);
 
-	/* A live flow keeps its backend for as long as that backend exists,
-	 * whatever happened to the service's backend set since. */
-	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &fwd);
+	/* A live flow keeps its backend for as long as that backend exists
+	 * (terminating or not), whatever happened to the service's backend
+	 * set since. A SYN on a closing flow's tuple opens a new connection,
+	 * balanced afresh. */
+	struct ct_value *ct = bpf_map_lookup_elem(ct_map(p->proto), &fwd);
 	if (ct && ct->expires_ns > now && ct->svc_id == svc->id) {
-		be = bpf_map_lookup_elem(&sluice_backends_v1, &ct->backend_id);
-		if (be && addr_eq(be->addr, ct->nat_addr) && be->port == ct->nat_port) {
-			ct_refresh(ct, p, now);
+		be = bpf_map_lookup_elem(&sluice_backends_v2, &ct->backend_id);
+		if ((ct->flags & CT_F_CLOSING) && opens_connection(p)) {
+			count(COUNTER_CT_REOPENED);
+		} else if (be && be->svc_id == svc->id && addr_eq(be->addr, ct->nat_addr) &&
+			   be->port == ct->nat_port) {
+			ct_refresh(ct, p, now, ct_keep_reply(p, ct, now));
 			hairpin = ct->flags & CT_F_HAIRPIN;
 			goto nat;
 		}

@@ -23,14 +23,15 @@ struct {
 } sluice_services_v1 SEC(".maps");
 
 /* Backend IDs are allocated per (service, endpoint): removing an endpoint
- * from a service deletes its ID, which is what ends the flows using it. */
+ * from a service deletes its ID, which is what ends the flows using it. A
+ * terminating endpoint keeps its ID (for its flows) while it serves. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SIZED_BY_LOADER);
 	__type(key, __u32);
 	__type(value, struct backend_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sluice_backends_v1 SEC(".maps");
+} sluice_backends_v2 SEC(".maps");
 
 /* Per service (keyed by svc_value.id) its Maglev lookup table: one value
  * of maglev_size backend IDs. The loader sets value_size to
@@ -48,13 +49,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_maglev_v1 SEC(".maps");
 
-struct {
+/* Conntrack, one LRU map for TCP and one for every other protocol, so that
+ * a burst of DNS or other datagrams cannot evict TCP connections (and the
+ * other way round). Same layout in both; ct_map() picks. */
+struct ct_map {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, SIZED_BY_LOADER);
 	__type(key, struct ct_key);
 	__type(value, struct ct_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sluice_ct_v1 SEC(".maps");
+};
+struct ct_map sluice_ct_tcp_v1 SEC(".maps");
+struct ct_map sluice_ct_other_v1 SEC(".maps");
+
+static __always_inline void *ct_map(__u8 proto)
+{
+	return proto == IPPROTO_TCP ? (void *)&sluice_ct_tcp_v1 : (void *)&sluice_ct_other_v1;
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -62,7 +73,7 @@ struct {
 	__type(key, struct affinity_key);
 	__type(value, struct affinity_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sluice_affinity_v1 SEC(".maps");
+} sluice_affinity_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -141,6 +152,22 @@ struct {
 } sluice_drops_v2 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_counters_v1 SEC(".maps");
+
+static __always_inline void count(__u32 counter)
+{
+	__u64 *c = bpf_map_lookup_elem(&sluice_counters_v1, &counter);
+
+	if (c)
+		*c += 1;
+}
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -173,6 +200,7 @@ struct {
 struct key_scratch {
 	struct ct_key ct;
 	struct ct_value ctv;
+	struct ct_value fwd; /* a forward entry, copied while ctv is built */
 	struct policy_key rule;
 	struct cidr_key cidr;
 	__u32 identity; /* the remote's identity policy_allows judged */

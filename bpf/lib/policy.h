@@ -71,14 +71,15 @@ static __always_inline int policy_allows(struct key_scratch *s, __u32 endpoint, 
 	return rule_matches(s, endpoint, IDENTITY_ANY, dir, p);
 }
 
-/* ct_live looks up s->ct and refreshes a live entry with p. */
-static __always_inline int ct_live(struct key_scratch *s, const struct pkt *p, __u64 now)
+/* ct_live looks up s->ct and refreshes a live entry with p, adding flags
+ * (CT_F_REPLIED when p goes the other way from the recorded flow). */
+static __always_inline int ct_live(struct key_scratch *s, const struct pkt *p, __u64 now, __u8 add)
 {
-	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &s->ct);
+	struct ct_value *ct = bpf_map_lookup_elem(ct_map(s->ct.proto), &s->ct);
 
 	if (!ct || ct->expires_ns <= now)
 		return 0;
-	ct_refresh(ct, p, now);
+	ct_refresh(ct, p, now, add);
 	return 1;
 }
 
@@ -100,10 +101,10 @@ static __noinline int icmp_error_of_flow(struct __sk_buff *skb, const struct pkt
 		return 0;
 	for (int rev = 0; rev < 2; rev++) {
 		ct_key_of(&s->ct, in, rev, CT_DIR_POLICY_EGRESS);
-		if (ct_live(s, in, now))
+		if (ct_live(s, in, now, 0))
 			return 1;
 		ct_key_of(&s->ct, in, rev, CT_DIR_POLICY_INGRESS);
-		if (ct_live(s, in, now))
+		if (ct_live(s, in, now, 0))
 			return 1;
 	}
 	return 0;
@@ -141,16 +142,14 @@ static __noinline int policy_enforce(struct __sk_buff *skb, const struct pkt *p,
 	/* A SYN opens a connection: it is judged against today's rules even
 	 * when an older flow left an entry on its tuple, and it is never a
 	 * reply. */
-	int opening =
-		p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
-	if (!opening) {
+	if (!opens_connection(p)) {
 		/* A reply to a flow this endpoint let through the other way,
 		 * or the next packet of one it let through this way. */
 		ct_key_of(&s->ct, p, 1, other_way);
-		if (ct_live(s, p, now))
+		if (ct_live(s, p, now, CT_F_REPLIED))
 			return TC_ACT_OK;
 		ct_key_of(&s->ct, p, 0, this_way);
-		if (ct_live(s, p, now))
+		if (ct_live(s, p, now, 0))
 			return TC_ACT_OK;
 	}
 	if ((ep->flags & isolated) && !policy_allows(s, ep->id, dir, remote, p))
@@ -163,7 +162,7 @@ static __noinline int policy_enforce(struct __sk_buff *skb, const struct pkt *p,
 	s->ctv.svc_id = svc_id;
 	s->ctv.expires_ns = now + ct_update(p, &flags);
 	s->ctv.flags = flags;
-	bpf_map_update_elem(&sluice_ct_v1, &s->ct, &s->ctv, BPF_ANY);
+	ct_put(&s->ct, &s->ctv);
 	return TC_ACT_OK;
 drop:
 	record_drop_of(skb, p, dir == POLICY_EGRESS ? DROP_POLICY_EGRESS : DROP_POLICY_INGRESS, ep->id,

@@ -17,11 +17,11 @@ static __always_inline int hairpin_reply(struct __sk_buff *skb, struct pkt *p)
 	struct ct_key rk;
 
 	ct_key_of(&rk, p, 0, CT_DIR_REPLY);
-	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &rk);
+	struct ct_value *ct = bpf_map_lookup_elem(ct_map(p->proto), &rk);
 	__u64 now = bpf_ktime_get_ns();
 	if (!ct || ct->expires_ns <= now || !(ct->flags & CT_F_HAIRPIN))
 		return TC_ACT_OK;
-	ct_refresh(ct, p, now);
+	ct_refresh(ct, p, now, CT_F_REPLIED);
 
 	__u8 client[SLUICE_ADDR_LEN];
 	__u8 vip[SLUICE_ADDR_LEN];
@@ -59,7 +59,7 @@ static __always_inline int icmp_error_revnat(struct __sk_buff *skb, struct pkt *
 	struct ct_key rk;
 
 	ct_key_of(&rk, &in, 1, CT_DIR_REPLY);
-	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &rk);
+	struct ct_value *ct = bpf_map_lookup_elem(ct_map(in.proto), &rk);
 	if (!ct || ct->expires_ns <= bpf_ktime_get_ns())
 		return TC_ACT_OK;
 
@@ -106,7 +106,7 @@ static __always_inline int service_reply(struct __sk_buff *skb, struct pkt *p, _
 	struct ct_key rk;
 
 	ct_key_of(&rk, p, 0, CT_DIR_REPLY);
-	struct ct_value *ct = bpf_map_lookup_elem(&sluice_ct_v1, &rk);
+	struct ct_value *ct = bpf_map_lookup_elem(ct_map(p->proto), &rk);
 	__u64 now = bpf_ktime_get_ns();
 	if (!ct || ct->expires_ns <= now)
 		return 0;
@@ -114,7 +114,8 @@ static __always_inline int service_reply(struct __sk_buff *skb, struct pkt *p, _
 	if (ct->flags & CT_F_HAIRPIN)
 		return 1;
 	/* The flow was judged by policy when it started. */
-	ct_refresh(ct, p, now);
+	ct_refresh(ct, p, now, CT_F_REPLIED);
+	ct_keep_forward(&rk, ct, now);
 
 	__u8 vip[SLUICE_ADDR_LEN];
 	__builtin_memcpy(vip, ct->nat_addr, SLUICE_ADDR_LEN);

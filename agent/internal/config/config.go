@@ -34,7 +34,9 @@ type Config struct {
 	MaglevTableSize uint32 `json:"maglevTableSize,omitempty"`
 	MaxServices     uint32 `json:"maxServices,omitempty"`
 	MaxBackends     uint32 `json:"maxBackends,omitempty"`
-	MaxConntrack    uint32 `json:"maxConntrack,omitempty"`
+	// Conntrack capacities: TCP flows, and flows of every other protocol.
+	MaxConntrackTCP   uint32 `json:"maxConntrackTCP,omitempty"`
+	MaxConntrackOther uint32 `json:"maxConntrackOther,omitempty"`
 
 	NodeStateFile string `json:"nodeStateFile,omitempty"`
 	// EndpointSocket is the unix socket of the endpoint API: the CNI
@@ -98,21 +100,22 @@ func (d Duration) MarshalJSON() ([]byte, error) { return []byte(`"` + d.String()
 func Default() Config {
 	dp := bpf.DefaultConfig()
 	return Config{
-		BPFRoot:         dp.PinRoot,
-		MaglevTableSize: dp.MaglevSize,
-		MaxServices:     dp.MaxServices,
-		MaxBackends:     dp.MaxBackends,
-		MaxConntrack:    dp.MaxConntrack,
-		NodeStateFile:   nodestate.DefaultPath,
-		EndpointSocket:  endpointapi.DefaultSocket,
-		NativeRouting:   ptr(true),
-		SyncMinInterval: Duration{time.Second},
-		SyncMaxInterval: Duration{time.Hour},
-		CTGCInterval:    Duration{time.Minute},
-		MetricsAddr:     ":9962",
-		HealthAddr:      ":9963",
-		LogFormat:       "json",
-		LogLevel:        "info",
+		BPFRoot:           dp.PinRoot,
+		MaglevTableSize:   dp.MaglevSize,
+		MaxServices:       dp.MaxServices,
+		MaxBackends:       dp.MaxBackends,
+		MaxConntrackTCP:   dp.MaxConntrackTCP,
+		MaxConntrackOther: dp.MaxConntrackOther,
+		NodeStateFile:     nodestate.DefaultPath,
+		EndpointSocket:    endpointapi.DefaultSocket,
+		NativeRouting:     ptr(true),
+		SyncMinInterval:   Duration{time.Second},
+		SyncMaxInterval:   Duration{time.Hour},
+		CTGCInterval:      Duration{time.Minute},
+		MetricsAddr:       ":9962",
+		HealthAddr:        ":9963",
+		LogFormat:         "json",
+		LogLevel:          "info",
 	}
 }
 
@@ -155,7 +158,8 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.Func("maglevTableSize", "Maglev slots per service (prime)", uintFlag(&c.MaglevTableSize))
 	fs.Func("maxServices", "service map capacity", uintFlag(&c.MaxServices))
 	fs.Func("maxBackends", "backend map capacity", uintFlag(&c.MaxBackends))
-	fs.Func("maxConntrack", "conntrack map capacity", uintFlag(&c.MaxConntrack))
+	fs.Func("maxConntrackTCP", "conntrack map capacity for TCP (a flow takes 2 entries)", uintFlag(&c.MaxConntrackTCP))
+	fs.Func("maxConntrackOther", "conntrack map capacity for protocols other than TCP", uintFlag(&c.MaxConntrackOther))
 	fs.StringVar(&c.NodeStateFile, "nodeStateFile", "", "where readiness and pod CIDRs are published for the CNI plugin")
 	fs.StringVar(&c.EndpointSocket, "endpointSocket", "", "unix socket where the CNI plugin asks for a new pod's policy")
 	fs.Func("nodePortAddresses", "comma-separated CIDRs of node addresses for NodePorts", func(s string) error {
@@ -203,7 +207,8 @@ func overlay(dst, src *Config, set map[string]bool) {
 	pick("maglevTableSize", func() { dst.MaglevTableSize = src.MaglevTableSize })
 	pick("maxServices", func() { dst.MaxServices = src.MaxServices })
 	pick("maxBackends", func() { dst.MaxBackends = src.MaxBackends })
-	pick("maxConntrack", func() { dst.MaxConntrack = src.MaxConntrack })
+	pick("maxConntrackTCP", func() { dst.MaxConntrackTCP = src.MaxConntrackTCP })
+	pick("maxConntrackOther", func() { dst.MaxConntrackOther = src.MaxConntrackOther })
 	pick("nodeStateFile", func() { dst.NodeStateFile = src.NodeStateFile })
 	pick("endpointSocket", func() { dst.EndpointSocket = src.EndpointSocket })
 	pick("nodePortAddresses", func() { dst.NodePortAddresses = src.NodePortAddresses })

@@ -99,7 +99,7 @@ func (m *Metrics) Controller(name string) Controller {
 func (m *Metrics) RegisterDatapath(dp *bpf.Datapath) {
 	m.Registry.MustRegister(&dropCollector{dp: dp})
 	for name, mp := range map[string]interface{ MaxEntries() uint32 }{
-		"services": dp.Services, "backends": dp.Backends, "conntrack": dp.Conntrack,
+		"services": dp.Services, "backends": dp.Backends, "conntrack_tcp": dp.ConntrackTCP, "conntrack_other": dp.ConntrackOther,
 		"affinity": dp.Affinity, "endpoints": dp.Endpoints, "sock_revnat": dp.SockRevnat,
 		"ipcache": dp.IPCache, "policy_cidrs": dp.PolicyCIDRs, "policy_endpoints": dp.PolicyEndpoints, "policy": dp.Policy,
 	} {

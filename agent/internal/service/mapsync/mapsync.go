@@ -482,7 +482,7 @@ func backendValue(p *plan, i int) bpf.BackendValue {
 	if b.Terminating {
 		flags |= bpf.BackendTerminating
 	}
-	return bpf.BackendValue{Addr: bpf.Addr(b.Addr.Addr()), Port: bpf.Port(b.Addr.Port()), Flags: flags}
+	return bpf.BackendValue{Addr: bpf.Addr(b.Addr.Addr()), Port: bpf.Port(b.Addr.Port()), Flags: flags, SvcId: p.svc.id}
 }
 
 // buildTables computes the Maglev tables of the given plans in parallel.
