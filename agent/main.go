@@ -165,6 +165,34 @@ func attachDatapath(log *slog.Logger, cfg config.Config, dp *bpf.Datapath) error
 	} else {
 		log.Info("NodePort, ExternalIP and LoadBalancer traffic served on the node's uplinks", "devices", devices)
 	}
+	return takeOver(log, dp)
+}
+
+// takeOver makes this agent's programs run everywhere the datapath is
+// attached, existing pods included (after an upgrade they still run the
+// previous version's), then completes a migration of maps whose layout
+// changed: only now have the old programs stopped writing to them.
+func takeOver(log *slog.Logger, dp *bpf.Datapath) error {
+	if m := dp.Migrated; m.Backends+m.Affinity+m.Conntrack > 0 {
+		log.Info("carried the datapath's state over from maps of an earlier version",
+			"backends", m.Backends, "affinity", m.Affinity, "conntrack", m.Conntrack)
+	}
+	st, err := dp.Reattach()
+	log.Info("datapath programs attached to existing pods and uplinks", "updated", st.Updated, "current", st.Current, "stalePinsRemoved", st.Stale)
+	if err != nil {
+		// Attachments that could not be swapped keep running the program
+		// they had: traffic flows, with the older behaviour. Old maps stay
+		// pinned (they may still be written) until a restart finishes.
+		log.Error("some attachments still run an earlier program; the migration finishes at a later start", "err", err)
+		return nil
+	}
+	fin, err := dp.FinishMigration()
+	if err != nil {
+		return fmt.Errorf("finish the migration of maps of an earlier version: %w", err)
+	}
+	if len(fin.Unpinned) > 0 {
+		log.Info("migration finished; old maps unpinned", "conntrack", fin.Conntrack, "affinity", fin.Affinity, "unpinned", fin.Unpinned)
+	}
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -253,6 +254,135 @@ func PruneLinkPins(root string, keep func(ifname string) bool) error {
 				errs = append(errs, fmt.Errorf("remove link pin %s: %w", name, err))
 			}
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// ReattachStats counts what Reattach did with the links pinned under the
+// datapath's root.
+type ReattachStats struct {
+	Updated int // links swapped to this datapath's program
+	Current int // links that already ran it
+	Stale   int // pins of tc links whose device is gone, removed
+}
+
+// Reattach points every link pinned under the root (the pods' veths the
+// CNI plugin attached, the uplinks, the socket LB hooks) at this
+// datapath's program of the same name. An upgrade's programs thereby take
+// over running pods, not only new ones; a link update swaps the program
+// atomically, so no packet meets an empty hook. Pins of tc links whose
+// device has gone are removed. Legacy cls_bpf filters are replaced on the
+// local endpoints' veths.
+func (d *Datapath) Reattach() (ReattachStats, error) {
+	var st ReattachStats
+	byName := map[string]*ebpf.Program{"from_pod": d.FromPod, "to_pod": d.ToPod}
+	if d.FromNetdev != nil {
+		byName["from_netdev"], byName["to_netdev"] = d.FromNetdev, d.ToNetdev
+	}
+	for name, p := range d.sockProgs {
+		byName[name] = p
+	}
+	entries, err := os.ReadDir(linksDir(d.root))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return st, fmt.Errorf("list pinned links: %w", err)
+	}
+	var errs []error
+	tcxDevices := map[uint32]bool{}
+	for _, e := range entries {
+		pin := filepath.Join(linksDir(d.root), e.Name())
+		ifindex, err := reattachLink(pin, byName, &st)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		tcxDevices[ifindex] = true
+	}
+	errs = append(errs, d.reattachLegacy(tcxDevices, &st))
+	return st, errors.Join(errs...)
+}
+
+// reattachLink updates one pinned link and returns its tc device's
+// ifindex (0 for other links).
+func reattachLink(pin string, byName map[string]*ebpf.Program, st *ReattachStats) (uint32, error) {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if err != nil {
+		return 0, fmt.Errorf("open pinned link %s: %w", pin, err)
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return 0, fmt.Errorf("read pinned link %s: %w", pin, err)
+	}
+	var ifindex uint32
+	if tcx := info.TCX(); tcx != nil {
+		if tcx.Ifindex == 0 {
+			st.Stale++
+			return 0, l.Unpin()
+		}
+		ifindex = tcx.Ifindex
+	}
+	cur, err := ebpf.NewProgramFromID(info.Program)
+	if err != nil {
+		return ifindex, fmt.Errorf("open the program of link %s: %w", pin, err)
+	}
+	defer cur.Close()
+	pi, err := cur.Info()
+	if err != nil {
+		return ifindex, fmt.Errorf("read the program of link %s: %w", pin, err)
+	}
+	next := byName[pi.Name]
+	if next == nil {
+		return ifindex, fmt.Errorf("link %s runs program %q, which this datapath does not have", pin, pi.Name)
+	}
+	nextInfo, err := next.Info()
+	if err != nil {
+		return ifindex, fmt.Errorf("read program %s: %w", pi.Name, err)
+	}
+	if id, ok := nextInfo.ID(); ok && id == info.Program {
+		st.Current++
+		return ifindex, nil
+	}
+	if err := l.Update(next); err != nil {
+		return ifindex, fmt.Errorf("swap %s into link %s: %w", pi.Name, pin, err)
+	}
+	st.Updated++
+	return ifindex, nil
+}
+
+// reattachLegacy replaces Sluice's cls_bpf filters on local endpoints'
+// veths that have no tcx link (kernels before 6.6).
+func (d *Datapath) reattachLegacy(tcxDevices map[uint32]bool, st *ReattachStats) error {
+	var (
+		key  EndpointKey
+		val  EndpointValue
+		errs []error
+		seen = map[uint32]bool{}
+	)
+	it := d.Endpoints.Iterate()
+	for it.Next(&key, &val) {
+		if tcxDevices[val.Ifindex] || seen[val.Ifindex] {
+			continue
+		}
+		seen[val.Ifindex] = true
+		filters, err := netlink.FilterList(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: int(val.Ifindex)}}, ingressHook.parent)
+		if err != nil {
+			continue // the veth is gone; the CNI's DEL forgets it
+		}
+		if !slices.ContainsFunc(filters, func(f netlink.Filter) bool { return f.Attrs().Handle == legacyHandle }) {
+			continue
+		}
+		for _, h := range []struct {
+			hook hook
+			prog *ebpf.Program
+		}{{ingressHook, d.FromPod}, {egressHook, d.ToPod}} {
+			if err := attachLegacy(int(val.Ifindex), h.hook, h.prog); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			st.Updated++
+		}
+	}
+	if err := it.Err(); err != nil {
+		errs = append(errs, fmt.Errorf("walk endpoints: %w", err))
 	}
 	return errors.Join(errs...)
 }

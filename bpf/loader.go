@@ -161,8 +161,13 @@ type Datapath struct {
 	// PolicyState counts the isolated endpoints; at 0 policy is skipped.
 	IPCache, PolicyCIDRs, PolicyEndpoints, Policy, PolicyState *ebpf.Map
 
+	// Migrated is what Load carried over from maps of an earlier layout
+	// (see migrate.go); FinishMigration completes it.
+	Migrated MigrationStats
+
 	root      string
 	sockProgs map[string]*ebpf.Program // cgroup hooks, by program name; nil when opened read-only
+	legacy    *migration               // old maps until FinishMigration
 }
 
 func mapsDir(root string) string  { return filepath.Join(root, "maps") }
@@ -224,6 +229,10 @@ func Load(cfg Config) (*Datapath, error) {
 			"sock6_connect": objs.Sock6Connect, "sock6_sendmsg": objs.Sock6Sendmsg,
 			"sock6_recvmsg": objs.Sock6Recvmsg, "sock6_getpeername": objs.Sock6Getpeername,
 		},
+	}
+	if d.Migrated, err = d.migrate(); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("carry the pinned state over to this version's maps: %w", err)
 	}
 	for name, prog := range map[string]*ebpf.Program{"from_pod": d.FromPod, "to_pod": d.ToPod} {
 		if err := replacePin(prog, filepath.Join(progsDir(cfg.PinRoot), name)); err != nil {
@@ -355,6 +364,9 @@ func (d *Datapath) Close() error {
 	}
 	for _, p := range d.sockProgs {
 		errs = append(errs, p.Close())
+	}
+	if d.legacy != nil {
+		d.legacy.close()
 	}
 	for _, m := range []*ebpf.Map{d.Services, d.Backends, d.Maglev, d.ConntrackTCP, d.ConntrackOther, d.Affinity,
 		d.Endpoints, d.Drops, d.Counters, d.Events,
