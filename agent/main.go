@@ -128,17 +128,69 @@ func loadDatapath(log *slog.Logger, cfg config.Config) (*bpf.Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
+	ctTCP, ctOther, sizedBy, err := conntrackSizes(cfg)
+	if err != nil {
+		return nil, err
+	}
 	dp, err := bpf.Load(bpf.Config{
 		PinRoot: cfg.BPFRoot, MaglevSize: cfg.MaglevTableSize,
-		MaxServices: cfg.MaxServices, MaxBackends: cfg.MaxBackends, MaxConntrackTCP: cfg.MaxConntrackTCP,
-		MaxConntrackOther: cfg.MaxConntrackOther,
-		HostNetnsCookie:   hostNetns,
+		MaxServices: cfg.MaxServices, MaxBackends: cfg.MaxBackends,
+		MaxConntrackTCP: ctTCP, MaxConntrackOther: ctOther,
+		MaxAffinity: cfg.MaxAffinity, MaxEndpoints: cfg.MaxEndpoints,
+		MaxIPCache: cfg.MaxIPCache, MaxPolicyCIDRs: cfg.MaxPolicyCIDRs, MaxPolicyRules: cfg.MaxPolicyRules,
+		CTTimeoutSYN: cfg.CTTimeoutSYN.Duration, CTTimeoutTCP: cfg.CTTimeoutTCP.Duration,
+		CTTimeoutClose: cfg.CTTimeoutClose.Duration, CTTimeoutOther: cfg.CTTimeoutOther.Duration,
+		CTTimeoutUnreplied: cfg.CTTimeoutUnreplied.Duration,
+		HostNetnsCookie:    hostNetns,
 	})
 	if err != nil {
 		return nil, err
 	}
-	log.Info("datapath loaded", "bpfRoot", cfg.BPFRoot, "maglevTableSize", cfg.MaglevTableSize)
+	log.Info("datapath loaded", "bpfRoot", cfg.BPFRoot, "maglevTableSize", cfg.MaglevTableSize,
+		"maxConntrackTCP", ctTCP, "maxConntrackOther", ctOther, "conntrackSizedBy", sizedBy,
+		"maxServices", cfg.MaxServices, "maxBackends", cfg.MaxBackends, "maxAffinity", cfg.MaxAffinity,
+		"maxEndpoints", cfg.MaxEndpoints, "maxIPCache", cfg.MaxIPCache, "maxPolicyCIDRs", cfg.MaxPolicyCIDRs,
+		"maxPolicyRules", cfg.MaxPolicyRules)
 	return dp, nil
+}
+
+// conntrackSizes are the conntrack capacities to load: the configured
+// ones, else those of the maps already pinned (a capacity change is
+// refused on a node with pinned maps, and the node's memory may differ
+// from when they were made), else sized to the node's memory. sizedBy
+// says which.
+func conntrackSizes(cfg config.Config) (tcp, other uint32, sizedBy string, err error) {
+	tcp, other = cfg.MaxConntrackTCP, cfg.MaxConntrackOther
+	if tcp != 0 && other != 0 {
+		return tcp, other, "config", nil
+	}
+	if dp, err := bpf.OpenPinned(cfg.BPFRoot); err == nil {
+		defer dp.Close()
+		if tcp == 0 {
+			tcp = dp.ConntrackTCP.MaxEntries()
+		}
+		if other == 0 {
+			other = dp.ConntrackOther.MaxEntries()
+		}
+		return tcp, other, "pinned maps", nil
+	}
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0, 0, "", fmt.Errorf("size conntrack to the node's memory (or set maxConntrackTCP and maxConntrackOther): %w", err)
+	}
+	defer f.Close()
+	mem, err := config.MemTotal(f)
+	if err != nil {
+		return 0, 0, "", fmt.Errorf("size conntrack to the node's memory (or set maxConntrackTCP and maxConntrackOther): %w", err)
+	}
+	autoTCP, autoOther := config.ConntrackSizes(mem)
+	if tcp == 0 {
+		tcp = autoTCP
+	}
+	if other == 0 {
+		other = autoOther
+	}
+	return tcp, other, fmt.Sprintf("node memory (%d MiB)", mem>>20), nil
 }
 
 // attachDatapath hooks the datapath where traffic other than the pods'

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,11 +34,26 @@ type Config struct {
 
 	BPFRoot         string `json:"bpfRoot,omitempty"`
 	MaglevTableSize uint32 `json:"maglevTableSize,omitempty"`
-	MaxServices     uint32 `json:"maxServices,omitempty"`
-	MaxBackends     uint32 `json:"maxBackends,omitempty"`
+	// Datapath map capacities (bpf.Config's), checked against
+	// capacityRange.
+	MaxServices uint32 `json:"maxServices,omitempty"`
+	MaxBackends uint32 `json:"maxBackends,omitempty"`
 	// Conntrack capacities: TCP flows, and flows of every other protocol.
+	// 0 (the default) sizes them to the node's memory (ConntrackSizes).
 	MaxConntrackTCP   uint32 `json:"maxConntrackTCP,omitempty"`
 	MaxConntrackOther uint32 `json:"maxConntrackOther,omitempty"`
+	MaxAffinity       uint32 `json:"maxAffinity,omitempty"`
+	MaxEndpoints      uint32 `json:"maxEndpoints,omitempty"`
+	MaxIPCache        uint32 `json:"maxIPCache,omitempty"`
+	MaxPolicyCIDRs    uint32 `json:"maxPolicyCIDRs,omitempty"`
+	MaxPolicyRules    uint32 `json:"maxPolicyRules,omitempty"`
+
+	// Conntrack lifetimes (bpf.Config's CTTimeout*).
+	CTTimeoutSYN       Duration `json:"conntrackTimeoutSYN,omitempty"`
+	CTTimeoutTCP       Duration `json:"conntrackTimeoutTCP,omitempty"`
+	CTTimeoutClose     Duration `json:"conntrackTimeoutClose,omitempty"`
+	CTTimeoutOther     Duration `json:"conntrackTimeoutOther,omitempty"`
+	CTTimeoutUnreplied Duration `json:"conntrackTimeoutUnreplied,omitempty"`
 
 	NodeStateFile string `json:"nodeStateFile,omitempty"`
 	// EndpointSocket is the unix socket of the endpoint API: the CNI
@@ -67,7 +84,9 @@ type Config struct {
 
 	SyncMinInterval Duration `json:"syncMinInterval,omitempty"`
 	SyncMaxInterval Duration `json:"syncMaxInterval,omitempty"`
-	CTGCInterval    Duration `json:"conntrackGCInterval,omitempty"`
+	// CTGCInterval is the longest time between conntrack garbage
+	// collections; passes come sooner as a map fills (NextCTGCInterval).
+	CTGCInterval Duration `json:"conntrackGCInterval,omitempty"`
 
 	MetricsAddr string `json:"metricsAddr,omitempty"`
 	HealthAddr  string `json:"healthAddr,omitempty"`
@@ -96,26 +115,83 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 func (d Duration) MarshalJSON() ([]byte, error) { return []byte(`"` + d.String() + `"`), nil }
 
 // Default returns the settings used when nothing is configured. The
-// datapath's are the loader's own defaults.
+// datapath's are the loader's own defaults, except the conntrack
+// capacities: 0, sized to the node's memory when the datapath is loaded.
 func Default() Config {
 	dp := bpf.DefaultConfig()
 	return Config{
-		BPFRoot:           dp.PinRoot,
-		MaglevTableSize:   dp.MaglevSize,
-		MaxServices:       dp.MaxServices,
-		MaxBackends:       dp.MaxBackends,
-		MaxConntrackTCP:   dp.MaxConntrackTCP,
-		MaxConntrackOther: dp.MaxConntrackOther,
-		NodeStateFile:     nodestate.DefaultPath,
-		EndpointSocket:    endpointapi.DefaultSocket,
-		NativeRouting:     ptr(true),
-		SyncMinInterval:   Duration{time.Second},
-		SyncMaxInterval:   Duration{time.Hour},
-		CTGCInterval:      Duration{time.Minute},
-		MetricsAddr:       ":9962",
-		HealthAddr:        ":9963",
-		LogFormat:         "json",
-		LogLevel:          "info",
+		BPFRoot:            dp.PinRoot,
+		MaglevTableSize:    dp.MaglevSize,
+		MaxServices:        dp.MaxServices,
+		MaxBackends:        dp.MaxBackends,
+		MaxAffinity:        dp.MaxAffinity,
+		MaxEndpoints:       dp.MaxEndpoints,
+		MaxIPCache:         dp.MaxIPCache,
+		MaxPolicyCIDRs:     dp.MaxPolicyCIDRs,
+		MaxPolicyRules:     dp.MaxPolicyRules,
+		CTTimeoutSYN:       Duration{dp.CTTimeoutSYN},
+		CTTimeoutTCP:       Duration{dp.CTTimeoutTCP},
+		CTTimeoutClose:     Duration{dp.CTTimeoutClose},
+		CTTimeoutOther:     Duration{dp.CTTimeoutOther},
+		CTTimeoutUnreplied: Duration{dp.CTTimeoutUnreplied},
+		NodeStateFile:      nodestate.DefaultPath,
+		EndpointSocket:     endpointapi.DefaultSocket,
+		NativeRouting:      ptr(true),
+		SyncMinInterval:    Duration{time.Second},
+		SyncMaxInterval:    Duration{time.Hour},
+		CTGCInterval:       Duration{time.Minute},
+		MetricsAddr:        ":9962",
+		HealthAddr:         ":9963",
+		LogFormat:          "json",
+		LogLevel:           "info",
+	}
+}
+
+// capacity is one map capacity setting.
+type capacity struct {
+	key  string
+	v    *uint32
+	help string
+	// auto: 0 is allowed and means "sized by the agent".
+	auto bool
+}
+
+// capacities lists c's map capacity settings, in the same order for every
+// Config.
+func (c *Config) capacities() []capacity {
+	return []capacity{
+		{"maxServices", &c.MaxServices, "service map capacity (and the Maglev map's)", false},
+		{"maxBackends", &c.MaxBackends, "backend map capacity", false},
+		{"maxConntrackTCP", &c.MaxConntrackTCP, "conntrack map capacity for TCP (a flow takes 2 entries; 0: sized to the node's memory)", true},
+		{"maxConntrackOther", &c.MaxConntrackOther, "conntrack map capacity for protocols other than TCP (0: sized to the node's memory)", true},
+		{"maxAffinity", &c.MaxAffinity, "ClientIP session affinity entries", false},
+		{"maxEndpoints", &c.MaxEndpoints, "local pod endpoints", false},
+		{"maxIPCache", &c.MaxIPCache, "pod IPs of the cluster known to NetworkPolicy", false},
+		{"maxPolicyCIDRs", &c.MaxPolicyCIDRs, "NetworkPolicy ipBlock prefixes", false},
+		{"maxPolicyRules", &c.MaxPolicyRules, "NetworkPolicy allow rules of this node's endpoints", false},
+	}
+}
+
+// duration is one duration setting.
+type duration struct {
+	key  string
+	v    *Duration
+	help string
+	min  time.Duration
+}
+
+// durations lists c's duration settings, in the same order for every
+// Config, with the least each may be.
+func (c *Config) durations() []duration {
+	return []duration{
+		{"syncMinInterval", &c.SyncMinInterval, "minimum time between datapath syncs", time.Nanosecond},
+		{"syncMaxInterval", &c.SyncMaxInterval, "maximum time between full datapath syncs", time.Nanosecond},
+		{"conntrackGCInterval", &c.CTGCInterval, "longest time between conntrack garbage collections (shorter as the maps fill)", time.Nanosecond},
+		{"conntrackTimeoutSYN", &c.CTTimeoutSYN, "lifetime of a TCP flow that has only sent its SYN", time.Second},
+		{"conntrackTimeoutTCP", &c.CTTimeoutTCP, "lifetime of an established TCP flow, refreshed by traffic", time.Second},
+		{"conntrackTimeoutClose", &c.CTTimeoutClose, "lifetime of a TCP flow after FIN or RST", time.Second},
+		{"conntrackTimeoutOther", &c.CTTimeoutOther, "lifetime of UDP, SCTP and ICMP flows after their first reply", time.Second},
+		{"conntrackTimeoutUnreplied", &c.CTTimeoutUnreplied, "lifetime of UDP, SCTP and ICMP flows until their first reply", time.Second},
 	}
 }
 
@@ -156,10 +232,12 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.NodeName, "nodeName", "", "this node's name (default: $NODE_NAME)")
 	fs.StringVar(&c.BPFRoot, "bpfRoot", "", "bpffs directory of this node's datapath")
 	fs.Func("maglevTableSize", "Maglev slots per service (prime)", uintFlag(&c.MaglevTableSize))
-	fs.Func("maxServices", "service map capacity", uintFlag(&c.MaxServices))
-	fs.Func("maxBackends", "backend map capacity", uintFlag(&c.MaxBackends))
-	fs.Func("maxConntrackTCP", "conntrack map capacity for TCP (a flow takes 2 entries)", uintFlag(&c.MaxConntrackTCP))
-	fs.Func("maxConntrackOther", "conntrack map capacity for protocols other than TCP", uintFlag(&c.MaxConntrackOther))
+	for _, k := range c.capacities() {
+		fs.Func(k.key, k.help, uintFlag(k.v))
+	}
+	for _, k := range c.durations() {
+		fs.Func(k.key, k.help, durFlag(k.v))
+	}
 	fs.StringVar(&c.NodeStateFile, "nodeStateFile", "", "where readiness and pod CIDRs are published for the CNI plugin")
 	fs.StringVar(&c.EndpointSocket, "endpointSocket", "", "unix socket where the CNI plugin asks for a new pod's policy")
 	fs.Func("nodePortAddresses", "comma-separated CIDRs of node addresses for NodePorts", func(s string) error {
@@ -183,9 +261,6 @@ func bind(fs *flag.FlagSet, c *Config) {
 		c.ClusterCIDRs = splitComma(s)
 		return nil
 	})
-	fs.Func("syncMinInterval", "minimum time between datapath syncs", durFlag(&c.SyncMinInterval))
-	fs.Func("syncMaxInterval", "maximum time between full datapath syncs", durFlag(&c.SyncMaxInterval))
-	fs.Func("conntrackGCInterval", "how often expired conntrack entries are deleted", durFlag(&c.CTGCInterval))
 	fs.StringVar(&c.MetricsAddr, "metricsAddr", "", "Prometheus /metrics listen address")
 	fs.StringVar(&c.HealthAddr, "healthAddr", "", "/healthz and /readyz listen address")
 	fs.StringVar(&c.LogFormat, "logFormat", "", "json or text")
@@ -205,10 +280,12 @@ func overlay(dst, src *Config, set map[string]bool) {
 	pick("nodeName", func() { dst.NodeName = src.NodeName })
 	pick("bpfRoot", func() { dst.BPFRoot = src.BPFRoot })
 	pick("maglevTableSize", func() { dst.MaglevTableSize = src.MaglevTableSize })
-	pick("maxServices", func() { dst.MaxServices = src.MaxServices })
-	pick("maxBackends", func() { dst.MaxBackends = src.MaxBackends })
-	pick("maxConntrackTCP", func() { dst.MaxConntrackTCP = src.MaxConntrackTCP })
-	pick("maxConntrackOther", func() { dst.MaxConntrackOther = src.MaxConntrackOther })
+	for i, k := range dst.capacities() {
+		pick(k.key, func() { *k.v = *src.capacities()[i].v })
+	}
+	for i, k := range dst.durations() {
+		pick(k.key, func() { *k.v = *src.durations()[i].v })
+	}
 	pick("nodeStateFile", func() { dst.NodeStateFile = src.NodeStateFile })
 	pick("endpointSocket", func() { dst.EndpointSocket = src.EndpointSocket })
 	pick("nodePortAddresses", func() { dst.NodePortAddresses = src.NodePortAddresses })
@@ -216,9 +293,6 @@ func overlay(dst, src *Config, set map[string]bool) {
 	pick("nativeRouting", func() { dst.NativeRouting = src.NativeRouting })
 	pick("socketLBCgroup", func() { dst.SocketLBCgroup = src.SocketLBCgroup })
 	pick("clusterCIDRs", func() { dst.ClusterCIDRs = src.ClusterCIDRs })
-	pick("syncMinInterval", func() { dst.SyncMinInterval = src.SyncMinInterval })
-	pick("syncMaxInterval", func() { dst.SyncMaxInterval = src.SyncMaxInterval })
-	pick("conntrackGCInterval", func() { dst.CTGCInterval = src.CTGCInterval })
 	pick("metricsAddr", func() { dst.MetricsAddr = src.MetricsAddr })
 	pick("healthAddr", func() { dst.HealthAddr = src.HealthAddr })
 	pick("logFormat", func() { dst.LogFormat = src.LogFormat })
@@ -243,8 +317,34 @@ func (c Config) Validate() error {
 			return fmt.Errorf("clusterCIDRs[%d]: %q is not a CIDR", i, s)
 		}
 	}
+	if err := c.validateDatapath(); err != nil {
+		return err
+	}
 	if c.SyncMinInterval.Duration <= 0 || c.SyncMaxInterval.Duration < c.SyncMinInterval.Duration {
 		return fmt.Errorf("syncMinInterval/syncMaxInterval: want 0 < min (%v) <= max (%v)", c.SyncMinInterval, c.SyncMaxInterval)
+	}
+	for _, d := range c.durations() {
+		switch {
+		case d.v.Duration <= 0:
+			return fmt.Errorf("%s: %v; want a positive duration such as 1m", d.key, d.v)
+		case d.v.Duration < d.min:
+			return fmt.Errorf("%s: %v; want at least %v", d.key, d.v, d.min)
+		}
+	}
+	// A flow's lifetime in a passing state must not outlast the state it
+	// passes to: a half-open or closing TCP flow, or an unanswered
+	// datagram flow, would otherwise hold its entry longer than a live one.
+	for _, o := range []struct {
+		short, long       string
+		shortVal, longVal Duration
+	}{
+		{"conntrackTimeoutSYN", "conntrackTimeoutTCP", c.CTTimeoutSYN, c.CTTimeoutTCP},
+		{"conntrackTimeoutClose", "conntrackTimeoutTCP", c.CTTimeoutClose, c.CTTimeoutTCP},
+		{"conntrackTimeoutUnreplied", "conntrackTimeoutOther", c.CTTimeoutUnreplied, c.CTTimeoutOther},
+	} {
+		if o.shortVal.Duration > o.longVal.Duration {
+			return fmt.Errorf("%s: %v is longer than %s (%v); want %s <= %s", o.short, o.shortVal, o.long, o.longVal, o.short, o.long)
+		}
 	}
 	switch c.LogFormat {
 	case "json", "text":
@@ -254,13 +354,56 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// Map capacity bounds, and Maglev table size bounds (the Maglev paper's
+// smallest and Cilium's largest table sizes).
+const (
+	MinCapacity   = 16
+	MaxCapacity   = 1 << 24
+	MinMaglevSize = 251
+	MaxMaglevSize = 131071
+)
+
+// validateDatapath checks the datapath's sizes: the errors bpf.Load would
+// give late, or not at all.
+func (c Config) validateDatapath() error {
+	if m := c.MaglevTableSize; m < MinMaglevSize || m > MaxMaglevSize || !isPrime(m) {
+		return fmt.Errorf("maglevTableSize: %d; want a prime from %d to %d, such as 16381 (at least 100 times the largest backend count)",
+			m, MinMaglevSize, MaxMaglevSize)
+	}
+	for _, k := range c.capacities() {
+		if *k.v == 0 && k.auto {
+			continue
+		}
+		if *k.v < MinCapacity || *k.v > MaxCapacity {
+			auto := ""
+			if k.auto {
+				auto = " (or 0: sized to the node's memory)"
+			}
+			return fmt.Errorf("%s: %d is outside %d..%d%s", k.key, *k.v, MinCapacity, MaxCapacity, auto)
+		}
+	}
+	return nil
+}
+
+func isPrime(n uint32) bool {
+	if n < 2 {
+		return false
+	}
+	for d := uint32(2); d*d <= n; d++ {
+		if n%d == 0 {
+			return false
+		}
+	}
+	return true
+}
+
 func uintFlag(dst *uint32) func(string) error {
 	return func(s string) error {
-		var v uint32
-		if _, err := fmt.Sscan(s, &v); err != nil {
-			return fmt.Errorf("%q is not a number", s)
+		v, err := strconv.ParseUint(s, 10, 32)
+		if err != nil {
+			return fmt.Errorf("%q is not a number from 0 to %d", s, uint32(math.MaxUint32))
 		}
-		*dst = v
+		*dst = uint32(v)
 		return nil
 	}
 }

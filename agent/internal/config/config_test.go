@@ -3,9 +3,12 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluice-net/sluice/bpf"
 )
 
 func TestFileThenFlags(t *testing.T) {
@@ -43,10 +46,116 @@ func TestErrorsNameTheSetting(t *testing.T) {
 		{[]string{"--nodeName", "a", "--logFormat", "xml"}, `logFormat: "xml"`},
 		{[]string{"--config", unknown}, `unknown field "maglevSize"`},
 		{[]string{"--config", badDur}, `"soon" is not a duration`},
+		{[]string{"--nodeName", "a", "--maxServices", "-1"}, `"-1" is not a number`},
+		{[]string{"--nodeName", "a", "--maxBackends", "5000000000"}, `"5000000000" is not a number`},
 	} {
 		_, err := Load(c.args)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: got %v, want %q", c.args, err, c.want)
 		}
+	}
+}
+
+// TestValidate: one case per rule, each wrong value named with what was
+// expected; every setting of the datapath reaches Config.
+func TestValidate(t *testing.T) {
+	base := func() Config {
+		c := Default()
+		c.NodeName = "n"
+		return c
+	}
+	if err := base().Validate(); err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	for _, c := range []struct {
+		name string
+		edit func(*Config)
+		want string // "" is valid
+	}{
+		{"maglev not prime", func(c *Config) { c.MaglevTableSize = 1000 }, "maglevTableSize: 1000; want a prime from 251 to 131071"},
+		{"maglev too small", func(c *Config) { c.MaglevTableSize = 13 }, "maglevTableSize: 13; want a prime"},
+		{"maglev too large", func(c *Config) { c.MaglevTableSize = 131101 }, "maglevTableSize: 131101; want a prime"},
+		{"maglev smallest", func(c *Config) { c.MaglevTableSize = 251 }, ""},
+		{"capacity zero", func(c *Config) { c.MaxServices = 0 }, "maxServices: 0 is outside 16..16777216"},
+		{"capacity too small", func(c *Config) { c.MaxEndpoints = 15 }, "maxEndpoints: 15 is outside 16..16777216"},
+		{"capacity too large", func(c *Config) { c.MaxPolicyRules = 1<<24 + 1 }, "maxPolicyRules: 16777217 is outside 16..16777216"},
+		{"capacity bounds", func(c *Config) { c.MaxAffinity, c.MaxIPCache = 16, 1<<24 }, ""},
+		{"policy CIDRs", func(c *Config) { c.MaxPolicyCIDRs = 1 }, "maxPolicyCIDRs: 1 is outside"},
+		{"backends", func(c *Config) { c.MaxBackends = 2 }, "maxBackends: 2 is outside"},
+		{"conntrack auto", func(c *Config) { c.MaxConntrackTCP, c.MaxConntrackOther = 0, 0 }, ""},
+		{"conntrack too small", func(c *Config) { c.MaxConntrackOther = 8 }, "maxConntrackOther: 8 is outside 16..16777216 (or 0: sized to the node's memory)"},
+		{"conntrack too large", func(c *Config) { c.MaxConntrackTCP = 1 << 25 }, "maxConntrackTCP: 33554432 is outside"},
+		{"gc interval zero", func(c *Config) { c.CTGCInterval.Duration = 0 }, "conntrackGCInterval: 0s; want a positive duration"},
+		{"gc interval negative", func(c *Config) { c.CTGCInterval.Duration = -time.Second }, "conntrackGCInterval: -1s; want a positive duration"},
+		{"timeout zero", func(c *Config) { c.CTTimeoutTCP.Duration = 0 }, "conntrackTimeoutTCP: 0s; want a positive duration"},
+		{"timeout under a second", func(c *Config) { c.CTTimeoutUnreplied.Duration = time.Millisecond }, "conntrackTimeoutUnreplied: 1ms; want at least 1s"},
+		{"SYN after TCP", func(c *Config) { c.CTTimeoutSYN.Duration = 7 * time.Hour }, "conntrackTimeoutSYN: 7h0m0s is longer than conntrackTimeoutTCP (6h0m0s)"},
+		{"close after TCP", func(c *Config) { c.CTTimeoutTCP.Duration = 5 * time.Second }, "conntrackTimeoutSYN: 30s is longer than conntrackTimeoutTCP (5s)"},
+		{"close alone after TCP", func(c *Config) { c.CTTimeoutClose.Duration = 7 * time.Hour }, "conntrackTimeoutClose: 7h0m0s is longer than conntrackTimeoutTCP"},
+		{"unreplied after other", func(c *Config) { c.CTTimeoutOther.Duration = 5 * time.Second }, "conntrackTimeoutUnreplied: 10s is longer than conntrackTimeoutOther (5s)"},
+		{"equal timeouts", func(c *Config) { c.CTTimeoutUnreplied = c.CTTimeoutOther }, ""},
+		{"sync negative", func(c *Config) { c.SyncMinInterval.Duration = -1 }, "syncMinInterval/syncMaxInterval"},
+	} {
+		cfg := base()
+		c.edit(&cfg)
+		err := cfg.Validate()
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s: %v, want valid", c.name, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: got %v, want %q", c.name, err, c.want)
+		}
+	}
+}
+
+// TestDatapathKeys: every datapath capacity and timeout is a file key and
+// a flag, and a flag overrides the file.
+func TestDatapathKeys(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "agent.yaml")
+	yaml := `nodeName: n
+maxServices: 100
+maxBackends: 200
+maxConntrackTCP: 300
+maxConntrackOther: 400
+maxAffinity: 500
+maxEndpoints: 600
+maxIPCache: 700
+maxPolicyCIDRs: 800
+maxPolicyRules: 900
+conntrackTimeoutSYN: 11s
+conntrackTimeoutTCP: 2h
+conntrackTimeoutClose: 12s
+conntrackTimeoutOther: 90s
+conntrackTimeoutUnreplied: 13s
+conntrackGCInterval: 2m
+`
+	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load([]string{"--config", file, "--maxPolicyRules", "901", "--conntrackTimeoutUnreplied", "14s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		MaxServices: 100, MaxBackends: 200, MaxConntrackTCP: 300, MaxConntrackOther: 400, MaxAffinity: 500,
+		MaxEndpoints: 600, MaxIPCache: 700, MaxPolicyCIDRs: 800, MaxPolicyRules: 901,
+		CTTimeoutSYN: Duration{11 * time.Second}, CTTimeoutTCP: Duration{2 * time.Hour}, CTTimeoutClose: Duration{12 * time.Second},
+		CTTimeoutOther: Duration{90 * time.Second}, CTTimeoutUnreplied: Duration{14 * time.Second}, CTGCInterval: Duration{2 * time.Minute},
+	}
+	got := Config{
+		MaxServices: c.MaxServices, MaxBackends: c.MaxBackends, MaxConntrackTCP: c.MaxConntrackTCP, MaxConntrackOther: c.MaxConntrackOther,
+		MaxAffinity: c.MaxAffinity, MaxEndpoints: c.MaxEndpoints, MaxIPCache: c.MaxIPCache, MaxPolicyCIDRs: c.MaxPolicyCIDRs,
+		MaxPolicyRules: c.MaxPolicyRules, CTTimeoutSYN: c.CTTimeoutSYN, CTTimeoutTCP: c.CTTimeoutTCP, CTTimeoutClose: c.CTTimeoutClose,
+		CTTimeoutOther: c.CTTimeoutOther, CTTimeoutUnreplied: c.CTTimeoutUnreplied, CTGCInterval: c.CTGCInterval,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got  %+v\nwant %+v", got, want)
+	}
+	// The datapath's own defaults hold where nothing is set, except
+	// conntrack sizes: 0, sized to the node's memory at load.
+	d, dp := Default(), bpf.DefaultConfig()
+	if d.MaxAffinity != dp.MaxAffinity || d.MaxPolicyRules != dp.MaxPolicyRules || d.CTTimeoutUnreplied.Duration != dp.CTTimeoutUnreplied ||
+		d.MaxConntrackTCP != 0 || d.MaxConntrackOther != 0 {
+		t.Errorf("defaults %+v", d)
 	}
 }
