@@ -61,20 +61,25 @@ func (f Frontend) String() string {
 	return fmt.Sprintf("%s/%d/%s", f.Addr, f.Proto, s)
 }
 
-// Backend is one endpoint serving a frontend.
+// Backend is one endpoint of a frontend.
 type Backend struct {
 	Addr        netip.AddrPort
 	Local       bool // on this node
-	Terminating bool // serving but terminating
+	Terminating bool // the endpoint is terminating
 }
 
 // Entry is the desired state of one frontend.
 type Entry struct {
 	Service  types.NamespacedName
 	PortName string
-	// Backends that may take new connections, sorted by address. Empty
-	// means the frontend rejects.
+	// Backends that may take new connections (the Maglev table), sorted by
+	// address. Empty means the frontend rejects.
 	Backends []Backend
+	// Draining are the frontend's other terminating endpoints, sorted by
+	// address: new connections never pick them, but they keep their
+	// backend (ID and entry) while the EndpointSlice lists them, so the
+	// connections they already serve finish there, as under kube-proxy.
+	Draining []Backend
 	// AffinityTimeout is ClientIP affinity in seconds; 0 means none.
 	AffinityTimeout uint32
 	// LocalOnly: only this node's endpoints serve (a Local traffic policy).
@@ -275,8 +280,8 @@ func (s *serviceSettings) addPort(out Desired, sp v1.ServicePort, proto uint8, f
 	all := selectBackends(eps, fam, false, s.topology, node.Zone)
 	local := selectBackends(eps, fam, true, false, node.Zone)
 	entry := func(sel selection, localOnly bool) Entry {
-		return Entry{Service: s.key, PortName: sp.Name, Backends: sel.backends, AffinityTimeout: s.affinity,
-			LocalOnly: localOnly, TerminatingFallback: sel.fallback}
+		return Entry{Service: s.key, PortName: sp.Name, Backends: sel.backends, Draining: sel.draining,
+			AffinityTimeout: s.affinity, LocalOnly: localOnly, TerminatingFallback: sel.fallback}
 	}
 	port := uint16(sp.Port)
 	for _, a := range s.internal {
@@ -401,14 +406,16 @@ func endpointsFor(slices []*discovery.EndpointSlice, portName string, proto v1.P
 }
 
 type selection struct {
-	backends []Backend
+	backends []Backend // new connections pick these
+	draining []Backend // terminating endpoints kept for their connections
 	fallback bool
 }
 
 // selectBackends applies kube-proxy's rules: ready endpoints first; when
 // none is ready, serving-and-terminating ones; optionally only local ones;
 // with topology, only same-zone ones when every endpoint carries hints and
-// some name this zone.
+// some name this zone. Every other terminating endpoint (of the family,
+// local if asked) drains: it keeps serving the connections it has.
 func selectBackends(eps []endpoint, fam family, localOnly, topology bool, zone string) selection {
 	var cands []endpoint
 	for _, e := range eps {
@@ -416,6 +423,24 @@ func selectBackends(eps []endpoint, fam family, localOnly, topology bool, zone s
 			cands = append(cands, e)
 		}
 	}
+	sel := pickBackends(cands, topology, zone)
+	picked := map[netip.AddrPort]bool{}
+	for _, b := range sel.backends {
+		picked[b.Addr] = true
+	}
+	for _, e := range cands {
+		if e.terminating && !picked[e.addr] {
+			sel.draining = append(sel.draining, Backend{Addr: e.addr, Local: e.local, Terminating: true})
+		}
+	}
+	byAddr := func(a, b Backend) int { return cmp.Compare(a.Addr.String(), b.Addr.String()) }
+	slices.SortFunc(sel.backends, byAddr)
+	slices.SortFunc(sel.draining, byAddr)
+	return sel
+}
+
+// pickBackends chooses among cands the backends new connections pick.
+func pickBackends(cands []endpoint, topology bool, zone string) selection {
 	if topology && zone != "" {
 		allHinted, any := true, false
 		for _, e := range cands {
@@ -446,7 +471,6 @@ func selectBackends(eps []endpoint, fam family, localOnly, topology bool, zone s
 		}
 		sel.fallback = len(sel.backends) > 0
 	}
-	slices.SortFunc(sel.backends, func(a, b Backend) int { return cmp.Compare(a.Addr.String(), b.Addr.String()) })
 	return sel
 }
 

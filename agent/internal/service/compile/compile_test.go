@@ -79,9 +79,9 @@ var thisNode = Node{Name: "node-a", Zone: "zone-1", NodePortAddrs: []netip.Addr{
 // state order-insensitively and failures read like a diff.
 func render(d Desired) string {
 	var lines []string
-	for f, e := range d {
-		var bs []string
-		for _, b := range e.Backends {
+	names := func(bs []Backend) string {
+		var out []string
+		for _, b := range bs {
 			s := b.Addr.String()
 			if b.Local {
 				s += "(local)"
@@ -89,9 +89,15 @@ func render(d Desired) string {
 			if b.Terminating {
 				s += "(terminating)"
 			}
-			bs = append(bs, s)
+			out = append(out, s)
 		}
+		return strings.Join(out, " ")
+	}
+	for f, e := range d {
 		flags := ""
+		if len(e.Draining) > 0 {
+			flags += " draining=[" + names(e.Draining) + "]"
+		}
 		if e.LocalOnly {
 			flags += " local-only"
 		}
@@ -101,7 +107,7 @@ func render(d Desired) string {
 		if e.AffinityTimeout > 0 {
 			flags += fmt.Sprintf(" affinity=%ds", e.AffinityTimeout)
 		}
-		lines = append(lines, fmt.Sprintf("%s -> [%s]%s", f, strings.Join(bs, " "), flags))
+		lines = append(lines, fmt.Sprintf("%s -> [%s]%s", f, names(e.Backends), flags))
 	}
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
@@ -155,11 +161,13 @@ func TestCompile(t *testing.T) {
 				"[fd00:96::10]:80/6/internal -> [[fd00:244::5]:8080]",
 		},
 		{
-			name:     "terminating endpoints only when none is ready",
+			name:     "terminating endpoints drain while one is ready",
 			services: []*v1.Service{svc("web")},
 			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
-				ep{addr: "10.244.1.5"}, ep{addr: "10.244.1.6", notReady: true, terminating: true})},
-			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080]",
+				ep{addr: "10.244.1.5"}, ep{addr: "10.244.1.6", notReady: true, terminating: true},
+				ep{addr: "10.244.1.7", notReady: true, terminating: true, notServing: true},
+				ep{addr: "10.244.1.8", notReady: true})},
+			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080] draining=[10.244.1.6:8080(terminating) 10.244.1.7:8080(terminating)]",
 		},
 		{
 			name:     "serving terminating endpoints as fallback",
@@ -167,7 +175,47 @@ func TestCompile(t *testing.T) {
 			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
 				ep{addr: "10.244.1.6", notReady: true, terminating: true},
 				ep{addr: "10.244.1.7", notReady: true, terminating: true, notServing: true})},
-			want: "10.96.0.10:80/6/internal -> [10.244.1.6:8080(terminating)] terminating-fallback",
+			want: "10.96.0.10:80/6/internal -> [10.244.1.6:8080(terminating)] draining=[10.244.1.7:8080(terminating)] terminating-fallback",
+		},
+		{
+			name:     "nothing serving: terminating endpoints drain, new connections are rejected",
+			services: []*v1.Service{svc("web")},
+			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
+				ep{addr: "10.244.1.7", notReady: true, terminating: true, notServing: true})},
+			want: "10.96.0.10:80/6/internal -> [] draining=[10.244.1.7:8080(terminating)]",
+		},
+		{
+			name:     "draining under internalTrafficPolicy Local: local endpoints only",
+			services: []*v1.Service{svc("web", local)},
+			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
+				ep{addr: "10.244.0.7", node: "node-a"},
+				ep{addr: "10.244.0.8", node: "node-a", notReady: true, terminating: true},
+				ep{addr: "10.244.1.6", node: "node-b", notReady: true, terminating: true})},
+			want: "10.96.0.10:80/6/internal -> [10.244.0.7:8080(local)] draining=[10.244.0.8:8080(local)(terminating)] local-only",
+		},
+		{
+			name: "draining per family",
+			services: []*v1.Service{svc("web", func(s *v1.Service) {
+				s.Spec.ClusterIPs = []string{"10.96.0.10", "fd00:96::10"}
+			})},
+			slices: []*discovery.EndpointSlice{
+				slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080}, ep{addr: "10.244.1.5"},
+					ep{addr: "10.244.1.6", notReady: true, terminating: true}),
+				slice("web", discovery.AddressTypeIPv6, map[string]int32{"http": 8080}, ep{addr: "fd00:244::5", notReady: true, terminating: true}),
+			},
+			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080] draining=[10.244.1.6:8080(terminating)]\n" +
+				"[fd00:96::10]:80/6/internal -> [[fd00:244::5]:8080(terminating)] terminating-fallback",
+		},
+		{
+			name: "topology limits new connections, not draining",
+			services: []*v1.Service{svc("web", func(s *v1.Service) {
+				d := v1.ServiceTrafficDistributionPreferClose
+				s.Spec.TrafficDistribution = &d
+			})},
+			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
+				ep{addr: "10.244.1.5", zones: []string{"zone-1"}}, ep{addr: "10.244.2.5", zones: []string{"zone-2"}},
+				ep{addr: "10.244.2.6", zones: []string{"zone-2"}, notReady: true, terminating: true})},
+			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080] draining=[10.244.2.6:8080(terminating)]",
 		},
 		{
 			name:     "internalTrafficPolicy Local",

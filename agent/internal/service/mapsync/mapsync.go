@@ -6,10 +6,13 @@
 //	and their tables -> delete stale backends
 //
 // On start it restores its view (and the IDs in use) from the pinned maps,
-// so a restarted agent rewrites nothing that is already right.
+// giving each backend to the service its SvcId names, so a restarted agent
+// rewrites nothing that is already right and a draining backend (in no
+// Maglev table) keeps its ID.
 package mapsync
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -28,9 +31,10 @@ import (
 type service struct {
 	id    uint32
 	value bpf.ServiceValue
-	// ids are this frontend's backend IDs by endpoint. Backend IDs are per
-	// (frontend, endpoint): removing an endpoint deletes exactly its ID,
-	// which is what moves the flows that used it.
+	// ids are this frontend's backend IDs by endpoint, draining ones
+	// included. Backend IDs are per (frontend, endpoint): removing an
+	// endpoint deletes exactly its ID, which is what moves the flows that
+	// used it.
 	ids map[netip.AddrPort]uint32
 	// table lists the backend IDs the Maglev table was built from, sorted.
 	table []uint32
@@ -46,10 +50,17 @@ const tableChunk = 256
 type plan struct {
 	key     bpf.ServiceKey
 	svc     service
-	ordered []uint32 // backend IDs in table order (sorted by address)
+	ordered []uint32 // backend IDs of the table in table order (sorted by address)
 	names   []string
+	members []member // every backend of the frontend: the table's, then the draining ones
 	table   bool     // the Maglev table must be rebuilt
 	removed []uint32 // backend IDs the frontend no longer uses
+}
+
+// member is one backend of a planned frontend with its ID.
+type member struct {
+	id      uint32
+	backend compile.Backend
 }
 
 // Writer owns the service-related maps of one node's datapath.
@@ -95,50 +106,85 @@ func New(dp *bpf.Datapath) (*Writer, error) {
 	return w, nil
 }
 
+// restore reads the service entries, then gives each its backends: those
+// whose SvcId names it, whether its Maglev table reaches them or not
+// (draining backends are in no table, and keep their IDs across a
+// restart). Backends of no service are orphans.
 func (w *Writer) restore() error {
+	bySvc := map[uint32][]uint32{}
 	var bid uint32
 	var bv bpf.BackendValue
 	it := w.dp.Backends.Iterate()
 	for it.Next(&bid, &bv) {
 		w.backends[bid] = bv
 		w.beIDs.take(bid)
+		bySvc[bv.SvcId] = append(bySvc[bv.SvcId], bid)
 	}
 	if err := it.Err(); err != nil {
 		return err
 	}
+	used := map[uint32]bool{}
 	var k bpf.ServiceKey
 	var v bpf.ServiceValue
 	sit := w.dp.Services.Iterate()
 	for sit.Next(&k, &v) {
 		w.svcIDs.take(v.Id)
-		ids, err := w.tableIDs(v.Id)
+		svc, err := w.restoreService(v, bySvc[v.Id])
 		if err != nil {
 			return err
 		}
-		svc := &service{id: v.Id, value: v, ids: map[netip.AddrPort]uint32{}}
-		for _, id := range ids {
-			if be, ok := w.backends[id]; ok {
-				svc.ids[endpoint(be)] = id
-				svc.table = append(svc.table, id)
-			}
+		for _, id := range svc.ids {
+			used[id] = true
 		}
 		w.services[k] = svc
 	}
 	if err := sit.Err(); err != nil {
 		return err
 	}
-	used := map[uint32]bool{}
-	for _, svc := range w.services {
-		for _, id := range svc.ids {
-			used[id] = true
-		}
-	}
 	for id := range w.backends {
 		if !used[id] {
 			w.orphans = append(w.orphans, id)
 		}
 	}
+	slices.Sort(w.orphans)
 	return w.pruneOrphanTables()
+}
+
+// restoreService rebuilds one frontend's view from its entry and the
+// backend IDs allocated for it. Should two IDs carry one endpoint (never
+// written so), the one in the table wins and the other is an orphan.
+func (w *Writer) restoreService(v bpf.ServiceValue, ids []uint32) (*service, error) {
+	inTable, err := w.tableIDs(v.Id)
+	if err != nil {
+		return nil, err
+	}
+	svc := &service{id: v.Id, value: v, ids: map[netip.AddrPort]uint32{}}
+	tableSet := make(map[uint32]bool, len(inTable))
+	for _, id := range inTable {
+		tableSet[id] = true
+	}
+	slices.SortFunc(ids, func(a, b uint32) int {
+		// Table members first, then by ID, so the choice is stable.
+		if ta, tb := tableSet[a], tableSet[b]; ta != tb {
+			if ta {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(a, b)
+	})
+	for _, id := range ids {
+		ep := endpoint(w.backends[id])
+		if _, dup := svc.ids[ep]; !dup {
+			svc.ids[ep] = id
+		}
+	}
+	for _, id := range inTable {
+		if be, ok := w.backends[id]; ok && be.SvcId == v.Id && svc.ids[endpoint(be)] == id {
+			svc.table = append(svc.table, id)
+		}
+	}
+	return svc, nil
 }
 
 func endpoint(be bpf.BackendValue) netip.AddrPort {
@@ -192,7 +238,8 @@ func serviceKey(f compile.Frontend) bpf.ServiceKey {
 
 func sameEntry(a, b compile.Entry) bool {
 	return a.AffinityTimeout == b.AffinityTimeout && a.LocalOnly == b.LocalOnly &&
-		a.TerminatingFallback == b.TerminatingFallback && slices.Equal(a.Backends, b.Backends)
+		a.TerminatingFallback == b.TerminatingFallback && slices.Equal(a.Backends, b.Backends) &&
+		slices.Equal(a.Draining, b.Draining)
 }
 
 // SetNodePodCIDRs writes this node's pod CIDRs (a list of "10.244.1.0/24"
@@ -299,10 +346,10 @@ func (w *Writer) writeBackends(plans []*plan, st *Stats) error {
 	var bids []uint32
 	var bvals []bpf.BackendValue
 	for _, p := range plans {
-		for i, id := range p.ordered {
-			want := backendValue(p, i)
-			if cur, ok := w.backends[id]; !ok || cur != want {
-				bids, bvals = append(bids, id), append(bvals, want)
+		for _, m := range p.members {
+			want := backendValue(p.svc.id, m.backend)
+			if cur, ok := w.backends[m.id]; !ok || cur != want {
+				bids, bvals = append(bids, m.id), append(bvals, want)
 			}
 		}
 	}
@@ -427,9 +474,9 @@ func (w *Writer) plan(key bpf.ServiceKey, cur *service, e compile.Entry) (*plan,
 		}
 		p.svc.id = id
 	}
-	p.svc.ids = make(map[netip.AddrPort]uint32, len(e.Backends))
+	p.svc.ids = make(map[netip.AddrPort]uint32, len(e.Backends)+len(e.Draining))
 	var fresh []uint32 // IDs taken by this plan, returned if it fails
-	for _, b := range e.Backends {
+	for i, b := range slices.Concat(e.Backends, e.Draining) {
 		id, ok := uint32(0), false
 		if cur != nil {
 			id, ok = cur.ids[b.Addr]
@@ -447,8 +494,11 @@ func (w *Writer) plan(key bpf.ServiceKey, cur *service, e compile.Entry) (*plan,
 			fresh = append(fresh, id)
 		}
 		p.svc.ids[b.Addr] = id
-		p.ordered = append(p.ordered, id)
-		p.names = append(p.names, b.Addr.String())
+		p.members = append(p.members, member{id: id, backend: b})
+		if i < len(e.Backends) {
+			p.ordered = append(p.ordered, id)
+			p.names = append(p.names, b.Addr.String())
+		}
 	}
 	if cur != nil {
 		for addr, id := range cur.ids {
@@ -472,9 +522,8 @@ func (w *Writer) plan(key bpf.ServiceKey, cur *service, e compile.Entry) (*plan,
 	return p, nil
 }
 
-// backendValue is the map value of the plan's i-th backend.
-func backendValue(p *plan, i int) bpf.BackendValue {
-	b := p.svc.entry.Backends[i]
+// backendValue is the map value of backend b of service svcID.
+func backendValue(svcID uint32, b compile.Backend) bpf.BackendValue {
 	var flags uint8
 	if b.Local {
 		flags |= bpf.BackendLocal
@@ -482,7 +531,7 @@ func backendValue(p *plan, i int) bpf.BackendValue {
 	if b.Terminating {
 		flags |= bpf.BackendTerminating
 	}
-	return bpf.BackendValue{Addr: bpf.Addr(b.Addr.Addr()), Port: bpf.Port(b.Addr.Port()), Flags: flags, SvcId: p.svc.id}
+	return bpf.BackendValue{Addr: bpf.Addr(b.Addr.Addr()), Port: bpf.Port(b.Addr.Port()), Flags: flags, SvcId: svcID}
 }
 
 // buildTables computes the Maglev tables of the given plans in parallel.

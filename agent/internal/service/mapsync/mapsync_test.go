@@ -2,6 +2,8 @@ package mapsync
 
 import (
 	"encoding/binary"
+	"errors"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -271,5 +273,144 @@ func TestSyncTouched(t *testing.T) {
 	}
 	if got := dump(t, dp); len(got) != 1 || len(got["10.96.0.11:80"]) != 2 {
 		t.Errorf("maps hold %v", got)
+	}
+}
+
+// backendIDs reads the backend map: each endpoint's ID and value, by the
+// service ID the backend was allocated for.
+func backendIDs(t *testing.T, dp *bpf.Datapath) map[uint32]map[string]uint32 {
+	t.Helper()
+	out := map[uint32]map[string]uint32{}
+	var id uint32
+	var v bpf.BackendValue
+	it := dp.Backends.Iterate()
+	for it.Next(&id, &v) {
+		if out[v.SvcId] == nil {
+			out[v.SvcId] = map[string]uint32{}
+		}
+		out[v.SvcId][endpoint(v).String()] = id
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func serviceID(t *testing.T, dp *bpf.Datapath, vip string) uint32 {
+	t.Helper()
+	ap := netip.MustParseAddrPort(vip)
+	var v bpf.ServiceValue
+	if err := dp.Services.Lookup(bpf.ServiceKey{Addr: bpf.Addr(ap.Addr()), Port: bpf.Port(ap.Port()), Proto: bpf.ProtoTCP}, &v); err != nil {
+		t.Fatalf("service %s: %v", vip, err)
+	}
+	return v.Id
+}
+
+// TestTerminatingBackendDrains: a terminating endpoint keeps its backend ID
+// and entry (flagged terminating) while it is listed, out of the Maglev
+// table; across a writer restart too; and goes when it leaves.
+func TestTerminatingBackendDrains(t *testing.T) {
+	dp, root := loadDatapath(t)
+	w, err := New(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := fe("10.96.0.10:80")
+	desired := compile.Desired{vip: {Service: web, Backends: backends("10.244.1.5:8080", "10.244.1.6:8080", "10.244.1.7:8080")}}
+	if _, err := w.Sync(desired); err != nil {
+		t.Fatal(err)
+	}
+	svcID := serviceID(t, dp, "10.96.0.10:80")
+	before := backendIDs(t, dp)[svcID]
+	drainingID := before["10.244.1.7:8080"]
+
+	// 10.244.1.7 terminates: out of the table, still in the backend map.
+	draining := compile.Entry{Service: web, Backends: backends("10.244.1.5:8080", "10.244.1.6:8080"),
+		Draining: []compile.Backend{{Addr: netip.MustParseAddrPort("10.244.1.7:8080"), Terminating: true}}}
+	desired[vip] = draining
+	st, err := w.Sync(desired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.BackendsDeleted != 0 || st.BackendsWritten != 1 || st.TablesWritten != 1 {
+		t.Errorf("endpoint terminating: %+v, want its backend rewritten (flag) and the table rebuilt", st)
+	}
+	check := func(dp *bpf.Datapath, when string) {
+		t.Helper()
+		if got, want := dump(t, dp)["10.96.0.10:80"], []string{"10.244.1.5:8080", "10.244.1.6:8080"}; !slices.Equal(got, want) {
+			t.Errorf("%s: table reaches %v, want %v", when, got, want)
+		}
+		if got := backendIDs(t, dp)[svcID]; !maps.Equal(got, before) {
+			t.Errorf("%s: backend IDs %v, want %v (unchanged)", when, got, before)
+		}
+		var be bpf.BackendValue
+		if err := dp.Backends.Lookup(drainingID, &be); err != nil || be.Flags&bpf.BackendTerminating == 0 || be.SvcId != svcID {
+			t.Errorf("%s: draining backend %d: %+v %v, want terminating, service %d", when, drainingID, be, err, svcID)
+		}
+	}
+	check(dp, "draining")
+
+	// The agent restarts: the draining backend is in no table, and keeps
+	// its ID all the same.
+	dp2, err := bpf.Load(bpf.Config{PinRoot: root, MaglevSize: 251, MaxServices: 1024, MaxBackends: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp2.Close()
+	w2, err := New(dp2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := w2.Sync(desired); err != nil || st.Changed() {
+		t.Errorf("sync after restart: %+v %v, want nothing written or deleted", st, err)
+	}
+	check(dp2, "after restart")
+
+	// The endpoint leaves the slice: its backend goes.
+	desired[vip] = compile.Entry{Service: web, Backends: backends("10.244.1.5:8080", "10.244.1.6:8080")}
+	st, err = w2.Sync(desired)
+	if err != nil || st.BackendsDeleted != 1 || st.TablesWritten != 0 {
+		t.Errorf("endpoint gone: %+v %v, want one backend deleted, no table", st, err)
+	}
+	var be bpf.BackendValue
+	if err := dp2.Backends.Lookup(drainingID, &be); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("backend of the endpoint gone: %+v %v, want it deleted", be, err)
+	}
+}
+
+// TestRestoreByServiceID: at restore a backend belongs to the service its
+// SvcId names; one naming no service is an orphan and is deleted.
+func TestRestoreByServiceID(t *testing.T) {
+	dp, root := loadDatapath(t)
+	w, err := New(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := fe("10.96.0.10:80")
+	desired := compile.Desired{vip: {Service: web,
+		Draining: []compile.Backend{{Addr: netip.MustParseAddrPort("10.244.1.7:8080"), Terminating: true}}}}
+	if _, err := w.Sync(desired); err != nil {
+		t.Fatal(err)
+	}
+	// Left by a crash: a backend of a service ID never written.
+	orphan := bpf.BackendValue{Addr: bpf.Addr(netip.MustParseAddr("10.244.1.7")), Port: bpf.Port(8080), SvcId: 77}
+	if err := dp.Backends.Put(uint32(999), orphan); err != nil {
+		t.Fatal(err)
+	}
+	dp2, err := bpf.Load(bpf.Config{PinRoot: root, MaglevSize: 251, MaxServices: 1024, MaxBackends: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp2.Close()
+	w2, err := New(dp2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := w2.Sync(desired)
+	if err != nil || st.BackendsDeleted != 1 || st.BackendsWritten != 0 || st.Backends != 1 {
+		t.Errorf("after restart: %+v %v, want the orphan deleted and the draining backend kept", st, err)
+	}
+	if err := dp2.Backends.Lookup(uint32(999), &orphan); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Errorf("orphan backend: %v, want it deleted", err)
 	}
 }
