@@ -424,9 +424,13 @@ func serve(ctx context.Context, log *slog.Logger, name, addr string, h http.Hand
 	return nil
 }
 
-// gcConntrack deletes expired conntrack entries periodically.
+// gcConntrack deletes expired conntrack entries, at most every
+// (conntrackGCInterval) apart and sooner as the maps fill
+// (config.NextCTGCInterval).
 func gcConntrack(ctx context.Context, log *slog.Logger, dp *bpf.Datapath, m *metrics.Metrics, every time.Duration) {
-	t := time.NewTicker(every)
+	next := every
+	m.SetConntrackGCInterval(next)
+	t := time.NewTimer(next)
 	defer t.Stop()
 	for {
 		select {
@@ -434,20 +438,25 @@ func gcConntrack(ctx context.Context, log *slog.Logger, dp *bpf.Datapath, m *met
 			return
 		case <-t.C:
 		}
+		start := time.Now()
 		st, err := dp.GCConntrack()
+		took := time.Since(start)
+		// After a failure, the maps that were walked still say how full
+		// they are.
+		prev := next
+		next = config.NextCTGCInterval(every, st)
+		m.ObserveConntrackGC(st, took, err, next)
 		if err != nil {
 			log.Error("conntrack garbage collection failed", "err", err)
-			continue
 		}
-		live := 0
 		for _, s := range st {
-			live += s.Live
-			m.MapEntries.WithLabelValues("conntrack_" + s.Map).Set(float64(s.Live))
-			m.ConntrackGCDeleted.Add(float64(s.Deleted))
 			if s.Deleted > 0 {
-				log.Debug("conntrack garbage collected", "map", s.Map, "deleted", s.Deleted, "live", s.Live)
+				log.Debug("conntrack garbage collected", "map", s.Map, "deleted", s.Deleted, "live", s.Live, "fill", s.Fill())
 			}
 		}
-		m.ConntrackEntries.Set(float64(live))
+		if next != prev {
+			log.Info("conntrack garbage collection interval changed", "interval", next, "was", prev, "stats", st)
+		}
+		t.Reset(next)
 	}
 }

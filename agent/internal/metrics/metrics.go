@@ -1,5 +1,6 @@
 // Package metrics defines the agent's Prometheus metrics (all documented in
-// docs/reference.md) and collects the datapath's drop counters at scrape.
+// docs/reference.md) and collects the datapath's drop and event counters
+// at scrape.
 package metrics
 
 import (
@@ -21,8 +22,7 @@ type Metrics struct {
 	BackendsProgrammed prometheus.Gauge
 	MapCapacity        *prometheus.GaugeVec
 	MapEntries         *prometheus.GaugeVec
-	ConntrackEntries   prometheus.Gauge
-	ConntrackGCDeleted prometheus.Counter
+	ct                 conntrackMetrics
 
 	PolicyEndpointsIsolated prometheus.Gauge
 }
@@ -68,19 +68,15 @@ func New() *Metrics {
 		MapEntries: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sluice_map_entries", Help: "Entries in a datapath map (fill level against sluice_map_capacity).",
 		}, []string{"map"}),
-		ConntrackEntries: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "sluice_conntrack_entries", Help: "Live conntrack entries after the last garbage collection (two per flow).",
-		}),
-		ConntrackGCDeleted: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sluice_conntrack_gc_deleted_total", Help: "Expired conntrack entries deleted by garbage collection.",
-		}),
+		ct: newConntrackMetrics(),
 		PolicyEndpointsIsolated: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sluice_policy_endpoints_isolated", Help: "Local pods isolated by NetworkPolicy (ingress, egress or both).",
 		}),
 	}
 	m.Registry.MustRegister(m.syncDuration, m.syncErrors, m.objectErrors, m.ServicesProgrammed, m.BackendsProgrammed,
-		m.MapCapacity, m.MapEntries, m.ConntrackEntries, m.ConntrackGCDeleted, m.PolicyEndpointsIsolated,
+		m.MapCapacity, m.MapEntries, m.PolicyEndpointsIsolated,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.Registry.MustRegister(m.ct.collectors()...)
 	return m
 }
 
@@ -95,9 +91,9 @@ func (m *Metrics) Controller(name string) Controller {
 }
 
 // RegisterDatapath publishes dp's map capacities and collects its drop
-// counters at every scrape.
+// and event counters at every scrape.
 func (m *Metrics) RegisterDatapath(dp *bpf.Datapath) {
-	m.Registry.MustRegister(&dropCollector{dp: dp})
+	m.Registry.MustRegister(&dropCollector{dp: dp}, &counterCollector{dp: dp})
 	for name, mp := range map[string]interface{ MaxEntries() uint32 }{
 		"services": dp.Services, "backends": dp.Backends, "conntrack_tcp": dp.ConntrackTCP, "conntrack_other": dp.ConntrackOther,
 		"affinity": dp.Affinity, "endpoints": dp.Endpoints, "sock_revnat": dp.SockRevnat,
