@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/clock"
 
 	"github.com/sluice-net/sluice/agent/internal/apiobj"
@@ -45,6 +46,9 @@ type Options struct {
 	Clock            clock.Clock
 	// HealthChecks serves healthCheckNodePorts; nil disables them.
 	HealthChecks *healthcheck.Server
+	// Recorder posts Events on the Services the controller cannot program
+	// as asked; nil posts none.
+	Recorder record.EventRecorder
 }
 
 // Controller keeps the datapath's service maps in step with the API.
@@ -56,6 +60,7 @@ type Controller struct {
 	metrics *metrics.Metrics
 	// syncMetrics are this controller's series of the shared sync metrics.
 	syncMetrics metrics.Controller
+	svcMetrics  *metrics.Service
 	runner      *runner.Runner
 
 	mu    sync.Mutex
@@ -69,6 +74,9 @@ type Controller struct {
 	desired      compile.Desired
 	healthChecks map[types.NamespacedName]compile.HealthCheck
 	lastFull     time.Time
+	// fullReported are the Services (with the map) last reported as not
+	// programmed for a full map; only sync touches it.
+	fullReported map[fullKey]bool
 
 	synced []cache.InformerSynced // our handlers have seen the initial lists
 
@@ -83,9 +91,11 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *maps
 		opts.Clock = clock.RealClock{}
 	}
 	c := &Controller{log: log, opts: opts, factory: factory, writer: writer, metrics: m, syncMetrics: m.Controller("service"),
-		dirty: map[types.NamespacedName]bool{}, full: true, perService: map[types.NamespacedName]compile.Desired{},
+		svcMetrics: m.RegisterService(),
+		dirty:      map[types.NamespacedName]bool{}, full: true, perService: map[types.NamespacedName]compile.Desired{},
 		desired:      compile.Desired{},
-		healthChecks: map[types.NamespacedName]compile.HealthCheck{}}
+		healthChecks: map[types.NamespacedName]compile.HealthCheck{},
+		fullReported: map[fullKey]bool{}}
 	err := factory.Discovery().V1().EndpointSlices().Informer().AddIndexers(cache.Indexers{sliceIndex: func(obj any) ([]string, error) {
 		s, ok := obj.(*discovery.EndpointSlice)
 		if !ok || s.Labels[discovery.LabelServiceName] == "" {
@@ -249,6 +259,7 @@ func (c *Controller) syncOnce(start time.Time) error {
 	} else {
 		st, err = c.writer.SyncTouched(c.desired, touched)
 	}
+	c.reportFull(mapsync.FullErrors(err))
 	if err == nil && (full || st.TablesWritten >= freeMemoryAfterTables) {
 		// Building Maglev tables in bulk (a full sync, or a burst of new
 		// Services) leaves megabytes of transient garbage; hand it back to
@@ -300,6 +311,52 @@ func (c *Controller) syncOnce(start time.Time) error {
 }
 
 const sliceIndex = "service"
+
+// fullKey is a Service that a full map kept out of the datapath.
+type fullKey struct {
+	service types.NamespacedName
+	mapName string
+}
+
+// reportFull reports the frontends a full map kept out of the datapath:
+// each sync that met a full map counts once per map; a Service newly
+// affected gets a log line and a Warning Event naming the map, its
+// capacity and the setting to raise (once, not at every retry).
+func (c *Controller) reportFull(fes []*mapsync.FullError) {
+	now := map[fullKey]bool{}
+	counted := map[string]bool{}
+	for _, fe := range fes {
+		if !counted[fe.Label] {
+			counted[fe.Label] = true
+			c.svcMetrics.MapFull.WithLabelValues(fe.Label).Inc()
+		}
+		k := fullKey{fe.Service, fe.Map}
+		if now[k] {
+			continue
+		}
+		now[k] = true
+		if c.fullReported[k] {
+			continue
+		}
+		c.log.Error("datapath map full: Service not programmed", "service", fe.Service.String(), "frontend", fe.Frontend.String(),
+			"map", fe.Map, "capacity", fe.Capacity, "raise", fe.Setting)
+		c.event(fe.Service, v1.EventTypeWarning, "MapFull", "Frontend %s not programmed on node %s: datapath map %s is full (capacity %d); raise the agent's %s",
+			fe.Frontend, c.opts.NodeName, fe.Map, fe.Capacity, fe.Setting)
+	}
+	c.fullReported = now
+}
+
+// event posts an Event on a Service, if it still exists.
+func (c *Controller) event(key types.NamespacedName, eventType, reason, format string, args ...any) {
+	if c.opts.Recorder == nil {
+		return
+	}
+	svc, err := c.factory.Core().V1().Services().Lister().Services(key.Namespace).Get(key.Name)
+	if err != nil {
+		return
+	}
+	c.opts.Recorder.Eventf(svc, eventType, reason, format, args...)
+}
 
 // freeMemoryAfterTables is the number of Maglev tables (64 KiB each at the
 // default size, plus their permutations) one sync must write before it

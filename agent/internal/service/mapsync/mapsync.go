@@ -15,12 +15,14 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"runtime"
 	"slices"
 	"sync"
 
 	"github.com/cilium/ebpf"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/sluice-net/sluice/agent/internal/service/compile"
 	"github.com/sluice-net/sluice/bpf"
@@ -48,13 +50,28 @@ const tableChunk = 256
 
 // plan is one changed frontend with its IDs assigned.
 type plan struct {
-	key     bpf.ServiceKey
-	svc     service
-	ordered []uint32 // backend IDs of the table in table order (sorted by address)
-	names   []string
-	members []member // every backend of the frontend: the table's, then the draining ones
-	table   bool     // the Maglev table must be rebuilt
-	removed []uint32 // backend IDs the frontend no longer uses
+	key      bpf.ServiceKey
+	frontend compile.Frontend
+	service  types.NamespacedName
+	cur      *service // what the maps held before; nil for a new frontend
+	svc      service
+	ordered  []uint32 // backend IDs of the table in table order (sorted by address)
+	names    []string
+	members  []member        // every backend of the frontend: the table's, then the draining ones
+	fresh    map[uint32]bool // backend IDs this plan took from the pool
+	table    bool            // the Maglev table must be rebuilt
+	removed  []uint32        // backend IDs the frontend no longer uses
+
+	// What has been written, for undoing it should a later step fail.
+	writes       []backendWrite
+	tableWritten bool
+}
+
+// backendWrite is one backend value a plan writes, and the value it
+// replaces (zero for a new ID).
+type backendWrite struct {
+	id          uint32
+	value, prev bpf.BackendValue
 }
 
 // member is one backend of a planned frontend with its ID.
@@ -259,8 +276,11 @@ func (w *Writer) SetNodePodCIDRs(cidrs []string) error {
 
 // Sync makes the maps hold exactly desired. Frontends whose entry is the
 // one last applied cost a comparison; the rest are planned and written in
-// batches. On error the maps hold a consistent mix of old and new state
-// and the next Sync retries the rest.
+// batches. A frontend that cannot be written whole (a full map, a failed
+// write) is left as it was, with every ID it took returned and everything
+// written for it undone, and its error is returned (a *FullError when a
+// map is full); the frontends that could be written are. The next Sync
+// retries the rest.
 func (w *Writer) Sync(desired compile.Desired) (Stats, error) {
 	return w.apply(desired, nil)
 }
@@ -276,160 +296,300 @@ func (w *Writer) SyncTouched(desired compile.Desired, touched []compile.Frontend
 	return w.apply(desired, touched)
 }
 
-// apply syncs every frontend (touched nil) or only the touched ones. Its
-// steps write in the package's order, so that the datapath never meets a
-// dangling reference; a failed batch write stops the sync before anything
-// refers to what it failed to write.
+// apply syncs every frontend (touched nil) or only the touched ones.
+// Stale frontends go first (nothing else refers to them, and the IDs they
+// free serve this sync's new frontends); then the changed ones, in the
+// package's order, so that the datapath never meets a dangling reference.
+// A plan that fails at a step is abandoned there: nothing refers to what
+// was written for it, so that is deleted again.
 func (w *Writer) apply(desired compile.Desired, touched []compile.Frontend) (Stats, error) {
 	var st Stats
-	plans, stale, errs := w.planChanges(desired, touched)
-	fail := func(err error) (Stats, error) { return st, errors.Join(append(errs, err)...) }
-	if err := w.writeBackends(plans, &st); err != nil {
-		return fail(err)
-	}
-	if err := w.writeTables(plans, &st, &errs); err != nil {
-		return fail(err)
-	}
-	if err := w.writeServices(plans, &st); err != nil {
-		return fail(err)
-	}
-	unused := w.adopt(plans, &errs)
-	unused = append(unused, w.deleteStale(stale, &st, &errs)...)
+	var errs []error
+	unused := w.deleteStale(w.staleKeys(desired, touched), &st, &errs)
+	unused = append(unused, w.orphans...)
+	w.orphans = nil
 	w.deleteBackends(unused, &st, &errs)
+
+	plans := w.planChanges(desired, touched, &errs)
+	plans = w.writeBackends(plans, &st, &errs)
+	plans = w.writeTables(plans, &st, &errs)
+	plans = w.writeServices(plans, &st, &errs)
+	w.deleteBackends(w.adopt(plans, &errs), &st, &errs)
 	st.Services, st.Backends = len(w.services), len(w.backends)
 	return st, errors.Join(errs...)
 }
 
-// planChanges plans the frontends whose entry differs from the one last
-// applied, and lists the frontends to delete; an unchanged frontend costs
-// a comparison.
-func (w *Writer) planChanges(desired compile.Desired, touched []compile.Frontend) (plans []*plan, stale []bpf.ServiceKey, errs []error) {
-	consider := func(f compile.Frontend, e compile.Entry) {
-		key := serviceKey(f)
-		cur := w.services[key]
-		if cur != nil && cur.entry != nil && sameEntry(*cur.entry, e) {
-			return
-		}
-		p, err := w.plan(key, cur, e)
-		if err != nil {
-			errs = append(errs, err)
-			return
-		}
-		plans = append(plans, p)
-	}
+// staleKeys lists the frontends to delete: those the maps hold and desired
+// lacks (only among the touched ones, unless touched is nil).
+func (w *Writer) staleKeys(desired compile.Desired, touched []compile.Frontend) []bpf.ServiceKey {
+	var stale []bpf.ServiceKey
 	if touched == nil {
 		seen := make(map[bpf.ServiceKey]bool, len(desired))
-		for f, e := range desired {
+		for f := range desired {
 			seen[serviceKey(f)] = true
-			consider(f, e)
 		}
 		for key := range w.services {
 			if !seen[key] {
 				stale = append(stale, key)
 			}
 		}
-		return plans, stale, errs
+		return stale
+	}
+	for _, f := range touched {
+		if _, ok := desired[f]; ok {
+			continue
+		}
+		if _, ok := w.services[serviceKey(f)]; ok && !slices.Contains(stale, serviceKey(f)) {
+			stale = append(stale, serviceKey(f))
+		}
+	}
+	return stale
+}
+
+// planChanges plans the frontends whose entry differs from the one last
+// applied; an unchanged frontend costs a comparison.
+func (w *Writer) planChanges(desired compile.Desired, touched []compile.Frontend, errs *[]error) []*plan {
+	var plans []*plan
+	planned := map[bpf.ServiceKey]bool{}
+	consider := func(f compile.Frontend, e compile.Entry) {
+		key := serviceKey(f)
+		cur := w.services[key]
+		if planned[key] || (cur != nil && cur.entry != nil && sameEntry(*cur.entry, e)) {
+			return
+		}
+		planned[key] = true
+		p, err := w.plan(f, cur, e)
+		if err != nil {
+			*errs = append(*errs, err)
+			return
+		}
+		plans = append(plans, p)
+	}
+	if touched == nil {
+		for f, e := range desired {
+			consider(f, e)
+		}
+		return plans
 	}
 	for _, f := range touched {
 		if e, ok := desired[f]; ok {
 			consider(f, e)
-		} else if _, ok := w.services[serviceKey(f)]; ok {
-			stale = append(stale, serviceKey(f))
 		}
 	}
-	return plans, stale, errs
+	return plans
 }
 
 // writeBackends writes the planned backends that are new or changed (step
-// 1: before any table can point at them).
-func (w *Writer) writeBackends(plans []*plan, st *Stats) error {
+// 1: before any table can point at them), all in one batch. Should the
+// batch fail (a full map), it writes plan by plan: the plans that fit are
+// written, the others abandoned. It returns the plans written.
+func (w *Writer) writeBackends(plans []*plan, st *Stats, errs *[]error) []*plan {
 	var bids []uint32
 	var bvals []bpf.BackendValue
 	for _, p := range plans {
 		for _, m := range p.members {
 			want := backendValue(p.svc.id, m.backend)
-			if cur, ok := w.backends[m.id]; !ok || cur != want {
-				bids, bvals = append(bids, m.id), append(bvals, want)
+			cur, ok := w.backends[m.id]
+			if ok && cur == want {
+				continue
 			}
+			p.writes = append(p.writes, backendWrite{id: m.id, value: want, prev: cur})
+			bids, bvals = append(bids, m.id), append(bvals, want)
 		}
 	}
 	if len(bids) == 0 {
-		return nil
+		return plans
 	}
-	if _, err := w.dp.Backends.BatchUpdate(bids, bvals, nil); err != nil {
-		return fmt.Errorf("write %d backends (backend map full? MaxBackends is %d): %w", len(bids), w.dp.Backends.MaxEntries(), err)
+	if _, err := w.dp.Backends.BatchUpdate(bids, bvals, nil); err == nil {
+		for _, p := range plans {
+			w.commitBackends(p, st)
+		}
+		return plans
 	}
-	for i, id := range bids {
-		w.backends[id] = bvals[i]
+	var ok []*plan
+	for _, p := range plans {
+		if len(p.writes) > 0 {
+			ids, vals := make([]uint32, len(p.writes)), make([]bpf.BackendValue, len(p.writes))
+			for i, bw := range p.writes {
+				ids[i], vals[i] = bw.id, bw.value
+			}
+			if _, err := w.dp.Backends.BatchUpdate(ids, vals, nil); err != nil {
+				*errs = append(*errs, w.mapError(p, mapBackends, fmt.Sprintf("write %d backends", len(ids)), err))
+				w.abandon(p, errs)
+				continue
+			}
+		}
+		w.commitBackends(p, st)
+		ok = append(ok, p)
 	}
-	st.BackendsWritten = len(bids)
-	return nil
+	return ok
+}
+
+// commitBackends records a plan's backend writes as done.
+func (w *Writer) commitBackends(p *plan, st *Stats) {
+	for _, bw := range p.writes {
+		w.backends[bw.id] = bw.value
+	}
+	st.BackendsWritten += len(p.writes)
 }
 
 // writeTables builds and installs the Maglev tables the plans need (step
 // 2: before a service entry can point at them). Tables are computed on
 // every core (0.3 ms each at 16381 slots) and installed in chunks, so a
 // cold sync of 10,000 services holds tens of MiB of tables at a time, not
-// gigabytes. A table that cannot be built is reported in errs and left
-// out; a failed install is returned.
-func (w *Writer) writeTables(plans []*plan, st *Stats, errs *[]error) error {
+// gigabytes. A plan whose table cannot be built or installed is abandoned;
+// it returns the others.
+func (w *Writer) writeTables(plans []*plan, st *Stats, errs *[]error) []*plan {
 	var jobs []*plan
 	for _, p := range plans {
 		if p.table {
 			jobs = append(jobs, p)
 		}
 	}
+	failed := map[*plan]bool{}
 	for chunk := range slices.Chunk(jobs, tableChunk) {
-		tables, tableErrs := w.buildTables(chunk)
-		*errs = append(*errs, tableErrs...)
+		tables := w.buildTables(chunk, errs, failed)
 		if err := w.dp.SetMaglevTables(tables); err != nil {
-			return err
+			// Table by table: those that fit are installed.
+			for _, p := range chunk {
+				if failed[p] {
+					continue
+				}
+				if err := w.dp.SetMaglevTable(p.svc.id, tables[p.svc.id]); err != nil {
+					*errs = append(*errs, w.mapError(p, mapMaglev, "install Maglev table", err))
+					failed[p] = true
+				}
+			}
 		}
-		st.TablesWritten += len(tables)
+		for _, p := range chunk {
+			if !failed[p] {
+				p.tableWritten = true
+				st.TablesWritten++
+			}
+		}
 	}
-	return nil
+	var ok []*plan
+	for _, p := range plans {
+		if failed[p] {
+			w.abandon(p, errs)
+			continue
+		}
+		ok = append(ok, p)
+	}
+	return ok
 }
 
 // writeServices writes the planned service entries that are new or changed
-// (step 3: their backends and tables are in place).
-func (w *Writer) writeServices(plans []*plan, st *Stats) error {
+// (step 3: their backends and tables are in place), in one batch, or plan
+// by plan should the batch fail. It returns the plans written.
+func (w *Writer) writeServices(plans []*plan, st *Stats, errs *[]error) []*plan {
 	var skeys []bpf.ServiceKey
 	var svals []bpf.ServiceValue
 	for _, p := range plans {
-		if cur := w.services[p.key]; cur == nil || cur.value != p.svc.value {
+		if p.cur == nil || p.cur.value != p.svc.value {
 			skeys, svals = append(skeys, p.key), append(svals, p.svc.value)
 		}
 	}
 	if len(skeys) == 0 {
-		return nil
+		return plans
 	}
-	if _, err := w.dp.Services.BatchUpdate(skeys, svals, nil); err != nil {
-		return fmt.Errorf("write %d services (service map full? MaxServices is %d): %w", len(skeys), w.dp.Services.MaxEntries(), err)
+	if _, err := w.dp.Services.BatchUpdate(skeys, svals, nil); err == nil {
+		st.ServicesWritten += len(skeys)
+		return plans
 	}
-	st.ServicesWritten = len(skeys)
-	return nil
+	var ok []*plan
+	for _, p := range plans {
+		if p.cur != nil && p.cur.value == p.svc.value {
+			ok = append(ok, p)
+			continue
+		}
+		if err := w.dp.Services.Put(p.key, p.svc.value); err != nil {
+			*errs = append(*errs, w.mapError(p, mapServices, "write service entry", err))
+			w.abandonEntry(p, errs)
+			continue
+		}
+		st.ServicesWritten++
+		ok = append(ok, p)
+	}
+	return ok
+}
+
+// abandonEntry handles a plan whose service entry could not be written.
+// A new frontend is abandoned whole. An existing frontend whose new table
+// is installed already cannot go back (the table replaced the old one,
+// and nothing holds the old one): it keeps the backends either table may
+// reach, and the next Sync plans it again.
+func (w *Writer) abandonEntry(p *plan, errs *[]error) {
+	if p.cur == nil || !p.tableWritten {
+		w.abandon(p, errs)
+		return
+	}
+	kept := &service{id: p.cur.id, value: p.cur.value, ids: maps.Clone(p.cur.ids), table: p.svc.table}
+	maps.Copy(kept.ids, p.svc.ids)
+	w.services[p.key] = kept
+}
+
+// abandon undoes what was written for a plan that failed: the backends it
+// wrote under new IDs are deleted and their IDs returned, the backends it
+// rewrote get their old value back, and a new frontend's table (if
+// installed) is deleted and its service ID returned. The maps and pools are
+// then as if the plan had never been made.
+func (w *Writer) abandon(p *plan, errs *[]error) {
+	for _, bw := range p.writes {
+		if !p.fresh[bw.id] {
+			// An existing key: rewriting it needs no room.
+			if err := w.dp.Backends.Put(bw.id, bw.prev); err != nil {
+				*errs = append(*errs, fmt.Errorf("restore backend %d: %w", bw.id, err))
+				// The map's value is unknown: make the next plan rewrite it.
+				w.backends[bw.id] = bpf.BackendValue{}
+				continue
+			}
+			w.backends[bw.id] = bw.prev
+		}
+	}
+	for id := range p.fresh {
+		if err := w.dp.Backends.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			*errs = append(*errs, fmt.Errorf("delete backend %d of an abandoned write: %w", id, err))
+			// Still in the map under its ID: the next Sync deletes it.
+			w.backends[id] = bpf.BackendValue{}
+			w.orphans = append(w.orphans, id)
+			continue
+		}
+		delete(w.backends, id)
+		w.beIDs.put(id)
+	}
+	if p.cur != nil {
+		return
+	}
+	if p.tableWritten {
+		if err := w.dp.DeleteMaglevTable(p.svc.id); err != nil {
+			// Keep the ID: its table is still there (pruned at restore).
+			*errs = append(*errs, err)
+			return
+		}
+	}
+	w.svcIDs.put(p.svc.id)
 }
 
 // adopt makes the written plans the writer's view, deletes the tables of
 // frontends left without backends (a frontend without backends rejects;
-// its table is not read) and returns the backend IDs nothing uses any
-// more: those the plans dropped, and the orphans found at restore.
+// its table is not read) and returns the backend IDs the plans dropped.
 func (w *Writer) adopt(plans []*plan, errs *[]error) (unused []uint32) {
-	unused = w.orphans
-	w.orphans = nil
 	for _, p := range plans {
 		svc := p.svc
 		w.services[p.key] = &svc
 		unused = append(unused, p.removed...)
 		if len(p.ordered) == 0 {
-			*errs = append(*errs, w.dp.DeleteMaglevTable(svc.id))
+			if err := w.dp.DeleteMaglevTable(svc.id); err != nil {
+				*errs = append(*errs, err)
+			}
 		}
 	}
 	return unused
 }
 
 // deleteStale deletes the frontends no longer desired, with their tables
-// (step 4: nothing points at them), and returns their backend IDs.
+// (nothing points at them), and returns their backend IDs.
 func (w *Writer) deleteStale(stale []bpf.ServiceKey, st *Stats, errs *[]error) (unused []uint32) {
 	for _, key := range stale {
 		svc := w.services[key]
@@ -437,23 +597,28 @@ func (w *Writer) deleteStale(stale []bpf.ServiceKey, st *Stats, errs *[]error) (
 			*errs = append(*errs, fmt.Errorf("delete service %v: %w", key, err))
 			continue
 		}
-		*errs = append(*errs, w.dp.DeleteMaglevTable(svc.id))
+		delete(w.services, key)
+		st.ServicesDeleted++
 		for _, id := range svc.ids {
 			unused = append(unused, id)
 		}
-		delete(w.services, key)
+		if err := w.dp.DeleteMaglevTable(svc.id); err != nil {
+			// Keep the ID: its table is still there (pruned at restore).
+			*errs = append(*errs, err)
+			continue
+		}
 		w.svcIDs.put(svc.id)
-		st.ServicesDeleted++
 	}
 	return unused
 }
 
-// deleteBackends deletes backends nobody uses any more (step 5: no table
-// points at them now).
+// deleteBackends deletes backends nobody uses any more (no table points at
+// them now); one that cannot be deleted is tried again next Sync.
 func (w *Writer) deleteBackends(unused []uint32, st *Stats, errs *[]error) {
 	for _, id := range unused {
 		if err := w.dp.Backends.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			*errs = append(*errs, fmt.Errorf("delete backend %d: %w", id, err))
+			w.orphans = append(w.orphans, id)
 			continue
 		}
 		delete(w.backends, id)
@@ -462,20 +627,20 @@ func (w *Writer) deleteBackends(unused []uint32, st *Stats, errs *[]error) {
 	}
 }
 
-// plan assigns IDs for a changed frontend and works out what to write.
-func (w *Writer) plan(key bpf.ServiceKey, cur *service, e compile.Entry) (*plan, error) {
-	p := &plan{key: key}
+// plan assigns IDs for a changed frontend and works out what to write. If
+// an ID pool runs dry it returns what it took and a *FullError.
+func (w *Writer) plan(f compile.Frontend, cur *service, e compile.Entry) (*plan, error) {
+	p := &plan{key: serviceKey(f), frontend: f, service: e.Service, cur: cur, fresh: map[uint32]bool{}}
 	if cur != nil {
 		p.svc.id = cur.id
 	} else {
 		id, ok := w.svcIDs.get()
 		if !ok {
-			return nil, fmt.Errorf("service %s: no free service ID: the service map holds %d entries; raise MaxServices", e.Service, w.dp.Services.MaxEntries())
+			return nil, w.mapError(p, mapServices, "", nil)
 		}
 		p.svc.id = id
 	}
 	p.svc.ids = make(map[netip.AddrPort]uint32, len(e.Backends)+len(e.Draining))
-	var fresh []uint32 // IDs taken by this plan, returned if it fails
 	for i, b := range slices.Concat(e.Backends, e.Draining) {
 		id, ok := uint32(0), false
 		if cur != nil {
@@ -483,15 +648,15 @@ func (w *Writer) plan(key bpf.ServiceKey, cur *service, e compile.Entry) (*plan,
 		}
 		if !ok {
 			if id, ok = w.beIDs.get(); !ok {
-				for _, f := range fresh {
+				for f := range p.fresh {
 					w.beIDs.put(f)
 				}
 				if cur == nil {
 					w.svcIDs.put(p.svc.id)
 				}
-				return nil, fmt.Errorf("service %s: no free backend ID: the backend map holds %d entries; raise MaxBackends", e.Service, w.dp.Backends.MaxEntries())
+				return nil, w.mapError(p, mapBackends, "", nil)
 			}
-			fresh = append(fresh, id)
+			p.fresh[id] = true
 		}
 		p.svc.ids[b.Addr] = id
 		p.members = append(p.members, member{id: id, backend: b})
@@ -534,8 +699,9 @@ func backendValue(svcID uint32, b compile.Backend) bpf.BackendValue {
 	return bpf.BackendValue{Addr: bpf.Addr(b.Addr.Addr()), Port: bpf.Port(b.Addr.Port()), Flags: flags, SvcId: svcID}
 }
 
-// buildTables computes the Maglev tables of the given plans in parallel.
-func (w *Writer) buildTables(jobs []*plan) (map[uint32][]uint32, []error) {
+// buildTables computes the Maglev tables of the given plans in parallel;
+// a plan whose table cannot be built is marked in failed.
+func (w *Writer) buildTables(jobs []*plan, errs *[]error, failed map[*plan]bool) map[uint32][]uint32 {
 	results := make([][]uint32, len(jobs))
 	jobErrs := make([]error, len(jobs))
 	var wg sync.WaitGroup
@@ -547,7 +713,7 @@ func (w *Writer) buildTables(jobs []*plan) (map[uint32][]uint32, []error) {
 			for j := wk; j < len(jobs); j += workers {
 				idx, err := maglev.Table(jobs[j].names, w.maglevSize)
 				if err != nil {
-					jobErrs[j] = fmt.Errorf("maglev table for %v: %w", jobs[j].key, err)
+					jobErrs[j] = fmt.Errorf("service %s, frontend %s: maglev table: %w", jobs[j].service, jobs[j].frontend, err)
 					continue
 				}
 				table := make([]uint32, len(idx))
@@ -560,15 +726,15 @@ func (w *Writer) buildTables(jobs []*plan) (map[uint32][]uint32, []error) {
 	}
 	wg.Wait()
 	tables := make(map[uint32][]uint32, len(jobs))
-	var errs []error
 	for j, p := range jobs {
 		if jobErrs[j] != nil {
-			errs = append(errs, jobErrs[j])
+			*errs = append(*errs, jobErrs[j])
+			failed[p] = true
 			continue
 		}
 		tables[p.svc.id] = results[j]
 	}
-	return tables, errs
+	return tables
 }
 
 func sortedIDs(ids []uint32) []uint32 {

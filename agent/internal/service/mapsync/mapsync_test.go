@@ -3,15 +3,18 @@ package mapsync
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"maps"
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/sluice-net/sluice/agent/internal/service/compile"
@@ -412,5 +415,133 @@ func TestRestoreByServiceID(t *testing.T) {
 	}
 	if err := dp2.Backends.Lookup(uint32(999), &orphan); !errors.Is(err, ebpf.ErrKeyNotExist) {
 		t.Errorf("orphan backend: %v, want it deleted", err)
+	}
+}
+
+var other = types.NamespacedName{Namespace: "ns", Name: "other"}
+
+// count is the number of entries in m.
+func count(t *testing.T, m *ebpf.Map) int {
+	t.Helper()
+	n := 0
+	var k, v []byte
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// state is everything a failed sync must leave as it was: the maps as the
+// datapath reads them, their sizes and the ID pools.
+func state(t *testing.T, w *Writer) string {
+	t.Helper()
+	return fmt.Sprintf("maps %v; entries services=%d backends=%d maglev=%d; IDs in use services=%d backends=%d; view services=%d backends=%d orphans=%d",
+		dump(t, w.dp), count(t, w.dp.Services), count(t, w.dp.Backends), count(t, w.dp.Maglev),
+		len(w.svcIDs.inUse), len(w.beIDs.inUse), len(w.services), len(w.backends), len(w.orphans))
+}
+
+// fullError checks err holds exactly one *FullError, for svc in map m,
+// and that its text names the map and the setting to raise.
+func fullError(t *testing.T, err error, svc types.NamespacedName, m, setting string) *FullError {
+	t.Helper()
+	fes := FullErrors(err)
+	if len(fes) != 1 || fes[0].Service != svc || fes[0].Map != m || fes[0].Setting != setting {
+		t.Fatalf("sync error %v: want one map-full error of %s for %s", err, m, svc)
+	}
+	if msg := err.Error(); !strings.Contains(msg, m) || !strings.Contains(msg, setting) {
+		t.Errorf("error %q does not name map %s and setting %s", msg, m, setting)
+	}
+	return fes[0]
+}
+
+// TestBackendMapFull: a Service that does not fit in the backend map is
+// not programmed, names the map, leaves the Service that fits intact and
+// takes nothing, however often it is retried; once room is made it fits.
+func TestBackendMapFull(t *testing.T) {
+	dp := bpftest.Load(t, bpf.Config{MaxServices: 16, MaxBackends: 4})
+	w, err := New(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := fe("10.96.0.10:80"), fe("10.96.0.11:80")
+	desired := compile.Desired{a: {Service: web, Backends: backends("10.244.1.5:8080", "10.244.1.6:8080", "10.244.1.7:8080")}}
+	if _, err := w.Sync(desired); err != nil {
+		t.Fatal(err)
+	}
+	before := state(t, w)
+	desired[b] = compile.Entry{Service: other, Backends: backends("10.244.2.5:8080", "10.244.2.6:8080", "10.244.2.7:8080")}
+	for i := range 3 {
+		_, err := w.Sync(desired)
+		fe := fullError(t, err, other, "sluice_backends_v2", "maxBackends")
+		if fe.Capacity != 4 || fe.Frontend != b {
+			t.Errorf("full error %+v: want capacity 4, frontend %s", fe, b)
+		}
+		if got := state(t, w); got != before {
+			t.Errorf("failed sync %d changed the state:\n got %s\nwant %s", i, got, before)
+		}
+	}
+	delete(desired, a)
+	if _, err := w.Sync(desired); err != nil {
+		t.Fatalf("sync after the first Service went: %v", err)
+	}
+	if got, want := dump(t, dp), map[string][]string{"10.96.0.11:80": {"10.244.2.5:8080", "10.244.2.6:8080", "10.244.2.7:8080"}}; !maps.EqualFunc(got, want, slices.Equal) {
+		t.Errorf("maps hold %v, want %v", got, want)
+	}
+}
+
+// TestFailedBackendWriteIsUndone: when the kernel refuses backends (the
+// map is fuller than the writer's IDs say), what was written of the
+// frontend is deleted again and its IDs returned.
+func TestFailedBackendWriteIsUndone(t *testing.T) {
+	dp := bpftest.Load(t, bpf.Config{MaxServices: 16, MaxBackends: 4})
+	w, err := New(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.beIDs = newIDPool(64) // more IDs than the map holds
+	a, b := fe("10.96.0.10:80"), fe("10.96.0.11:80")
+	desired := compile.Desired{a: {Service: web, Backends: backends("10.244.1.5:8080", "10.244.1.6:8080", "10.244.1.7:8080")}}
+	if _, err := w.Sync(desired); err != nil {
+		t.Fatal(err)
+	}
+	before := state(t, w)
+	desired[b] = compile.Entry{Service: other, Backends: backends("10.244.2.5:8080", "10.244.2.6:8080")}
+	for range 2 {
+		_, err := w.Sync(desired)
+		if fe := fullError(t, err, other, "sluice_backends_v2", "maxBackends"); !errors.Is(fe, unix.E2BIG) {
+			t.Errorf("full error %v: want the kernel's E2BIG", fe)
+		}
+		if got := state(t, w); got != before {
+			t.Errorf("failed sync changed the state:\n got %s\nwant %s", got, before)
+		}
+	}
+}
+
+// TestFailedServiceWriteIsUndone: when the service entry of a new frontend
+// cannot be written, its table and backends, written before it, are
+// deleted again and its IDs returned.
+func TestFailedServiceWriteIsUndone(t *testing.T) {
+	dp := bpftest.Load(t, bpf.Config{MaxServices: 2, MaxBackends: 64})
+	w, err := New(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.svcIDs = newIDPool(64) // more IDs than the map holds
+	desired := compile.Desired{fe("10.96.0.10:80"): {Service: web}, fe("10.96.0.11:80"): {Service: web}}
+	if _, err := w.Sync(desired); err != nil {
+		t.Fatal(err)
+	}
+	before := state(t, w)
+	desired[fe("10.96.0.12:80")] = compile.Entry{Service: other, Backends: backends("10.244.2.5:8080", "10.244.2.6:8080")}
+	for range 2 {
+		_, err := w.Sync(desired)
+		fullError(t, err, other, "sluice_services_v1", "maxServices")
+		if got := state(t, w); got != before {
+			t.Errorf("failed sync changed the state:\n got %s\nwant %s", got, before)
+		}
 	}
 }
