@@ -91,6 +91,32 @@ func BenchmarkFromPodEstablished(b *testing.B) {
 	}
 }
 
+// BenchmarkToPodReply: ns per reply packet of an established service
+// flow (conntrack hit on the reply entry, the forward entry checked,
+// reverse NAT). The flows to the two mirrored services are opened, so each
+// repeated run rewrites the reply into the other flow's reply.
+func BenchmarkToPodReply(b *testing.B) {
+	for _, n := range []int{10, 100000} {
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			d := benchDatapath(b, n)
+			client := ap("10.244.0.2:40000")
+			for _, vip := range []netip.AddrPort{ap("10.96.0.10:80"), ap("10.244.9.9:8080")} {
+				run(b, d.FromPod, build(b, flow{src: client, dst: vip, proto: unix.IPPROTO_TCP, tcpFlags: "S"}))
+			}
+			pkt := build(b, flow{src: ap("10.244.9.9:8080"), dst: client, proto: unix.IPPROTO_TCP, tcpFlags: "A", payload: make([]byte, 64)})
+			if _, out := run(b, d.ToPod, pkt); netip.AddrFrom4([4]byte(out[26:30])) != netip.MustParseAddr("10.96.0.10") {
+				b.Fatalf("the reply is not translated: %s", describe(out))
+			}
+			b.ResetTimer()
+			ret, per, err := d.ToPod.Benchmark(pkt, b.N, nil)
+			if err != nil || ret != actOK {
+				b.Fatalf("ret %d err %v", ret, err)
+			}
+			b.ReportMetric(float64(per.Nanoseconds()), "ns/packet")
+		})
+	}
+}
+
 // BenchmarkFromPodNewFlow: ns per first packet of a connection (service
 // lookup, conntrack miss, Maglev choice, two conntrack inserts, DNAT).
 // Each run uses a new source port; the time is the kernel's own measure

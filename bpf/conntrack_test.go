@@ -48,6 +48,7 @@ func replyIsTranslated(t *testing.T, d *Datapath, client, vip, be netip.AddrPort
 // one whose forward entry was evicted gets it back from its next reply,
 // so it keeps its backend even after the service's backends changed.
 func TestEvictedEntriesRemade(t *testing.T) {
+	const idle = 1100 * time.Millisecond
 	d := loadTest(t, Config{})
 	for _, c := range []struct {
 		name   string
@@ -70,11 +71,14 @@ func TestEvictedEntriesRemade(t *testing.T) {
 			fwd, rev := serviceEntries(c.client, c.vip, be, c.proto)
 			ct := d.ConntrackMap(c.proto)
 
-			// The reply entry is evicted; the client's next packet makes it again.
+			// The flow idles, and its reply entry is evicted (the LRU
+			// evicts idle flows: a flow that sent within the last second is
+			// not checked again); the client's next packet makes it again.
 			restored := counter(t, d, CounterCTReplyRestored)
 			if err := ct.Delete(rev); err != nil {
 				t.Fatalf("delete the reply entry: %v", err)
 			}
+			time.Sleep(idle)
 			run(t, d.FromPod, build(t, flow{src: c.client, dst: c.vip, proto: c.proto, tcpFlags: "A", seq: 2}))
 			if !replyIsTranslated(t, d, c.client, c.vip, be, c.proto) {
 				t.Errorf("after the reply entry was evicted, the reply is not translated back to the service")
@@ -89,11 +93,15 @@ func TestEvictedEntriesRemade(t *testing.T) {
 			if err := ct.Delete(fwd); err != nil {
 				t.Fatalf("delete the forward entry: %v", err)
 			}
+			time.Sleep(idle)
 			if !replyIsTranslated(t, d, c.client, c.vip, be, c.proto) {
 				t.Fatalf("reply not translated with the forward entry gone")
 			}
 			moved := svc
-			moved.backends = manyBackends(8, 40)
+			moved.backends = nil
+			for i := range 8 {
+				moved.backends = append(moved.backends, testBackend{id: uint32(40 + i), addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, byte(100 + i), 5}), 8080)})
+			}
 			if c.client.Addr().Is6() {
 				moved.backends = []testBackend{{id: 40, addr: ap("[fd00:244:9::1]:8080")}}
 			}

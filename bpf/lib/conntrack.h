@@ -36,9 +36,10 @@ static __always_inline __u64 ct_update(const struct pkt *p, __u8 *flags)
 }
 
 /* ct_refresh extends a live entry, adding flags (CT_F_REPLIED when p is a
- * reply or its flow has seen one). Writes are skipped unless the state
- * changes or a second has passed, to keep the entry's cache line clean. */
-static __always_inline void ct_refresh(struct ct_value *ct, const struct pkt *p, __u64 now, __u8 add)
+ * reply). Writes are skipped unless the state changes or a second has
+ * passed, to keep the entry's cache line clean; it returns 1 when it
+ * wrote, which is also when a service flow checks its other entry. */
+static __always_inline int ct_refresh(struct ct_value *ct, const struct pkt *p, __u64 now, __u8 add)
 {
 	__u8 flags = ct->flags | add;
 	__u64 expires = now + ct_update(p, &flags);
@@ -46,8 +47,9 @@ static __always_inline void ct_refresh(struct ct_value *ct, const struct pkt *p,
 	if (flags != ct->flags)
 		ct->flags = flags;
 	else if (expires < ct->expires_ns + 1000000000ULL && expires >= ct->expires_ns)
-		return;
+		return 0;
 	ct->expires_ns = expires;
+	return 1;
 }
 
 static __always_inline void ct_put(const struct ct_key *k, const struct ct_value *v)
@@ -119,12 +121,14 @@ static __always_inline void ct_create(const struct ct_key *fwd, const struct pkt
 	ct_put_reply(s, p, &s->fwd, now);
 }
 
-/* ct_keep_reply runs on every forward packet of a live service flow: it
- * makes the reply entry again when it is gone (evicted from a full map,
- * or expired on a one-way flow), so replies are still translated back,
- * and returns CT_F_REPLIED once the flow has had a reply. The lookup also
- * marks the reply entry used, which keeps the LRU from evicting it while
- * the flow sends. */
+/* ct_keep_reply runs when a forward packet of a live service flow
+ * refreshed its entry (a state change, the first packet after a second or
+ * more of quiet, else once a second): it makes the reply entry again when
+ * it is gone (evicted from a full map, or expired on a one-way flow), so
+ * replies are still translated back, and returns CT_F_REPLIED once the
+ * flow has had a reply. Checking on every packet would cost a lookup per
+ * packet; an entry is evicted only when least recently used, which a flow
+ * busy within the last second is not. */
 static __noinline __u8 ct_keep_reply(const struct pkt *p, const struct ct_value *fwd, __u64 now)
 {
 	struct key_scratch *s = key_scratch();
@@ -141,8 +145,8 @@ static __noinline __u8 ct_keep_reply(const struct pkt *p, const struct ct_value 
 	return 0;
 }
 
-/* ct_keep_forward is ct_keep_reply's mirror, on every reply of a live
- * service flow (rk and ct: its reply entry; p: the reply): a forward entry
+/* ct_keep_forward is ct_keep_reply's mirror, when a reply refreshed the
+ * reply entry of a live service flow (rk and ct: that entry): a forward entry
  * gone from the map is made again, so the client's next packet keeps its
  * backend rather than being balanced afresh (perhaps elsewhere). Hairpin
  * flows are left alone: their reply entry does not name the client. */

@@ -153,7 +153,12 @@ static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, cons
 			count(COUNTER_CT_REOPENED);
 		} else if (be && be->svc_id == svc->id && addr_eq(be->addr, ct->nat_addr) &&
 			   be->port == ct->nat_port) {
-			ct_refresh(ct, p, now, ct_keep_reply(p, ct, now));
+			if (ct_refresh(ct, p, now, 0)) {
+				__u8 replied = ct_keep_reply(p, ct, now);
+
+				if (replied & ~ct->flags)
+					ct->flags |= replied;
+			}
 			hairpin = ct->flags & CT_F_HAIRPIN;
 			goto nat;
 		}

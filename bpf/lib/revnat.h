@@ -114,8 +114,8 @@ static __always_inline int service_reply(struct __sk_buff *skb, struct pkt *p, _
 	if (ct->flags & CT_F_HAIRPIN)
 		return 1;
 	/* The flow was judged by policy when it started. */
-	ct_refresh(ct, p, now, CT_F_REPLIED);
-	ct_keep_forward(&rk, ct, now);
+	if (ct_refresh(ct, p, now, CT_F_REPLIED))
+		ct_keep_forward(&rk, ct, now);
 
 	__u8 vip[SLUICE_ADDR_LEN];
 	__builtin_memcpy(vip, ct->nat_addr, SLUICE_ADDR_LEN);
