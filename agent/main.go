@@ -21,10 +21,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
 	"github.com/sluice-net/sluice/agent/internal/config"
@@ -282,9 +286,19 @@ func newControllers(log *slog.Logger, cfg config.Config, factory informers.Share
 	for _, s := range cfg.NodePortAddresses {
 		nodePortCIDRs = append(nodePortCIDRs, netip.MustParsePrefix(s)) // validated by config
 	}
+	// Events on Services the datapath cannot serve as asked (a full map, a
+	// contested frontend), posted in the background for the process's life.
+	eventClient, err := apiClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	broadcaster := record.NewBroadcaster()
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: eventClient.CoreV1().Events("")})
+	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "sluice-agent", Host: cfg.NodeName})
 	c.services, err = service.New(log, factory, serviceMaps, m, service.Options{
 		NodeName: cfg.NodeName, NodePortCIDRs: nodePortCIDRs, NodeStateFile: cfg.NodeStateFile,
 		MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration, HealthChecks: hc,
+		Recorder: recorder,
 	})
 	if err != nil {
 		return nil, err
