@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/sluice-net/sluice/agent/internal/healthcheck"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
@@ -34,7 +36,14 @@ func setup(t *testing.T) (*fake.Clientset, *bpf.Datapath, *Controller, string) {
 
 func setupWith(t *testing.T, hc *healthcheck.Server) (*fake.Clientset, *bpf.Datapath, *Controller, string) {
 	t.Helper()
-	dp := bpftest.Load(t, bpf.Config{MaxServices: 1024, MaxBackends: 4096})
+	return setupOpts(t, bpf.Config{MaxServices: 1024, MaxBackends: 4096}, metrics.New(), Options{HealthChecks: hc})
+}
+
+// setupOpts runs a controller on a datapath of cfg's sizes with opts
+// (node, state file and sync intervals filled in).
+func setupOpts(t *testing.T, cfg bpf.Config, m *metrics.Metrics, opts Options) (*fake.Clientset, *bpf.Datapath, *Controller, string) {
+	t.Helper()
+	dp := bpftest.Load(t, cfg)
 	w, err := mapsync.New(dp)
 	if err != nil {
 		t.Fatal(err)
@@ -46,10 +55,8 @@ func setupWith(t *testing.T, hc *healthcheck.Server) (*fake.Clientset, *bpf.Data
 	})
 	state := filepath.Join(t.TempDir(), "node.json")
 	factory := informers.NewSharedInformerFactory(client, 0)
-	ctrl, err := New(slog.New(slog.NewTextHandler(io.Discard, nil)), factory, w, metrics.New(), Options{
-		NodeName: "node-a", NodeStateFile: state, MinSync: 10 * time.Millisecond, MaxSync: time.Hour,
-		HealthChecks: hc,
-	})
+	opts.NodeName, opts.NodeStateFile, opts.MinSync, opts.MaxSync = "node-a", state, 10*time.Millisecond, time.Hour
+	ctrl, err := New(slog.New(slog.NewTextHandler(io.Discard, nil)), factory, w, m, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,4 +207,109 @@ func TestNodeChangeMatters(t *testing.T) {
 			t.Errorf("%s: nodeChangeMatters = %v, want %v", c.name, got, c.want)
 		}
 	}
+}
+
+// testService is a Service and its EndpointSlice.
+type testService struct {
+	svc   *v1.Service
+	slice *discovery.EndpointSlice
+}
+
+// webService is a ClusterIP Service on vip:80 created at created, and its
+// EndpointSlice of ready endpoints on port 8080.
+func webService(name, vip string, created time.Time, eps ...string) testService {
+	svc := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, CreationTimestamp: metav1.NewTime(created)},
+		Spec: v1.ServiceSpec{ClusterIP: vip, ClusterIPs: []string{vip},
+			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}},
+	}
+	pn, port, proto := "http", int32(8080), v1.ProtocolTCP
+	slice := &discovery.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "ns", Name: name + "-1", Labels: map[string]string{discovery.LabelServiceName: name}},
+		AddressType: discovery.AddressTypeIPv4,
+		Ports:       []discovery.EndpointPort{{Name: &pn, Port: &port, Protocol: &proto}},
+	}
+	for _, a := range eps {
+		slice.Endpoints = append(slice.Endpoints, discovery.Endpoint{Addresses: []string{a}})
+	}
+	return testService{svc, slice}
+}
+
+func create(t *testing.T, client *fake.Clientset, ts testService) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := client.CoreV1().Services(ts.svc.Namespace).Create(ctx, ts.svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.DiscoveryV1().EndpointSlices(ts.slice.Namespace).Create(ctx, ts.slice, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// events drains the Events recorded so far.
+func events(rec *record.FakeRecorder) []string {
+	var out []string
+	for {
+		select {
+		case e := <-rec.Events:
+			out = append(out, e)
+		default:
+			return out
+		}
+	}
+}
+
+// TestMapFullIsReported: a Service that does not fit in the backend map
+// gets one Warning Event naming the map and the setting, the full map is
+// counted, the Service that fits stays programmed, and once room is made
+// the other one is programmed too.
+func TestMapFullIsReported(t *testing.T) {
+	rec := record.NewFakeRecorder(100)
+	m := metrics.New()
+	client, dp, _, _ := setupOpts(t, bpf.Config{MaxServices: 16, MaxBackends: 4}, m, Options{Recorder: rec})
+	now := time.Now()
+	create(t, client, webService("web", "10.96.0.10", now, "10.244.1.5", "10.244.1.6", "10.244.1.7"))
+	eventually(t, "web programmed", func() bool { n, _ := backendCount(dp, "10.96.0.10:80"); return n == 3 })
+	create(t, client, webService("big", "10.96.0.11", now, "10.244.2.5", "10.244.2.6", "10.244.2.7"))
+	eventually(t, "the full map counted a few times", func() bool {
+		return metricValue(t, m, "sluice_map_full_total", "backends") >= 3
+	})
+	got := events(rec)
+	if len(got) != 1 || !strings.Contains(got[0], "Warning MapFull") || !strings.Contains(got[0], "sluice_backends_v2") ||
+		!strings.Contains(got[0], "maxBackends") || !strings.Contains(got[0], "10.96.0.11:80") {
+		t.Errorf("events %q: want one Warning MapFull naming the frontend, sluice_backends_v2 and maxBackends", got)
+	}
+	if n, ok := backendCount(dp, "10.96.0.10:80"); !ok || n != 3 {
+		t.Errorf("web: %d backends, %v; want it intact", n, ok)
+	}
+	// Programmed before its endpoints came, it is left as it was: rejecting.
+	if n, _ := backendCount(dp, "10.96.0.11:80"); n != 0 {
+		t.Errorf("the Service that does not fit has %d backends", n)
+	}
+	if err := client.CoreV1().Services("ns").Delete(context.Background(), "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "big programmed once web is gone", func() bool { n, _ := backendCount(dp, "10.96.0.11:80"); return n == 3 })
+}
+
+// metricValue reads a counter or gauge from m's registry: the series with
+// the given label value, or the only one when label is "".
+func metricValue(t *testing.T, m *metrics.Metrics, name, label string) float64 {
+	t.Helper()
+	fams, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			if label != "" && (len(s.GetLabel()) != 1 || s.GetLabel()[0].GetValue() != label) {
+				continue
+			}
+			return s.GetCounter().GetValue() + s.GetGauge().GetValue()
+		}
+	}
+	return 0
 }
