@@ -253,16 +253,22 @@ func takeOver(log *slog.Logger, dp *bpf.Datapath) error {
 }
 
 // masquerade programs the node's nftables masquerade: pod traffic leaving
-// the cluster, and NodePort traffic the datapath marked for SNAT.
+// the cluster, and NodePort traffic the datapath marked for SNAT, with
+// source ports outside the NodePort range.
 func masquerade(log *slog.Logger, cfg config.Config) error {
 	var clusterCIDRs []netip.Prefix
 	for _, s := range cfg.ClusterCIDRs {
 		clusterCIDRs = append(clusterCIDRs, netip.MustParsePrefix(s)) // validated by config
 	}
-	if err := masq.Apply(clusterCIDRs, bpf.MarkSNAT); err != nil {
+	ports, err := cfg.MasqueradePorts()
+	if err != nil {
 		return err
 	}
-	log.Info("masquerade of traffic leaving the cluster CIDRs", "clusterCIDRs", cfg.ClusterCIDRs, "table", "inet "+masq.TableName)
+	if err := masq.Apply(clusterCIDRs, bpf.MarkSNAT, ports); err != nil {
+		return err
+	}
+	log.Info("masquerade of traffic leaving the cluster CIDRs", "clusterCIDRs", cfg.ClusterCIDRs, "table", "inet "+masq.TableName,
+		"nodePortRange", cfg.NodePortRange, "sourcePorts", ports.String())
 	return nil
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/sluice-net/sluice/agent/internal/masq"
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/internal/endpointapi"
 	"github.com/sluice-net/sluice/internal/nodestate"
@@ -81,6 +82,11 @@ type Config struct {
 	// anywhere outside them is masqueraded to the node's address. Empty:
 	// no masquerade.
 	ClusterCIDRs []string `json:"clusterCIDRs,omitempty"`
+	// NodePortRange is the cluster's Service NodePort range (the API
+	// server's --service-node-port-range). Masqueraded flows get source
+	// ports outside it (masq.PortsOutside), so that their replies do not
+	// look like NodePort traffic.
+	NodePortRange string `json:"nodePortRange,omitempty"`
 
 	SyncMinInterval Duration `json:"syncMinInterval,omitempty"`
 	SyncMaxInterval Duration `json:"syncMaxInterval,omitempty"`
@@ -137,6 +143,7 @@ func Default() Config {
 		NodeStateFile:      nodestate.DefaultPath,
 		EndpointSocket:     endpointapi.DefaultSocket,
 		NativeRouting:      ptr(true),
+		NodePortRange:      "30000-32767",
 		SyncMinInterval:    Duration{time.Second},
 		SyncMaxInterval:    Duration{time.Hour},
 		CTGCInterval:       Duration{time.Minute},
@@ -256,6 +263,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 		c.NativeRouting = &v
 		return nil
 	})
+	fs.StringVar(&c.NodePortRange, "nodePortRange", "", "the cluster's Service NodePort range; masqueraded flows get source ports outside it")
 	fs.StringVar(&c.SocketLBCgroup, "socketLBCgroup", "", "cgroup v2 directory for socket-level load balancing (empty: off)")
 	fs.Func("clusterCIDRs", "comma-separated pod CIDRs of the cluster; traffic leaving them is masqueraded", func(s string) error {
 		c.ClusterCIDRs = splitComma(s)
@@ -293,6 +301,7 @@ func overlay(dst, src *Config, set map[string]bool) {
 	pick("nativeRouting", func() { dst.NativeRouting = src.NativeRouting })
 	pick("socketLBCgroup", func() { dst.SocketLBCgroup = src.SocketLBCgroup })
 	pick("clusterCIDRs", func() { dst.ClusterCIDRs = src.ClusterCIDRs })
+	pick("nodePortRange", func() { dst.NodePortRange = src.NodePortRange })
 	pick("metricsAddr", func() { dst.MetricsAddr = src.MetricsAddr })
 	pick("healthAddr", func() { dst.HealthAddr = src.HealthAddr })
 	pick("logFormat", func() { dst.LogFormat = src.LogFormat })
@@ -316,6 +325,9 @@ func (c Config) Validate() error {
 		if _, err := netip.ParsePrefix(s); err != nil {
 			return fmt.Errorf("clusterCIDRs[%d]: %q is not a CIDR", i, s)
 		}
+	}
+	if _, err := c.MasqueradePorts(); err != nil {
+		return err
 	}
 	if err := c.validateDatapath(); err != nil {
 		return err
@@ -352,6 +364,20 @@ func (c Config) Validate() error {
 		return fmt.Errorf("logFormat: %q is not json or text", c.LogFormat)
 	}
 	return nil
+}
+
+// MasqueradePorts is the source port range of masqueraded TCP, UDP and
+// SCTP flows: outside nodePortRange.
+func (c Config) MasqueradePorts() (masq.PortRange, error) {
+	np, err := masq.ParsePortRange(c.NodePortRange)
+	if err != nil {
+		return masq.PortRange{}, fmt.Errorf("nodePortRange: %w", err)
+	}
+	ports, err := masq.PortsOutside(np)
+	if err != nil {
+		return masq.PortRange{}, fmt.Errorf("nodePortRange: %w", err)
+	}
+	return ports, nil
 }
 
 // Map capacity bounds, and Maglev table size bounds (the Maglev paper's

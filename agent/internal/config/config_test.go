@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-net/sluice/agent/internal/masq"
 	"github.com/sluice-net/sluice/bpf"
 )
 
@@ -95,6 +96,10 @@ func TestValidate(t *testing.T) {
 		{"unreplied after other", func(c *Config) { c.CTTimeoutOther.Duration = 5 * time.Second }, "conntrackTimeoutUnreplied: 10s is longer than conntrackTimeoutOther (5s)"},
 		{"equal timeouts", func(c *Config) { c.CTTimeoutUnreplied = c.CTTimeoutOther }, ""},
 		{"sync negative", func(c *Config) { c.SyncMinInterval.Duration = -1 }, "syncMinInterval/syncMaxInterval"},
+		{"node ports not a range", func(c *Config) { c.NodePortRange = "30000:32767" }, `nodePortRange: "30000:32767" is not a port range such as 30000-32767`},
+		{"node ports reversed", func(c *Config) { c.NodePortRange = "32767-30000" }, `nodePortRange: "32767-30000" is not a port range`},
+		{"node ports leave no room", func(c *Config) { c.NodePortRange = "1500-65535" }, "nodePortRange: NodePort range 1500-65535 leaves fewer than 1024 ports"},
+		{"node ports high", func(c *Config) { c.NodePortRange = "40000-42767" }, ""},
 	} {
 		cfg := base()
 		c.edit(&cfg)
@@ -157,5 +162,19 @@ conntrackGCInterval: 2m
 	if d.MaxAffinity != dp.MaxAffinity || d.MaxPolicyRules != dp.MaxPolicyRules || d.CTTimeoutUnreplied.Duration != dp.CTTimeoutUnreplied ||
 		d.MaxConntrackTCP != 0 || d.MaxConntrackOther != 0 {
 		t.Errorf("defaults %+v", d)
+	}
+}
+
+func TestMasqueradePorts(t *testing.T) {
+	c := Default()
+	if p, err := c.MasqueradePorts(); err != nil || p != (masq.PortRange{Min: 32768, Max: 65535}) {
+		t.Errorf("default: %v, %v", p, err)
+	}
+	c, err := Load([]string{"--nodeName", "n", "--nodePortRange", "40000-42767"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err := c.MasqueradePorts(); err != nil || p != (masq.PortRange{Min: 1024, Max: 39999}) {
+		t.Errorf("40000-42767: %v, %v", p, err)
 	}
 }

@@ -2,12 +2,15 @@ package masq
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/sluice-net/sluice/internal/testutil/icmpecho"
 	"github.com/sluice-net/sluice/internal/testutil/netnstest"
 )
 
@@ -57,15 +60,23 @@ func TestMasquerade(t *testing.T) {
 	// outside has no route to the pods: without masquerade no reply returns.
 
 	cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/48")}
+	nodePorts := PortRange{30000, 32767}
+	masqPorts, err := PortsOutside(nodePorts)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for range 2 { // applying again replaces the table
 		var err error
-		node.Do(t, func() { err = Apply(cidrs, testSNATMark) })
+		node.Do(t, func() { err = Apply(cidrs, testSNATMark, masqPorts) })
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
 	out, err := exec.Command("ip", "netns", "exec", node.Name, "nft", "list", "table", "inet", TableName).CombinedOutput()
-	if err != nil || strings.Count(string(out), "masquerade") != 3 {
+	// Per CIDR and for the mark: one rule mapping TCP, UDP and SCTP ports,
+	// one for the rest.
+	if err != nil || strings.Count(string(out), "masquerade to :32768-65535") != 3 || strings.Count(string(out), "masquerade") != 6 ||
+		strings.Count(string(out), "meta l4proto { tcp, udp, sctp }") != 3 {
 		t.Fatalf("nft list table:\n%s%v", out, err)
 	}
 
@@ -103,11 +114,133 @@ func TestMasquerade(t *testing.T) {
 		t.Errorf("marked outside -> pod seen from %q, want the node's address 10.244.0.1 (masqueraded)", got)
 	}
 
-	node.Do(t, func() { err = Apply(nil, 0) })
+	// A datagram or connection leaving from a source port inside the
+	// NodePort range leaves from one outside it; other protocols are
+	// masqueraded too.
+	for _, c := range []struct{ network, src, dst string }{
+		{"udp", "10.244.0.2:30080", "192.0.2.5:7001"},
+		{"udp", "[fd00:10:244::2]:31000", "[2001:db8::5]:7001"},
+		{"tcp", "10.244.0.2:32767", "192.0.2.5:7001"},
+	} {
+		srcPort := netip.MustParseAddrPort(c.src).Port()
+		got := seenFrom(t, pod, outside, c.network, netip.MustParseAddrPort(c.src), netip.MustParseAddrPort(c.dst))
+		if !got.IsValid() || got.Port() < masqPorts.Min || got.Port() >= nodePorts.Min && got.Port() <= nodePorts.Max {
+			t.Errorf("%s from %s (a NodePort) to %s seen from %v, want a port in %v", c.network, c.src, c.dst, got, masqPorts)
+		} else {
+			t.Logf("%s from port %d seen from %v", c.network, srcPort, got)
+		}
+	}
+	for _, dst := range []string{"192.0.2.5", "2001:db8::5"} {
+		var ok bool
+		pod.Do(t, func() { ok, err = icmpecho.Echo(netip.Addr{}, netip.MustParseAddr(dst), 0x5c, 3*time.Second) })
+		if err != nil || !ok {
+			t.Errorf("pod ping %s (masqueraded, no port mapping): reply %v, %v", dst, ok, err)
+		}
+	}
+
+	node.Do(t, func() { err = Apply(nil, 0, PortRange{}) })
 	if err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command("ip", "netns", "exec", node.Name, "nft", "list", "tables").CombinedOutput(); err != nil || strings.Contains(string(out), TableName) {
 		t.Errorf("table left after Apply(nil, 0): %s %v", out, err)
+	}
+}
+
+// seenFrom sends from src in ns to dst in server (one UDP datagram, or a
+// TCP connection) and returns the address and port server saw it from.
+func seenFrom(t *testing.T, ns, server *netnstest.NS, network string, src, dst netip.AddrPort) netip.AddrPort {
+	t.Helper()
+	seen := make(chan netip.AddrPort, 1)
+	listen := net.JoinHostPort(dst.Addr().String(), fmt.Sprint(dst.Port()))
+	server.Do(t, func() {
+		switch network {
+		case "udp":
+			pc, err := net.ListenPacket("udp", listen)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { pc.Close() })
+			go func() {
+				buf := make([]byte, 16)
+				if _, from, err := pc.ReadFrom(buf); err == nil {
+					seen <- from.(*net.UDPAddr).AddrPort()
+				}
+			}()
+		case "tcp":
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			go func() {
+				if c, err := ln.Accept(); err == nil {
+					seen <- c.RemoteAddr().(*net.TCPAddr).AddrPort()
+					c.Close()
+				}
+			}()
+		}
+	})
+	ns.Do(t, func() {
+		d := net.Dialer{Timeout: 3 * time.Second}
+		if network == "udp" {
+			d.LocalAddr = net.UDPAddrFromAddrPort(src)
+		} else {
+			d.LocalAddr = net.TCPAddrFromAddrPort(src)
+		}
+		c, err := d.Dial(network, dst.String())
+		if err != nil {
+			t.Errorf("%s %v -> %v: %v", network, src, dst, err)
+			return
+		}
+		defer c.Close()
+		_, _ = c.Write([]byte("?"))
+	})
+	select {
+	case a := <-seen:
+		return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+	case <-time.After(3 * time.Second):
+		return netip.AddrPort{}
+	}
+}
+
+func TestPortsOutside(t *testing.T) {
+	for _, c := range []struct {
+		nodePorts string
+		want      PortRange
+		err       string
+	}{
+		{"30000-32767", PortRange{32768, 65535}, ""},
+		{"20000-22767", PortRange{32768, 65535}, ""},
+		{"32768-35000", PortRange{1024, 32767}, ""},
+		{"40000-50000", PortRange{1024, 39999}, ""},
+		{"30000-60000", PortRange{1024, 29999}, ""},
+		{"2000-63000", PortRange{63001, 65535}, ""},
+		{"1500-65535", PortRange{}, "fewer than 1024 ports"},
+		{"1-65535", PortRange{}, "fewer than 1024 ports"},
+		{"2000-64600", PortRange{}, "fewer than 1024 ports"},
+	} {
+		np, err := ParsePortRange(c.nodePorts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := PortsOutside(np)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%s: got %v, %v, want error %q", c.nodePorts, got, err, c.err)
+			}
+			continue
+		}
+		if err != nil || got != c.want {
+			t.Errorf("%s: got %v, %v, want %v", c.nodePorts, got, err, c.want)
+		}
+	}
+	for _, bad := range []string{"", "30000-", "-5", "0-10", "32767-30000", "30000-70000", "a-b"} {
+		if _, err := ParsePortRange(bad); err == nil {
+			t.Errorf("ParsePortRange(%q): no error", bad)
+		}
+	}
+	if r, err := ParsePortRange(" 30000 - 32767 "); err != nil || r != (PortRange{30000, 32767}) {
+		t.Errorf("spaces: %v, %v", r, err)
 	}
 }
