@@ -81,34 +81,14 @@ func execInPod(args []string) error {
 	if err != nil {
 		return err
 	}
-	ns, name, _ := strings.Cut(args[0], "/")
-	client, err := adminClient(s)
+	target, _, err := podTarget(s, args[0])
 	if err != nil {
 		return err
-	}
-	pod, err := client.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
-	if err != nil {
-		return err
-	}
-	node, err := s.node(pod.Spec.NodeName)
-	if err != nil {
-		return fmt.Errorf("pod %s is not running on a node (%w)", args[0], err)
-	}
-	netnsPath := nsexec.Path(podNetns + string(pod.UID))
-	if pod.Spec.HostNetwork {
-		netnsPath = nsexec.Path(node.Netns)
-	}
-	cgroup := filepath.Join(node.Host.Cgroup, "pod-"+string(pod.UID))
-	if _, err := os.Stat(netnsPath); err != nil {
-		return fmt.Errorf("pod %s has no network namespace yet (phase %s)", args[0], pod.Status.Phase)
 	}
 	argv := append([]string{shim.HostPath(args[2], filepath.Join(s.K8sBin, "agnhost"))}, args[3:]...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	target := nsexec.Target{Netns: netnsPath, Cgroup: cgroup, Interactive: true}
-	if !pod.Spec.HostNetwork {
-		target.UTS = path("nodes", node.Name, "pods", string(pod.UID), "uts")
-	}
+	target.Interactive = true
 	if err := nsexec.Start(target, cmd); err != nil {
 		return err
 	}
@@ -133,8 +113,14 @@ func runOutside(args []string) error {
 }
 
 func restartAgent(args []string) error {
+	fs := flag.NewFlagSet("restart-agent", flag.ContinueOnError)
+	noWait := fs.Bool("no-wait", false, "return once the new agent runs, without waiting for it to be ready (it is not while the API server is down)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	args = fs.Args()
 	if len(args) != 1 {
-		return errors.New("usage: restart-agent NODE")
+		return errors.New("usage: restart-agent [--no-wait] NODE")
 	}
 	s, err := loadState()
 	if err != nil {
@@ -159,7 +145,11 @@ func restartAgent(args []string) error {
 	if err := s.save(); err != nil {
 		return err
 	}
-	if err := waitAgentReady(s, *node, d); err != nil {
+	if *noWait {
+		fmt.Printf("agent on %s restarted (PID %d), not waiting for it to be ready\n", args[0], d.PID)
+		return nil
+	}
+	if err := waitAgentReady(*node, d); err != nil {
 		return err
 	}
 	fmt.Printf("agent on %s restarted and ready (PID %d)\n", args[0], d.PID)
@@ -174,16 +164,11 @@ const agentRestartTimeout = 90 * time.Second
 // waitAgentReady waits until the restarted agent d answers /readyz on its
 // node: restart-agent returns only once the agent is back, as the kind
 // driver returns only once the agent's pod is Ready.
-func waitAgentReady(s *state, n nodeState, d *daemon) error {
-	client, err := adminClient(s)
+func waitAgentReady(n nodeState, d *daemon) error {
+	port, err := nodeHealthPort(n)
 	if err != nil {
 		return err
 	}
-	in, err := readInstallFromAPI(client)
-	if err != nil {
-		return err
-	}
-	port := healthPort(in)
 	var last error
 	for deadline := time.Now().Add(agentRestartTimeout); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
 		if !d.alive() {

@@ -55,6 +55,7 @@ func manifestWithAPIServer(host string) (string, error) {
 		}
 		agent["k8sServiceHost"] = host
 		agent["k8sServicePort"] = fmt.Sprint(apiPortInNS)
+		agent["maxConntrackTCP"] = localConntrackTCP
 		b, err := yaml.Marshal(agent)
 		if err != nil {
 			return "", err

@@ -10,7 +10,11 @@
 //	go run ./hack/localcluster status | kubeconfig | down
 //	go run ./hack/localcluster exec NAMESPACE/POD -- CMD [ARGS...]
 //	go run ./hack/localcluster outside -- CMD [ARGS...]
-//	go run ./hack/localcluster restart-agent NODE
+//	go run ./hack/localcluster restart-agent [--no-wait] NODE
+//	go run ./hack/localcluster stop-apiserver | start-apiserver
+//	go run ./hack/localcluster agent-ready NODE | programs NAMESPACE/POD|NODE
+//	go run ./hack/localcluster flood [--flows N] NAMESPACE/POD|outside HOST:PORT
+//	go run ./hack/localcluster conntrack NODE
 package main
 
 import (
@@ -28,7 +32,17 @@ const usage = `usage: localcluster COMMAND
   kubeconfig                      print the admin kubeconfig path
   exec NAMESPACE/POD -- CMD ...   run CMD in the pod's network namespace; exits with its code
   outside -- CMD ...              run CMD on the underlay (192.168.77.1), outside every node
-  restart-agent NODE              restart the Sluice agent on NODE; returns once it is ready
+  restart-agent [--no-wait] NODE  restart the Sluice agent on NODE; returns once it is ready
+                                  (--no-wait: once it runs)
+  stop-apiserver                  stop kube-apiserver (by its PID); the rest keeps running
+  start-apiserver                 start it again; returns once it is ready
+  agent-ready NODE                exit 0 if the agent on NODE answers /readyz (needs no API server)
+  programs NAMESPACE/POD | NODE   the BPF programs on the pod's host veth or the node's uplink:
+                                  one line each, HOOK ID NAME
+  flood [--flows N] [--first-port P] [--concurrency C] NAMESPACE/POD|outside HOST:PORT
+                                  open and reset N TCP connections to HOST:PORT from the pod
+                                  or the outside host, each from its own source port (P, P+1, ...)
+  conntrack NODE                  entries and capacity of NODE's TCP conntrack map
 `
 
 func main() {
@@ -57,6 +71,18 @@ func main() {
 		err = runOutside(args)
 	case "restart-agent":
 		err = restartAgent(args)
+	case "stop-apiserver":
+		err = stopAPIServer(args)
+	case "start-apiserver":
+		err = startAPIServer(args)
+	case "agent-ready":
+		err = agentReady(args)
+	case "programs":
+		err = programs(args)
+	case "flood":
+		err = flood(args)
+	case "conntrack":
+		err = conntrack(args)
 	// Daemons `up` starts; not for users.
 	case "_forward":
 		err = runForward(args)
@@ -64,6 +90,8 @@ func main() {
 		err = runScheduler(args)
 	case "_shim":
 		err = runShim(args)
+	case "_flood":
+		err = runFlood(args)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return
