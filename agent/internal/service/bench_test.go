@@ -90,7 +90,7 @@ func BenchmarkColdSync(b *testing.B) {
 		}
 		b.StartTimer()
 		start := time.Now()
-		desired, errs := compile.Compile(svcs, sls, node)
+		desired, _, errs := compile.Compile(svcs, sls, node)
 		compiled := time.Since(start)
 		st, err := w.Sync(desired)
 		if err != nil || len(errs) > 0 {

@@ -68,15 +68,21 @@ type Controller struct {
 	dirty map[types.NamespacedName]bool // Services to recompile
 	full  bool                          // recompile everything
 
-	// perService is the compiled state by Service, desired its union;
-	// only sync touches them.
+	// perService is the compiled state by Service; claims lists, by
+	// frontend, the Services whose compiled state has it; desired holds
+	// each frontend's owner's entry (the oldest claimant's), and conflicts
+	// the frontends claimed more than once. Only sync touches them.
 	perService   map[types.NamespacedName]compile.Desired
+	claims       map[compile.Frontend][]types.NamespacedName
 	desired      compile.Desired
+	conflicts    map[compile.Frontend]compile.Conflict
 	healthChecks map[types.NamespacedName]compile.HealthCheck
 	lastFull     time.Time
 	// fullReported are the Services (with the map) last reported as not
-	// programmed for a full map; only sync touches it.
-	fullReported map[fullKey]bool
+	// programmed for a full map, conflictReported the losers of contested
+	// frontends last reported, with the owner; only sync touches them.
+	fullReported     map[fullKey]bool
+	conflictReported map[conflictKey]types.NamespacedName
 
 	synced []cache.InformerSynced // our handlers have seen the initial lists
 
@@ -93,9 +99,10 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *maps
 	c := &Controller{log: log, opts: opts, factory: factory, writer: writer, metrics: m, syncMetrics: m.Controller("service"),
 		svcMetrics: m.RegisterService(),
 		dirty:      map[types.NamespacedName]bool{}, full: true, perService: map[types.NamespacedName]compile.Desired{},
-		desired:      compile.Desired{},
+		claims:  map[compile.Frontend][]types.NamespacedName{},
+		desired: compile.Desired{}, conflicts: map[compile.Frontend]compile.Conflict{},
 		healthChecks: map[types.NamespacedName]compile.HealthCheck{},
-		fullReported: map[fullKey]bool{}}
+		fullReported: map[fullKey]bool{}, conflictReported: map[conflictKey]types.NamespacedName{}}
 	err := factory.Discovery().V1().EndpointSlices().Informer().AddIndexers(cache.Indexers{sliceIndex: func(obj any) ([]string, error) {
 		s, ok := obj.(*discovery.EndpointSlice)
 		if !ok || s.Labels[discovery.LabelServiceName] == "" {
@@ -253,6 +260,7 @@ func (c *Controller) syncOnce(start time.Time) error {
 	if err != nil {
 		return err
 	}
+	c.reportConflicts()
 	var st mapsync.Stats
 	if full {
 		st, err = c.writer.Sync(c.desired)
@@ -393,6 +401,8 @@ func (c *Controller) compile(node compile.Node) (touched []compile.Frontend, ful
 		}
 		c.desired = compile.Desired{}
 		c.perService = map[types.NamespacedName]compile.Desired{}
+		c.claims = map[compile.Frontend][]types.NamespacedName{}
+		c.conflicts = map[compile.Frontend]compile.Conflict{}
 		c.healthChecks = map[types.NamespacedName]compile.HealthCheck{}
 		dirty = map[types.NamespacedName]bool{}
 		for _, s := range all {
@@ -400,15 +410,17 @@ func (c *Controller) compile(node compile.Node) (touched []compile.Frontend, ful
 		}
 	}
 	index := c.factory.Discovery().V1().EndpointSlices().Informer().GetIndexer()
+	// The frontends whose claims changed: their owner is decided again.
+	recheck := map[compile.Frontend]bool{}
 	for key := range dirty {
 		svc, err := services.Services(key.Namespace).Get(key.Name)
-		// The Service's old frontends leave; its new ones (if any) enter.
+		// The Service's old claims leave; its new ones (if any) enter.
 		for f := range c.perService[key] {
-			delete(c.desired, f)
-			touched = append(touched, f)
+			c.claims[f] = slices.DeleteFunc(c.claims[f], func(k types.NamespacedName) bool { return k == key })
+			recheck[f] = true
 		}
+		delete(c.perService, key)
 		if apierrors.IsNotFound(err) {
-			delete(c.perService, key)
 			delete(c.healthChecks, key)
 			continue
 		}
@@ -431,9 +443,9 @@ func (c *Controller) compile(node compile.Node) (touched []compile.Frontend, ful
 			c.log.Warn("object partly ignored", "err", e)
 		}
 		c.perService[key] = d
-		for f, e := range d {
-			c.desired[f] = e
-			touched = append(touched, f)
+		for f := range d {
+			c.claims[f] = append(c.claims[f], key)
+			recheck[f] = true
 		}
 		if hc, ok := compile.ServiceHealthCheck(svc, slices, node); ok {
 			c.healthChecks[key] = hc
@@ -441,5 +453,61 @@ func (c *Controller) compile(node compile.Node) (touched []compile.Frontend, ful
 			delete(c.healthChecks, key)
 		}
 	}
+	for f := range recheck {
+		c.resolve(f)
+		touched = append(touched, f)
+	}
 	return touched, full, nil
+}
+
+// resolve gives frontend f to the oldest Service claiming it, or drops it
+// when none does, and records whether it is contested. A Service that
+// loses a frontend, or stops claiming it, never touches the owner's entry.
+func (c *Controller) resolve(f compile.Frontend) {
+	names := c.claims[f]
+	if len(names) == 0 {
+		delete(c.claims, f)
+		delete(c.desired, f)
+		delete(c.conflicts, f)
+		return
+	}
+	entries := make([]compile.Entry, len(names))
+	for i, k := range names {
+		entries[i] = c.perService[k][f]
+	}
+	owner, conflict := compile.Resolve(f, entries)
+	c.desired[f] = owner
+	if conflict != nil {
+		c.conflicts[f] = *conflict
+	} else {
+		delete(c.conflicts, f)
+	}
+}
+
+// conflictKey is a Service that lost a contested frontend.
+type conflictKey struct {
+	frontend compile.Frontend
+	loser    types.NamespacedName
+}
+
+// reportConflicts reports the contested frontends: their number as a
+// gauge, and for each Service newly losing one (or losing it to another
+// owner), a log line and a Warning Event on that Service.
+func (c *Controller) reportConflicts() {
+	c.svcMetrics.FrontendConflicts.Set(float64(len(c.conflicts)))
+	now := make(map[conflictKey]types.NamespacedName, len(c.conflictReported))
+	for f, cf := range c.conflicts {
+		for _, loser := range cf.Losers {
+			k := conflictKey{f, loser}
+			now[k] = cf.Owner
+			if owner, ok := c.conflictReported[k]; ok && owner == cf.Owner {
+				continue
+			}
+			c.log.Warn("frontend claimed by more than one Service: the oldest owns it", "frontend", f.String(),
+				"owner", cf.Owner.String(), "service", loser.String())
+			c.event(loser, v1.EventTypeWarning, "FrontendConflict",
+				"Frontend %s is also claimed by Service %s, which is older and owns it: this Service gets no traffic there", f, cf.Owner)
+		}
+	}
+	c.conflictReported = now
 }

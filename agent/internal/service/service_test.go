@@ -313,3 +313,65 @@ func metricValue(t *testing.T, m *metrics.Metrics, name, label string) float64 {
 	}
 	return 0
 }
+
+// TestFrontendOwner: of two Services claiming one frontend, the older owns
+// it, in incremental syncs too: the other gets a FrontendConflict Event,
+// and changing or deleting it leaves the owner's entry alone; deleting the
+// owner hands the frontend over.
+func TestFrontendOwner(t *testing.T) {
+	rec := record.NewFakeRecorder(100)
+	m := metrics.New()
+	client, dp, _, _ := setupOpts(t, bpf.Config{MaxServices: 1024, MaxBackends: 4096}, m, Options{Recorder: rec})
+	ctx := context.Background()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	owner := webService("old", "10.96.0.10", t0, "10.244.1.5")
+	create(t, client, owner)
+	eventually(t, "old programmed", func() bool { n, _ := backendCount(dp, "10.96.0.10:80"); return n == 1 })
+	claimant := webService("new", "10.96.0.20", t0.Add(time.Hour), "10.244.2.5", "10.244.2.6")
+	claimant.svc.Spec.ExternalIPs = []string{"10.96.0.10"}
+	create(t, client, claimant)
+	eventually(t, "new programmed", func() bool { n, _ := backendCount(dp, "10.96.0.20:80"); return n == 2 })
+	if n, _ := backendCount(dp, "10.96.0.10:80"); n != 1 {
+		t.Errorf("contested frontend has %d backends, want 1 (the older Service's)", n)
+	}
+	got := events(rec)
+	if len(got) != 1 || !strings.Contains(got[0], "Warning FrontendConflict") || !strings.Contains(got[0], "10.96.0.10:80/6/internal") ||
+		!strings.Contains(got[0], "ns/old") {
+		t.Errorf("events %q: want one Warning FrontendConflict naming the frontend and the owner", got)
+	}
+	if v := metricValue(t, m, "sluice_service_frontend_conflicts", ""); v != 1 {
+		t.Errorf("sluice_service_frontend_conflicts %v, want 1", v)
+	}
+
+	// The loser changes: the owner's entry stays.
+	claimant.slice.Endpoints = append(claimant.slice.Endpoints, discovery.Endpoint{Addresses: []string{"10.244.2.7"}})
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(ctx, claimant.slice, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "new updated", func() bool { n, _ := backendCount(dp, "10.96.0.20:80"); return n == 3 })
+	if n, _ := backendCount(dp, "10.96.0.10:80"); n != 1 {
+		t.Errorf("after the loser changed, the contested frontend has %d backends, want 1", n)
+	}
+	// The loser goes: the owner's entry stays.
+	if err := client.CoreV1().Services("ns").Delete(ctx, "new", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "new gone", func() bool { _, ok := backendCount(dp, "10.96.0.20:80"); return !ok })
+	if n, ok := backendCount(dp, "10.96.0.10:80"); !ok || n != 1 {
+		t.Errorf("after the loser went, the contested frontend: %d backends, %v; want the owner's 1", n, ok)
+	}
+	if v := metricValue(t, m, "sluice_service_frontend_conflicts", ""); v != 0 {
+		t.Errorf("sluice_service_frontend_conflicts %v, want 0", v)
+	}
+
+	// It comes back and the owner goes: the frontend is handed over.
+	claimant.svc.ResourceVersion = ""
+	if _, err := client.CoreV1().Services("ns").Create(ctx, claimant.svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "new back", func() bool { n, _ := backendCount(dp, "10.96.0.20:80"); return n == 3 })
+	if err := client.CoreV1().Services("ns").Delete(ctx, "old", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the frontend handed to new", func() bool { n, _ := backendCount(dp, "10.96.0.10:80"); return n == 3 })
+}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -72,6 +73,9 @@ type Backend struct {
 type Entry struct {
 	Service  types.NamespacedName
 	PortName string
+	// Created is the Service's creationTimestamp: of several Services
+	// claiming one frontend, the oldest owns it (see Resolve).
+	Created time.Time
 	// Backends that may take new connections (the Maglev table), sorted by
 	// address. Empty means the frontend rejects.
 	Backends []Backend
@@ -105,8 +109,51 @@ func Skipped(svc *v1.Service) string {
 	return ""
 }
 
-// Compile computes the desired frontends of every Service on this node.
-func Compile(services []*v1.Service, slices []*discovery.EndpointSlice, node Node) (Desired, []error) {
+// Conflict is a frontend several Services claim: Owner, the oldest, gets
+// it; the Losers get no traffic there.
+type Conflict struct {
+	Frontend Frontend
+	Owner    types.NamespacedName
+	Losers   []types.NamespacedName // oldest first
+}
+
+func (c Conflict) String() string {
+	return fmt.Sprintf("%s: owned by %s, also claimed by %v", c.Frontend, c.Owner, c.Losers)
+}
+
+// Older orders the claims of two Services on a frontend: the older
+// Service (creationTimestamp) first, ties broken by namespace/name.
+func Older(a, b Entry) int {
+	if c := a.Created.Compare(b.Created); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Service.Namespace, b.Service.Namespace); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Service.Name, b.Service.Name)
+}
+
+// Resolve gives a frontend to one of the Services claiming it (claims, one
+// entry each, in any order): the oldest. With more than one claim it also
+// returns the Conflict.
+func Resolve(f Frontend, claims []Entry) (Entry, *Conflict) {
+	owner := slices.MinFunc(claims, Older)
+	if len(claims) == 1 {
+		return owner, nil
+	}
+	c := &Conflict{Frontend: f, Owner: owner.Service}
+	rest := slices.Clone(claims)
+	slices.SortFunc(rest, Older)
+	for _, e := range rest[1:] {
+		c.Losers = append(c.Losers, e.Service)
+	}
+	return owner, c
+}
+
+// Compile computes the desired frontends of every Service on this node;
+// a frontend several Services claim goes to the oldest (Resolve), and the
+// conflicts are returned, sorted by frontend.
+func Compile(services []*v1.Service, slices []*discovery.EndpointSlice, node Node) (Desired, []Conflict, []error) {
 	bySvc := map[types.NamespacedName][]*discovery.EndpointSlice{}
 	for _, s := range slices {
 		name := s.Labels[LabelServiceName]
@@ -116,17 +163,32 @@ func Compile(services []*v1.Service, slices []*discovery.EndpointSlice, node Nod
 		key := types.NamespacedName{Namespace: s.Namespace, Name: name}
 		bySvc[key] = append(bySvc[key], s)
 	}
-	out := Desired{}
+	claims := map[Frontend][]Entry{}
 	var errs []error
 	for _, svc := range services {
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 		d, e := Service(svc, bySvc[key], node)
 		for f, entry := range d {
-			out[f] = entry
+			claims[f] = append(claims[f], entry)
 		}
 		errs = append(errs, e...)
 	}
-	return out, errs
+	out := make(Desired, len(claims))
+	var conflicts []Conflict
+	for f, cs := range claims {
+		owner, c := Resolve(f, cs)
+		out[f] = owner
+		if c != nil {
+			conflicts = append(conflicts, *c)
+		}
+	}
+	sortConflicts(conflicts)
+	return out, conflicts, errs
+}
+
+// sortConflicts sorts conflicts by frontend.
+func sortConflicts(cs []Conflict) {
+	slices.SortFunc(cs, func(a, b Conflict) int { return cmp.Compare(a.Frontend.String(), b.Frontend.String()) })
 }
 
 // Service compiles one Service with its EndpointSlices: the unit an
@@ -187,6 +249,7 @@ func familyOf(a netip.Addr) family {
 // serviceSettings are what every port of a Service compiles with.
 type serviceSettings struct {
 	key                types.NamespacedName
+	created            time.Time
 	internal, external []netip.Addr // clusterIPs; externalIPs and load balancer IPs
 	affinity           uint32       // ClientIP affinity timeout in seconds, 0: none
 	internalLocal      bool         // internalTrafficPolicy Local
@@ -203,6 +266,7 @@ type serviceSettings struct {
 func settingsOf(svc *v1.Service, key types.NamespacedName, bad func(field, reason string)) *serviceSettings {
 	s := &serviceSettings{
 		key:           key,
+		created:       svc.CreationTimestamp.Time,
 		affinity:      affinityTimeout(svc),
 		internalLocal: svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal,
 		externalLocal: svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal,
@@ -280,7 +344,7 @@ func (s *serviceSettings) addPort(out Desired, sp v1.ServicePort, proto uint8, f
 	all := selectBackends(eps, fam, false, s.topology, node.Zone)
 	local := selectBackends(eps, fam, true, false, node.Zone)
 	entry := func(sel selection, localOnly bool) Entry {
-		return Entry{Service: s.key, PortName: sp.Name, Backends: sel.backends, Draining: sel.draining,
+		return Entry{Service: s.key, PortName: sp.Name, Created: s.created, Backends: sel.backends, Draining: sel.draining,
 			AffinityTimeout: s.affinity, LocalOnly: localOnly, TerminatingFallback: sel.fallback}
 	}
 	port := uint16(sp.Port)

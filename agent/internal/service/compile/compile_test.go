@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -312,9 +313,9 @@ func TestCompile(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got, errs := Compile(c.services, c.slices, thisNode)
-			if len(errs) > 0 {
-				t.Fatalf("errors: %v", errs)
+			got, conflicts, errs := Compile(c.services, c.slices, thisNode)
+			if len(errs) > 0 || len(conflicts) > 0 {
+				t.Fatalf("errors: %v; conflicts: %v", errs, conflicts)
 			}
 			if r := render(got); r != c.want {
 				t.Errorf("got:\n%s\nwant:\n%s", r, c.want)
@@ -331,7 +332,7 @@ func TestCompileMalformed(t *testing.T) {
 		s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "weird", Port: 81, Protocol: "ICMP"})
 	})
 	good := svc("good", func(s *v1.Service) { s.Spec.ClusterIPs = []string{"10.96.0.13"} })
-	got, errs := Compile([]*v1.Service{bad, good}, nil, thisNode)
+	got, _, errs := Compile([]*v1.Service{bad, good}, nil, thisNode)
 	msgs := fmt.Sprint(errs)
 	for _, want := range []string{
 		`Service ns/bad: spec.clusterIPs[0]: "not-an-ip" is not an IP address`,
@@ -344,6 +345,100 @@ func TestCompileMalformed(t *testing.T) {
 	want := "10.96.0.12:80/6/internal -> []\n10.96.0.13:80/6/internal -> []"
 	if r := render(got); r != want {
 		t.Errorf("got:\n%s\nwant:\n%s", r, want)
+	}
+}
+
+// TestFrontendConflicts: a frontend several Services claim goes to the
+// oldest (creationTimestamp, then namespace/name), with its entry; the
+// others are reported.
+func TestFrontendConflicts(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) func(*v1.Service) {
+		return func(s *v1.Service) { s.CreationTimestamp = metav1.NewTime(t0.Add(d)) }
+	}
+	clusterIP := func(ip string) func(*v1.Service) {
+		return func(s *v1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = ip, []string{ip} }
+	}
+	externalIP := func(ip string) func(*v1.Service) {
+		return func(s *v1.Service) { s.Spec.ExternalIPs = []string{ip} }
+	}
+	udp := func(s *v1.Service) { s.Spec.Ports[0].Protocol = v1.ProtocolUDP }
+	eps := func(name, addr string) *discovery.EndpointSlice {
+		return slice(name, discovery.AddressTypeIPv4, map[string]int32{"http": 8080, "udp:http": 8080}, ep{addr: addr})
+	}
+	slices := []*discovery.EndpointSlice{eps("old", "10.244.1.1"), eps("new", "10.244.2.2"), eps("newest", "10.244.3.3"),
+		eps("a", "10.244.4.4"), eps("b", "10.244.5.5")}
+	cases := []struct {
+		name      string
+		services  []*v1.Service
+		want      string
+		conflicts string
+	}{
+		{
+			name: "an externalIP on another Service's ClusterIP: the older Service owns it",
+			services: []*v1.Service{
+				svc("new", at(time.Hour), clusterIP("10.96.0.20"), externalIP("10.96.0.10")),
+				svc("old", at(0), clusterIP("10.96.0.10")),
+			},
+			want: "10.96.0.10:80/6/external -> [10.244.2.2:8080]\n" +
+				"10.96.0.10:80/6/internal -> [10.244.1.1:8080]\n" +
+				"10.96.0.20:80/6/internal -> [10.244.2.2:8080]",
+			conflicts: "10.96.0.10:80/6/internal: owned by ns/old, also claimed by [ns/new]",
+		},
+		{
+			name: "the older claimant wins whichever it is",
+			services: []*v1.Service{
+				svc("new", at(0), clusterIP("10.96.0.20"), externalIP("10.96.0.10")),
+				svc("old", at(time.Hour), clusterIP("10.96.0.10")),
+			},
+			want: "10.96.0.10:80/6/external -> [10.244.2.2:8080]\n" +
+				"10.96.0.10:80/6/internal -> [10.244.2.2:8080]\n" +
+				"10.96.0.20:80/6/internal -> [10.244.2.2:8080]",
+			conflicts: "10.96.0.10:80/6/internal: owned by ns/new, also claimed by [ns/old]",
+		},
+		{
+			name: "three claimants, ties broken by name",
+			services: []*v1.Service{
+				svc("newest", at(2*time.Hour), clusterIP("10.96.0.30"), externalIP("10.96.0.10")),
+				svc("b", at(0), clusterIP("10.96.0.10")),
+				svc("a", at(0), clusterIP("10.96.0.40"), externalIP("10.96.0.10")),
+			},
+			want: "10.96.0.10:80/6/external -> [10.244.4.4:8080]\n" +
+				"10.96.0.10:80/6/internal -> [10.244.4.4:8080]\n" +
+				"10.96.0.30:80/6/internal -> [10.244.3.3:8080]\n" +
+				"10.96.0.40:80/6/internal -> [10.244.4.4:8080]",
+			conflicts: "10.96.0.10:80/6/external: owned by ns/a, also claimed by [ns/newest]\n" +
+				"10.96.0.10:80/6/internal: owned by ns/a, also claimed by [ns/b ns/newest]",
+		},
+		{
+			name: "another protocol is another frontend",
+			services: []*v1.Service{
+				svc("new", at(time.Hour), clusterIP("10.96.0.20"), externalIP("10.96.0.10"), udp),
+				svc("old", at(0), clusterIP("10.96.0.10")),
+			},
+			want: "10.96.0.10:80/17/external -> [10.244.2.2:8080]\n" +
+				"10.96.0.10:80/17/internal -> [10.244.2.2:8080]\n" +
+				"10.96.0.10:80/6/internal -> [10.244.1.1:8080]\n" +
+				"10.96.0.20:80/17/internal -> [10.244.2.2:8080]",
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, conflicts, errs := Compile(c.services, slices, thisNode)
+			if len(errs) > 0 {
+				t.Fatalf("errors: %v", errs)
+			}
+			if r := render(got); r != c.want {
+				t.Errorf("got:\n%s\nwant:\n%s", r, c.want)
+			}
+			var cs []string
+			for _, cf := range conflicts {
+				cs = append(cs, cf.String())
+			}
+			if r := strings.Join(cs, "\n"); r != c.conflicts {
+				t.Errorf("conflicts:\n%s\nwant:\n%s", r, c.conflicts)
+			}
+		})
 	}
 }
 
