@@ -233,7 +233,7 @@ func BenchmarkPolicyNewFlow(b *testing.B) {
 }
 
 // flushMap deletes every entry of m.
-func flushMap(b *testing.B, m *ebpf.Map) {
+func flushMap(b testing.TB, m *ebpf.Map) {
 	b.Helper()
 	var keys [][]byte
 	k, v := make([]byte, m.KeySize()), make([]byte, m.ValueSize())

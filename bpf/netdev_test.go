@@ -81,6 +81,20 @@ func TestNodePort(t *testing.T) {
 		samePacket(t, "request", out, build(t, want))
 	})
 
+	t.Run("an idle flow whose entries were evicted keeps its backend", func(t *testing.T) {
+		client := netip.MustParseAddrPort("192.168.77.20:41000")
+		run(t, d.FromNetdev, build(t, flow{src: client, dst: other, proto: unix.IPPROTO_TCP, tcpFlags: "S", seq: 1}))
+		flushMap(t, d.ConntrackTCP) // evicted while the flow idled
+		ack := flow{src: client, dst: other, proto: unix.IPPROTO_TCP, tcpFlags: "A", seq: 2, payload: []byte("more")}
+		ret, out, mark := skbMark(t, d.FromNetdev, build(t, ack))
+		want := ack
+		want.dst = remotePod
+		if ret != actOK || mark != MarkSNAT {
+			t.Fatalf("verdict %d mark %#x, want pass with mark %#x", ret, mark, MarkSNAT)
+		}
+		samePacket(t, "the idle flow's next packet", out, build(t, want))
+	})
+
 	t.Run("no backends: RST back out of the uplink", func(t *testing.T) {
 		ret, _ := run(t, d.FromNetdev, build(t, flow{src: extClient, dst: empty, proto: unix.IPPROTO_TCP, tcpFlags: "S", seq: 1}))
 		if ret != actRedirect {
@@ -92,7 +106,8 @@ func TestNodePort(t *testing.T) {
 		name string
 		f    flow
 	}{
-		{"a TCP packet of no known flow is not ours", flow{src: netip.MustParseAddrPort("192.168.77.12:30080"), dst: nodePort, proto: unix.IPPROTO_TCP, tcpFlags: "SA", seq: 5, ack: 1}},
+		{"a SYN-ACK of no known flow is not ours", flow{src: netip.MustParseAddrPort("192.168.77.12:30080"), dst: nodePort, proto: unix.IPPROTO_TCP, tcpFlags: "SA", seq: 5, ack: 1}},
+		{"a RST of no known flow is not ours", flow{src: netip.MustParseAddrPort("192.168.77.12:30080"), dst: nodePort, proto: unix.IPPROTO_TCP, tcpFlags: "R", seq: 5}},
 		{"traffic to the node itself", flow{src: extClient, dst: netip.AddrPortFrom(nodePort.Addr(), 22), proto: unix.IPPROTO_TCP, tcpFlags: "S", seq: 1}},
 		{"ClusterIP entries do not answer from outside", flow{src: extClient, dst: vip4, proto: unix.IPPROTO_TCP, tcpFlags: "S", seq: 1}},
 	} {

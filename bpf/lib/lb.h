@@ -164,11 +164,15 @@ static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, cons
 		}
 	}
 
-	/* From outside, only a SYN opens a TCP flow: any other packet without
-	 * an entry (such as a reply to a masqueraded flow whose port happens
-	 * to be a NodePort) is not ours. */
+	/* From outside, a TCP packet without an entry is balanced like a
+	 * SYN: it is a packet of a flow whose entries were evicted while it
+	 * idled, and Maglev sends it back to its backend if the backend set
+	 * is unchanged. Masquerade never uses the NodePort range, so replies
+	 * to the node's own flows are not mistaken for it; a SYN-ACK or a RST,
+	 * which no client opens with, is left to the node. */
 	if (hook == HOOK_FROM_NETDEV && p->proto == IPPROTO_TCP &&
-	    (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
+	    ((p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK) ||
+	     (p->tcp_flags & TCP_FLAG_RST)))
 		return TC_ACT_OK;
 	if (svc->backend_count == 0)
 		return reject(skb, p, svc->id, hook);
