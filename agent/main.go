@@ -1,7 +1,8 @@
 // Command sluice-agent is Sluice's node agent: it loads the datapath, keeps
 // its service maps in step with Services and EndpointSlices (replacing
 // kube-proxy), publishes the node's readiness for the CNI plugin, collects
-// conntrack garbage and serves health and metrics. Settings: see
+// conntrack garbage and serves health and metrics. `sluice-agent cleanup`
+// removes what Sluice installed on the node instead. Settings: see
 // docs/reference.md.
 package main
 
@@ -31,6 +32,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
+	"github.com/sluice-net/sluice/agent/internal/cleanup"
 	"github.com/sluice-net/sluice/agent/internal/config"
 	"github.com/sluice-net/sluice/agent/internal/healthcheck"
 	"github.com/sluice-net/sluice/agent/internal/masq"
@@ -51,6 +53,9 @@ func main() {
 		os.Exit(2)
 	}
 	log := newLogger(cfg)
+	if cfg.Command == "cleanup" {
+		os.Exit(runCleanup(log, cfg))
+	}
 	// client-go logs through klog; send it to the same structured log.
 	klog.SetSlogLogger(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -60,6 +65,32 @@ func main() {
 		os.Exit(1)
 	}
 	log.Info("agent stopped; the datapath keeps forwarding")
+}
+
+// runCleanup removes what Sluice installed on this node (`sluice-agent
+// cleanup`), reporting every step, and returns the exit code: 1 if a step
+// failed.
+func runCleanup(log *slog.Logger, cfg config.Config) int {
+	results := cleanup.Run(cleanup.Options{
+		BPFRoot: cfg.BPFRoot, CNIConfFile: cfg.CNIConfFile,
+		NodeStateFile: cfg.NodeStateFile, EndpointSocket: cfg.EndpointSocket,
+	})
+	for _, r := range results {
+		switch {
+		case r.Err != nil:
+			log.Error("cleanup step failed", "step", r.Step, "err", r.Err)
+		case r.Did == "":
+			log.Info("cleanup step: nothing to remove", "step", r.Step)
+		default:
+			log.Info("cleanup step done", "step", r.Step, "did", r.Did)
+		}
+	}
+	if err := cleanup.Err(results); err != nil {
+		log.Error("cleanup incomplete; run it again", "err", err)
+		return 1
+	}
+	log.Info("cleanup done: Sluice is removed from this node")
+	return 0
 }
 
 func newLogger(cfg config.Config) *slog.Logger {

@@ -24,6 +24,10 @@ import (
 // Config is every agent setting. The JSON names are the config file keys;
 // each has a flag of the same name (see docs/reference.md).
 type Config struct {
+	// Command is "cleanup" for `sluice-agent cleanup` (remove what Sluice
+	// installed on the node), else "" (run the agent).
+	Command string `json:"-"`
+
 	// API server access. ClusterIPs do not work before the agent runs, so
 	// the real address is configured: k8sAPIServer, or host and port.
 	K8sAPIServer   string `json:"k8sAPIServer,omitempty"`
@@ -57,6 +61,9 @@ type Config struct {
 	CTTimeoutUnreplied Duration `json:"conntrackTimeoutUnreplied,omitempty"`
 
 	NodeStateFile string `json:"nodeStateFile,omitempty"`
+	// CNIConfFile is the CNI configuration the install wrote; only
+	// cleanup uses it (it removes the file).
+	CNIConfFile string `json:"cniConfFile,omitempty"`
 	// EndpointSocket is the unix socket of the endpoint API: the CNI
 	// plugin's ADD waits there until the new pod's policy is programmed.
 	EndpointSocket string `json:"endpointSocket,omitempty"`
@@ -141,6 +148,7 @@ func Default() Config {
 		CTTimeoutOther:     Duration{dp.CTTimeoutOther},
 		CTTimeoutUnreplied: Duration{dp.CTTimeoutUnreplied},
 		NodeStateFile:      nodestate.DefaultPath,
+		CNIConfFile:        "/etc/cni/net.d/10-sluice.conflist",
 		EndpointSocket:     endpointapi.DefaultSocket,
 		NativeRouting:      ptr(true),
 		NodePortRange:      "30000-32767",
@@ -203,9 +211,13 @@ func (c *Config) durations() []duration {
 }
 
 // Load applies the config file named by --config (if any) over the
-// defaults, then every flag set on the command line.
+// defaults, then every flag set on the command line. A first argument
+// "cleanup" sets Command; the flags follow it.
 func Load(args []string) (Config, error) {
 	c := Default()
+	if len(args) > 0 && args[0] == "cleanup" {
+		c.Command, args = args[0], args[1:]
+	}
 	fs := flag.NewFlagSet("sluice-agent", flag.ContinueOnError)
 	file := fs.String("config", "", "config file (YAML or JSON) with the keys below; flags override it")
 	var flagVals Config
@@ -246,6 +258,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 		fs.Func(k.key, k.help, durFlag(k.v))
 	}
 	fs.StringVar(&c.NodeStateFile, "nodeStateFile", "", "where readiness and pod CIDRs are published for the CNI plugin")
+	fs.StringVar(&c.CNIConfFile, "cniConfFile", "", "the CNI configuration the install wrote (removed by cleanup)")
 	fs.StringVar(&c.EndpointSocket, "endpointSocket", "", "unix socket where the CNI plugin asks for a new pod's policy")
 	fs.Func("nodePortAddresses", "comma-separated CIDRs of node addresses for NodePorts", func(s string) error {
 		c.NodePortAddresses = splitComma(s)
@@ -295,6 +308,7 @@ func overlay(dst, src *Config, set map[string]bool) {
 		pick(k.key, func() { *k.v = *src.durations()[i].v })
 	}
 	pick("nodeStateFile", func() { dst.NodeStateFile = src.NodeStateFile })
+	pick("cniConfFile", func() { dst.CNIConfFile = src.CNIConfFile })
 	pick("endpointSocket", func() { dst.EndpointSocket = src.EndpointSocket })
 	pick("nodePortAddresses", func() { dst.NodePortAddresses = src.NodePortAddresses })
 	pick("devices", func() { dst.Devices = src.Devices })
@@ -310,7 +324,7 @@ func overlay(dst, src *Config, set map[string]bool) {
 
 // Validate names the first wrong setting.
 func (c Config) Validate() error {
-	if c.NodeName == "" {
+	if c.NodeName == "" && c.Command != "cleanup" {
 		return errors.New("nodeName: missing; set --nodeName or $NODE_NAME (the DaemonSet passes spec.nodeName)")
 	}
 	if c.K8sAPIServer == "" && c.Kubeconfig == "" && (c.K8sServiceHost == "") != (c.K8sServicePort == "") {

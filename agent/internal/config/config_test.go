@@ -178,3 +178,22 @@ func TestMasqueradePorts(t *testing.T) {
 		t.Errorf("40000-42767: %v, %v", p, err)
 	}
 }
+
+// TestCleanupCommand: `sluice-agent cleanup` takes the agent's flags and
+// config file, and needs no node name.
+func TestCleanupCommand(t *testing.T) {
+	t.Setenv("NODE_NAME", "")
+	c, err := Load([]string{"cleanup", "--bpfRoot", "/sys/fs/bpf/x", "--cniConfFile", "/etc/cni/net.d/x.conflist"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Command != "cleanup" || c.BPFRoot != "/sys/fs/bpf/x" || c.CNIConfFile != "/etc/cni/net.d/x.conflist" || c.NodeStateFile != Default().NodeStateFile {
+		t.Errorf("got %+v", c)
+	}
+	if c, err := Load([]string{"--nodeName", "n"}); err != nil || c.Command != "" {
+		t.Errorf("agent: %q, %v", c.Command, err)
+	}
+	if _, err := Load([]string{"cleanup", "--maglevTableSize", "1000"}); err == nil {
+		t.Error("cleanup with a wrong setting: no error")
+	}
+}
