@@ -285,9 +285,13 @@ func (c *Controller) syncOnce(start time.Time) error {
 	c.metrics.BackendsProgrammed.Set(float64(st.Backends))
 	c.metrics.MapEntries.WithLabelValues("services").Set(float64(st.Services))
 	c.metrics.MapEntries.WithLabelValues("backends").Set(float64(st.Backends))
-	if err != nil {
+	// Services that do not fit a full map are reported (reportFull) and
+	// retried; everything else is programmed, and keeping every new pod of
+	// the node waiting for them would be worse. Any other error stops here.
+	if err != nil && !mapsync.OnlyFull(err) {
 		return err
 	}
+	syncErr := err
 	if st.Changed() {
 		c.log.Info("datapath synced", "services", st.Services, "backends", st.Backends,
 			"servicesWritten", st.ServicesWritten, "servicesDeleted", st.ServicesDeleted,
@@ -315,7 +319,7 @@ func (c *Controller) syncOnce(start time.Time) error {
 	if !c.ready.Swap(true) {
 		c.log.Info("datapath programmed; node ready for pods", "podCIDRs", podCIDRs, "stateFile", c.opts.NodeStateFile)
 	}
-	return nil
+	return syncErr
 }
 
 const sliceIndex = "service"

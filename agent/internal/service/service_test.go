@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/record"
@@ -43,16 +45,23 @@ func setupWith(t *testing.T, hc *healthcheck.Server) (*fake.Clientset, *bpf.Data
 // (node, state file and sync intervals filled in).
 func setupOpts(t *testing.T, cfg bpf.Config, m *metrics.Metrics, opts Options) (*fake.Clientset, *bpf.Datapath, *Controller, string) {
 	t.Helper()
+	return setupCluster(t, cfg, m, opts)
+}
+
+// setupCluster is setupOpts on a cluster that already holds objs when the
+// controller starts.
+func setupCluster(t *testing.T, cfg bpf.Config, m *metrics.Metrics, opts Options, objs ...runtime.Object) (*fake.Clientset, *bpf.Datapath, *Controller, string) {
+	t.Helper()
 	dp := bpftest.Load(t, cfg)
 	w, err := mapsync.New(dp)
 	if err != nil {
 		t.Fatal(err)
 	}
-	client := fake.NewClientset(&v1.Node{
+	client := fake.NewClientset(append([]runtime.Object{&v1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: "node-a"},
 		Spec:       v1.NodeSpec{PodCIDRs: []string{"10.244.0.0/24"}},
 		Status:     v1.NodeStatus{Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "192.168.1.10"}}},
-	})
+	}}, objs...)...)
 	state := filepath.Join(t.TempDir(), "node.json")
 	factory := informers.NewSharedInformerFactory(client, 0)
 	opts.NodeName, opts.NodeStateFile, opts.MinSync, opts.MaxSync = "node-a", state, 10*time.Millisecond, time.Hour
@@ -290,6 +299,30 @@ func TestMapFullIsReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "big programmed once web is gone", func() bool { n, _ := backendCount(dp, "10.96.0.11:80"); return n == 3 })
+}
+
+// TestReadyDespiteFullMap: an agent starting on a cluster where one
+// Service does not fit the backend map programs the others and makes the
+// node ready for pods; the one that does not fit is reported.
+func TestReadyDespiteFullMap(t *testing.T) {
+	now := time.Now()
+	web := webService("web", "10.96.0.10", now, "10.244.1.5", "10.244.1.6", "10.244.1.7")
+	big := webService("big", "10.96.0.11", now.Add(time.Second), "10.244.2.5", "10.244.2.6", "10.244.2.7")
+	m := metrics.New()
+	_, dp, ctrl, state := setupCluster(t, bpf.Config{MaxServices: 16, MaxBackends: 4}, m, Options{Recorder: record.NewFakeRecorder(100)},
+		web.svc, web.slice, big.svc, big.slice)
+	eventually(t, "the node ready for pods", func() bool { ok, _ := ctrl.Ready(); return ok })
+	if _, err := os.Stat(state); err != nil {
+		t.Errorf("node state file: %v", err)
+	}
+	web3, _ := backendCount(dp, "10.96.0.10:80")
+	big3, _ := backendCount(dp, "10.96.0.11:80")
+	if web3+big3 != 3 {
+		t.Errorf("backends programmed: web %d, big %d; want one of them whole", web3, big3)
+	}
+	if metricValue(t, m, "sluice_map_full_total", "backends") < 1 {
+		t.Errorf("the full map was not counted")
+	}
 }
 
 // metricValue reads a counter or gauge from m's registry: the series with

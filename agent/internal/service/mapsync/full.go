@@ -63,6 +63,26 @@ func FullErrors(err error) []*FullError {
 	return out
 }
 
+// OnlyFull reports whether err, as Sync returns it, is made of
+// *FullErrors alone: the rest of the desired state was programmed.
+func OnlyFull(err error) bool {
+	if err == nil {
+		return false
+	}
+	if _, ok := err.(*FullError); ok {
+		return true
+	}
+	if u, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range u.Unwrap() {
+			if !OnlyFull(e) {
+				return false
+			}
+		}
+		return len(u.Unwrap()) > 0
+	}
+	return false
+}
+
 // mapKind is one of the maps the writer fills.
 type mapKind int
 
