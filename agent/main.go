@@ -505,8 +505,14 @@ func gcConntrack(ctx context.Context, log *slog.Logger, dp *bpf.Datapath, m *met
 				log.Debug("conntrack garbage collected", "map", s.Map, "deleted", s.Deleted, "live", s.Live, "fill", s.Fill())
 			}
 		}
-		if next != prev {
+		// Info only when collection speeds up from, or returns to, the
+		// configured interval: in between it moves with every pass.
+		switch {
+		case next == prev:
+		case prev == every || next == every:
 			log.Info("conntrack garbage collection interval changed", "interval", next, "was", prev, "stats", st)
+		default:
+			log.Debug("conntrack garbage collection interval changed", "interval", next, "was", prev)
 		}
 		t.Reset(next)
 	}
