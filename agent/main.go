@@ -124,7 +124,7 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	hc := healthcheck.New(log, "")
 	defer hc.Close()
 	factory := informers.NewSharedInformerFactory(client, 0)
-	ctrls, err := newControllers(log, cfg, factory, dp, m, hc)
+	ctrls, err := newControllers(log, cfg, client, factory, dp, m, hc)
 	if err != nil {
 		return err
 	}
@@ -312,7 +312,7 @@ type controllers struct {
 
 // newControllers builds every controller, each registering its informers
 // on factory.
-func newControllers(log *slog.Logger, cfg config.Config, factory informers.SharedInformerFactory,
+func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Interface, factory informers.SharedInformerFactory,
 	dp *bpf.Datapath, m *metrics.Metrics, hc *healthcheck.Server) (*controllers, error) {
 	var c controllers
 	serviceMaps, err := servicemapsync.New(dp)
@@ -325,12 +325,8 @@ func newControllers(log *slog.Logger, cfg config.Config, factory informers.Share
 	}
 	// Events on Services the datapath cannot serve as asked (a full map, a
 	// contested frontend), posted in the background for the process's life.
-	eventClient, err := apiClient(cfg)
-	if err != nil {
-		return nil, err
-	}
 	broadcaster := record.NewBroadcaster()
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: eventClient.CoreV1().Events("")})
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "sluice-agent", Host: cfg.NodeName})
 	c.services, err = service.New(log, factory, serviceMaps, m, service.Options{
 		NodeName: cfg.NodeName, NodePortCIDRs: nodePortCIDRs, NodeStateFile: cfg.NodeStateFile,
