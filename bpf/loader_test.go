@@ -9,6 +9,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/sluice-net/sluice/internal/testutil/bpffs"
@@ -205,4 +206,92 @@ func ifindexOf(t *testing.T, name string) int {
 		t.Fatal(err)
 	}
 	return ifi.Index
+}
+
+// TestReattach: a newly loaded datapath (the agent restarted or upgraded)
+// takes over the pods' attachments, in both flavours; the pins of links
+// whose device has gone are removed.
+func TestReattach(t *testing.T) {
+	bpffs.Require(t)
+	for _, mode := range []struct {
+		name string
+		mode AttachMode
+	}{{"tcx", AttachTCX}, {"legacy clsact", AttachLegacy}} {
+		t.Run(mode.name, func(t *testing.T) {
+			root := bpffs.Root(t)
+			first, err := Load(Config{PinRoot: root, MaglevSize: 251})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ns := netnstest.New(t, "sl-reattach")
+			ns.VethPair(t, "hveth0", nil, "pveth0")
+			ns.Do(t, func() {
+				if err := first.AttachPod("hveth0", mode.mode); err != nil {
+					t.Fatal(err)
+				}
+				addEndpoints(t, first, uint32(ifindexOf(t, "hveth0")), client4.Addr())
+			})
+			first.Close()
+
+			next, err := Load(Config{PinRoot: root, MaglevSize: 251})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer next.Close()
+			want, _ := mustInfo(t, next.FromPod).ID()
+			var st ReattachStats
+			ns.Do(t, func() {
+				if st, err = next.Reattach(); err != nil {
+					t.Fatalf("reattach: %v", err)
+				}
+				if got := ingressProgram(t, "hveth0", mode.mode); got != want {
+					t.Errorf("ingress runs program %d after reattach, want the new from_pod %d", got, want)
+				}
+			})
+			if st.Updated != 2 {
+				t.Errorf("reattach %+v, want both hooks updated", st)
+			}
+			if again, err := next.Reattach(); err != nil || (mode.mode == AttachTCX && again.Updated != 0) {
+				t.Errorf("second reattach: %+v, %v; want nothing to update", again, err)
+			}
+
+			if mode.mode == AttachTCX {
+				ns.IP(t, "link", "del", "hveth0")
+				st, err := next.Reattach()
+				if err != nil || st.Stale != 2 {
+					t.Errorf("reattach after the veth went: %+v, %v; want its 2 pins removed", st, err)
+				}
+				if left, _ := filepath.Glob(filepath.Join(linksDir(root), "*")); len(left) != 0 {
+					t.Errorf("link pins left: %v", left)
+				}
+			}
+		})
+	}
+}
+
+// ingressProgram is the ID of the program on dev's tc ingress, in the
+// calling thread's namespace.
+func ingressProgram(t *testing.T, dev string, mode AttachMode) ebpf.ProgramID {
+	t.Helper()
+	ifindex := ifindexOf(t, dev)
+	if mode == AttachTCX {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
+		if err != nil || len(res.Programs) != 1 {
+			t.Fatalf("tcx ingress programs: %+v, %v", res, err)
+		}
+		return res.Programs[0].ID
+	}
+	l, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	filters, err := netlink.FilterList(l, netlink.HANDLE_MIN_INGRESS)
+	if err != nil || len(filters) != 1 {
+		t.Fatalf("ingress filters: %v, %v", filters, err)
+	}
+	f, ok := filters[0].(*netlink.BpfFilter)
+	if !ok {
+		t.Fatalf("ingress filter %T is not cls_bpf", filters[0])
+	}
+	return ebpf.ProgramID(f.Id)
 }

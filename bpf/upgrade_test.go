@@ -30,7 +30,7 @@ const previousRelease = "testdata/datapath-619c09b.o"
 // did (its constants and map sizes) and pins it under root, returning a
 // Datapath whose programs are the old ones and whose maps are those the
 // old and new layouts share.
-func loadPreviousRelease(t *testing.T, root string, cfg Config) (*Datapath, *ebpf.Map) {
+func loadPreviousRelease(t *testing.T, root string, cfg Config) (old *Datapath, backends, affinity *ebpf.Map) {
 	t.Helper()
 	spec, err := ebpf.LoadCollectionSpec(previousRelease)
 	if err != nil {
@@ -70,13 +70,13 @@ func loadPreviousRelease(t *testing.T, root string, cfg Config) (*Datapath, *ebp
 		t.Fatalf("load the previous release's datapath: %v", err)
 	}
 	t.Cleanup(coll.Close)
-	old := &Datapath{
+	old = &Datapath{
 		FromPod: coll.Programs["from_pod"], ToPod: coll.Programs["to_pod"],
 		Services: coll.Maps["sluice_services_v1"], Maglev: coll.Maps["sluice_maglev_v1"],
 		Endpoints: coll.Maps["sluice_endpoints_v1"], EndpointSlots: coll.Maps["sluice_endpoint_slots_v1"],
 		root: root,
 	}
-	return old, coll.Maps["sluice_backends_v1"]
+	return old, coll.Maps["sluice_backends_v1"], coll.Maps["sluice_affinity_v1"]
 }
 
 // TestUpgradeTakesOverRunningPods is an upgrade on a live node: the
@@ -91,7 +91,7 @@ func TestUpgradeTakesOverRunningPods(t *testing.T) {
 	bpffs.Require(t)
 	root := bpffs.Root(t)
 	cfg := Config{PinRoot: root, MaglevSize: 251}
-	old, oldBackends := loadPreviousRelease(t, root, cfg)
+	old, oldBackends, oldAffinity := loadPreviousRelease(t, root, cfg)
 	pn := newPodNode(t, old, 2)
 	client, server := pn.pods[0], pn.pods[1]
 
@@ -118,6 +118,11 @@ func TestUpgradeTakesOverRunningPods(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A client's affinity, as the previous release kept it: a bare ID.
+	affinityKey := AffinityKey{Client: Addr(netip.MustParseAddr("10.200.9.9")), SvcId: svcID}
+	if err := oldAffinity.Put(affinityKey, affinityValueV1{LastUsedNs: MonotonicNow(), BackendId: backendID}); err != nil {
+		t.Fatal(err)
+	}
 	serveEcho(t, server.ns, backend.Port())
 	conn := dialIn(t, client.ns, vip)
 	defer conn.Close()
@@ -133,8 +138,12 @@ func TestUpgradeTakesOverRunningPods(t *testing.T) {
 		t.Fatalf("load over the previous release's pins: %v", err)
 	}
 	t.Cleanup(func() { d.Close() })
-	if d.Migrated.Backends != 1 || d.Migrated.Conntrack != 2 {
-		t.Errorf("migrated %+v, want the backend and the connection's 2 conntrack entries", d.Migrated)
+	if d.Migrated.Backends != 1 || d.Migrated.Conntrack != 2 || d.Migrated.Affinity != 1 {
+		t.Errorf("migrated %+v, want the backend, the connection's 2 conntrack entries and the affinity", d.Migrated)
+	}
+	var av AffinityValue
+	if err := d.Affinity.Lookup(affinityKey, &av); err != nil || av.BackendId != backendID || AddrFrom(av.Addr) != backend.Addr() || PortFrom(av.Port) != backend.Port() {
+		t.Errorf("migrated affinity %+v (%v), want backend %d at %v", av, err, backendID, backend)
 	}
 	st, err := d.Reattach()
 	if err != nil {
