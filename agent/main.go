@@ -128,10 +128,6 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
-	// Once, after every controller has registered its informers: a
-	// factory starts only the informers asked for before Start.
-	factory.Start(ctx.Done())
-
 	// One slot for each goroutine that reports, so none blocks once run
 	// has returned.
 	errs := make(chan error, 6)
@@ -139,7 +135,43 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	go func() { errs <- endpointapi.Serve(ctx, log, cfg.EndpointSocket, ctrls.policies) }()
 	go func() { errs <- serve(ctx, log, "health", cfg.HealthAddr, healthMux(ctrls.services)) }()
 	go gcConntrack(ctx, log, dp, m, cfg.CTGCInterval.Duration)
+	if err := waitForAPIServer(ctx, log, client); err != nil {
+		return err
+	}
+	// Once, after every controller has registered its informers: a
+	// factory starts only the informers asked for before Start.
+	factory.Start(ctx.Done())
 	return ctrls.run(ctx, log, errs)
+}
+
+// waitForAPIServer returns once the API server answers. Meanwhile the
+// datapath serves from its pinned maps and the agent is not ready. An
+// informer started against an absent server backs off up to a minute
+// between lists, so the agent would stay unready that long after the
+// server came back; polling every second here, it lists at once.
+func waitForAPIServer(ctx context.Context, log *slog.Logger, client kubernetes.Interface) error {
+	const every, report = time.Second, 30 * time.Second
+	start, lastReport := time.Now(), time.Time{}
+	for {
+		probe, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := client.Discovery().RESTClient().Get().AbsPath("/version").Do(probe).Error()
+		cancel()
+		if err == nil {
+			if !lastReport.IsZero() {
+				log.Info("API server reachable; syncing", "waited", time.Since(start).Round(time.Millisecond))
+			}
+			return nil
+		}
+		if time.Since(lastReport) >= report {
+			log.Warn("API server unreachable; the datapath serves its pinned state until it answers", "err", err, "waited", time.Since(start).Round(time.Second))
+			lastReport = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(every):
+		}
+	}
 }
 
 // apiClient connects to the API server as configured.
