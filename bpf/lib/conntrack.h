@@ -116,9 +116,11 @@ static __always_inline void ct_create(const struct ct_key *fwd, const struct pkt
 	__builtin_memcpy(v->nat_addr, be->addr, SLUICE_ADDR_LEN);
 	v->nat_port = be->port;
 	ct_put(fwd, v);
-	/* v is overwritten by the reply entry: keep what it needs. */
-	s->fwd = *v;
-	ct_put_reply(s, p, &s->fwd, now);
+	/* The reply entry: the same but for the address it restores. */
+	ct_reply_key(&s->ct, p, be->addr, be->port, hairpin);
+	__builtin_memcpy(v->nat_addr, p->dst, SLUICE_ADDR_LEN);
+	v->nat_port = p->dport;
+	ct_put(&s->ct, v);
 }
 
 /* ct_keep_reply runs when a forward packet of a live service flow
