@@ -106,13 +106,14 @@ func (c Config) withDefaults() Config {
 }
 
 func (c Config) validate() error {
-	if !isPrime(c.MaglevSize) {
+	if !IsPrime(c.MaglevSize) {
 		return fmt.Errorf("MaglevSize: %d is not prime; Maglev needs a prime table size such as 16381", c.MaglevSize)
 	}
 	return nil
 }
 
-func isPrime(n uint32) bool {
+// IsPrime reports whether n is prime: a Maglev table size must be.
+func IsPrime(n uint32) bool {
 	if n < 2 {
 		return false
 	}

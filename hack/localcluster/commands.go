@@ -119,14 +119,7 @@ func restartAgent(args []string) error {
 		return err
 	}
 	args = fs.Args()
-	if len(args) != 1 {
-		return errors.New("usage: restart-agent [--no-wait] NODE")
-	}
-	s, err := loadState()
-	if err != nil {
-		return err
-	}
-	node, err := s.node(args[0])
+	s, node, err := loadNode(args, "restart-agent [--no-wait] NODE")
 	if err != nil {
 		return err
 	}

@@ -87,14 +87,7 @@ func startAPIServer(args []string) error {
 // agentReady exits 0 when the node's agent answers /readyz with 200, and
 // fails with the answer otherwise; it needs no API server.
 func agentReady(args []string) error {
-	if len(args) != 1 {
-		return errors.New("usage: agent-ready NODE")
-	}
-	s, err := loadState()
-	if err != nil {
-		return err
-	}
-	node, err := s.node(args[0])
+	s, node, err := loadNode(args, "agent-ready NODE")
 	if err != nil {
 		return err
 	}
@@ -119,14 +112,7 @@ func agentReady(args []string) error {
 // conntrack prints the entries and capacity of the node's TCP conntrack
 // map, read from its pin: "tcp entries=N capacity=M".
 func conntrack(args []string) error {
-	if len(args) != 1 {
-		return errors.New("usage: conntrack NODE")
-	}
-	s, err := loadState()
-	if err != nil {
-		return err
-	}
-	node, err := s.node(args[0])
+	_, node, err := loadNode(args, "conntrack NODE")
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -90,6 +91,20 @@ func (s *state) save() error {
 		return err
 	}
 	return os.Rename(tmp, path("state.json"))
+}
+
+// loadNode loads the cluster's state and the node a NODE command names
+// in its only argument, or fails with usage.
+func loadNode(args []string, usage string) (*state, *nodeState, error) {
+	if len(args) != 1 {
+		return nil, nil, errors.New("usage: " + usage)
+	}
+	s, err := loadState()
+	if err != nil {
+		return nil, nil, err
+	}
+	node, err := s.node(args[0])
+	return s, node, err
 }
 
 func (s *state) node(name string) (*nodeState, error) {

@@ -406,7 +406,7 @@ const (
 // validateDatapath checks the datapath's sizes: the errors bpf.Load would
 // give late, or not at all.
 func (c Config) validateDatapath() error {
-	if m := c.MaglevTableSize; m < MinMaglevSize || m > MaxMaglevSize || !isPrime(m) {
+	if m := c.MaglevTableSize; m < MinMaglevSize || m > MaxMaglevSize || !bpf.IsPrime(m) {
 		return fmt.Errorf("maglevTableSize: %d; want a prime from %d to %d, such as 16381 (at least 100 times the largest backend count)",
 			m, MinMaglevSize, MaxMaglevSize)
 	}
@@ -423,18 +423,6 @@ func (c Config) validateDatapath() error {
 		}
 	}
 	return nil
-}
-
-func isPrime(n uint32) bool {
-	if n < 2 {
-		return false
-	}
-	for d := uint32(2); d*d <= n; d++ {
-		if n%d == 0 {
-			return false
-		}
-	}
-	return true
 }
 
 func uintFlag(dst *uint32) func(string) error {
