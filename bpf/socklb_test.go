@@ -2,14 +2,11 @@ package bpf
 
 import (
 	"bufio"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sluice-net/sluice/internal/testutil/cgrouptest"
 	"github.com/sluice-net/sluice/internal/testutil/netnstest"
 )
 
@@ -88,7 +86,7 @@ func TestSocketLB(t *testing.T) {
 	install(t, d, oneBackend(4, ap("[fd00:96::10]:53"), unix.IPPROTO_UDP, ap("[fd00:200::2]:8080")))
 	install(t, d, testService{id: 5, vip: ap("10.96.0.11:80"), proto: unix.IPPROTO_TCP})
 
-	cgroup := testCgroup(t)
+	cgroup := cgrouptest.New(t)
 	if err := d.AttachSocketLB(cgroup); err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +154,7 @@ func TestSocketLBOnlyInHostNamespace(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			d := loadTest(t, Config{HostNetnsCookie: c.host})
 			install(t, d, oneBackend(1, ap("10.96.0.10:80"), unix.IPPROTO_TCP, ap("10.200.0.2:8080")))
-			cgroup := testCgroup(t)
+			cgroup := cgrouptest.New(t)
 			if err := d.AttachSocketLB(cgroup); err != nil {
 				t.Fatal(err)
 			}
@@ -166,35 +164,6 @@ func TestSocketLBOnlyInHostNamespace(t *testing.T) {
 			}
 		})
 	}
-}
-
-// testCgroup makes a cgroup v2 directory that only the test's client
-// processes join; it is removed after the test.
-func testCgroup(t *testing.T) string {
-	t.Helper()
-	var root string
-	for _, p := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
-		var st unix.Statfs_t
-		if unix.Statfs(p, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
-			root = p
-			break
-		}
-	}
-	if root == "" {
-		t.Skip("needs a cgroup v2 hierarchy")
-	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	dir := filepath.Join(root, "sluice-test-"+hex.EncodeToString(b))
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := os.Remove(dir); err != nil {
-			t.Errorf("remove test cgroup: %v", err)
-		}
-	})
-	return dir
 }
 
 // runInCgroup starts the test binary as a client inside the cgroup and the

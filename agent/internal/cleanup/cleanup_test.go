@@ -1,8 +1,6 @@
 package cleanup
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"net"
 	"net/netip"
 	"os"
@@ -20,6 +18,7 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/routes"
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/bpf/bpftest"
+	"github.com/sluice-net/sluice/internal/testutil/cgrouptest"
 	"github.com/sluice-net/sluice/internal/testutil/netnstest"
 )
 
@@ -39,7 +38,7 @@ func TestCleanup(t *testing.T) {
 	ns.IP(t, "route", "add", "10.244.7.0/24", "via", "192.0.2.7", "proto", "92")
 	ns.IP(t, "route", "add", "10.244.8.0/24", "via", "192.0.2.8")
 
-	cgroup := testCgroup(t)
+	cgroup := cgrouptest.New(t)
 	var err error
 	ns.Do(t, func() {
 		if err = dp.AttachDevice("uplink0", bpf.AttachTCX); err != nil {
@@ -137,35 +136,6 @@ func TestCleanup(t *testing.T) {
 			t.Errorf("second run, %s: did %q, err %v; want nothing to do", r.Step, r.Did, r.Err)
 		}
 	}
-}
-
-// testCgroup makes a cgroup v2 directory no process joins; it is removed
-// after the test.
-func testCgroup(t *testing.T) string {
-	t.Helper()
-	var root string
-	for _, p := range []string{"/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
-		var st unix.Statfs_t
-		if unix.Statfs(p, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
-			root = p
-			break
-		}
-	}
-	if root == "" {
-		t.Skip("needs a cgroup v2 hierarchy")
-	}
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	dir := filepath.Join(root, "sluice-test-"+hex.EncodeToString(b))
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := os.Remove(dir); err != nil {
-			t.Errorf("remove test cgroup: %v", err)
-		}
-	})
-	return dir
 }
 
 // cgroupPrograms counts the programs attached to cgroup at socket LB's
