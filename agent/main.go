@@ -356,7 +356,8 @@ func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Inter
 		nodePortCIDRs = append(nodePortCIDRs, netip.MustParsePrefix(s)) // validated by config
 	}
 	// Events on Services the datapath cannot serve as asked (a full map, a
-	// contested frontend), posted in the background for the process's life.
+	// contested frontend) and on the Node (a full policy map), posted in
+	// the background for the process's life.
 	broadcaster := record.NewBroadcaster()
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "sluice-agent", Host: cfg.NodeName})
@@ -370,6 +371,7 @@ func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Inter
 	}
 	c.policies, err = netpol.New(log, factory, netpolmapsync.New(dp), m, netpol.Options{
 		NodeName: cfg.NodeName, MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration,
+		Recorder: recorder,
 	})
 	if err != nil {
 		return nil, err

@@ -22,7 +22,10 @@ type Metrics struct {
 	BackendsProgrammed prometheus.Gauge
 	MapCapacity        *prometheus.GaugeVec
 	MapEntries         *prometheus.GaugeVec
-	ct                 conntrackMetrics
+	// MapFull counts syncs that found a map full, by map: some Service or
+	// some pod's policy could not be programmed.
+	MapFull *prometheus.CounterVec
+	ct      conntrackMetrics
 
 	PolicyEndpointsIsolated prometheus.Gauge
 }
@@ -68,13 +71,17 @@ func New() *Metrics {
 		MapEntries: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "sluice_map_entries", Help: "Entries in a datapath map (fill level against sluice_map_capacity).",
 		}, []string{"map"}),
+		MapFull: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_map_full_total",
+			Help: "Syncs that found a datapath map full, by map: some Service or some pod's NetworkPolicy could not be programmed (the log and an Event on the Service or the Node say which; raise the map's size).",
+		}, []string{"map"}),
 		ct: newConntrackMetrics(),
 		PolicyEndpointsIsolated: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sluice_policy_endpoints_isolated", Help: "Local pods isolated by NetworkPolicy (ingress, egress or both).",
 		}),
 	}
 	m.Registry.MustRegister(m.syncDuration, m.syncErrors, m.objectErrors, m.ServicesProgrammed, m.BackendsProgrammed,
-		m.MapCapacity, m.MapEntries, m.PolicyEndpointsIsolated,
+		m.MapCapacity, m.MapEntries, m.MapFull, m.PolicyEndpointsIsolated,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Registry.MustRegister(m.ct.collectors()...)
 	return m

@@ -24,6 +24,7 @@ import (
 	listerscorev1 "k8s.io/client-go/listers/core/v1"
 	listersnetworkingv1 "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/utils/clock"
 
 	"github.com/sluice-net/sluice/agent/internal/metrics"
@@ -48,6 +49,9 @@ type Options struct {
 	NodeName         string
 	MinSync, MaxSync time.Duration
 	Clock            clock.Clock // nil: the real one
+	// Recorder posts Events on this Node when a policy map is full; nil
+	// posts none.
+	Recorder record.EventRecorder
 }
 
 // Controller compiles and writes NetworkPolicy for one node.
@@ -81,6 +85,9 @@ type Controller struct {
 	// successful sync had seen when it started: every request up to it has
 	// been written.
 	requests, served uint64
+	// fullMaps are the policy maps found full, reported once until they
+	// fit again.
+	fullMaps map[string]bool
 }
 
 // New registers the controller's informers and handlers on factory; the
@@ -96,6 +103,7 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer Write
 		policies:  factory.Networking().V1().NetworkPolicies().Lister(),
 		firstSync: make(chan struct{}),
 		pending:   map[types.NamespacedName]endpointapi.Endpoint{},
+		fullMaps:  map[string]bool{},
 	}
 	c.runner = runner.New(c.sync, opts.MinSync, opts.MaxSync, retryInterval, opts.Clock)
 	for _, inf := range []struct {
@@ -241,6 +249,7 @@ func (c *Controller) syncOnce(start time.Time) error {
 	for name, n := range map[string]int{"ipcache": st.IPCache, "policy_cidrs": st.CIDRs, "policy_endpoints": st.Endpoints, "policy": st.Rules} {
 		c.metrics.MapEntries.WithLabelValues(name).Set(float64(n))
 	}
+	c.reportFull(mapsync.FullErrors(err))
 	if err != nil {
 		return fmt.Errorf("write NetworkPolicy maps: %w", err)
 	}
@@ -251,6 +260,32 @@ func (c *Controller) syncOnce(start time.Time) error {
 	c.log.Log(context.Background(), level, "NetworkPolicy synced", "policies", len(policies), "isolatedEndpoints", st.Isolated,
 		"rules", st.Rules, "written", st.Written, "deleted", st.Deleted, "took", c.opts.Clock.Since(start))
 	return nil
+}
+
+// reportFull counts every full policy map, and logs it and posts a
+// Warning Event on the Node once until it fits again.
+func (c *Controller) reportFull(full []*mapsync.FullError) {
+	now := map[string]bool{}
+	for _, fe := range full {
+		now[fe.Map] = true
+		c.metrics.MapFull.WithLabelValues(fe.Label).Inc()
+		if c.fullMaps[fe.Map] {
+			continue
+		}
+		c.log.Error("NetworkPolicy map full: some pods' policy is incomplete and drops what it should allow",
+			"map", fe.Map, "capacity", fe.Capacity, "setting", fe.Setting, "unwritten", fe.Unwritten)
+		if c.opts.Recorder != nil {
+			node := &v1.ObjectReference{Kind: "Node", Name: c.opts.NodeName, UID: types.UID(c.opts.NodeName)}
+			c.opts.Recorder.Eventf(node, v1.EventTypeWarning, "MapFull",
+				"NetworkPolicy of this node's pods is incomplete: %v", fe)
+		}
+	}
+	for m := range c.fullMaps {
+		if !now[m] {
+			c.log.Info("NetworkPolicy map fits again", "map", m)
+		}
+	}
+	c.fullMaps = now
 }
 
 // localAddrs are the addresses of this node's network namespace (the

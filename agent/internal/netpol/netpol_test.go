@@ -2,9 +2,11 @@ package netpol
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/sluice-net/sluice/agent/internal/metrics"
@@ -33,16 +36,18 @@ type fakeWriter struct {
 	hold   chan struct{}
 	mu     sync.Mutex
 	writes []compile.Output
+	err    error // what Apply returns
 }
 
 func (w *fakeWriter) Apply(out compile.Output) (mapsync.Stats, error) {
 	w.mu.Lock()
 	w.writes = append(w.writes, out)
+	err := w.err
 	w.mu.Unlock()
 	if w.hold != nil {
 		<-w.hold
 	}
-	return mapsync.Stats{}, nil
+	return mapsync.Stats{}, err
 }
 
 // written returns the number of Apply calls so far and the last Output.
@@ -94,18 +99,20 @@ type harness struct {
 	ctrl    *Controller
 	writer  *fakeWriter
 	logs    *logRecorder
+	metrics *metrics.Metrics
+	events  *record.FakeRecorder
 }
 
 // newHarness builds a controller for node-a over a fake API holding objs.
 // Nothing runs until start.
 func newHarness(t *testing.T, writer *fakeWriter, objs ...runtime.Object) *harness {
 	t.Helper()
-	h := &harness{client: fake.NewClientset(objs...), writer: writer, logs: &logRecorder{}}
+	h := &harness{client: fake.NewClientset(objs...), writer: writer, logs: &logRecorder{}, metrics: metrics.New(), events: record.NewFakeRecorder(100)}
 	h.factory = informers.NewSharedInformerFactory(h.client, 0)
 	// MinSync 0 on a clock that never moves: every request syncs at once,
 	// and no periodic or retry sync ever adds to the count of writes.
-	ctrl, err := New(slog.New(h.logs), h.factory, writer, metrics.New(), Options{
-		NodeName: "node-a", MaxSync: time.Hour, Clock: clocktesting.NewFakeClock(time.Unix(1000, 0)),
+	ctrl, err := New(slog.New(h.logs), h.factory, writer, h.metrics, Options{
+		NodeName: "node-a", MaxSync: time.Hour, Clock: clocktesting.NewFakeClock(time.Unix(1000, 0)), Recorder: h.events,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -228,6 +235,71 @@ func TestNetworkPolicyIsWritten(t *testing.T) {
 		_, allowed := out.Rules[rule]
 		return ep.IngressIsolated && allowed
 	})
+}
+
+// TestFullPolicyMapIsReported: a full policy map is counted at every sync
+// that meets it, and logged with a Warning Event on the Node once until it
+// fits again.
+func TestFullPolicyMapIsReported(t *testing.T) {
+	full := &mapsync.FullError{Map: "sluice_policy_v1", Label: "policy", Capacity: 4, Setting: "maxPolicyRules", Unwritten: 2}
+	w := &fakeWriter{err: errors.Join(full)}
+	h := newHarness(t, w, cluster()...)
+	h.run(t, true)
+	h.firstSync(t)
+	sync := func(ns string) {
+		t.Helper()
+		n, _ := w.written()
+		if _, err := h.client.CoreV1().Namespaces().Create(context.Background(), namespace(ns), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "a sync after namespace "+ns, func() bool { m, _ := w.written(); return m > n })
+	}
+	sync("a")
+	sync("b")
+	count := func() float64 {
+		fams, err := h.metrics.Registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range fams {
+			if f.GetName() == "sluice_map_full_total" {
+				for _, m := range f.GetMetric() {
+					if m.GetLabel()[0].GetValue() == "policy" {
+						return m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+		return 0
+	}
+	eventually(t, "three syncs counted", func() bool { return count() == 3 })
+	events := drain(h.events)
+	if len(events) != 1 || !strings.Contains(events[0], "Warning MapFull") || !strings.Contains(events[0], "sluice_policy_v1") ||
+		!strings.Contains(events[0], "maxPolicyRules") {
+		t.Errorf("events %q: want one Warning MapFull naming sluice_policy_v1 and maxPolicyRules", events)
+	}
+	w.mu.Lock()
+	w.err = nil
+	w.mu.Unlock()
+	sync("c")
+	w.mu.Lock()
+	w.err = errors.Join(full)
+	w.mu.Unlock()
+	sync("d")
+	eventually(t, "the map full again, reported again", func() bool { return len(drain(h.events)) == 1 })
+}
+
+// drain returns the events recorded so far.
+func drain(r *record.FakeRecorder) []string {
+	var out []string
+	for {
+		select {
+		case e := <-r.Events:
+			out = append(out, e)
+		default:
+			return out
+		}
+	}
 }
 
 func TestPodStatusUpdateDoesNotSync(t *testing.T) {

@@ -340,7 +340,7 @@ func (c *Controller) reportFull(fes []*mapsync.FullError) {
 	for _, fe := range fes {
 		if !counted[fe.Label] {
 			counted[fe.Label] = true
-			c.svcMetrics.MapFull.WithLabelValues(fe.Label).Inc()
+			c.metrics.MapFull.WithLabelValues(fe.Label).Inc()
 		}
 		k := fullKey{fe.Service, fe.Map}
 		if now[k] {

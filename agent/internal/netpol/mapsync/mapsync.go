@@ -11,6 +11,7 @@ import (
 	"net/netip"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/sluice-net/sluice/agent/internal/netpol/compile"
 	"github.com/sluice-net/sluice/bpf"
@@ -177,15 +178,57 @@ func diff[K comparable, V comparable](m *ebpf.Map, name string, want map[K]V) (*
 }
 
 func (d *mapDiff[K, V]) put(errs *[]error) int {
-	n := 0
+	n, full := 0, 0
 	for k, v := range d.puts {
 		if err := d.m.Put(k, v); err != nil {
+			if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC) {
+				full++
+				continue
+			}
 			*errs = append(*errs, fmt.Errorf("map %s (capacity %d): write: %w", d.name, d.m.MaxEntries(), err))
 			continue
 		}
 		n++
 	}
+	if full > 0 {
+		*errs = append(*errs, &FullError{Map: "sluice_" + d.name + "_v1", Label: d.name, Capacity: d.m.MaxEntries(),
+			Setting: settings[d.name], Unwritten: full})
+	}
 	return n
+}
+
+// settings are the agent settings that size the policy maps.
+var settings = map[string]string{
+	"ipcache": "maxIPCache", "policy_cidrs": "maxPolicyCIDRs", "policy": "maxPolicyRules", "policy_endpoints": "maxEndpoints",
+}
+
+// FullError says entries were left out of a full policy map. What is left
+// out fails closed: a rule not written admits nothing, an address without
+// its identity is judged as the world's, an endpoint not written stays as
+// it was.
+type FullError struct {
+	Map       string // e.g. sluice_policy_v1
+	Label     string // the map in the agent's metrics: policy, ipcache, ...
+	Capacity  uint32
+	Setting   string // the agent setting that sizes the map
+	Unwritten int    // entries that did not fit
+}
+
+func (e *FullError) Error() string {
+	return fmt.Sprintf("map %s is full (capacity %d; raise %s): %d entries not written", e.Map, e.Capacity, e.Setting, e.Unwritten)
+}
+
+// FullErrors lists the *FullErrors in err as Apply returns it.
+func FullErrors(err error) []*FullError {
+	var out []*FullError
+	if u, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range u.Unwrap() {
+			out = append(out, FullErrors(e)...)
+		}
+	} else if fe, ok := err.(*FullError); ok {
+		out = append(out, fe)
+	}
+	return out
 }
 
 func (d *mapDiff[K, V]) delete(errs *[]error) int {

@@ -62,8 +62,10 @@ func TestApplyWritesTheDifference(t *testing.T) {
 		out.Rules[compile.Rule{Endpoint: 1, Remote: 301, Dir: compile.Ingress, Proto: bpf.ProtoTCP, Port: uint16(1000 + i), PortBits: 16}] = struct{}{}
 	}
 	st, err = w.Apply(out)
-	if err == nil || !strings.Contains(err.Error(), "map policy (capacity 4)") {
-		t.Errorf("overfull rules: err %v, want one naming map policy and its capacity", err)
+	full := FullErrors(err)
+	if len(full) != 1 || full[0].Map != "sluice_policy_v1" || full[0].Setting != "maxPolicyRules" || full[0].Unwritten != 2 ||
+		!strings.Contains(err.Error(), "map sluice_policy_v1 is full (capacity 4; raise maxPolicyRules)") {
+		t.Errorf("overfull rules: err %v, want one full error naming sluice_policy_v1, its capacity, maxPolicyRules and the 2 rules left out", err)
 	}
 	if st.Written != 4 {
 		t.Errorf("overfull rules: %d written, want the 4 that fit", st.Written)
