@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	"github.com/sluice-net/sluice/agent/internal/agenttest"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/agent/internal/netpol/compile"
 	"github.com/sluice-net/sluice/agent/internal/netpol/mapsync"
@@ -256,24 +257,8 @@ func TestFullPolicyMapIsReported(t *testing.T) {
 	}
 	sync("a")
 	sync("b")
-	count := func() float64 {
-		fams, err := h.metrics.Registry.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, f := range fams {
-			if f.GetName() == "sluice_map_full_total" {
-				for _, m := range f.GetMetric() {
-					if m.GetLabel()[0].GetValue() == "policy" {
-						return m.GetCounter().GetValue()
-					}
-				}
-			}
-		}
-		return 0
-	}
-	eventually(t, "three syncs counted", func() bool { return count() == 3 })
-	events := drain(h.events)
+	eventually(t, "three syncs counted", func() bool { return agenttest.MetricValue(t, h.metrics, "sluice_map_full_total", "policy") == 3 })
+	events := agenttest.Events(h.events)
 	if len(events) != 1 || !strings.Contains(events[0], "Warning MapFull") || !strings.Contains(events[0], "sluice_policy_v1") ||
 		!strings.Contains(events[0], "maxPolicyRules") {
 		t.Errorf("events %q: want one Warning MapFull naming sluice_policy_v1 and maxPolicyRules", events)
@@ -286,20 +271,7 @@ func TestFullPolicyMapIsReported(t *testing.T) {
 	w.err = errors.Join(full)
 	w.mu.Unlock()
 	sync("d")
-	eventually(t, "the map full again, reported again", func() bool { return len(drain(h.events)) == 1 })
-}
-
-// drain returns the events recorded so far.
-func drain(r *record.FakeRecorder) []string {
-	var out []string
-	for {
-		select {
-		case e := <-r.Events:
-			out = append(out, e)
-		default:
-			return out
-		}
-	}
+	eventually(t, "the map full again, reported again", func() bool { return len(agenttest.Events(h.events)) == 1 })
 }
 
 func TestPodStatusUpdateDoesNotSync(t *testing.T) {

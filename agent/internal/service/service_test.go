@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/sluice-net/sluice/agent/internal/agenttest"
 	"github.com/sluice-net/sluice/agent/internal/healthcheck"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/agent/internal/service/mapsync"
@@ -255,19 +256,6 @@ func create(t *testing.T, client *fake.Clientset, ts testService) {
 	}
 }
 
-// events drains the Events recorded so far.
-func events(rec *record.FakeRecorder) []string {
-	var out []string
-	for {
-		select {
-		case e := <-rec.Events:
-			out = append(out, e)
-		default:
-			return out
-		}
-	}
-}
-
 // TestMapFullIsReported: a Service that does not fit in the backend map
 // gets one Warning Event naming the map and the setting, the full map is
 // counted, the Service that fits stays programmed, and once room is made
@@ -281,9 +269,9 @@ func TestMapFullIsReported(t *testing.T) {
 	eventually(t, "web programmed", func() bool { n, _ := backendCount(dp, "10.96.0.10:80"); return n == 3 })
 	create(t, client, webService("big", "10.96.0.11", now, "10.244.2.5", "10.244.2.6", "10.244.2.7"))
 	eventually(t, "the full map counted a few times", func() bool {
-		return metricValue(t, m, "sluice_map_full_total", "backends") >= 3
+		return agenttest.MetricValue(t, m, "sluice_map_full_total", "backends") >= 3
 	})
-	got := events(rec)
+	got := agenttest.Events(rec)
 	if len(got) != 1 || !strings.Contains(got[0], "Warning MapFull") || !strings.Contains(got[0], "sluice_backends_v2") ||
 		!strings.Contains(got[0], "maxBackends") || !strings.Contains(got[0], "10.96.0.11:80") {
 		t.Errorf("events %q: want one Warning MapFull naming the frontend, sluice_backends_v2 and maxBackends", got)
@@ -320,31 +308,9 @@ func TestReadyDespiteFullMap(t *testing.T) {
 	if web3+big3 != 3 {
 		t.Errorf("backends programmed: web %d, big %d; want one of them whole", web3, big3)
 	}
-	if metricValue(t, m, "sluice_map_full_total", "backends") < 1 {
+	if agenttest.MetricValue(t, m, "sluice_map_full_total", "backends") < 1 {
 		t.Errorf("the full map was not counted")
 	}
-}
-
-// metricValue reads a counter or gauge from m's registry: the series with
-// the given label value, or the only one when label is "".
-func metricValue(t *testing.T, m *metrics.Metrics, name, label string) float64 {
-	t.Helper()
-	fams, err := m.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range fams {
-		if f.GetName() != name {
-			continue
-		}
-		for _, s := range f.GetMetric() {
-			if label != "" && (len(s.GetLabel()) != 1 || s.GetLabel()[0].GetValue() != label) {
-				continue
-			}
-			return s.GetCounter().GetValue() + s.GetGauge().GetValue()
-		}
-	}
-	return 0
 }
 
 // TestFrontendOwner: of two Services claiming one frontend, the older owns
@@ -367,12 +333,12 @@ func TestFrontendOwner(t *testing.T) {
 	if n, _ := backendCount(dp, "10.96.0.10:80"); n != 1 {
 		t.Errorf("contested frontend has %d backends, want 1 (the older Service's)", n)
 	}
-	got := events(rec)
+	got := agenttest.Events(rec)
 	if len(got) != 1 || !strings.Contains(got[0], "Warning FrontendConflict") || !strings.Contains(got[0], "10.96.0.10:80/6/internal") ||
 		!strings.Contains(got[0], "ns/old") {
 		t.Errorf("events %q: want one Warning FrontendConflict naming the frontend and the owner", got)
 	}
-	if v := metricValue(t, m, "sluice_service_frontend_conflicts", ""); v != 1 {
+	if v := agenttest.MetricValue(t, m, "sluice_service_frontend_conflicts", ""); v != 1 {
 		t.Errorf("sluice_service_frontend_conflicts %v, want 1", v)
 	}
 
@@ -393,7 +359,7 @@ func TestFrontendOwner(t *testing.T) {
 	if n, ok := backendCount(dp, "10.96.0.10:80"); !ok || n != 1 {
 		t.Errorf("after the loser went, the contested frontend: %d backends, %v; want the owner's 1", n, ok)
 	}
-	if v := metricValue(t, m, "sluice_service_frontend_conflicts", ""); v != 0 {
+	if v := agenttest.MetricValue(t, m, "sluice_service_frontend_conflicts", ""); v != 0 {
 		t.Errorf("sluice_service_frontend_conflicts %v, want 0", v)
 	}
 
