@@ -35,17 +35,27 @@ import (
 // flood fills it in seconds.
 const localConntrackTCP = 16384
 
-func stopAPIServer(args []string) error {
+// apiServer loads the cluster's state and its kube-apiserver daemon for a
+// command that takes no arguments, or fails with usage.
+func apiServer(args []string, usage string) (*state, *daemon, error) {
 	if len(args) != 0 {
-		return errors.New("usage: stop-apiserver")
+		return nil, nil, errors.New("usage: " + usage)
 	}
 	s, err := loadState()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	d := s.Daemons["kube-apiserver"]
 	if d == nil {
-		return errors.New("no kube-apiserver recorded")
+		return nil, nil, errors.New("no kube-apiserver recorded")
+	}
+	return s, d, nil
+}
+
+func stopAPIServer(args []string) error {
+	_, d, err := apiServer(args, "stop-apiserver")
+	if err != nil {
+		return err
 	}
 	pid := d.PID
 	if err := d.stop(10 * time.Second); err != nil {
@@ -56,16 +66,9 @@ func stopAPIServer(args []string) error {
 }
 
 func startAPIServer(args []string) error {
-	if len(args) != 0 {
-		return errors.New("usage: start-apiserver")
-	}
-	s, err := loadState()
+	s, d, err := apiServer(args, "start-apiserver")
 	if err != nil {
 		return err
-	}
-	d := s.Daemons["kube-apiserver"]
-	if d == nil {
-		return errors.New("no kube-apiserver recorded")
 	}
 	if d.alive() {
 		return fmt.Errorf("kube-apiserver is running (PID %d)", d.PID)
