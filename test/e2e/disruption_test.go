@@ -164,23 +164,25 @@ func hostNetworkPod(name, node string) *v1.Pod {
 	}
 }
 
-// agentHealthPort is the port of the agents' /readyz: healthAddr in the
-// installed agent config (ConfigMap sluice-system/sluice-config).
-func (f *testNS) agentHealthPort() string {
+// agentHealthPort is the port of the agents' /readyz.
+func (f *testNS) agentHealthPort() string { return f.agentPort("healthAddr") }
+
+// agentPort is the port of a listen address (healthAddr, metricsAddr) in
+// the installed agent config (ConfigMap sluice-system/sluice-config).
+func (f *testNS) agentPort(key string) string {
 	f.t.Helper()
 	cm, err := f.client.CoreV1().ConfigMaps("sluice-system").Get(f.t.Context(), "sluice-config", metav1.GetOptions{})
 	if err != nil {
 		f.t.Fatalf("the agent config: %v", err)
 	}
-	var cfg struct {
-		HealthAddr string `json:"healthAddr"`
-	}
+	var cfg map[string]any
 	if err := yaml.Unmarshal([]byte(cm.Data["agent.yaml"]), &cfg); err != nil {
 		f.t.Fatalf("ConfigMap sluice-system/sluice-config agent.yaml: %v", err)
 	}
-	_, port, err := net.SplitHostPort(cfg.HealthAddr)
+	addr, _ := cfg[key].(string)
+	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		f.t.Fatalf("agent healthAddr %q: %v", cfg.HealthAddr, err)
+		f.t.Fatalf("agent %s %q: %v", key, addr, err)
 	}
 	return port
 }

@@ -20,7 +20,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/yaml"
 )
 
 // How long each stream runs. A stream ends by itself, so it has to outlast
@@ -337,20 +336,7 @@ func (f *testNS) waitForEndpointsServing(service, pod string) {
 // agent's metrics (sluice_map_capacity), read from the outside host.
 func (f *testNS) conntrackCapacity(node string) int {
 	f.t.Helper()
-	cm, err := f.client.CoreV1().ConfigMaps("sluice-system").Get(f.t.Context(), "sluice-config", metav1.GetOptions{})
-	if err != nil {
-		f.t.Fatalf("the agent config: %v", err)
-	}
-	var cfg struct {
-		MetricsAddr string `json:"metricsAddr"`
-	}
-	if err := yaml.Unmarshal([]byte(cm.Data["agent.yaml"]), &cfg); err != nil {
-		f.t.Fatalf("agent.yaml: %v", err)
-	}
-	_, port, err := net.SplitHostPort(cfg.MetricsAddr)
-	if err != nil {
-		f.t.Fatalf("agent metricsAddr %q: %v", cfg.MetricsAddr, err)
-	}
+	port := f.agentPort("metricsAddr")
 	out, err := f.driverRun(execTimeout, "outside", "--", "curl", "-sS", "--max-time", "5",
 		"http://"+net.JoinHostPort(f.nodeIP(node), port)+"/metrics")
 	if err != nil {
