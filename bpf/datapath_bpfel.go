@@ -226,7 +226,6 @@ type datapathKeyScratch struct {
 	_        structs.HostLayout
 	Ct       datapathCtKey
 	Ctv      datapathCtValue
-	Fwd      datapathCtValue
 	Rule     datapathPolicyKey
 	Cidr     datapathCidrKey
 	Identity uint32

@@ -76,25 +76,6 @@ static __always_inline void ct_reply_key(struct ct_key *rev, const struct pkt *p
 	rev->dir = CT_DIR_REPLY;
 }
 
-/* ct_put_reply writes the reply entry of a service flow whose forward
- * entry is fwd (v): replies are rewritten back to the service address p
- * was sent to. */
-static __always_inline void ct_put_reply(struct key_scratch *s, const struct pkt *p,
-					 const struct ct_value *fwd, __u64 now)
-{
-	struct ct_value *v = &s->ctv;
-
-	ct_reply_key(&s->ct, p, fwd->nat_addr, fwd->nat_port, fwd->flags & CT_F_HAIRPIN);
-	__builtin_memset(v, 0, sizeof(*v));
-	v->flags = fwd->flags & (CT_F_HAIRPIN | CT_F_ESTABLISHED | CT_F_REPLIED);
-	v->expires_ns = now + ct_update(p, &v->flags);
-	v->backend_id = fwd->backend_id;
-	v->svc_id = fwd->svc_id;
-	__builtin_memcpy(v->nat_addr, p->dst, SLUICE_ADDR_LEN);
-	v->nat_port = p->dport;
-	ct_put(&s->ct, v);
-}
-
 /* ct_create records both directions of a new service flow. The entries
  * are built in the per-CPU scratch: from_pod's stack has no room left. */
 static __always_inline void ct_create(const struct ct_key *fwd, const struct pkt *p,
@@ -141,9 +122,19 @@ static __noinline __u8 ct_keep_reply(const struct pkt *p, const struct ct_value 
 	struct ct_value *rv = bpf_map_lookup_elem(ct_map(p->proto), &s->ct);
 	if (rv && rv->expires_ns > now && rv->svc_id == fwd->svc_id && rv->backend_id == fwd->backend_id)
 		return rv->flags & CT_F_REPLIED;
+	/* Made again under the key just looked up: replies are rewritten
+	 * back to the service address p was sent to. */
 	count(COUNTER_CT_REPLY_RESTORED);
-	s->fwd = *fwd;
-	ct_put_reply(s, p, &s->fwd, now);
+	struct ct_value *v = &s->ctv;
+
+	__builtin_memset(v, 0, sizeof(*v));
+	v->flags = fwd->flags & (CT_F_HAIRPIN | CT_F_ESTABLISHED | CT_F_REPLIED);
+	v->expires_ns = now + ct_update(p, &v->flags);
+	v->backend_id = fwd->backend_id;
+	v->svc_id = fwd->svc_id;
+	__builtin_memcpy(v->nat_addr, p->dst, SLUICE_ADDR_LEN);
+	v->nat_port = p->dport;
+	ct_put(&s->ct, v);
 	return 0;
 }
 

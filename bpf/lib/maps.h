@@ -200,7 +200,6 @@ struct {
 struct key_scratch {
 	struct ct_key ct;
 	struct ct_value ctv;
-	struct ct_value fwd; /* a forward entry, copied while ctv is built */
 	struct policy_key rule;
 	struct cidr_key cidr;
 	__u32 identity; /* the remote's identity policy_allows judged */
