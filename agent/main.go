@@ -34,6 +34,7 @@ import (
 
 	"github.com/sluice-net/sluice/agent/internal/cleanup"
 	"github.com/sluice-net/sluice/agent/internal/config"
+	"github.com/sluice-net/sluice/agent/internal/ctgc"
 	"github.com/sluice-net/sluice/agent/internal/healthcheck"
 	"github.com/sluice-net/sluice/agent/internal/masq"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
@@ -134,7 +135,7 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	go func() { errs <- serve(ctx, log, "metrics", cfg.MetricsAddr, metricsMux(m)) }()
 	go func() { errs <- endpointapi.Serve(ctx, log, cfg.EndpointSocket, ctrls.policies) }()
 	go func() { errs <- serve(ctx, log, "health", cfg.HealthAddr, healthMux(ctrls.services)) }()
-	go gcConntrack(ctx, log, dp, m, cfg.CTGCInterval.Duration)
+	go ctgc.Run(ctx, log, dp, m, cfg.CTGCInterval.Duration)
 	if err := waitForAPIServer(ctx, log, client); err != nil {
 		return err
 	}
@@ -503,47 +504,4 @@ func serve(ctx context.Context, log *slog.Logger, name, addr string, h http.Hand
 		return fmt.Errorf("%s server on %s: %w", name, addr, err)
 	}
 	return nil
-}
-
-// gcConntrack deletes expired conntrack entries, at most every
-// (conntrackGCInterval) apart and sooner as the maps fill
-// (config.NextCTGCInterval).
-func gcConntrack(ctx context.Context, log *slog.Logger, dp *bpf.Datapath, m *metrics.Metrics, every time.Duration) {
-	next := every
-	m.SetConntrackGCInterval(next)
-	t := time.NewTimer(next)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		start := time.Now()
-		st, err := dp.GCConntrack()
-		took := time.Since(start)
-		// After a failure, the maps that were walked still say how full
-		// they are.
-		prev := next
-		next = config.NextCTGCInterval(every, st)
-		m.ObserveConntrackGC(st, took, err, next)
-		if err != nil {
-			log.Error("conntrack garbage collection failed", "err", err)
-		}
-		for _, s := range st {
-			if s.Deleted > 0 {
-				log.Debug("conntrack garbage collected", "map", s.Map, "deleted", s.Deleted, "live", s.Live, "fill", s.Fill())
-			}
-		}
-		// Info only when collection speeds up from, or returns to, the
-		// configured interval: in between it moves with every pass.
-		switch {
-		case next == prev:
-		case prev == every || next == every:
-			log.Info("conntrack garbage collection interval changed", "interval", next, "was", prev, "stats", st)
-		default:
-			log.Debug("conntrack garbage collection interval changed", "interval", next, "was", prev)
-		}
-		t.Reset(next)
-	}
 }

@@ -98,7 +98,7 @@ type Config struct {
 	SyncMinInterval Duration `json:"syncMinInterval,omitempty"`
 	SyncMaxInterval Duration `json:"syncMaxInterval,omitempty"`
 	// CTGCInterval is the longest time between conntrack garbage
-	// collections; passes come sooner as a map fills (NextCTGCInterval).
+	// collections; passes come sooner as a map fills (ctgc.NextInterval).
 	CTGCInterval Duration `json:"conntrackGCInterval,omitempty"`
 
 	MetricsAddr string `json:"metricsAddr,omitempty"`

@@ -6,9 +6,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"time"
-
-	"github.com/sluice-net/sluice/bpf"
 )
 
 // Conntrack sizing to the node's memory, as Cilium sizes its maps
@@ -62,46 +59,4 @@ func MemTotal(meminfo io.Reader) (uint64, error) {
 		return 0, fmt.Errorf("read meminfo: %w", err)
 	}
 	return 0, fmt.Errorf("meminfo: no MemTotal line")
-}
-
-// Adaptive conntrack garbage collection.
-const (
-	// CTGCFloor is the shortest time between passes: under it a pass
-	// over a large map would take a whole CPU.
-	CTGCFloor = time.Second
-	// At or below ctGCFillLow the configured interval holds; from there
-	// it shrinks in step with the fill, to the floor at ctGCFillHigh.
-	ctGCFillLow  = 0.25
-	ctGCFillHigh = 0.75
-	// A pass's deletions count as churn only when they freed at least
-	// this share of the map's capacity: a small map turning over is no
-	// reason to collect more often.
-	ctGCChurnMin = 0.01
-)
-
-// NextCTGCInterval is the time until the next conntrack garbage
-// collection, given the configured interval (the longest) and the last
-// pass's stats (none: the configured interval). It shrinks as the fuller
-// map fills past a quarter, to CTGCFloor at three quarters (or the
-// configured interval, if that is shorter), and to as little as half when
-// a pass deleted a large share of a map's entries (flows come and go
-// faster than the interval: the next pass would find as many).
-func NextCTGCInterval(configured time.Duration, last []bpf.CTStats) time.Duration {
-	scale := 1.0
-	for _, s := range last {
-		if s.Capacity <= 0 {
-			continue
-		}
-		// Fill: 1 at ctGCFillLow, 0 at ctGCFillHigh.
-		f := 1 - (s.Fill()-ctGCFillLow)/(ctGCFillHigh-ctGCFillLow)
-		scale = min(scale, f)
-		// Churn: the share of the entries the pass found that it
-		// deleted; all of them halves the interval.
-		if before := s.Deleted + s.Live; before > 0 && float64(s.Deleted) >= ctGCChurnMin*float64(s.Capacity) {
-			scale = min(scale, 1-float64(s.Deleted)/float64(before)/2)
-		}
-	}
-	floor := min(CTGCFloor, configured)
-	next := time.Duration(float64(configured) * max(scale, 0))
-	return max(min(next, configured), floor)
 }
