@@ -108,7 +108,7 @@ func TestNodePortFromOutside(t *testing.T) {
 	// what a drop would look like, and a client would wait out every one.
 	start := time.Now()
 	got, err := f.fromOutside(url(ipA, localPort, "/hostname"))
-	if code := curlExitCode(err); code != curlCouldntConnect {
+	if code := exitCode(err); code != curlCouldntConnect {
 		t.Errorf("Local NodePort on %s (no local backend): %q, %v after %v; want a refusal (curl exit %d), not an answer or a timeout",
 			ipA, got, err, time.Since(start), curlCouldntConnect)
 	}
@@ -118,9 +118,10 @@ func TestNodePortFromOutside(t *testing.T) {
 // (a reset or an ICMP error); a timeout (--max-time) is 28.
 const curlCouldntConnect = 7
 
-// curlExitCode is the exit code of a failed curl run through the driver,
-// 0 for no error and -1 for an error that is not an exit code.
-func curlExitCode(err error) int {
+// exitCode is the exit code of a failed driver run (curl's, or the
+// driver's own), 0 for no error and -1 for an error that is not an exit
+// code.
+func exitCode(err error) int {
 	var exit *exec.ExitError
 	switch {
 	case err == nil:

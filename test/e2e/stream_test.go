@@ -319,10 +319,6 @@ func (f *testNS) driverCan(args ...string) bool {
 	return true
 }
 
-// exitCode is the exit code of a failed driver run, 0 for no error and
-// -1 for an error that is not an exit code.
-func exitCode(err error) int { return curlExitCode(err) }
-
 // programIDs are the BPF program IDs on a pod's host veth or a node's
 // uplink (driver `programs`), by hook; nil when the driver cannot tell.
 func (f *testNS) programIDs(podOrNode string) map[string]string {
