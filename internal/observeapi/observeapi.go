@@ -188,7 +188,7 @@ type Addr struct {
 
 // Drops counts dropped packets by reason and hook.
 type Drops struct {
-	Since time.Time  `json:"since"` // when the datapath was loaded
+	Since time.Time   `json:"since"` // when the datapath was loaded
 	Drops []DropCount `json:"drops"`
 }
 
