@@ -17,6 +17,7 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -o $(BIN)/sluice-cni ./cni
 	$(GO) build -trimpath -o $(BIN)/sluice-agent ./agent
+	$(GO) build -trimpath -o $(BIN)/sluice ./agent/cmd/sluice
 
 ## generate: rebuild the BPF objects and Go bindings with Debian's clang-19
 generate:
