@@ -147,8 +147,9 @@ func conntrack(args []string) error {
 
 // agentConfig is what the driver reads of a node's agent config.
 type agentConfig struct {
-	HealthAddr string `json:"healthAddr"`
-	BPFRoot    string `json:"bpfRoot"`
+	HealthAddr     string `json:"healthAddr"`
+	BPFRoot        string `json:"bpfRoot"`
+	ObserverSocket string `json:"observerSocket"`
 }
 
 // nodeAgentConfig reads the config the node's agent runs with (paths

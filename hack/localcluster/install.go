@@ -216,8 +216,16 @@ func (in *install) agentArgv(node string, host hostPaths, configDir, binDir, kub
 	var env []string
 	for _, e := range in.agent.Env {
 		switch {
-		case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "spec.nodeName":
-			env = append(env, e.Name+"="+node)
+		case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil:
+			// The downward API, as the agent's mirror Pod has it.
+			switch e.ValueFrom.FieldRef.FieldPath {
+			case "spec.nodeName":
+				env = append(env, e.Name+"="+node)
+			case "metadata.namespace":
+				env = append(env, e.Name+"="+in.ds.Namespace)
+			case "metadata.name":
+				env = append(env, e.Name+"="+agentPodName(node))
+			}
 		case e.ValueFrom == nil:
 			env = append(env, e.Name+"="+e.Value)
 		}

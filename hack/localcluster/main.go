@@ -15,6 +15,7 @@
 //	go run ./hack/localcluster agent-ready NODE | programs NAMESPACE/POD|NODE
 //	go run ./hack/localcluster flood [--flows N] NAMESPACE/POD|outside HOST:PORT
 //	go run ./hack/localcluster conntrack NODE
+//	go run ./hack/localcluster sluice NODE [ARGS...]
 package main
 
 import (
@@ -43,6 +44,8 @@ const usage = `usage: localcluster COMMAND
                                   open and reset N TCP connections to HOST:PORT from the pod
                                   or the outside host, each from its own source port (P, P+1, ...)
   conntrack NODE                  entries and capacity of NODE's TCP conntrack map
+  sluice NODE [ARGS...]           run the sluice CLI on NODE (its network namespace, its
+                                  agent's observer socket); exits with its code
 `
 
 func main() {
@@ -83,6 +86,8 @@ func main() {
 		err = flood(args)
 	case "conntrack":
 		err = conntrack(args)
+	case "sluice":
+		err = runSluice(args)
 	// Daemons `up` starts; not for users.
 	case "_forward":
 		err = runForward(args)
@@ -100,7 +105,7 @@ func main() {
 		os.Exit(2)
 	}
 	var exitErr *exec.ExitError
-	if errors.As(err, &exitErr) && (cmd == "exec" || cmd == "outside") {
+	if errors.As(err, &exitErr) && (cmd == "exec" || cmd == "outside" || cmd == "sluice") {
 		os.Exit(exitErr.ExitCode())
 	}
 	if err != nil {

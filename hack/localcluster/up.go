@@ -192,7 +192,7 @@ func installSluice(s *state, client kubernetes.Interface) (*install, string, err
 }
 
 // startNodes registers each node with the API server and starts its
-// daemons, one node after the other.
+// daemons, one node after the other, and shows each agent as a mirror Pod.
 func startNodes(s *state, client kubernetes.Interface, in *install, ca *pki.CA, token string) error {
 	for i, n := range s.Nodes {
 		step("%s: Node object (InternalIP %s, podCIDR %s), CNI install, %s and node shim", n.Name, n.IP, n.PodCIDR, n.Proxy)
@@ -201,6 +201,11 @@ func startNodes(s *state, client kubernetes.Interface, in *install, ca *pki.CA, 
 		}
 		if err := startNode(s, &s.Nodes[i], in, ca, token); err != nil {
 			return err
+		}
+		if n.Proxy == proxySluice {
+			if err := registerAgentPod(context.Background(), client, in, n.Name); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

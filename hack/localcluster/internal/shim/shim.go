@@ -50,6 +50,8 @@ type Shim struct {
 	cni  *cniNet
 	mu   sync.Mutex
 	pods map[types.UID]*runningPod
+	// mirrors are the mirror pods of the node (IsMirror), reported only.
+	mirrors map[types.UID]*mirror
 }
 
 // New checks the CNI configuration and returns a shim.
@@ -58,7 +60,7 @@ func New(cfg Config) (*Shim, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Shim{cfg: cfg, cni: cni, pods: map[types.UID]*runningPod{}}, nil
+	return &Shim{cfg: cfg, cni: cni, pods: map[types.UID]*runningPod{}, mirrors: map[types.UID]*mirror{}}, nil
 }
 
 // Run serves pods until ctx ends, then stops every pod it runs.
@@ -104,6 +106,10 @@ func (s *Shim) Run(ctx context.Context) error {
 // observe starts a pod new to this node and begins termination of one the
 // API marked for deletion.
 func (s *Shim) observe(ctx context.Context, pod *v1.Pod) {
+	if IsMirror(pod) {
+		s.observeMirror(ctx, pod)
+		return
+	}
 	s.mu.Lock()
 	rp := s.pods[pod.UID]
 	if rp == nil {
@@ -125,6 +131,9 @@ func (s *Shim) observe(ctx context.Context, pod *v1.Pod) {
 
 // forget stops a pod whose object is gone (force deletion) at once.
 func (s *Shim) forget(uid types.UID) {
+	if s.forgetMirror(uid) {
+		return
+	}
 	s.mu.Lock()
 	rp := s.pods[uid]
 	s.mu.Unlock()
