@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -546,20 +545,13 @@ func TestUplinkPodCIDRSource(t *testing.T) {
 // identity.
 func TestPolicyDropEvent(t *testing.T) {
 	d := adversarialDatapath(t, PolicyIngressIsolated)
-	events, err := d.NewDropReader()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer events.Close()
+	events := eventReader(t, d)
 	if got := runOn(t, d, tcpTo(polRemote, polPod, 41200, 22, tcpSYN)); got != actShot {
 		t.Fatalf("verdict %d, want dropped", got)
 	}
-	events.SetDeadline(time.Now().Add(time.Second))
-	ev, err := ReadDropEvent(events)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if DropReason(ev.Reason) != DropPolicyIngress || ev.SvcId != polEndpoint || ev.Identity != idRemote || Hook(ev.Hook) != HookToPod {
+	ev := nextEvent(t, events, EventDrop)
+	if DropReason(ev.Reason) != DropPolicyIngress || ev.Endpoint != polEndpoint || ev.Identity != idRemote || Hook(ev.Hook) != HookToPod ||
+		ev.Flags != EventFPolicy|EventFIsolated || ev.Dir != PolicyIngress {
 		t.Errorf("event %+v, want policy_ingress at to_pod for endpoint %d from identity %d", ev, polEndpoint, idRemote)
 	}
 }

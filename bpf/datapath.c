@@ -22,6 +22,7 @@
 #include "lib/config.h"
 #include "lib/maps.h"
 #include "lib/parse.h"
+#include "lib/events.h"
 #include "lib/drop.h"
 #include "lib/csum.h"
 #include "lib/nat.h"
@@ -37,7 +38,10 @@
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 /* Force the exported types into BTF so bpf2go -type can generate them. */
-const struct drop_event *unused_drop_event __attribute__((unused));
+const struct flow_event *unused_flow_event __attribute__((unused));
+const enum event_type *unused_event_type __attribute__((unused));
+const enum trace_point *unused_trace_point __attribute__((unused));
+const enum event_flags *unused_event_flags __attribute__((unused));
 const struct endpoint_key *unused_endpoint_key __attribute__((unused));
 const struct endpoint_value *unused_endpoint_value __attribute__((unused));
 const enum drop_reason *unused_drop_reason __attribute__((unused));
@@ -72,6 +76,8 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, __u8 dir,
 		return TC_ACT_OK;
 	int verdict = policy_enforce(skb, p, dir, 0);
 
+	if (events_on())
+		event_send(skb, p, hook);
 	if (verdict == TC_ACT_OK && p->frag_first)
 		frag_record(p, 0, 0, 0, hook);
 	return verdict;

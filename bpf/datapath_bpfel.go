@@ -58,6 +58,8 @@ const (
 	datapathCounterCOUNTER_CT_REOPENED         datapathCounter = 2
 	datapathCounterCOUNTER_AFFINITY_STALE      datapathCounter = 3
 	datapathCounterCOUNTER_CT_INSERT_FAILED    datapathCounter = 4
+	datapathCounterCOUNTER_EVENTS_SUPPRESSED   datapathCounter = 5
+	datapathCounterCOUNTER_EVENTS_LOST         datapathCounter = 6
 	datapathCounterCOUNTER_MAX                 datapathCounter = 16
 )
 
@@ -108,22 +110,6 @@ type datapathDropCounter struct {
 	Bytes   uint64
 }
 
-type datapathDropEvent struct {
-	_           structs.HostLayout
-	TimestampNs uint64
-	Ifindex     uint32
-	Reason      uint16
-	Proto       uint8
-	Hook        uint8
-	Src         [16]uint8
-	Dst         [16]uint8
-	Sport       uint16
-	Dport       uint16
-	SvcId       uint32
-	Identity    uint32
-	Pad         uint32
-}
-
 type datapathDropReason uint32
 
 const (
@@ -169,6 +155,53 @@ type datapathEndpointValue struct {
 	HostMac  [6]uint8
 	Flags    uint16
 	Pad      uint16
+}
+
+type datapathEventBucket struct {
+	_          structs.HostLayout
+	Tat        uint64
+	Suppressed uint32
+	Pad        uint32
+}
+
+type datapathEventFlags uint32
+
+const (
+	datapathEventFlagsEVENT_F_POLICY   datapathEventFlags = 1
+	datapathEventFlagsEVENT_F_ISOLATED datapathEventFlags = 2
+)
+
+type datapathEventType uint32
+
+const (
+	datapathEventTypeEVENT_DROP  datapathEventType = 1
+	datapathEventTypeEVENT_TRACE datapathEventType = 2
+)
+
+type datapathFlowEvent struct {
+	_           structs.HostLayout
+	TimestampNs uint64
+	Ifindex     uint32
+	Type        uint8
+	Hook        uint8
+	Proto       uint8
+	Dir         uint8
+	Reason      uint16
+	Flags       uint16
+	Suppressed  uint32
+	Src         [16]uint8
+	Dst         [16]uint8
+	Sport       uint16
+	Dport       uint16
+	NatPort     uint16
+	Pad         uint16
+	NatAddr     [16]uint8
+	SvcId       uint32
+	BackendId   uint32
+	Endpoint    uint32
+	Identity    uint32
+	Matched     uint32
+	Pad2        uint32
 }
 
 type datapathFragFlags uint32
@@ -223,17 +256,15 @@ type datapathIpcacheValue struct {
 }
 
 type datapathKeyScratch struct {
-	_        structs.HostLayout
-	Ct       datapathCtKey
-	Ctv      datapathCtValue
-	Rule     datapathPolicyKey
-	Cidr     datapathCidrKey
-	Identity uint32
-	Pad      uint32
-	Frag     datapathFragKey
-	_        [4]byte
-	Fragv    datapathFragValue
-	Inner    struct {
+	_     structs.HostLayout
+	Ct    datapathCtKey
+	Ctv   datapathCtValue
+	Rule  datapathPolicyKey
+	Cidr  datapathCidrKey
+	Frag  datapathFragKey
+	_     [4]byte
+	Fragv datapathFragValue
+	Inner struct {
 		_         structs.HostLayout
 		Src       [16]uint8
 		Dst       [16]uint8
@@ -253,6 +284,7 @@ type datapathKeyScratch struct {
 		Addrs     uint8
 		_         [3]byte
 	}
+	Ev datapathFlowEvent
 }
 
 type datapathMark uint32
@@ -364,6 +396,13 @@ type datapathSvcValue struct {
 	Flags           uint32
 }
 
+type datapathTracePoint uint32
+
+const (
+	datapathTracePointTRACE_SERVICE datapathTracePoint = 1
+	datapathTracePointTRACE_POLICY  datapathTracePoint = 2
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -376,7 +415,8 @@ const (
 	datapathMapSluiceDropsV2             = "sluice_drops_v2"
 	datapathMapSluiceEndpointSlotsV1     = "sluice_endpoint_slots_v1"
 	datapathMapSluiceEndpointsV1         = "sluice_endpoints_v1"
-	datapathMapSluiceEventsV2            = "sluice_events_v2"
+	datapathMapSluiceEventBucket         = "sluice_event_bucket"
+	datapathMapSluiceEventsV3            = "sluice_events_v3"
 	datapathMapSluiceFragsV1             = "sluice_frags_v1"
 	datapathMapSluiceIpcacheV1           = "sluice_ipcache_v1"
 	datapathMapSluiceKeyScratch          = "sluice_key_scratch"
@@ -405,6 +445,8 @@ const (
 	datapathVarCtTimeoutSynNs            = "ct_timeout_syn_ns"
 	datapathVarCtTimeoutTcpNs            = "ct_timeout_tcp_ns"
 	datapathVarCtTimeoutUnrepliedNs      = "ct_timeout_unreplied_ns"
+	datapathVarEventBurst                = "event_burst"
+	datapathVarEventRate                 = "event_rate"
 	datapathVarHairpinAddr4              = "hairpin_addr4"
 	datapathVarHairpinAddr6              = "hairpin_addr6"
 	datapathVarHostNetnsCookie           = "host_netns_cookie"
@@ -413,12 +455,14 @@ const (
 	datapathVarUnusedCounter             = "unused_counter"
 	datapathVarUnusedCtDir               = "unused_ct_dir"
 	datapathVarUnusedCtFlags             = "unused_ct_flags"
-	datapathVarUnusedDropEvent           = "unused_drop_event"
 	datapathVarUnusedDropReason          = "unused_drop_reason"
 	datapathVarUnusedEndpointKey         = "unused_endpoint_key"
 	datapathVarUnusedEndpointSlot        = "unused_endpoint_slot"
 	datapathVarUnusedEndpointSlots       = "unused_endpoint_slots"
 	datapathVarUnusedEndpointValue       = "unused_endpoint_value"
+	datapathVarUnusedEventFlags          = "unused_event_flags"
+	datapathVarUnusedEventType           = "unused_event_type"
+	datapathVarUnusedFlowEvent           = "unused_flow_event"
 	datapathVarUnusedFragFlags           = "unused_frag_flags"
 	datapathVarUnusedFragKey             = "unused_frag_key"
 	datapathVarUnusedFragValue           = "unused_frag_value"
@@ -431,6 +475,7 @@ const (
 	datapathVarUnusedPolicyKeyBits       = "unused_policy_key_bits"
 	datapathVarUnusedSvcFlags            = "unused_svc_flags"
 	datapathVarUnusedSvcScope            = "unused_svc_scope"
+	datapathVarUnusedTracePoint          = "unused_trace_point"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -501,7 +546,8 @@ type datapathMapSpecs struct {
 	SluiceDropsV2           *ebpf.MapSpec `ebpf:"sluice_drops_v2"`
 	SluiceEndpointSlotsV1   *ebpf.MapSpec `ebpf:"sluice_endpoint_slots_v1"`
 	SluiceEndpointsV1       *ebpf.MapSpec `ebpf:"sluice_endpoints_v1"`
-	SluiceEventsV2          *ebpf.MapSpec `ebpf:"sluice_events_v2"`
+	SluiceEventBucket       *ebpf.MapSpec `ebpf:"sluice_event_bucket"`
+	SluiceEventsV3          *ebpf.MapSpec `ebpf:"sluice_events_v3"`
 	SluiceFragsV1           *ebpf.MapSpec `ebpf:"sluice_frags_v1"`
 	SluiceIpcacheV1         *ebpf.MapSpec `ebpf:"sluice_ipcache_v1"`
 	SluiceKeyScratch        *ebpf.MapSpec `ebpf:"sluice_key_scratch"`
@@ -524,6 +570,8 @@ type datapathVariableSpecs struct {
 	CtTimeoutSynNs            *ebpf.VariableSpec `ebpf:"ct_timeout_syn_ns"`
 	CtTimeoutTcpNs            *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
 	CtTimeoutUnrepliedNs      *ebpf.VariableSpec `ebpf:"ct_timeout_unreplied_ns"`
+	EventBurst                *ebpf.VariableSpec `ebpf:"event_burst"`
+	EventRate                 *ebpf.VariableSpec `ebpf:"event_rate"`
 	HairpinAddr4              *ebpf.VariableSpec `ebpf:"hairpin_addr4"`
 	HairpinAddr6              *ebpf.VariableSpec `ebpf:"hairpin_addr6"`
 	HostNetnsCookie           *ebpf.VariableSpec `ebpf:"host_netns_cookie"`
@@ -532,12 +580,14 @@ type datapathVariableSpecs struct {
 	UnusedCounter             *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedCtDir               *ebpf.VariableSpec `ebpf:"unused_ct_dir"`
 	UnusedCtFlags             *ebpf.VariableSpec `ebpf:"unused_ct_flags"`
-	UnusedDropEvent           *ebpf.VariableSpec `ebpf:"unused_drop_event"`
 	UnusedDropReason          *ebpf.VariableSpec `ebpf:"unused_drop_reason"`
 	UnusedEndpointKey         *ebpf.VariableSpec `ebpf:"unused_endpoint_key"`
 	UnusedEndpointSlot        *ebpf.VariableSpec `ebpf:"unused_endpoint_slot"`
 	UnusedEndpointSlots       *ebpf.VariableSpec `ebpf:"unused_endpoint_slots"`
 	UnusedEndpointValue       *ebpf.VariableSpec `ebpf:"unused_endpoint_value"`
+	UnusedEventFlags          *ebpf.VariableSpec `ebpf:"unused_event_flags"`
+	UnusedEventType           *ebpf.VariableSpec `ebpf:"unused_event_type"`
+	UnusedFlowEvent           *ebpf.VariableSpec `ebpf:"unused_flow_event"`
 	UnusedFragFlags           *ebpf.VariableSpec `ebpf:"unused_frag_flags"`
 	UnusedFragKey             *ebpf.VariableSpec `ebpf:"unused_frag_key"`
 	UnusedFragValue           *ebpf.VariableSpec `ebpf:"unused_frag_value"`
@@ -550,6 +600,7 @@ type datapathVariableSpecs struct {
 	UnusedPolicyKeyBits       *ebpf.VariableSpec `ebpf:"unused_policy_key_bits"`
 	UnusedSvcFlags            *ebpf.VariableSpec `ebpf:"unused_svc_flags"`
 	UnusedSvcScope            *ebpf.VariableSpec `ebpf:"unused_svc_scope"`
+	UnusedTracePoint          *ebpf.VariableSpec `ebpf:"unused_trace_point"`
 }
 
 // datapathObjects contains all objects after they have been loaded into the kernel.
@@ -580,7 +631,8 @@ type datapathMaps struct {
 	SluiceDropsV2           *ebpf.Map `ebpf:"sluice_drops_v2"`
 	SluiceEndpointSlotsV1   *ebpf.Map `ebpf:"sluice_endpoint_slots_v1"`
 	SluiceEndpointsV1       *ebpf.Map `ebpf:"sluice_endpoints_v1"`
-	SluiceEventsV2          *ebpf.Map `ebpf:"sluice_events_v2"`
+	SluiceEventBucket       *ebpf.Map `ebpf:"sluice_event_bucket"`
+	SluiceEventsV3          *ebpf.Map `ebpf:"sluice_events_v3"`
 	SluiceFragsV1           *ebpf.Map `ebpf:"sluice_frags_v1"`
 	SluiceIpcacheV1         *ebpf.Map `ebpf:"sluice_ipcache_v1"`
 	SluiceKeyScratch        *ebpf.Map `ebpf:"sluice_key_scratch"`
@@ -604,7 +656,8 @@ func (m *datapathMaps) Close() error {
 		m.SluiceDropsV2,
 		m.SluiceEndpointSlotsV1,
 		m.SluiceEndpointsV1,
-		m.SluiceEventsV2,
+		m.SluiceEventBucket,
+		m.SluiceEventsV3,
 		m.SluiceFragsV1,
 		m.SluiceIpcacheV1,
 		m.SluiceKeyScratch,
@@ -628,6 +681,8 @@ type datapathVariables struct {
 	CtTimeoutSynNs            *ebpf.Variable `ebpf:"ct_timeout_syn_ns"`
 	CtTimeoutTcpNs            *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
 	CtTimeoutUnrepliedNs      *ebpf.Variable `ebpf:"ct_timeout_unreplied_ns"`
+	EventBurst                *ebpf.Variable `ebpf:"event_burst"`
+	EventRate                 *ebpf.Variable `ebpf:"event_rate"`
 	HairpinAddr4              *ebpf.Variable `ebpf:"hairpin_addr4"`
 	HairpinAddr6              *ebpf.Variable `ebpf:"hairpin_addr6"`
 	HostNetnsCookie           *ebpf.Variable `ebpf:"host_netns_cookie"`
@@ -636,12 +691,14 @@ type datapathVariables struct {
 	UnusedCounter             *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedCtDir               *ebpf.Variable `ebpf:"unused_ct_dir"`
 	UnusedCtFlags             *ebpf.Variable `ebpf:"unused_ct_flags"`
-	UnusedDropEvent           *ebpf.Variable `ebpf:"unused_drop_event"`
 	UnusedDropReason          *ebpf.Variable `ebpf:"unused_drop_reason"`
 	UnusedEndpointKey         *ebpf.Variable `ebpf:"unused_endpoint_key"`
 	UnusedEndpointSlot        *ebpf.Variable `ebpf:"unused_endpoint_slot"`
 	UnusedEndpointSlots       *ebpf.Variable `ebpf:"unused_endpoint_slots"`
 	UnusedEndpointValue       *ebpf.Variable `ebpf:"unused_endpoint_value"`
+	UnusedEventFlags          *ebpf.Variable `ebpf:"unused_event_flags"`
+	UnusedEventType           *ebpf.Variable `ebpf:"unused_event_type"`
+	UnusedFlowEvent           *ebpf.Variable `ebpf:"unused_flow_event"`
 	UnusedFragFlags           *ebpf.Variable `ebpf:"unused_frag_flags"`
 	UnusedFragKey             *ebpf.Variable `ebpf:"unused_frag_key"`
 	UnusedFragValue           *ebpf.Variable `ebpf:"unused_frag_value"`
@@ -654,6 +711,7 @@ type datapathVariables struct {
 	UnusedPolicyKeyBits       *ebpf.Variable `ebpf:"unused_policy_key_bits"`
 	UnusedSvcFlags            *ebpf.Variable `ebpf:"unused_svc_flags"`
 	UnusedSvcScope            *ebpf.Variable `ebpf:"unused_svc_scope"`
+	UnusedTracePoint          *ebpf.Variable `ebpf:"unused_trace_point"`
 }
 
 // datapathPrograms contains all programs after they have been loaded into the kernel.

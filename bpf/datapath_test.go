@@ -269,11 +269,7 @@ func TestAffinityHonoursBackendFlags(t *testing.T) {
 
 func TestRejectWithoutBackends(t *testing.T) {
 	d := loadTest(t, Config{})
-	events, err := d.NewDropReader()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer events.Close()
+	events := eventReader(t, d)
 
 	t.Run("tcp4 syn gets RST", func(t *testing.T) {
 		install(t, d, testService{id: 20, vip: vip4, proto: unix.IPPROTO_TCP})
@@ -340,11 +336,7 @@ func TestRejectWithoutBackends(t *testing.T) {
 	if got := counts[DropNoBackend].Packets; got != 6 {
 		t.Errorf("no_backend drop counter = %d, want 6", got)
 	}
-	events.SetDeadline(time.Now().Add(time.Second))
-	ev, err := ReadDropEvent(events)
-	if err != nil {
-		t.Fatalf("read drop event: %v", err)
-	}
+	ev := nextEvent(t, events, EventDrop)
 	if ev.Reason != uint16(DropNoBackend) || AddrFrom(ev.Dst) != vip4.Addr() || PortFrom(ev.Dport) != 80 || ev.SvcId != 20 {
 		t.Errorf("first drop event = reason %d dst %v:%d svc %d, want no_backend to %v svc 20",
 			ev.Reason, AddrFrom(ev.Dst), PortFrom(ev.Dport), ev.SvcId, vip4)

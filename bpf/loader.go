@@ -48,6 +48,13 @@ type Config struct {
 	// network namespace with this cookie (NetnsCookie of the node's); pods'
 	// traffic then takes the tc path. 0 translates sockets everywhere.
 	HostNetnsCookie uint64
+	// EventRate and EventBurst limit the flow events (drops and new flows,
+	// read with NewEventReader) each CPU sends: at most EventRate per
+	// second on average, EventBurst at once; what is held back is counted
+	// (CounterEventsSuppressed). EventsOff sends none at all (a zero
+	// EventRate takes the default, like every other field).
+	EventRate, EventBurst uint32
+	EventsOff             bool
 }
 
 // DefaultConfig returns the configuration used for zero Config fields.
@@ -69,6 +76,8 @@ func DefaultConfig() Config {
 		CTTimeoutClose:     10 * time.Second,
 		CTTimeoutOther:     60 * time.Second,
 		CTTimeoutUnreplied: 10 * time.Second,
+		EventRate:          1000,
+		EventBurst:         1000,
 	}
 }
 
@@ -97,6 +106,8 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.MaxIPCache, d.MaxIPCache)
 	setDefault(&c.MaxPolicyCIDRs, d.MaxPolicyCIDRs)
 	setDefault(&c.MaxPolicyRules, d.MaxPolicyRules)
+	setDefault(&c.EventRate, d.EventRate)
+	setDefault(&c.EventBurst, d.EventBurst)
 	setDefaultDur(&c.CTTimeoutSYN, d.CTTimeoutSYN)
 	setDefaultDur(&c.CTTimeoutTCP, d.CTTimeoutTCP)
 	setDefaultDur(&c.CTTimeoutClose, d.CTTimeoutClose)
@@ -145,7 +156,9 @@ type Datapath struct {
 	Drops                        *ebpf.Map
 	// Counters counts datapath events that are not drops (enum counter).
 	Counters *ebpf.Map
-	Events   *ebpf.Map
+	// Events is the ring of flow events (FlowEvent): read it with
+	// NewEventReader.
+	Events *ebpf.Map
 	// SockRevnat remembers the service behind each socket translated by
 	// socket-level load balancing.
 	SockRevnat *ebpf.Map
@@ -218,7 +231,7 @@ func Load(cfg Config) (*Datapath, error) {
 		Services: objs.SluiceServicesV1, Backends: objs.SluiceBackendsV2, Maglev: objs.SluiceMaglevV1,
 		ConntrackTCP: objs.SluiceCtTcpV1, ConntrackOther: objs.SluiceCtOtherV1,
 		Affinity: objs.SluiceAffinityV2, Endpoints: objs.SluiceEndpointsV1,
-		Drops: objs.SluiceDropsV2, Counters: objs.SluiceCountersV1, Events: objs.SluiceEventsV2,
+		Drops: objs.SluiceDropsV2, Counters: objs.SluiceCountersV1, Events: objs.SluiceEventsV3,
 		SockRevnat: objs.SluiceSockRevnatV1,
 		Frags:      objs.SluiceFragsV1, EndpointSlots: objs.SluiceEndpointSlotsV1, NodeCIDRs: objs.SluiceNodeCidrsV1,
 		IPCache: objs.SluiceIpcacheV1, PolicyCIDRs: objs.SluicePolicyCidrsV1,
@@ -245,6 +258,10 @@ func Load(cfg Config) (*Datapath, error) {
 }
 
 func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
+	eventRate := cfg.EventRate
+	if cfg.EventsOff {
+		eventRate = 0
+	}
 	consts := map[string]any{
 		"maglev_size":             cfg.MaglevSize,
 		"ct_timeout_syn_ns":       uint64(cfg.CTTimeoutSYN.Nanoseconds()),
@@ -253,6 +270,8 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 		"ct_timeout_other_ns":     uint64(cfg.CTTimeoutOther.Nanoseconds()),
 		"ct_timeout_unreplied_ns": uint64(cfg.CTTimeoutUnreplied.Nanoseconds()),
 		"host_netns_cookie":       cfg.HostNetnsCookie,
+		"event_rate":              eventRate,
+		"event_burst":             cfg.EventBurst,
 		"hairpin_addr4":           Addr(HairpinAddr4),
 		"hairpin_addr6":           Addr(HairpinAddr6),
 	}
@@ -323,7 +342,7 @@ func OpenPinned(root string) (*Datapath, error) {
 	d.Endpoints = open(datapathMapSluiceEndpointsV1)
 	d.Drops = open(datapathMapSluiceDropsV2)
 	d.Counters = open(datapathMapSluiceCountersV1)
-	d.Events = open(datapathMapSluiceEventsV2)
+	d.Events = open(datapathMapSluiceEventsV3)
 	d.Frags = open(datapathMapSluiceFragsV1)
 	d.EndpointSlots = open(datapathMapSluiceEndpointSlotsV1)
 	d.NodeCIDRs = open(datapathMapSluiceNodeCidrsV1)

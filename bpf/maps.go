@@ -1,11 +1,11 @@
 package bpf
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -175,6 +175,12 @@ const (
 	CounterCTReopened        = datapathCounterCOUNTER_CT_REOPENED
 	CounterAffinityStale     = datapathCounterCOUNTER_AFFINITY_STALE
 	CounterCTInsertFailed    = datapathCounterCOUNTER_CT_INSERT_FAILED
+	// CounterEventsSuppressed counts flow events the per-CPU rate limit
+	// held back (Config.EventRate, EventBurst).
+	CounterEventsSuppressed = datapathCounterCOUNTER_EVENTS_SUPPRESSED
+	// CounterEventsLost counts flow events lost because the ring was full
+	// (the reader fell behind).
+	CounterEventsLost = datapathCounterCOUNTER_EVENTS_LOST
 )
 
 // CounterValues sums the per-CPU event counters, by counter.
@@ -182,7 +188,7 @@ func (d *Datapath) CounterValues() (map[Counter]uint64, error) {
 	out := map[Counter]uint64{}
 	var perCPU []uint64
 	for _, c := range []Counter{CounterCTReplyRestored, CounterCTForwardRestored, CounterCTReopened,
-		CounterAffinityStale, CounterCTInsertFailed} {
+		CounterAffinityStale, CounterCTInsertFailed, CounterEventsSuppressed, CounterEventsLost} {
 		if err := d.Counters.Lookup(uint32(c), &perCPU); err != nil {
 			return nil, fmt.Errorf("read datapath counter %d: %w", c, err)
 		}
@@ -307,25 +313,39 @@ func (d *Datapath) DropCounts() (map[DropReason]DropCounter, error) {
 	return out, nil
 }
 
-// NewDropReader opens the drop event stream; read records with
-// ReadDropEvent. Close it to unblock a pending read.
-func (d *Datapath) NewDropReader() (*ringbuf.Reader, error) {
-	r, err := ringbuf.NewReader(d.Events)
-	if err != nil {
-		return nil, fmt.Errorf("open drop event ring buffer: %w", err)
-	}
-	return r, nil
+// EventReader reads the datapath's flow events (Datapath.Events). Read
+// is not safe for concurrent use; Close may be called from any goroutine.
+type EventReader struct {
+	r   *ringbuf.Reader
+	rec ringbuf.Record
 }
 
-// ReadDropEvent blocks for the next drop event.
-func ReadDropEvent(r *ringbuf.Reader) (DropEvent, error) {
-	var ev DropEvent
-	rec, err := r.Read()
+// NewEventReader opens the flow event ring of dp. Only one reader should
+// read a ring: each event goes to one of them.
+func NewEventReader(dp *Datapath) (*EventReader, error) {
+	r, err := ringbuf.NewReader(dp.Events)
 	if err != nil {
-		return ev, err
+		return nil, fmt.Errorf("open the flow event ring buffer: %w", err)
 	}
-	if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &ev); err != nil {
-		return ev, fmt.Errorf("decode drop event of %d bytes: %w", len(rec.RawSample), err)
+	return &EventReader{r: r}, nil
+}
+
+// Read blocks for the next flow event. After Close it returns an error
+// wrapping ringbuf.ErrClosed (os.ErrClosed).
+func (r *EventReader) Read() (FlowEvent, error) {
+	var ev FlowEvent
+	if err := r.r.ReadInto(&r.rec); err != nil {
+		return ev, fmt.Errorf("read flow event: %w", err)
+	}
+	if _, err := binary.Decode(r.rec.RawSample, binary.NativeEndian, &ev); err != nil {
+		return ev, fmt.Errorf("decode flow event of %d bytes: %w", len(r.rec.RawSample), err)
 	}
 	return ev, nil
 }
+
+// SetDeadline makes a pending and later Reads return an error wrapping
+// os.ErrDeadlineExceeded once t has passed; the zero time removes it.
+func (r *EventReader) SetDeadline(t time.Time) { r.r.SetDeadline(t) }
+
+// Close unblocks a pending Read and releases the ring.
+func (r *EventReader) Close() error { return r.r.Close() }

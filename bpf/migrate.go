@@ -48,6 +48,13 @@ const (
 	legacyCTV1       = "sluice_ct_v1" // one map for every protocol; now ct_tcp and ct_other
 )
 
+// retiredMaps are maps of earlier releases that hold nothing to carry
+// over: FinishMigration only unpins them, once the old programs that
+// write them are gone.
+var retiredMaps = []string{
+	"sluice_events_v2", // drop events; now flow events in sluice_events_v3
+}
+
 // MigrationStats counts what a migration carried over from old maps.
 type MigrationStats struct {
 	Backends, Affinity, Conntrack int
@@ -107,18 +114,17 @@ func (d *Datapath) migrate() (MigrationStats, error) {
 }
 
 // FinishMigration is step 2 of an upgrade (see above): call it once every
-// attachment runs this datapath's programs. Without old maps it does
-// nothing.
+// attachment runs this datapath's programs. It also unpins retired maps;
+// without old maps that is all it does.
 func (d *Datapath) FinishMigration() (MigrationStats, error) {
 	var st MigrationStats
 	m := d.legacy
-	if m == nil {
-		return st, nil
+	if m != nil {
+		if err := d.copyFlows(&st); err != nil {
+			return st, err
+		}
 	}
-	if err := d.copyFlows(&st); err != nil {
-		return st, err
-	}
-	for _, name := range []string{legacyBackendsV1, legacyAffinityV1, legacyCTV1} {
+	for _, name := range append([]string{legacyBackendsV1, legacyAffinityV1, legacyCTV1}, retiredMaps...) {
 		path := filepath.Join(mapsDir(d.root), name)
 		if err := os.Remove(path); err == nil {
 			st.Unpinned = append(st.Unpinned, name)
@@ -126,8 +132,10 @@ func (d *Datapath) FinishMigration() (MigrationStats, error) {
 			return st, fmt.Errorf("unpin old map %s: %w", path, err)
 		}
 	}
-	m.close()
-	d.legacy = nil
+	if m != nil {
+		m.close()
+		d.legacy = nil
+	}
 	return st, nil
 }
 

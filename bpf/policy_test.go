@@ -3,7 +3,6 @@ package bpf
 import (
 	"net/netip"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -130,11 +129,7 @@ func TestPolicyAnyRemoteAndAllowedEverywhere(t *testing.T) {
 func TestPolicyIsStateful(t *testing.T) {
 	d := policyDatapath(t, PolicyIngressIsolated|PolicyEgressIsolated)
 	allow(t, d, PolicyRule(polEndpoint, idRemote, PolicyIngress, unix.IPPROTO_TCP, 8080, 16))
-	events, err := d.NewDropReader()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer events.Close()
+	events := eventReader(t, d)
 
 	in := syn(polRemote, polPod, 8080)
 	if got := verdict(t, d, in); got != actOK {
@@ -154,12 +149,8 @@ func TestPolicyIsStateful(t *testing.T) {
 		t.Errorf("a new flow out: verdict %d, want dropped (egress isolated, no rule)", got)
 	}
 
-	events.SetDeadline(time.Now().Add(time.Second))
-	ev, err := ReadDropEvent(events)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if DropReason(ev.Reason) != DropPolicyEgress || ev.SvcId != polEndpoint || AddrFrom(ev.Dst) != polRemote || PortFrom(ev.Dport) != 8080 {
+	ev := nextEvent(t, events, EventDrop)
+	if DropReason(ev.Reason) != DropPolicyEgress || ev.Endpoint != polEndpoint || AddrFrom(ev.Dst) != polRemote || PortFrom(ev.Dport) != 8080 {
 		t.Errorf("drop event %+v, want policy_egress of endpoint %d to %v:8080", ev, polEndpoint, polRemote)
 	}
 }

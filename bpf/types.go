@@ -20,7 +20,7 @@ type (
 	EndpointKey   = datapathEndpointKey
 	EndpointValue = datapathEndpointValue
 	DropCounter   = datapathDropCounter
-	DropEvent     = datapathDropEvent
+	FlowEvent     = datapathFlowEvent
 	DropReason    = datapathDropReason
 
 	IPCacheValue        = datapathIpcacheValue
@@ -187,6 +187,58 @@ func (r DropReason) String() string {
 		return n
 	}
 	return fmt.Sprintf("reason_%d", uint32(r))
+}
+
+// DropReasonName names a drop reason (FlowEvent.Reason of an EventDrop)
+// as the drop metrics do: "policy_ingress", "no_backend", ...; an unknown
+// one as "reason_N".
+func DropReasonName(r uint16) string { return DropReason(r).String() }
+
+// HookName names a hook (FlowEvent.Hook) as logs do: "from_pod",
+// "to_pod", "from_netdev", "to_netdev"; an unknown one as "hook_N".
+func HookName(h uint8) string { return Hook(h).String() }
+
+// Flow event types (FlowEvent.Type).
+const (
+	EventDrop  = uint8(datapathEventTypeEVENT_DROP)
+	EventTrace = uint8(datapathEventTypeEVENT_TRACE)
+)
+
+// Trace points (FlowEvent.Reason of an EventTrace).
+const (
+	// TraceService: a new service flow, translated to the backend
+	// NatAddr:NatPort (BackendId) of service SvcId, at from_pod or
+	// from_netdev. When from_pod also judged it by egress policy, the
+	// event carries that too (EventFPolicy).
+	TraceService = uint16(datapathTracePointTRACE_SERVICE)
+	// TracePolicy: a new flow NetworkPolicy let through and recorded
+	// (other than a service flow judged with its TraceService event).
+	TracePolicy = uint16(datapathTracePointTRACE_POLICY)
+)
+
+// Flow event flags (FlowEvent.Flags).
+const (
+	// EventFPolicy: Endpoint, Identity, Matched and Dir are set: policy
+	// judged the flow (or dropped it).
+	EventFPolicy = uint16(datapathEventFlagsEVENT_F_POLICY)
+	// EventFIsolated: the endpoint is isolated in Dir, so the flow was
+	// judged against its rules: Identity is the remote's identity and, for
+	// a trace event, Matched the remote of the rule that let it through
+	// (a pod or CIDR identity, IdentityAny, or IdentityHost for the node).
+	// Without it the flow was recorded unjudged (Identity, Matched 0).
+	EventFIsolated = uint16(datapathEventFlagsEVENT_F_ISOLATED)
+)
+
+// TraceName names a trace point: "service", "policy"; an unknown one as
+// "trace_N".
+func TraceName(t uint16) string {
+	switch t {
+	case TraceService:
+		return "service"
+	case TracePolicy:
+		return "policy"
+	}
+	return fmt.Sprintf("trace_%d", t)
 }
 
 // Addr converts an address to the datapath's 16-byte form (IPv4-mapped for

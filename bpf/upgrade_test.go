@@ -156,7 +156,7 @@ func TestUpgradeTakesOverRunningPods(t *testing.T) {
 	if err != nil {
 		t.Fatalf("finish migration: %v", err)
 	}
-	for _, name := range []string{legacyBackendsV1, legacyAffinityV1, legacyCTV1} {
+	for _, name := range append([]string{legacyBackendsV1, legacyAffinityV1, legacyCTV1}, retiredMaps...) {
 		if _, err := os.Stat(filepath.Join(mapsDir(root), name)); !os.IsNotExist(err) {
 			t.Errorf("old map %s still pinned after the migration (%+v)", name, fin)
 		}

@@ -210,22 +210,69 @@ struct drop_counter {
 	__u64 bytes;
 };
 
-/* Sent on sluice_events for every dropped or rejected packet. */
-struct drop_event {
-	__u64 timestamp_ns;
+/* ---- Flow events ------------------------------------------------------------
+ *
+ * sluice_events_v3 carries one record type, struct flow_event: a drop event
+ * for every dropped or rejected packet, and a trace event when a flow is
+ * created (a service flow translated to its backend, or a flow NetworkPolicy
+ * recorded). Nothing is sent per established packet. Each CPU sends at most
+ * event_rate events per second with bursts of event_burst (lib/config.h);
+ * what it holds back is counted (COUNTER_EVENTS_SUPPRESSED) and reported in
+ * its next event's suppressed.
+ */
+enum event_type {
+	EVENT_DROP = 1,
+	EVENT_TRACE = 2,
+};
+
+/* flow_event.reason of EVENT_TRACE */
+enum trace_point {
+	/* A new service flow, translated to a backend (from_pod,
+	 * from_netdev). */
+	TRACE_SERVICE = 1,
+	/* A new flow judged by NetworkPolicy and allowed (recorded in
+	 * conntrack), other than a service flow of the same hook. */
+	TRACE_POLICY = 2,
+};
+
+/* flow_event.flags */
+enum event_flags {
+	/* endpoint, identity, matched and dir are set: policy judged or
+	 * dropped the flow. */
+	EVENT_F_POLICY = 1 << 0,
+	/* The endpoint is isolated in dir; without it the flow was recorded
+	 * unjudged (identity and matched are then 0). */
+	EVENT_F_ISOLATED = 1 << 1,
+};
+
+struct flow_event {
+	__u64 timestamp_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
 	__u32 ifindex;
-	__u16 reason; /* enum drop_reason */
-	__u8 proto;
-	__u8 hook; /* enum hook */
+	__u8 type;    /* enum event_type */
+	__u8 hook;    /* enum hook */
+	__u8 proto;   /* IPPROTO_* */
+	__u8 dir;     /* EVENT_F_POLICY: enum policy_dir */
+	__u16 reason; /* EVENT_DROP: enum drop_reason; EVENT_TRACE: enum trace_point */
+	__u16 flags;  /* enum event_flags */
+	/* Events this CPU's rate limit held back since its last sent one. */
+	__u32 suppressed;
+	/* The packet as the hook saw it, before translation. */
 	__u8 src[SLUICE_ADDR_LEN];
 	__u8 dst[SLUICE_ADDR_LEN];
 	__be16 sport;
 	__be16 dport;
-	/* The service, or for policy drops the local endpoint's policy ID. */
-	__u32 svc_id;
-	/* Policy drops: the remote's identity (pod or CIDR) as judged. */
-	__u32 identity;
-	__u32 pad;
+	__be16 nat_port; /* TRACE_SERVICE: the chosen backend */
+	__u16 pad;
+	__u8 nat_addr[SLUICE_ADDR_LEN];
+	__u32 svc_id; /* service flows and service drops */
+	__u32 backend_id;
+	__u32 endpoint; /* EVENT_F_POLICY: the local endpoint's policy ID */
+	__u32 identity; /* EVENT_F_POLICY: the remote's identity as judged */
+	/* TRACE_POLICY and TRACE_SERVICE with EVENT_F_ISOLATED: the remote of
+	 * the rule that matched (pod or CIDR identity, IDENTITY_ANY), or
+	 * IDENTITY_HOST when the host was let in. */
+	__u32 matched;
+	__u32 pad2;
 };
 
 enum hook {
@@ -253,6 +300,10 @@ enum counter {
 	/* A conntrack or affinity insert failed (map full of entries that
 	 * cannot be evicted, or out of memory). */
 	COUNTER_CT_INSERT_FAILED = 4,
+	/* A flow event the per-CPU rate limit held back. */
+	COUNTER_EVENTS_SUPPRESSED = 5,
+	/* A flow event lost because the ring was full. */
+	COUNTER_EVENTS_LOST = 6,
 	COUNTER_MAX = 16,
 };
 

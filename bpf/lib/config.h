@@ -22,6 +22,10 @@ volatile const __u64 ct_timeout_unreplied_ns;
  * node's); pods are left to from_pod, whose ClientIP affinity sees the
  * pod's address as kube-proxy's does. 0 translates every namespace. */
 volatile const __u64 host_netns_cookie = 0;
+/* Flow events: at most event_rate per second per CPU, in bursts of at
+ * most event_burst (bpf.Config.EventRate, EventBurst); 0 sends none. */
+volatile const __u32 event_rate;
+volatile const __u32 event_burst;
 /* Source address used when a pod is load-balanced to itself (hairpin):
  * bpf.HairpinAddr4 and bpf.HairpinAddr6, written by the loader. */
 volatile const __u8 hairpin_addr4[SLUICE_ADDR_LEN];

@@ -3,14 +3,12 @@
 #ifndef SLUICE_LIB_DROP_H
 #define SLUICE_LIB_DROP_H
 
+#include "events.h"
 #include "maps.h"
 #include "parse.h"
 
-/* record_drop_of counts a drop by reason and hook and reports it on the
- * event ring: for policy drops with the endpoint (id) and the remote's
- * identity, otherwise with the service (id). */
-static __always_inline void record_drop_of(struct __sk_buff *skb, const struct pkt *p, __u16 reason, __u32 id,
-					   __u32 identity, __u8 hook)
+/* count_drop counts a drop by reason and hook. */
+static __always_inline void count_drop(struct __sk_buff *skb, __u16 reason, __u8 hook)
 {
 	__u32 key = (__u32)hook * DROP_REASON_MAX + reason;
 	struct drop_counter *c = bpf_map_lookup_elem(&sluice_drops_v2, &key);
@@ -19,28 +17,16 @@ static __always_inline void record_drop_of(struct __sk_buff *skb, const struct p
 		c->packets++;
 		c->bytes += skb->len;
 	}
-	struct drop_event *e = bpf_ringbuf_reserve(&sluice_events_v2, sizeof(*e), 0);
-	if (!e)
-		return;
-	e->timestamp_ns = bpf_ktime_get_ns();
-	e->ifindex = skb->ifindex;
-	e->reason = reason;
-	e->proto = p->proto;
-	e->hook = hook;
-	__builtin_memcpy(e->src, p->src, SLUICE_ADDR_LEN);
-	__builtin_memcpy(e->dst, p->dst, SLUICE_ADDR_LEN);
-	e->sport = p->sport;
-	e->dport = p->dport;
-	e->svc_id = id;
-	e->identity = identity;
-	e->pad = 0;
-	bpf_ringbuf_submit(e, 0);
 }
 
+/* record_drop counts a drop and reports it on the event ring, with the
+ * service (svc_id) when it is a service's. Policy drops are policy.h's. */
 static __always_inline void record_drop(struct __sk_buff *skb, const struct pkt *p, __u16 reason,
 					__u32 svc_id, __u8 hook)
 {
-	record_drop_of(skb, p, reason, svc_id, 0, hook);
+	count_drop(skb, reason, hook);
+	if (events_on())
+		event_drop(skb, p, reason, svc_id, hook);
 }
 
 #endif

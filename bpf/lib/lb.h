@@ -129,6 +129,28 @@ static __always_inline struct svc_value *lookup_service(const struct pkt *p, __u
 	return bpf_map_lookup_elem(&sluice_services_v1, &key);
 }
 
+/* event_service makes the event of a new service flow pending in the
+ * scratch: TRACE_SERVICE, or its drop by egress policy, with the service
+ * part; the policy part is policy_enforce's when it judged the flow
+ * (judged: it was asked), else cleared. */
+static __noinline void event_service(__u32 svc_id, __u32 backend_id, const struct backend_value *be,
+				     int judged, int dropped)
+{
+	struct key_scratch *s = key_scratch();
+
+	if (!s)
+		return;
+	s->ev.type = dropped ? EVENT_DROP : EVENT_TRACE;
+	s->ev.reason = dropped ? DROP_POLICY_EGRESS : TRACE_SERVICE;
+	s->ev.svc_id = svc_id;
+	s->ev.backend_id = backend_id;
+	__builtin_memcpy(s->ev.nat_addr, be->addr, SLUICE_ADDR_LEN);
+	s->ev.nat_port = be->port;
+	s->ev.pad = 0;
+	if (!judged || !(s->ev.flags & EVENT_F_POLICY))
+		event_no_policy(&s->ev);
+}
+
 /* lb_service load-balances a packet to a service, from a pod (from_pod) or
  * from outside the node (from_netdev). */
 static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, const struct svc_value *svc,
@@ -189,11 +211,22 @@ static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, cons
 	 * the service, which fwd still holds. */
 	__builtin_memcpy(p->dst, be->addr, SLUICE_ADDR_LEN);
 	p->dport = be->port;
-	if (policy_active() && policy_enforce(skb, p, POLICY_EGRESS, svc->id) != TC_ACT_OK)
-		return TC_ACT_SHOT;
+	int judged = policy_active();
+	int verdict = judged ? policy_enforce(skb, p, POLICY_EGRESS, svc->id) : TC_ACT_OK;
 	__builtin_memcpy(p->dst, fwd.dst, SLUICE_ADDR_LEN);
 	p->dport = fwd.dport;
+	if (verdict != TC_ACT_OK) {
+		if (events_on()) {
+			event_service(svc->id, backend_id, be, judged, 1);
+			event_send(skb, p, hook);
+		}
+		return TC_ACT_SHOT;
+	}
 	ct_create(&fwd, p, svc, be, backend_id, hairpin, now);
+	if (events_on()) {
+		event_service(svc->id, backend_id, be, judged, 0);
+		event_send(skb, p, hook);
+	}
 
 nat:
 	if (p->proto == IPPROTO_SCTP && be->port != p->dport) {

@@ -167,11 +167,28 @@ static __always_inline void count(__u32 counter)
 		*c += 1;
 }
 
+/* Flow events (struct flow_event) for the agent. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sluice_events_v2 SEC(".maps");
+} sluice_events_v3 SEC(".maps");
+
+/* The flow events' rate limit, per CPU (GCRA): tat is when the bucket is
+ * full again, suppressed what was held back since the last sent event.
+ * Not pinned: a new datapath starts with full buckets. */
+struct event_bucket {
+	__u64 tat;
+	__u32 suppressed;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event_bucket);
+} sluice_event_bucket SEC(".maps");
 
 /* Later fragments of a datagram get its first fragment's verdict and
  * translation. An entry lives for the reassembly timeout. */
@@ -202,11 +219,13 @@ struct key_scratch {
 	struct ct_value ctv;
 	struct policy_key rule;
 	struct cidr_key cidr;
-	__u32 identity; /* the remote's identity policy_allows judged */
-	__u32 pad;
 	struct frag_key frag;
 	struct frag_value fragv;
 	struct pkt inner; /* the packet an ICMP error quotes */
+	/* The flow event being made (lib/events.h); pending while its type
+	 * is set. policy_enforce fills its policy part, the service path its
+	 * service part, event_emit the rest. */
+	struct flow_event ev;
 };
 
 struct {

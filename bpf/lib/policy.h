@@ -46,15 +46,18 @@ static __always_inline int rule_matches(struct key_scratch *s, __u32 endpoint, _
 }
 
 /* policy_allows decides a new flow of an isolated direction: the remote's
- * pod identity, its CIDR identity (or world) and "any remote" are tried. */
+ * pod identity, its CIDR identity (or world) and "any remote" are tried.
+ * It leaves the remote's identity and the remote of the rule that matched
+ * in the scratch event. */
 static __always_inline int policy_allows(struct key_scratch *s, __u32 endpoint, __u8 dir, const __u8 *remote,
 					 const struct pkt *p)
 {
 	struct ipcache_value *pod = bpf_map_lookup_elem(&sluice_ipcache_v1, remote);
 
-	s->identity = IDENTITY_WORLD;
+	s->ev.identity = IDENTITY_WORLD;
 	if (pod) {
-		s->identity = pod->identity;
+		s->ev.identity = pod->identity;
+		s->ev.matched = pod->identity;
 		if (pod->identity == IDENTITY_HOST)
 			return 1; /* kubelet probes and the node's own traffic */
 		if (rule_matches(s, endpoint, pod->identity, dir, p))
@@ -65,9 +68,11 @@ static __always_inline int policy_allows(struct key_scratch *s, __u32 endpoint, 
 	struct ipcache_value *cidr = bpf_map_lookup_elem(&sluice_policy_cidrs_v1, &s->cidr);
 	__u32 cidr_id = cidr ? cidr->identity : IDENTITY_WORLD;
 	if (!pod)
-		s->identity = cidr_id;
+		s->ev.identity = cidr_id;
+	s->ev.matched = cidr_id;
 	if (rule_matches(s, endpoint, cidr_id, dir, p))
 		return 1;
+	s->ev.matched = IDENTITY_ANY;
 	return rule_matches(s, endpoint, IDENTITY_ANY, dir, p);
 }
 
@@ -110,23 +115,52 @@ static __noinline int icmp_error_of_flow(struct __sk_buff *skb, const struct pkt
 	return 0;
 }
 
+/* policy_event makes the scratch event pending: its type and reason, its
+ * policy part (policy_allows left identity and matched when the endpoint
+ * is isolated in dir) and, outside a service flow, no service part. */
+static __always_inline void policy_event(struct key_scratch *s, __u8 type, __u16 reason, __u32 endpoint,
+					 __u8 dir, __u16 flags, __u32 svc_id)
+{
+	if (!(flags & EVENT_F_ISOLATED)) {
+		s->ev.identity = 0;
+		s->ev.matched = 0;
+	}
+	s->ev.type = type;
+	s->ev.reason = reason;
+	s->ev.flags = EVENT_F_POLICY | flags;
+	s->ev.dir = dir;
+	s->ev.endpoint = endpoint;
+	s->ev.pad2 = 0;
+	if (!svc_id)
+		event_no_service(&s->ev);
+}
+
 /* policy_enforce judges the packet for the local endpoint at local (the
  * source for egress, the destination for ingress). It returns TC_ACT_OK
- * or TC_ACT_SHOT, counting and reporting a drop. Not inlined, so its few
- * locals do not grow the callers' frames. */
+ * or TC_ACT_SHOT, counting a drop. Not inlined, so its few locals do not
+ * grow the callers' frames.
+ *
+ * Events: it leaves a pending event in the scratch, for the caller to
+ * send (event_send; from here the stack would be too deep): a drop, or a
+ * new flow it records (TRACE_POLICY). A service flow's caller makes it its
+ * one TRACE_SERVICE event, with the policy part (EVENT_F_POLICY set when
+ * policy judged or recorded the flow). */
 static __noinline int policy_enforce(struct __sk_buff *skb, const struct pkt *p, __u8 dir, __u32 svc_id)
 {
 	const __u8 *local = dir == POLICY_EGRESS ? p->src : p->dst;
 	const __u8 *remote = dir == POLICY_EGRESS ? p->dst : p->src;
-	struct policy_endpoint_value *ep = bpf_map_lookup_elem(&sluice_policy_endpoints_v1, local);
-
-	if (!ep || !(ep->flags & (POLICY_F_INGRESS_ISOLATED | POLICY_F_EGRESS_ISOLATED)))
-		return TC_ACT_OK;
 	struct key_scratch *s = key_scratch();
+
 	if (!s)
 		return TC_ACT_SHOT; /* cannot happen: a one-slot per-CPU array */
+	s->ev.type = 0;
+	s->ev.flags = 0;
+	struct policy_endpoint_value *ep = bpf_map_lookup_elem(&sluice_policy_endpoints_v1, local);
+	if (!ep || !(ep->flags & (POLICY_F_INGRESS_ISOLATED | POLICY_F_EGRESS_ISOLATED)))
+		return TC_ACT_OK;
 	__u32 isolated = dir == POLICY_EGRESS ? POLICY_F_EGRESS_ISOLATED : POLICY_F_INGRESS_ISOLATED;
 	__u8 hook = dir == POLICY_EGRESS ? HOOK_FROM_POD : HOOK_TO_POD;
+	__u16 reason = dir == POLICY_EGRESS ? DROP_POLICY_EGRESS : DROP_POLICY_INGRESS;
 
 	if (is_icmp_error(p)) {
 		/* Not about a flow of ours (the caller asked
@@ -152,7 +186,8 @@ static __noinline int policy_enforce(struct __sk_buff *skb, const struct pkt *p,
 		if (ct_live(s, p, now, 0))
 			return TC_ACT_OK;
 	}
-	if ((ep->flags & isolated) && !policy_allows(s, ep->id, dir, remote, p))
+	__u16 judged = ep->flags & isolated ? EVENT_F_ISOLATED : 0;
+	if (judged && !policy_allows(s, ep->id, dir, remote, p))
 		goto drop;
 	/* Record the flow so its replies pass even through the other, also
 	 * isolated, direction of this endpoint. */
@@ -163,10 +198,13 @@ static __noinline int policy_enforce(struct __sk_buff *skb, const struct pkt *p,
 	s->ctv.expires_ns = now + ct_update(p, &flags);
 	s->ctv.flags = flags;
 	ct_put(&s->ct, &s->ctv);
+	if (events_on())
+		policy_event(s, EVENT_TRACE, TRACE_POLICY, ep->id, dir, judged, svc_id);
 	return TC_ACT_OK;
 drop:
-	record_drop_of(skb, p, dir == POLICY_EGRESS ? DROP_POLICY_EGRESS : DROP_POLICY_INGRESS, ep->id,
-		       s->identity, hook);
+	count_drop(skb, reason, hook);
+	if (events_on())
+		policy_event(s, EVENT_DROP, reason, ep->id, dir, EVENT_F_ISOLATED, svc_id);
 	return TC_ACT_SHOT;
 }
 
