@@ -38,14 +38,17 @@ const (
 // cached briefly (a minute at most, never past their expiry); refusals
 // are not. The agent needs `create` on authentication.k8s.io tokenreviews.
 func NewTokenReviewer(client kubernetes.Interface, namespace, serviceAccount string) func(ctx context.Context, token string) error {
-	r := &reviewer{
+	return newReviewer(client, namespace, serviceAccount).review
+}
+
+func newReviewer(client kubernetes.Interface, namespace, serviceAccount string) *reviewer {
+	return &reviewer{
 		client: client,
 		want:   "system:serviceaccount:" + namespace + ":" + serviceAccount,
 		cache:  map[[32]byte]time.Time{},
 		sem:    make(chan struct{}, maxReviews),
 		now:    time.Now,
 	}
-	return r.review
 }
 
 type reviewer struct {
