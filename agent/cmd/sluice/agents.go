@@ -124,8 +124,8 @@ func askAll[T any](ctx context.Context, g *globals, agents []*agent, path string
 }
 
 // report prints the failed agents' errors and returns the successful
-// answers; the error is the only agent's, or errPartial when some failed
-// (the answers are still printed), or an error when all failed.
+// answers; the error is errPartial when some failed (the answers are
+// still printed), or all the errors when all failed.
 func report[T any](g *globals, res []result[T]) ([]result[T], error) {
 	var ok []result[T]
 	var errs []error
@@ -139,14 +139,11 @@ func report[T any](g *globals, res []result[T]) ([]result[T], error) {
 	switch {
 	case len(errs) == 0:
 		return ok, nil
-	case len(res) == 1:
-		return nil, errs[0]
+	case len(ok) == 0:
+		return nil, errors.Join(errs...)
 	}
 	for _, err := range errs {
 		fmt.Fprintln(g.stderr, "sluice:", err)
-	}
-	if len(ok) == 0 {
-		return nil, fmt.Errorf("no agent answered")
 	}
 	return ok, errPartial
 }

@@ -57,7 +57,7 @@ the rules that allowed it. From several agents, flows are merged by time.`,
 			if f.Last < 0 {
 				return fmt.Errorf("--last %d: want 0 (all) or more", f.Last)
 			}
-			return observe(cmd.Context(), g, f)
+			return runObserve(cmd.Context(), g, f)
 		},
 	}
 	fl := c.Flags()
@@ -86,7 +86,7 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 	return t, nil
 }
 
-func observe(ctx context.Context, g *globals, f observeapi.FlowFilter) error {
+func runObserve(ctx context.Context, g *globals, f observeapi.FlowFilter) error {
 	agents, remote, err := g.agents(ctx)
 	if err != nil {
 		return err
@@ -212,9 +212,10 @@ type mergeEvent struct {
 // mergeFlows merges n sources' flows, each in time order, into one time
 // order, calling emit for each. A source's head flow is emitted when it is
 // the oldest pending and every other source either has a flow pending or
-// has ended (the merge is then exact), or, when wait >= 0, once it has
-// waited wait since it came and every source's stream is open: a quiet
-// source holds the others back no longer than that. With wait < 0 every
+// has ended (the merge is then exact), or, when wait >= 0, once every
+// source's stream is open and it has waited wait since it came and since
+// the last stream opened: a quiet source holds the others back no longer
+// than that. With wait < 0 every
 // source is waited for until it ends. Returns when every source has ended
 // (nil), emit fails, or ctx ends.
 func mergeFlows(ctx context.Context, events <-chan mergeEvent, n int, wait time.Duration, emit func(observeapi.Flow) error) error {
@@ -226,6 +227,7 @@ func mergeFlows(ctx context.Context, events <-chan mergeEvent, n int, wait time.
 	opened := make([]bool, n)
 	ended := make([]bool, n)
 	open, live := 0, n
+	var allOpen time.Time // when the last stream opened
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -252,9 +254,15 @@ func mergeFlows(ctx context.Context, events <-chan mergeEvent, n int, wait time.
 				break
 			}
 			head := queues[oldest][0]
-			if waiting && (wait < 0 || open < live || time.Since(head.at) < wait) {
+			// It waits from when it came, or from when the last stream
+			// opened: that stream's buffered flows come just after.
+			since := head.at
+			if allOpen.After(since) {
+				since = allOpen
+			}
+			if waiting && (wait < 0 || open < live || time.Since(since) < wait) {
 				if wait >= 0 && open == live {
-					d := wait - time.Since(head.at)
+					d := wait - time.Since(since)
 					if timer == nil {
 						timer = time.NewTimer(d)
 					} else {
@@ -285,6 +293,7 @@ func mergeFlows(ctx context.Context, events <-chan mergeEvent, n int, wait time.
 				if !opened[ev.src] {
 					opened[ev.src] = true
 					open++
+					allOpen = time.Now()
 				}
 			case ev.end:
 				if !ended[ev.src] {
