@@ -38,7 +38,7 @@ type testSource struct {
 
 func (s *testSource) Status() observeapi.Status {
 	return observeapi.Status{Node: s.node, Version: "v0.test", Ready: true, Attach: "tcx", Uplinks: []string{"eth0"},
-		Maps: []observeapi.MapFill{{Name: "sluice_services_v2", Entries: 25, Capacity: 100}},
+		Maps:  []observeapi.MapFill{{Name: "sluice_services_v2", Entries: 25, Capacity: 100}},
 		Flows: observeapi.FlowBufferStatus{Buffered: len(s.flows), Capacity: 4096, Seen: 10}}
 }
 func (s *testSource) Services() []observeapi.Service   { return s.services }
