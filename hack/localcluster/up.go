@@ -122,7 +122,7 @@ func buildBinaries(s *state, proxyOf []string) error {
 	if s.K8sBin, err = buildK8s(repo); err != nil {
 		return err
 	}
-	step("building sluice-agent, sluice-cni and this tool")
+	step("building sluice-agent, sluice-cni, the sluice CLI and this tool")
 	if err := buildSluice(repo); err != nil {
 		return err
 	}
@@ -277,7 +277,7 @@ func buildK8s(repo string) (string, error) {
 }
 
 func buildSluice(repo string) error {
-	for pkg, out := range map[string]string{"./agent": "sluice-agent", "./cni": "sluice-cni", "./hack/localcluster": "localcluster"} {
+	for pkg, out := range map[string]string{"./agent": "sluice-agent", "./cni": "sluice-cni", "./agent/cmd/sluice": "sluice", "./hack/localcluster": "localcluster"} {
 		cmd := exec.Command("go", "build", "-o", path("bin", out), pkg)
 		cmd.Dir = repo
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

@@ -7,6 +7,8 @@
 //	                         DRIVER exec NAMESPACE/POD -- CMD [ARGS...]
 //	                         DRIVER outside -- CMD [ARGS...]  (a host on the node network, outside every node)
 //	                         DRIVER restart-agent NODE  (returns once the new agent is ready)
+//	                         DRIVER sluice NODE ARGS...  (the sluice CLI on NODE, asking its agent;
+//	                                                      exits with the CLI's code)
 //	                       and, for the faults only the local cluster injects:
 //	                         DRIVER restart-agent --no-wait NODE  (returns once the new agent runs)
 //	                         DRIVER stop-apiserver | start-apiserver  (start returns once it is ready)
