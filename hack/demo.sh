@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: a local cluster with Sluice in place of kube-proxy, a sample
-# app behind a Service, probes that show it working from both nodes, and a
-# NetworkPolicy that lets one client in and keeps the other out.
+# app behind a Service, probes that show it working from both nodes, a
+# NetworkPolicy that lets one client in and keeps the other out, and
+# `sluice observe` showing the dropped and the allowed flows.
 # Run as root from the repository (make demo); remove with make demo-down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -107,6 +108,7 @@ spec:
 YAML
 "$kubectl" -n demo get pods -L role -l role
 sleep 2
+since=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 for n in $nodes; do
 	role=$("$kubectl" -n demo get pod "client-$n" -o jsonpath='{.metadata.labels.role}')
 	want=denied
@@ -119,6 +121,29 @@ done
 if [ "$status" = 0 ]; then
 	echo "==> the policy lets the frontend in and keeps the other client out, across nodes."
 fi
+
+echo
+echo "==> sluice observe: those connections as the datapath saw them, asked from outside the cluster"
+echo "    (every node's agent through the API server, merged by time)"
+echo "    \$ sluice --kubeconfig \$KUBECONFIG observe --namespace demo --since $since"
+sluice=/run/sluice-localcluster/bin/sluice
+observed=""
+# The agents name a flow the moment they read it; one second is slack.
+sleep 1
+if ! observed=$("$sluice" --kubeconfig "$KUBECONFIG" observe --namespace demo --since "$since"); then
+	status=1
+fi
+while IFS= read -r line; do printf '    %s\n' "$line"; done <<<"$observed"
+for verdict in DROPPED FORWARDED; do
+	if ! grep -q " $verdict " <<<"$observed"; then
+		echo "==> no $verdict flow in sluice observe" >&2
+		status=1
+	fi
+done
+if [ "$status" = 0 ]; then
+	echo "==> the other client's SYNs were DROPPED by the ingress policy on the web pod's node; the frontend's"
+	echo "    connection was TRANSLATED to a web pod on its own node and FORWARDED by the rule that allows it."
+fi
 cat <<TXT
 
 Try it yourself:
@@ -127,6 +152,10 @@ Try it yourself:
   go run ./hack/localcluster exec demo/client-node-1 -- curl -s http://$vip/hostname
   go run ./hack/localcluster exec demo/client-node-1 -- /agnhost connect $vip:80 --timeout=3s
   go run ./hack/localcluster status
+  $sluice --kubeconfig \$KUBECONFIG observe --follow -n demo      # every node, merged
+  go run ./hack/localcluster sluice node-1 observe --verdict dropped   # one node's agent, on the node
+  go run ./hack/localcluster sluice node-1 service list
+  go run ./hack/localcluster sluice node-1 policy get demo/<web pod>
   $kubectl -n demo delete networkpolicy web-from-frontend   # and client-node-2 gets in again
 Tear down: make demo-down
 TXT
