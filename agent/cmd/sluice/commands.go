@@ -304,7 +304,7 @@ func printPolicy(w io.Writer, p observeapi.Policy) error {
 	for _, r := range p.Rules {
 		t.row("", r.Direction, peer(r.Peer), r.Proto, r.Ports, strings.Join(r.Policies, ","))
 		if len(r.Peer.Pods) > 0 {
-			t.rowRaw("", "", "  pods: "+strings.Join(r.Peer.Pods, ","), "", "", "")
+			t.rowRaw("", "", "  pods: "+strings.Join(r.Peer.Pods, ","))
 		}
 	}
 	return t.flush()
