@@ -76,8 +76,10 @@ static __always_inline int judge(struct __sk_buff *skb, struct pkt *p, __u8 dir,
 		return TC_ACT_OK;
 	int verdict = policy_enforce(skb, p, dir, 0);
 
-	if (events_on())
+	if (verdict & POLICY_EVENT) {
 		event_send(skb, p, hook);
+		verdict &= ~POLICY_EVENT;
+	}
 	if (verdict == TC_ACT_OK && p->frag_first)
 		frag_record(p, 0, 0, 0, hook);
 	return verdict;

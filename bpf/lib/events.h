@@ -81,7 +81,7 @@ static __always_inline void event_emit(struct key_scratch *s, struct __sk_buff *
 
 /* event_send sends the scratch event if one is pending (its type set):
  * policy_enforce leaves its events for its caller to send, from a frame
- * less deep. */
+ * less deep, as does the service path. */
 static __noinline void event_send(struct __sk_buff *skb, const struct pkt *p, __u8 hook)
 {
 	struct key_scratch *s = key_scratch();

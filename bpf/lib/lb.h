@@ -212,7 +212,7 @@ static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, cons
 	__builtin_memcpy(p->dst, be->addr, SLUICE_ADDR_LEN);
 	p->dport = be->port;
 	int judged = policy_active();
-	int verdict = judged ? policy_enforce(skb, p, POLICY_EGRESS, svc->id) : TC_ACT_OK;
+	int verdict = judged ? policy_enforce(skb, p, POLICY_EGRESS, svc->id) & ~POLICY_EVENT : TC_ACT_OK;
 	__builtin_memcpy(p->dst, fwd.dst, SLUICE_ADDR_LEN);
 	p->dport = fwd.dport;
 	if (verdict != TC_ACT_OK) {

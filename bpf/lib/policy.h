@@ -135,16 +135,20 @@ static __always_inline void policy_event(struct key_scratch *s, __u8 type, __u16
 		event_no_service(&s->ev);
 }
 
+/* policy_enforce's verdict carries this bit when it left an event to send. */
+#define POLICY_EVENT 0x100
+
 /* policy_enforce judges the packet for the local endpoint at local (the
  * source for egress, the destination for ingress). It returns TC_ACT_OK
  * or TC_ACT_SHOT, counting a drop. Not inlined, so its few locals do not
  * grow the callers' frames.
  *
- * Events: it leaves a pending event in the scratch, for the caller to
- * send (event_send; from here the stack would be too deep): a drop, or a
- * new flow it records (TRACE_POLICY). A service flow's caller makes it its
- * one TRACE_SERVICE event, with the policy part (EVENT_F_POLICY set when
- * policy judged or recorded the flow). */
+ * Events: for a drop, or a new flow it records (TRACE_POLICY), it leaves
+ * a pending event in the scratch and sets POLICY_EVENT in the verdict; the
+ * caller sends it (event_send: from here the stack would be too deep), so
+ * a packet of a known flow costs nothing more. A service flow's caller
+ * makes it its one TRACE_SERVICE event, with the policy part
+ * (EVENT_F_POLICY set when policy judged or recorded the flow). */
 static __noinline int policy_enforce(struct __sk_buff *skb, const struct pkt *p, __u8 dir, __u32 svc_id)
 {
 	const __u8 *local = dir == POLICY_EGRESS ? p->src : p->dst;
@@ -198,14 +202,16 @@ static __noinline int policy_enforce(struct __sk_buff *skb, const struct pkt *p,
 	s->ctv.expires_ns = now + ct_update(p, &flags);
 	s->ctv.flags = flags;
 	ct_put(&s->ct, &s->ctv);
-	if (events_on())
-		policy_event(s, EVENT_TRACE, TRACE_POLICY, ep->id, dir, judged, svc_id);
-	return TC_ACT_OK;
+	if (!events_on())
+		return TC_ACT_OK;
+	policy_event(s, EVENT_TRACE, TRACE_POLICY, ep->id, dir, judged, svc_id);
+	return TC_ACT_OK | POLICY_EVENT;
 drop:
 	count_drop(skb, reason, hook);
-	if (events_on())
-		policy_event(s, EVENT_DROP, reason, ep->id, dir, EVENT_F_ISOLATED, svc_id);
-	return TC_ACT_SHOT;
+	if (!events_on())
+		return TC_ACT_SHOT;
+	policy_event(s, EVENT_DROP, reason, ep->id, dir, EVENT_F_ISOLATED, svc_id);
+	return TC_ACT_SHOT | POLICY_EVENT;
 }
 
 /* policy_isolates reports whether the endpoint at addr is isolated in dir:
