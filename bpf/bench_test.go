@@ -250,3 +250,147 @@ func flushMap(b testing.TB, m *ebpf.Map) {
 		}
 	}
 }
+
+// Flow event settings the event benchmarks compare: none sent, every one
+// sent (a rate no run reaches), and every one held back by the rate limit
+// (after the first).
+var eventModes = []struct {
+	name string
+	cfg  Config
+}{
+	{"events=off", Config{EventsOff: true}},
+	{"events=on", Config{EventRate: 1 << 30, EventBurst: 1 << 30}},
+	{"events=suppressed", Config{EventRate: 1, EventBurst: 1}},
+}
+
+// benchEvents times runs of prog, chunk packets per BPF_PROG_TEST_RUN,
+// next(i) preparing the packet of run i; between chunks it empties the
+// event ring untimed, so each event meets a ring with room, as with an
+// agent that keeps up.
+func benchEvents(b *testing.B, d *Datapath, prog *ebpf.Program, pkt []byte, want uint32, chunk int, next func(i int)) {
+	r, err := NewEventReader(d)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	drain := func() {
+		r.SetDeadline(time.Now())
+		for {
+			if _, err := r.Read(); err != nil {
+				return
+			}
+		}
+	}
+	var total time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i += chunk {
+		n := min(chunk, b.N-i)
+		if next != nil {
+			next(i)
+		}
+		ret, per, err := prog.Benchmark(pkt, n, nil)
+		if err != nil || ret != want {
+			b.Fatalf("ret %d err %v", ret, err)
+		}
+		total += per * time.Duration(n)
+		if i/chunk%64 == 63 || chunk >= 1024 {
+			b.StopTimer()
+			drain()
+			b.StartTimer()
+		}
+	}
+	b.ReportMetric(float64(total.Nanoseconds())/float64(b.N), "ns/packet")
+	if c, err := d.CounterValues(); err == nil && c[CounterEventsLost] > 0 {
+		b.Logf("%d events lost: the ring was full", c[CounterEventsLost])
+	}
+}
+
+// BenchmarkFlowEvents: what flow events cost, with events off, sent, and
+// held back by the rate limit, in one run:
+//   - new-flow: the first packet of a service flow (TRACE_SERVICE);
+//   - policy-new-flow: the first packet of a flow into an ingress-isolated
+//     pod that a rule allows (TRACE_POLICY);
+//   - drop: a packet that ingress policy drops (a drop event);
+//   - established and reply: packets of a known service flow, which send
+//     nothing: the same either way.
+func BenchmarkFlowEvents(b *testing.B) {
+	for _, m := range eventModes {
+		b.Run("new-flow/"+m.name, func(b *testing.B) {
+			d := benchEventDatapath(b, m.cfg)
+			pkt := build(b, flow{src: ap("10.244.0.2:1"), dst: ap("10.96.0.10:80"), proto: unix.IPPROTO_TCP, tcpFlags: "S"})
+			benchEvents(b, d, d.FromPod, pkt, actOK, 1, func(i int) {
+				if i > 0 && i%65535 == 0 {
+					b.StopTimer()
+					flushMap(b, d.ConntrackTCP)
+					b.StartTimer()
+				}
+				binary.BigEndian.PutUint16(pkt[14+20:], uint16(i%65535)+1)
+			})
+		})
+	}
+	for _, m := range eventModes {
+		b.Run("policy-new-flow/"+m.name, func(b *testing.B) {
+			d := benchEventDatapath(b, m.cfg)
+			pkt := benchPolicy(b, d)
+			benchEvents(b, d, d.ToPod, pkt, actOK, 1, func(i int) {
+				binary.BigEndian.PutUint16(pkt[14+20:], uint16(i)|1)
+			})
+		})
+	}
+	for _, m := range eventModes {
+		b.Run("drop/"+m.name, func(b *testing.B) {
+			d := benchEventDatapath(b, m.cfg)
+			pkt := benchPolicy(b, d)
+			binary.BigEndian.PutUint16(pkt[14+20+2:], 22) // no rule for port 22
+			benchEvents(b, d, d.ToPod, pkt, actShot, 4096, nil)
+		})
+	}
+	for _, m := range eventModes[:2] {
+		b.Run("established/"+m.name, func(b *testing.B) {
+			d := benchEventDatapath(b, m.cfg)
+			pkt := build(b, flow{src: ap("10.244.0.2:40000"), dst: ap("10.96.0.10:80"), proto: unix.IPPROTO_TCP, tcpFlags: "A", payload: make([]byte, 64)})
+			run(b, d.FromPod, pkt)
+			benchEvents(b, d, d.FromPod, pkt, actOK, 1<<20, nil)
+		})
+	}
+	for _, m := range eventModes[:2] {
+		b.Run("reply/"+m.name, func(b *testing.B) {
+			d := benchEventDatapath(b, m.cfg)
+			client := ap("10.244.0.2:40000")
+			for _, vip := range []netip.AddrPort{ap("10.96.0.10:80"), ap("10.244.9.9:8080")} {
+				run(b, d.FromPod, build(b, flow{src: client, dst: vip, proto: unix.IPPROTO_TCP, tcpFlags: "S"}))
+			}
+			pkt := build(b, flow{src: ap("10.244.9.9:8080"), dst: client, proto: unix.IPPROTO_TCP, tcpFlags: "A", payload: make([]byte, 64)})
+			benchEvents(b, d, d.ToPod, pkt, actOK, 1<<20, nil)
+		})
+	}
+}
+
+// benchEventDatapath is benchDatapath's setup at 10 services with the
+// flow event settings of cfg.
+func benchEventDatapath(b *testing.B, cfg Config) *Datapath {
+	cfg.MaglevSize, cfg.MaxServices, cfg.MaxBackends, cfg.MaxConntrackTCP = benchMaglevSize, 131072, 262144, 1<<20
+	d := loadTest(b, cfg)
+	loadServices(b, d, 10)
+	install(b, d, oneBackend(1, ap("10.96.0.10:80"), unix.IPPROTO_TCP, ap("10.244.9.9:8080")))
+	install(b, d, oneBackend(2, ap("10.244.9.9:8080"), unix.IPPROTO_TCP, ap("10.96.0.10:80")))
+	return d
+}
+
+// benchPolicy isolates the pod 10.244.0.2 for ingress with a rule for the
+// client's identity on TCP port 8080, and returns a SYN of the client to
+// it (source port 1).
+func benchPolicy(b *testing.B, d *Datapath) []byte {
+	pod, client := netip.MustParseAddr("10.244.0.2"), netip.MustParseAddr("10.244.1.5")
+	for _, err := range []error{
+		d.PolicyEndpoints.Put(EndpointKey{Addr: Addr(pod)}, PolicyEndpointValue{Id: 1, Flags: PolicyIngressIsolated}),
+		d.IPCache.Put(EndpointKey{Addr: Addr(client)}, IPCacheValue{Identity: 300}),
+		d.PolicyState.Put(uint32(0), PolicyState{IsolatedEndpoints: 1}),
+		d.Policy.Put(PolicyRule(1, 300, PolicyIngress, unix.IPPROTO_TCP, 8080, 16), PolicyValue{}),
+	} {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	return build(b, flow{src: netip.AddrPortFrom(client, 1), dst: netip.AddrPortFrom(pod, 8080), proto: unix.IPPROTO_TCP, tcpFlags: "S"})
+}

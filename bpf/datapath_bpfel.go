@@ -446,6 +446,7 @@ const (
 	datapathVarCtTimeoutTcpNs            = "ct_timeout_tcp_ns"
 	datapathVarCtTimeoutUnrepliedNs      = "ct_timeout_unreplied_ns"
 	datapathVarEventBurst                = "event_burst"
+	datapathVarEventIntervalNs           = "event_interval_ns"
 	datapathVarEventRate                 = "event_rate"
 	datapathVarHairpinAddr4              = "hairpin_addr4"
 	datapathVarHairpinAddr6              = "hairpin_addr6"
@@ -571,6 +572,7 @@ type datapathVariableSpecs struct {
 	CtTimeoutTcpNs            *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
 	CtTimeoutUnrepliedNs      *ebpf.VariableSpec `ebpf:"ct_timeout_unreplied_ns"`
 	EventBurst                *ebpf.VariableSpec `ebpf:"event_burst"`
+	EventIntervalNs           *ebpf.VariableSpec `ebpf:"event_interval_ns"`
 	EventRate                 *ebpf.VariableSpec `ebpf:"event_rate"`
 	HairpinAddr4              *ebpf.VariableSpec `ebpf:"hairpin_addr4"`
 	HairpinAddr6              *ebpf.VariableSpec `ebpf:"hairpin_addr6"`
@@ -682,6 +684,7 @@ type datapathVariables struct {
 	CtTimeoutTcpNs            *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
 	CtTimeoutUnrepliedNs      *ebpf.Variable `ebpf:"ct_timeout_unreplied_ns"`
 	EventBurst                *ebpf.Variable `ebpf:"event_burst"`
+	EventIntervalNs           *ebpf.Variable `ebpf:"event_interval_ns"`
 	EventRate                 *ebpf.Variable `ebpf:"event_rate"`
 	HairpinAddr4              *ebpf.Variable `ebpf:"hairpin_addr4"`
 	HairpinAddr6              *ebpf.Variable `ebpf:"hairpin_addr6"`

@@ -51,8 +51,9 @@ type Config struct {
 	// EventRate and EventBurst limit the flow events (drops and new flows,
 	// read with NewEventReader) each CPU sends: at most EventRate per
 	// second on average, EventBurst at once; what is held back is counted
-	// (CounterEventsSuppressed). EventsOff sends none at all (a zero
-	// EventRate takes the default, like every other field).
+	// (CounterEventsSuppressed); a rate above 1e9 is no limit. EventsOff
+	// sends none at all (a zero EventRate takes the default, like every
+	// other field).
 	EventRate, EventBurst uint32
 	EventsOff             bool
 }
@@ -262,6 +263,10 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 	if cfg.EventsOff {
 		eventRate = 0
 	}
+	var eventInterval uint64
+	if eventRate > 0 {
+		eventInterval = uint64(time.Second) / uint64(eventRate)
+	}
 	consts := map[string]any{
 		"maglev_size":             cfg.MaglevSize,
 		"ct_timeout_syn_ns":       uint64(cfg.CTTimeoutSYN.Nanoseconds()),
@@ -272,6 +277,7 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 		"host_netns_cookie":       cfg.HostNetnsCookie,
 		"event_rate":              eventRate,
 		"event_burst":             cfg.EventBurst,
+		"event_interval_ns":       eventInterval,
 		"hairpin_addr4":           Addr(HairpinAddr4),
 		"hairpin_addr6":           Addr(HairpinAddr6),
 	}

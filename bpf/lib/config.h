@@ -23,9 +23,12 @@ volatile const __u64 ct_timeout_unreplied_ns;
  * pod's address as kube-proxy's does. 0 translates every namespace. */
 volatile const __u64 host_netns_cookie = 0;
 /* Flow events: at most event_rate per second per CPU, in bursts of at
- * most event_burst (bpf.Config.EventRate, EventBurst); 0 sends none. */
+ * most event_burst (bpf.Config.EventRate, EventBurst); 0 sends none.
+ * event_interval_ns is the loader's 1e9 / event_rate, which spares the
+ * datapath a division per event. */
 volatile const __u32 event_rate;
 volatile const __u32 event_burst;
+volatile const __u64 event_interval_ns;
 /* Source address used when a pod is load-balanced to itself (hairpin):
  * bpf.HairpinAddr4 and bpf.HairpinAddr6, written by the loader. */
 volatile const __u8 hairpin_addr4[SLUICE_ADDR_LEN];

@@ -9,8 +9,6 @@
 #include "maps.h"
 #include "parse.h"
 
-#define NSEC_PER_SEC 1000000000ULL
-
 /* events_on is false when the loader turned events off (event_rate 0);
  * the verifier then prunes every event path as dead code. */
 static __always_inline int events_on(void) { return event_rate != 0; }
@@ -57,7 +55,7 @@ static __always_inline void event_emit(struct key_scratch *s, struct __sk_buff *
 	if (!b)
 		return;
 	__u64 now = bpf_ktime_get_ns();
-	__u64 interval = NSEC_PER_SEC / event_rate;
+	__u64 interval = event_interval_ns;
 	__u64 tat = b->tat > now ? b->tat : now;
 
 	if (tat - now > interval * (__u64)(event_burst - 1)) {
