@@ -140,9 +140,7 @@ func Serve(ctx context.Context, log *slog.Logger, opts Options, src Source) erro
 		// Streams of --follow never end by themselves: close, not Shutdown.
 		_ = srv.Close()
 	}
-	if opts.Socket != "" {
-		_ = os.Remove(opts.Socket)
-	}
+	// Closing the unix listener removed its socket.
 	return err
 }
 

@@ -396,17 +396,36 @@ func TestStuckFollowerHoldsOnlyItself(t *testing.T) {
 	for src.followerCount() < 2 {
 		time.Sleep(5 * time.Millisecond)
 	}
-	r := bufio.NewReader(live)
-	if _, err := r.ReadString('\n'); err != nil { // the buffered one
-		t.Fatal(err)
+	lines := make(chan string)
+	go func() {
+		r := bufio.NewReader(live)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				close(lines)
+				return
+			}
+			lines <- line
+		}
+	}()
+	next := func(what string) string {
+		t.Helper()
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				t.Fatalf("%s: the live follower's stream ended", what)
+			}
+			return line
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: nothing for the live follower after 5s", what)
+		}
+		return ""
 	}
+	next("the buffered flow")
 	big := strings.Repeat("x", 4096) // fills the stuck client's socket buffers soon
 	for i := range 200 {
 		src.push(observeapi.Flow{Reason: fmt.Sprint(i), Policies: []string{big}})
-		line, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatalf("live follower, flow %d: %v", i, err)
-		}
+		line := next(fmt.Sprint("flow ", i))
 		var fl observeapi.Flow
 		if err := json.Unmarshal([]byte(line), &fl); err != nil || fl.Reason != fmt.Sprint(i) {
 			t.Fatalf("live follower, flow %d: %q (%v)", i, line[:min(len(line), 60)], err)
