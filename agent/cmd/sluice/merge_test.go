@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -168,6 +169,22 @@ func TestRemoteMode(t *testing.T) {
 	} {
 		if got := remoteMode(tc.asked, tc.socketFlag, tc.socketExists, tc.kubeconfig); got != tc.remote {
 			t.Errorf("%+v: remote %v", tc, got)
+		}
+	}
+}
+
+func TestProxyURL(t *testing.T) {
+	for _, tc := range []struct{ host, want string }{
+		{"https://10.0.0.1:6443", "https://10.0.0.1:6443/api/v1/namespaces/sluice-system/pods/https:sluice-agent-x:4245/proxy/v1/flows?follow=true&verdict=dropped"},
+		{"https://rancher.example/k8s/clusters/c-1/", "https://rancher.example/k8s/clusters/c-1/api/v1/namespaces/sluice-system/pods/https:sluice-agent-x:4245/proxy/v1/flows?follow=true&verdict=dropped"},
+	} {
+		base, err := url.Parse(tc.host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := observeapi.FlowFilter{Verdict: observeapi.VerdictDropped, Follow: true}.Query()
+		if got := proxyURL(base, "sluice-system", "sluice-agent-x", 4245, observeapi.PathFlows, q); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.host, got, tc.want)
 		}
 	}
 }

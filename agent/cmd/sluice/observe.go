@@ -157,6 +157,8 @@ func runObserve(ctx context.Context, g *globals, f observeapi.FlowFilter) error 
 	errs := failed
 	mu.Unlock()
 	switch {
+	case errors.Is(merr, context.DeadlineExceeded):
+		return fmt.Errorf("the flows did not all come within --timeout %v", g.timeout)
 	case merr != nil && !errors.Is(merr, context.Canceled):
 		return merr
 	case len(errs) == 1 && len(agents) == 1:
