@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -88,6 +89,12 @@ type Controller struct {
 	// fullMaps are the policy maps found full, reported once until they
 	// fit again.
 	fullMaps map[string]bool
+
+	// compiled is the output last written to the maps (whole or in part),
+	// for naming what the datapath reports; lastSync when a sync last
+	// succeeded.
+	compiled atomic.Pointer[compile.Output]
+	lastSync atomic.Pointer[time.Time]
 }
 
 // New registers the controller's informers and handlers on factory; the
@@ -241,6 +248,7 @@ func (c *Controller) syncOnce(start time.Time) error {
 		c.log.Warn("NetworkPolicy skipped", "error", e)
 	}
 	st, err := c.writer.Apply(out)
+	c.compiled.Store(&out)
 	// The node may serve pods once policy has been written from a full
 	// view, even if some entries failed (a full map): they are reported
 	// and retried, and holding every Service hostage would be worse.
@@ -253,6 +261,8 @@ func (c *Controller) syncOnce(start time.Time) error {
 	if err != nil {
 		return fmt.Errorf("write NetworkPolicy maps: %w", err)
 	}
+	now := c.opts.Clock.Now()
+	c.lastSync.Store(&now)
 	level := slog.LevelDebug
 	if st.Written+st.Deleted > 0 {
 		level = slog.LevelInfo
@@ -304,6 +314,19 @@ func localAddrs() ([]netip.Addr, error) {
 		}
 	}
 	return out, nil
+}
+
+// Compiled is the policy last written to the datapath's maps, with what
+// its numbers stand for; nil before the first sync. It is never modified:
+// each sync stores a new one.
+func (c *Controller) Compiled() *compile.Output { return c.compiled.Load() }
+
+// LastSync is when policy was last written successfully; zero before.
+func (c *Controller) LastSync() time.Time {
+	if t := c.lastSync.Load(); t != nil {
+		return *t
+	}
+	return time.Time{}
 }
 
 // Ready reports whether the controller can program a new pod's policy:

@@ -97,6 +97,19 @@ type Output struct {
 	Rules     map[Rule]struct{}
 	// Errors report objects, or parts of them, that were skipped.
 	Errors []error
+
+	// What the numbers stand for, to name what the datapath reports (the
+	// maps hold only numbers):
+	//
+	// Sources are, for every rule, the NetworkPolicy rules it comes from.
+	Sources map[Rule][]RuleSource
+	// Isolation is, for every isolated endpoint ID, the policies isolating
+	// it.
+	Isolation map[uint32]Isolation
+	// Identities describe the pod and CIDR identities numbered.
+	Identities map[uint32]Identity
+	// EndpointPods are the pods of the local endpoints, by endpoint ID.
+	EndpointPods map[uint32]EndpointPod
 }
 
 // Compile computes the policy maps of node in.NodeName. a keeps identity
@@ -111,6 +124,11 @@ func Compile(in Input, a *Allocator) Output {
 			CIDRs:     map[netip.Prefix]uint32{},
 			Endpoints: map[netip.Addr]Endpoint{},
 			Rules:     map[Rule]struct{}{},
+
+			Sources:      map[Rule][]RuleSource{},
+			Isolation:    map[uint32]Isolation{},
+			Identities:   map[uint32]Identity{},
+			EndpointPods: map[uint32]EndpointPod{},
 		},
 		namespaces: map[string]*namespace{},
 		idents:     map[string]*podIdentity{},
@@ -200,6 +218,9 @@ func (c *compiler) addPods() {
 		for _, addr := range addrs {
 			c.out.IPCache[addr] = ident.id
 		}
+		desc := c.out.Identities[ident.id]
+		desc.Pods = append(desc.Pods, podName(p))
+		c.out.Identities[ident.id] = desc
 		if p.Spec.NodeName != c.in.NodeName {
 			continue
 		}
@@ -210,6 +231,7 @@ func (c *compiler) addPods() {
 			}
 			id := c.a.endpoints.get(addr)
 			c.out.Endpoints[addr] = Endpoint{ID: id}
+			c.out.EndpointPods[id] = EndpointPod{Pod: podName(p), Identity: ident.id, Addr: addr}
 			lp.eps = append(lp.eps, id)
 		}
 		ident.ns.local = append(ident.ns.local, lp)
@@ -266,18 +288,27 @@ func (c *compiler) apply(p *policy) {
 		return
 	}
 	for _, lp := range selected {
-		for _, addr := range lp.addrs {
+		for i, addr := range lp.addrs {
 			ep := c.out.Endpoints[addr]
 			ep.IngressIsolated = ep.IngressIsolated || p.ingress
 			ep.EgressIsolated = ep.EgressIsolated || p.egress
 			c.out.Endpoints[addr] = ep
+			iso := c.out.Isolation[lp.eps[i]]
+			if p.ingress {
+				iso.Ingress = append(iso.Ingress, p.obj)
+			}
+			if p.egress {
+				iso.Egress = append(iso.Egress, p.obj)
+			}
+			c.out.Isolation[lp.eps[i]] = iso
 		}
 	}
 	for i := range p.rules {
 		r := &p.rules[i]
 		rem := c.remotes(p.obj.Namespace, r)
+		src := RuleSource{Policy: p.obj, Dir: r.dir, Index: r.index}
 		for _, lp := range selected {
-			c.emit(lp, r, rem)
+			c.emit(lp, r, rem, src)
 		}
 	}
 }
@@ -322,11 +353,16 @@ func appendSelected(dst []*podIdentity, ns *namespace, sel labels.Selector) []*p
 	return dst
 }
 
-// emit adds the rules of r for every address of lp.
-func (c *compiler) emit(lp *localPod, r *rule, rem remoteSet) {
+// emit adds the rules of r for every address of lp, with src as their
+// source.
+func (c *compiler) emit(lp *localPod, r *rule, rem remoteSet, src RuleSource) {
 	add := func(remote uint32, proto uint8, pp PortPrefix) {
 		for _, ep := range lp.eps {
-			c.out.Rules[Rule{Endpoint: ep, Remote: remote, Dir: r.dir, Proto: proto, Port: pp.Port, PortBits: pp.Bits}] = struct{}{}
+			key := Rule{Endpoint: ep, Remote: remote, Dir: r.dir, Proto: proto, Port: pp.Port, PortBits: pp.Bits}
+			c.out.Rules[key] = struct{}{}
+			if srcs := c.out.Sources[key]; !slices.Contains(srcs, src) {
+				c.out.Sources[key] = append(srcs, src)
+			}
 		}
 	}
 	addAll := func(proto uint8, pps []PortPrefix) {

@@ -511,95 +511,97 @@ func parsePolicies(t *testing.T, docs string) []*networkingv1.NetworkPolicy {
 	return out
 }
 
-func TestVerdicts(t *testing.T) {
-	tests := []struct {
-		name     string
-		policies string
-		mutate   func(c *cluster)
-		verdicts []string
-	}{{
-		name: "no policy allows everything",
-		verdicts: []string{
-			"alpha/web > beta/db tcp:5432 allow",
-			"8.8.8.8 > gamma/cache udp:53 allow",
-			"alpha/web > 8.8.8.8 tcp:443 allow",
-			"fd00::1:10 > 2001:db8::1 tcp:443 allow",
-		},
-	}, {
-		name: "default deny ingress",
-		policies: `
+// verdictTable is the verdict-table fixtures: policies on the model
+// cluster and verdicts they must give (TestVerdicts), each attributed to
+// the policies that decide it (TestAttribution).
+var verdictTable = []struct {
+	name     string
+	policies string
+	mutate   func(c *cluster)
+	verdicts []string
+}{{
+	name: "no policy allows everything",
+	verdicts: []string{
+		"alpha/web > beta/db tcp:5432 allow",
+		"8.8.8.8 > gamma/cache udp:53 allow",
+		"alpha/web > 8.8.8.8 tcp:443 allow",
+		"fd00::1:10 > 2001:db8::1 tcp:443 allow",
+	},
+}, {
+	name: "default deny ingress",
+	policies: `
 metadata: {namespace: beta, name: deny-in}
 spec: {podSelector: {}, policyTypes: [Ingress]}`,
-		verdicts: []string{
-			"alpha/web > beta/db tcp:5432 deny",
-			"beta/web > beta/db tcp:5432 deny",
-			"8.8.8.8 > beta/web tcp:9090 deny",
-			"beta/db > alpha/web tcp:8080 allow", // egress not isolated
-			"beta/db > 8.8.8.8 tcp:443 allow",
-			"alpha/web > gamma/web tcp:8080 allow", // other namespace
-			"192.168.0.1 > beta/db tcp:5432 allow", // own node (beta/db runs on node-a)
-			"192.168.0.2 > beta/db tcp:5432 deny",  // another node
-			"192.168.0.2 > beta/web tcp:9090 allow",
-		},
-	}, {
-		name: "no policyTypes: ingress, and egress because it has egress rules",
-		policies: `
+	verdicts: []string{
+		"alpha/web > beta/db tcp:5432 deny",
+		"beta/web > beta/db tcp:5432 deny",
+		"8.8.8.8 > beta/web tcp:9090 deny",
+		"beta/db > alpha/web tcp:8080 allow", // egress not isolated
+		"beta/db > 8.8.8.8 tcp:443 allow",
+		"alpha/web > gamma/web tcp:8080 allow", // other namespace
+		"192.168.0.1 > beta/db tcp:5432 allow", // own node (beta/db runs on node-a)
+		"192.168.0.2 > beta/db tcp:5432 deny",  // another node
+		"192.168.0.2 > beta/web tcp:9090 allow",
+	},
+}, {
+	name: "no policyTypes: ingress, and egress because it has egress rules",
+	policies: `
 metadata: {namespace: alpha, name: implicit}
 spec:
   podSelector: {}
   egress: [{to: [{podSelector: {}}]}]`,
-		verdicts: []string{
-			"beta/web > alpha/web tcp:8080 deny",
-			"alpha/db > alpha/web tcp:8080 deny", // isolated for ingress, no ingress rule
-			"alpha/web > beta/web tcp:9090 deny",
-			"alpha/web > 192.168.0.1 tcp:10250 allow",
-		},
-	}, {
-		name: "default deny egress",
-		policies: `
+	verdicts: []string{
+		"beta/web > alpha/web tcp:8080 deny",
+		"alpha/db > alpha/web tcp:8080 deny", // isolated for ingress, no ingress rule
+		"alpha/web > beta/web tcp:9090 deny",
+		"alpha/web > 192.168.0.1 tcp:10250 allow",
+	},
+}, {
+	name: "default deny egress",
+	policies: `
 metadata: {namespace: alpha, name: deny-out}
 spec: {podSelector: {}, policyTypes: [Egress]}`,
-		verdicts: []string{
-			"alpha/web > beta/db tcp:5432 deny",
-			"alpha/web > alpha/cache udp:53 deny",
-			"alpha/web > 8.8.8.8 tcp:443 deny",
-			"fd00::1:10 > 2001:db8::1 tcp:443 deny",
-			"beta/db > alpha/web tcp:8080 allow", // ingress not isolated
-			"alpha/web > 192.168.0.1 tcp:6443 allow",
-			"alpha/web > fd00:ff::1 tcp:6443 allow",
-			"alpha/db > 192.168.0.2 tcp:6443 allow",
-			"alpha/db > 192.168.0.1 tcp:6443 deny",
-		},
-	}, {
-		name: "podSelector alone is the policy's namespace",
-		policies: `
+	verdicts: []string{
+		"alpha/web > beta/db tcp:5432 deny",
+		"alpha/web > alpha/cache udp:53 deny",
+		"alpha/web > 8.8.8.8 tcp:443 deny",
+		"fd00::1:10 > 2001:db8::1 tcp:443 deny",
+		"beta/db > alpha/web tcp:8080 allow", // ingress not isolated
+		"alpha/web > 192.168.0.1 tcp:6443 allow",
+		"alpha/web > fd00:ff::1 tcp:6443 allow",
+		"alpha/db > 192.168.0.2 tcp:6443 allow",
+		"alpha/db > 192.168.0.1 tcp:6443 deny",
+	},
+}, {
+	name: "podSelector alone is the policy's namespace",
+	policies: `
 metadata: {namespace: beta, name: web-to-db}
 spec:
   podSelector: {matchLabels: {app: db}}
   ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]`,
-		verdicts: []string{
-			"beta/web > beta/db tcp:5432 allow",
-			"beta/cache > beta/db tcp:5432 deny",
-			"alpha/web > beta/db tcp:5432 deny",
-			"beta/web > beta/cache tcp:8081 allow", // not selected
-		},
-	}, {
-		name: "namespaceSelector alone is every pod there",
-		policies: `
+	verdicts: []string{
+		"beta/web > beta/db tcp:5432 allow",
+		"beta/cache > beta/db tcp:5432 deny",
+		"alpha/web > beta/db tcp:5432 deny",
+		"beta/web > beta/cache tcp:8081 allow", // not selected
+	},
+}, {
+	name: "namespaceSelector alone is every pod there",
+	policies: `
 metadata: {namespace: beta, name: from-team-a}
 spec:
   podSelector: {matchLabels: {app: db}}
   ingress: [{from: [{namespaceSelector: {matchLabels: {team: a}}}]}]`,
-		verdicts: []string{
-			"alpha/web > beta/db tcp:5432 allow",
-			"alpha/cache > beta/db tcp:5432 allow",
-			"beta/web > beta/db tcp:5432 deny",
-			"gamma/web > beta/db tcp:5432 deny",
-			"10.9.9.9 > beta/db tcp:5432 deny",
-		},
-	}, {
-		name: "one peer with both selectors: AND",
-		policies: `
+	verdicts: []string{
+		"alpha/web > beta/db tcp:5432 allow",
+		"alpha/cache > beta/db tcp:5432 allow",
+		"beta/web > beta/db tcp:5432 deny",
+		"gamma/web > beta/db tcp:5432 deny",
+		"10.9.9.9 > beta/db tcp:5432 deny",
+	},
+}, {
+	name: "one peer with both selectors: AND",
+	policies: `
 metadata: {namespace: gamma, name: and}
 spec:
   podSelector: {matchLabels: {app: db}}
@@ -607,15 +609,15 @@ spec:
   - from:
     - namespaceSelector: {matchLabels: {team: a}}
       podSelector: {matchLabels: {app: web}}`,
-		verdicts: []string{
-			"alpha/web > gamma/db tcp:5432 allow",
-			"alpha/cache > gamma/db tcp:5432 deny", // right namespace, wrong pod
-			"gamma/web > gamma/db tcp:5432 deny",   // right pod, wrong namespace
-			"beta/web > gamma/db tcp:5432 deny",
-		},
-	}, {
-		name: "two peers: OR",
-		policies: `
+	verdicts: []string{
+		"alpha/web > gamma/db tcp:5432 allow",
+		"alpha/cache > gamma/db tcp:5432 deny", // right namespace, wrong pod
+		"gamma/web > gamma/db tcp:5432 deny",   // right pod, wrong namespace
+		"beta/web > gamma/db tcp:5432 deny",
+	},
+}, {
+	name: "two peers: OR",
+	policies: `
 metadata: {namespace: gamma, name: or}
 spec:
   podSelector: {matchLabels: {app: db}}
@@ -623,16 +625,16 @@ spec:
   - from:
     - namespaceSelector: {matchLabels: {team: a}}
     - podSelector: {matchLabels: {app: web}}`,
-		verdicts: []string{
-			"alpha/web > gamma/db tcp:5432 allow",
-			"alpha/cache > gamma/db tcp:5432 allow",
-			"gamma/web > gamma/db tcp:5432 allow",
-			"gamma/cache > gamma/db tcp:5432 deny",
-			"beta/web > gamma/db tcp:5432 deny",
-		},
-	}, {
-		name: "namespaceSelector with matchExpressions AND podSelector, egress",
-		policies: `
+	verdicts: []string{
+		"alpha/web > gamma/db tcp:5432 allow",
+		"alpha/cache > gamma/db tcp:5432 allow",
+		"gamma/web > gamma/db tcp:5432 allow",
+		"gamma/cache > gamma/db tcp:5432 deny",
+		"beta/web > gamma/db tcp:5432 deny",
+	},
+}, {
+	name: "namespaceSelector with matchExpressions AND podSelector, egress",
+	policies: `
 metadata: {namespace: alpha, name: to-prod-dbs}
 spec:
   podSelector: {matchLabels: {app: web}}
@@ -641,53 +643,53 @@ spec:
   - to:
     - namespaceSelector: {matchExpressions: [{key: env, operator: In, values: [prod]}]}
       podSelector: {matchExpressions: [{key: app, operator: NotIn, values: [web, cache]}]}`,
-		verdicts: []string{
-			"alpha/web > alpha/db tcp:5432 allow",
-			"alpha/web > beta/db sctp:7000 allow",
-			"alpha/web > gamma/db tcp:5432 deny", // env=dev
-			"alpha/web > beta/cache udp:53 deny",
-			"alpha/web > delta/probe tcp:80 deny", // no namespace labels
-		},
-	}, {
-		name: "empty podSelector: the whole namespace",
-		policies: `
+	verdicts: []string{
+		"alpha/web > alpha/db tcp:5432 allow",
+		"alpha/web > beta/db sctp:7000 allow",
+		"alpha/web > gamma/db tcp:5432 deny", // env=dev
+		"alpha/web > beta/cache udp:53 deny",
+		"alpha/web > delta/probe tcp:80 deny", // no namespace labels
+	},
+}, {
+	name: "empty podSelector: the whole namespace",
+	policies: `
 metadata: {namespace: beta, name: same-ns}
 spec:
   podSelector: {matchLabels: {app: db}}
   ingress: [{from: [{podSelector: {}}]}]`,
-		verdicts: []string{
-			"beta/web > beta/db tcp:5432 allow",
-			"beta/cache > beta/db udp:53 allow",
-			"alpha/web > beta/db tcp:5432 deny",
-		},
-	}, {
-		name: "empty namespaceSelector: every pod, not every address",
-		policies: `
+	verdicts: []string{
+		"beta/web > beta/db tcp:5432 allow",
+		"beta/cache > beta/db udp:53 allow",
+		"alpha/web > beta/db tcp:5432 deny",
+	},
+}, {
+	name: "empty namespaceSelector: every pod, not every address",
+	policies: `
 metadata: {namespace: beta, name: all-pods}
 spec:
   podSelector: {matchLabels: {app: db}}
   ingress: [{from: [{namespaceSelector: {}}]}]`,
-		verdicts: []string{
-			"alpha/web > beta/db tcp:5432 allow",
-			"delta/probe > beta/db tcp:5432 allow", // a namespace without object
-			"8.8.8.8 > beta/db tcp:5432 deny",
-			"10.0.2.99 > beta/db tcp:5432 deny",
-			"192.168.0.2 > beta/db tcp:5432 deny",
-		},
-	}, {
-		name: "both selectors empty: every pod",
-		policies: `
+	verdicts: []string{
+		"alpha/web > beta/db tcp:5432 allow",
+		"delta/probe > beta/db tcp:5432 allow", // a namespace without object
+		"8.8.8.8 > beta/db tcp:5432 deny",
+		"10.0.2.99 > beta/db tcp:5432 deny",
+		"192.168.0.2 > beta/db tcp:5432 deny",
+	},
+}, {
+	name: "both selectors empty: every pod",
+	policies: `
 metadata: {namespace: beta, name: all-pods}
 spec:
   podSelector: {matchLabels: {app: db}}
   ingress: [{from: [{namespaceSelector: {}, podSelector: {}}]}]`,
-		verdicts: []string{
-			"gamma/cache > beta/db tcp:5432 allow",
-			"8.8.8.8 > beta/db tcp:5432 deny",
-		},
-	}, {
-		name: "ipBlock with except, and a /32 to a pod",
-		policies: `
+	verdicts: []string{
+		"gamma/cache > beta/db tcp:5432 allow",
+		"8.8.8.8 > beta/db tcp:5432 deny",
+	},
+}, {
+	name: "ipBlock with except, and a /32 to a pod",
+	policies: `
 metadata: {namespace: alpha, name: egress-blocks}
 spec:
   podSelector: {matchLabels: {app: web}}
@@ -702,37 +704,37 @@ metadata: {namespace: gamma, name: ingress-block}
 spec:
   podSelector: {matchLabels: {app: cache}}
   ingress: [{from: [{ipBlock: {cidr: 8.8.8.0/24}}]}]`,
-		verdicts: []string{
-			"alpha/web > gamma/db tcp:5432 allow",
-			"alpha/web > 10.9.9.9 tcp:443 allow",
-			"alpha/web > beta/web tcp:9090 deny", // in the except
-			"alpha/web > 10.0.2.99 tcp:80 deny",
-			"alpha/web > beta/db tcp:5432 allow", // the /32
-			"alpha/web > beta/db tcp:5433 deny",
-			"alpha/web > 8.8.8.8 tcp:443 deny",
-			"alpha/web > 172.16.5.5 tcp:443 deny",
-			"fd00::1:10 > 2001:db8::1 tcp:443 deny",
-			"fd00::1:10 > fd00::2:99 tcp:443 deny",
-			"fd00::1:10 > fd00:ff::2 tcp:443 allow", // node-b, in fd00::/16
-			"8.8.8.8 > gamma/cache udp:53 allow",
-			"alpha/web > gamma/cache udp:53 deny",
-		},
-	}, {
-		name: "no from: every remote, on the ports given",
-		policies: `
+	verdicts: []string{
+		"alpha/web > gamma/db tcp:5432 allow",
+		"alpha/web > 10.9.9.9 tcp:443 allow",
+		"alpha/web > beta/web tcp:9090 deny", // in the except
+		"alpha/web > 10.0.2.99 tcp:80 deny",
+		"alpha/web > beta/db tcp:5432 allow", // the /32
+		"alpha/web > beta/db tcp:5433 deny",
+		"alpha/web > 8.8.8.8 tcp:443 deny",
+		"alpha/web > 172.16.5.5 tcp:443 deny",
+		"fd00::1:10 > 2001:db8::1 tcp:443 deny",
+		"fd00::1:10 > fd00::2:99 tcp:443 deny",
+		"fd00::1:10 > fd00:ff::2 tcp:443 allow", // node-b, in fd00::/16
+		"8.8.8.8 > gamma/cache udp:53 allow",
+		"alpha/web > gamma/cache udp:53 deny",
+	},
+}, {
+	name: "no from: every remote, on the ports given",
+	policies: `
 metadata: {namespace: beta, name: sql-from-anywhere}
 spec:
   podSelector: {matchLabels: {app: db}}
   ingress: [{ports: [{port: 5432}]}]`,
-		verdicts: []string{
-			"8.8.8.8 > beta/db tcp:5432 allow",
-			"gamma/web > beta/db tcp:5432 allow",
-			"gamma/web > beta/db tcp:5433 deny",
-			"gamma/web > beta/db udp:5432 deny",
-		},
-	}, {
-		name: "empty rule allows everything; empty from list too",
-		policies: `
+	verdicts: []string{
+		"8.8.8.8 > beta/db tcp:5432 allow",
+		"gamma/web > beta/db tcp:5432 allow",
+		"gamma/web > beta/db tcp:5433 deny",
+		"gamma/web > beta/db udp:5432 deny",
+	},
+}, {
+	name: "empty rule allows everything; empty from list too",
+	policies: `
 metadata: {namespace: beta, name: allow-all}
 spec:
   podSelector: {matchLabels: {app: db}}
@@ -743,13 +745,13 @@ spec:
   podSelector: {matchLabels: {app: web}}
   policyTypes: [Egress]
   egress: [{to: [], ports: []}]`,
-		verdicts: []string{
-			"8.8.8.8 > beta/db sctp:7001 allow",
-			"beta/web > 8.8.8.8 udp:54 allow",
-		},
-	}, {
-		name: "named port on ingress resolves on the selected pod",
-		policies: `
+	verdicts: []string{
+		"8.8.8.8 > beta/db sctp:7001 allow",
+		"beta/web > 8.8.8.8 udp:54 allow",
+	},
+}, {
+	name: "named port on ingress resolves on the selected pod",
+	policies: `
 metadata: {namespace: alpha, name: http}
 spec:
   podSelector: {}
@@ -759,35 +761,35 @@ metadata: {namespace: beta, name: http}
 spec:
   podSelector: {}
   ingress: [{ports: [{port: http}, {port: http, protocol: UDP}]}]`,
-		verdicts: []string{
-			"gamma/web > alpha/web tcp:8080 allow",
-			"gamma/web > alpha/web tcp:9090 deny",
-			"gamma/web > alpha/cache tcp:8081 allow",
-			"gamma/web > alpha/cache tcp:8080 deny",
-			"gamma/web > beta/web tcp:9090 allow",
-			"gamma/web > beta/web tcp:8080 deny",
-			"gamma/web > beta/web udp:9090 deny", // no UDP port named http
-			"gamma/web > alpha/db tcp:8080 deny", // no port named http
-		},
-	}, {
-		name: "endPort range, edges",
-		policies: `
+	verdicts: []string{
+		"gamma/web > alpha/web tcp:8080 allow",
+		"gamma/web > alpha/web tcp:9090 deny",
+		"gamma/web > alpha/cache tcp:8081 allow",
+		"gamma/web > alpha/cache tcp:8080 deny",
+		"gamma/web > beta/web tcp:9090 allow",
+		"gamma/web > beta/web tcp:8080 deny",
+		"gamma/web > beta/web udp:9090 deny", // no UDP port named http
+		"gamma/web > alpha/db tcp:8080 deny", // no port named http
+	},
+}, {
+	name: "endPort range, edges",
+	policies: `
 metadata: {namespace: alpha, name: range}
 spec:
   podSelector: {matchLabels: {app: web}}
   ingress: [{ports: [{port: 8000, endPort: 8099}]}]`,
-		verdicts: []string{
-			"beta/web > alpha/web tcp:7999 deny",
-			"beta/web > alpha/web tcp:8000 allow",
-			"beta/web > alpha/web tcp:8050 allow",
-			"beta/web > alpha/web tcp:8080 allow",
-			"beta/web > alpha/web tcp:8099 allow",
-			"beta/web > alpha/web tcp:8100 deny",
-			"beta/web > alpha/web udp:8080 deny",
-		},
-	}, {
-		name: "UDP, SCTP, protocol without port, protocol mismatch",
-		policies: `
+	verdicts: []string{
+		"beta/web > alpha/web tcp:7999 deny",
+		"beta/web > alpha/web tcp:8000 allow",
+		"beta/web > alpha/web tcp:8050 allow",
+		"beta/web > alpha/web tcp:8080 allow",
+		"beta/web > alpha/web tcp:8099 allow",
+		"beta/web > alpha/web tcp:8100 deny",
+		"beta/web > alpha/web udp:8080 deny",
+	},
+}, {
+	name: "UDP, SCTP, protocol without port, protocol mismatch",
+	policies: `
 metadata: {namespace: gamma, name: dns}
 spec:
   podSelector: {matchLabels: {app: cache}}
@@ -797,19 +799,19 @@ metadata: {namespace: beta, name: replication}
 spec:
   podSelector: {matchLabels: {app: db}}
   ingress: [{ports: [{protocol: SCTP, port: 7000}, {protocol: UDP}]}]`,
-		verdicts: []string{
-			"alpha/web > gamma/cache udp:53 allow",
-			"alpha/web > gamma/cache tcp:53 deny",
-			"alpha/web > gamma/cache udp:54 deny",
-			"alpha/db > beta/db sctp:7000 allow",
-			"alpha/db > beta/db sctp:7001 deny",
-			"alpha/db > beta/db tcp:7000 deny",
-			"alpha/db > beta/db udp:7000 allow",
-			"alpha/db > beta/db udp:8080 allow",
-		},
-	}, {
-		name: "policies add up, each rule with its own ports",
-		policies: `
+	verdicts: []string{
+		"alpha/web > gamma/cache udp:53 allow",
+		"alpha/web > gamma/cache tcp:53 deny",
+		"alpha/web > gamma/cache udp:54 deny",
+		"alpha/db > beta/db sctp:7000 allow",
+		"alpha/db > beta/db sctp:7001 deny",
+		"alpha/db > beta/db tcp:7000 deny",
+		"alpha/db > beta/db udp:7000 allow",
+		"alpha/db > beta/db udp:8080 allow",
+	},
+}, {
+	name: "policies add up, each rule with its own ports",
+	policies: `
 metadata: {namespace: beta, name: sql-from-alpha}
 spec:
   podSelector: {matchLabels: {app: db}}
@@ -823,16 +825,16 @@ spec:
   ingress:
   - from: [{namespaceSelector: {matchLabels: {team: c}}}]
     ports: [{port: 7000, protocol: SCTP}]`,
-		verdicts: []string{
-			"alpha/web > beta/db tcp:5432 allow",
-			"alpha/web > beta/db sctp:7000 deny",
-			"gamma/db > beta/db sctp:7000 allow",
-			"gamma/db > beta/db tcp:5432 deny",
-			"beta/web > beta/db tcp:5432 deny",
-		},
-	}, {
-		name: "isolation adds up across policies",
-		policies: `
+	verdicts: []string{
+		"alpha/web > beta/db tcp:5432 allow",
+		"alpha/web > beta/db sctp:7000 deny",
+		"gamma/db > beta/db sctp:7000 allow",
+		"gamma/db > beta/db tcp:5432 deny",
+		"beta/web > beta/db tcp:5432 deny",
+	},
+}, {
+	name: "isolation adds up across policies",
+	policies: `
 metadata: {namespace: beta, name: a-deny-out}
 spec: {podSelector: {matchLabels: {app: db}}, policyTypes: [Egress]}
 ---
@@ -840,15 +842,15 @@ metadata: {namespace: beta, name: b-web-in}
 spec:
   podSelector: {}
   ingress: [{from: [{podSelector: {matchLabels: {app: web}}}]}]`,
-		verdicts: []string{
-			"beta/db > 8.8.8.8 tcp:443 deny",
-			"beta/web > beta/db tcp:5432 allow",
-			"beta/cache > beta/db tcp:5432 deny",
-			"beta/web > 8.8.8.8 tcp:443 allow",
-		},
-	}, {
-		name: "policies selecting different pods",
-		policies: `
+	verdicts: []string{
+		"beta/db > 8.8.8.8 tcp:443 deny",
+		"beta/web > beta/db tcp:5432 allow",
+		"beta/cache > beta/db tcp:5432 deny",
+		"beta/web > 8.8.8.8 tcp:443 allow",
+	},
+}, {
+	name: "policies selecting different pods",
+	policies: `
 metadata: {namespace: beta, name: deny-db}
 spec: {podSelector: {matchLabels: {app: db}}}
 ---
@@ -856,15 +858,15 @@ metadata: {namespace: beta, name: web-from-alpha}
 spec:
   podSelector: {matchLabels: {app: web}}
   ingress: [{from: [{namespaceSelector: {matchLabels: {team: a}}}]}]`,
-		verdicts: []string{
-			"alpha/web > beta/db tcp:5432 deny",
-			"alpha/web > beta/web tcp:9090 allow",
-			"gamma/web > beta/web tcp:9090 deny",
-			"gamma/web > beta/cache tcp:8081 allow", // selected by neither
-		},
-	}, {
-		name: "egress named port resolves on the destination pod",
-		policies: `
+	verdicts: []string{
+		"alpha/web > beta/db tcp:5432 deny",
+		"alpha/web > beta/web tcp:9090 allow",
+		"gamma/web > beta/web tcp:9090 deny",
+		"gamma/web > beta/cache tcp:8081 allow", // selected by neither
+	},
+}, {
+	name: "egress named port resolves on the destination pod",
+	policies: `
 metadata: {namespace: alpha, name: to-web-http}
 spec:
   podSelector: {matchLabels: {app: cache}}
@@ -872,38 +874,38 @@ spec:
   egress:
   - to: [{namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}]
     ports: [{port: http}]`,
-		verdicts: []string{
-			"alpha/cache > alpha/web tcp:8080 allow",
-			"alpha/cache > beta/web tcp:9090 allow",
-			"alpha/cache > beta/web tcp:8080 deny",
-			"alpha/cache > gamma/web tcp:8080 allow",
-			"alpha/cache > gamma/cache tcp:8081 deny", // has http, not selected
-			"alpha/cache > alpha/db tcp:5432 deny",
-		},
-	}, {
-		name: "egress named port without to: any pod having the port (upstream e2e)",
-		policies: `
+	verdicts: []string{
+		"alpha/cache > alpha/web tcp:8080 allow",
+		"alpha/cache > beta/web tcp:9090 allow",
+		"alpha/cache > beta/web tcp:8080 deny",
+		"alpha/cache > gamma/web tcp:8080 allow",
+		"alpha/cache > gamma/cache tcp:8081 deny", // has http, not selected
+		"alpha/cache > alpha/db tcp:5432 deny",
+	},
+}, {
+	name: "egress named port without to: any pod having the port (upstream e2e)",
+	policies: `
 metadata: {namespace: alpha, name: http-anywhere}
 spec:
   podSelector: {matchLabels: {app: db}}
   policyTypes: [Egress]
   egress: [{ports: [{port: http}, {port: dns, protocol: UDP}]}]`,
-		verdicts: []string{
-			"alpha/db > alpha/web tcp:8080 allow",
-			"alpha/db > beta/web tcp:9090 allow",
-			"alpha/db > beta/web tcp:8080 deny",
-			"alpha/db > gamma/cache tcp:8081 allow",
-			"alpha/db > gamma/cache udp:53 allow",
-			"alpha/db > gamma/web udp:53 deny",
-			"alpha/db > 8.8.8.8 tcp:8080 deny", // not a pod: no named ports
-			"alpha/db > 8.8.8.8 udp:53 deny",
-		},
-	}, {
-		name: "same labels, different named port numbers",
-		mutate: func(c *cluster) {
-			c.pod("gamma/cache").Labels = map[string]string{"app": "web"}
-		},
-		policies: `
+	verdicts: []string{
+		"alpha/db > alpha/web tcp:8080 allow",
+		"alpha/db > beta/web tcp:9090 allow",
+		"alpha/db > beta/web tcp:8080 deny",
+		"alpha/db > gamma/cache tcp:8081 allow",
+		"alpha/db > gamma/cache udp:53 allow",
+		"alpha/db > gamma/web udp:53 deny",
+		"alpha/db > 8.8.8.8 tcp:8080 deny", // not a pod: no named ports
+		"alpha/db > 8.8.8.8 udp:53 deny",
+	},
+}, {
+	name: "same labels, different named port numbers",
+	mutate: func(c *cluster) {
+		c.pod("gamma/cache").Labels = map[string]string{"app": "web"}
+	},
+	policies: `
 metadata: {namespace: alpha, name: to-gamma-http}
 spec:
   podSelector: {matchLabels: {app: cache}}
@@ -911,19 +913,19 @@ spec:
   egress:
   - to: [{namespaceSelector: {matchLabels: {team: c}}, podSelector: {matchLabels: {app: web}}}]
     ports: [{port: http}]`,
-		verdicts: []string{
-			"alpha/cache > gamma/web tcp:8080 allow",
-			"alpha/cache > gamma/web tcp:8081 deny",
-			"alpha/cache > gamma/cache tcp:8081 allow",
-			"alpha/cache > gamma/cache tcp:8080 deny",
-		},
-	}, {
-		name: "relabelled pod moves in and out of selections",
-		mutate: func(c *cluster) {
-			c.pod("beta/db").Labels = map[string]string{"app": "olddb"}
-			c.pod("alpha/cache").Labels = map[string]string{"app": "web"}
-		},
-		policies: `
+	verdicts: []string{
+		"alpha/cache > gamma/web tcp:8080 allow",
+		"alpha/cache > gamma/web tcp:8081 deny",
+		"alpha/cache > gamma/cache tcp:8081 allow",
+		"alpha/cache > gamma/cache tcp:8080 deny",
+	},
+}, {
+	name: "relabelled pod moves in and out of selections",
+	mutate: func(c *cluster) {
+		c.pod("beta/db").Labels = map[string]string{"app": "olddb"}
+		c.pod("alpha/cache").Labels = map[string]string{"app": "web"}
+	},
+	policies: `
 metadata: {namespace: beta, name: deny-db}
 spec: {podSelector: {matchLabels: {app: db}}}
 ---
@@ -931,43 +933,45 @@ metadata: {namespace: beta, name: web-from-alpha-web}
 spec:
   podSelector: {matchLabels: {app: web}}
   ingress: [{from: [{namespaceSelector: {matchLabels: {team: a}}, podSelector: {matchLabels: {app: web}}}]}]`,
-		verdicts: []string{
-			"gamma/web > beta/db tcp:5432 allow", // no longer app=db
-			"alpha/cache > beta/web tcp:9090 allow",
-			"alpha/web > beta/web tcp:9090 allow",
-			"alpha/db > beta/web tcp:9090 deny",
-		},
-	}, {
-		name: "relabelled namespace",
-		mutate: func(c *cluster) {
-			c.namespaces[2].Labels = map[string]string{"team": "a"}
-		},
-		policies: `
+	verdicts: []string{
+		"gamma/web > beta/db tcp:5432 allow", // no longer app=db
+		"alpha/cache > beta/web tcp:9090 allow",
+		"alpha/web > beta/web tcp:9090 allow",
+		"alpha/db > beta/web tcp:9090 deny",
+	},
+}, {
+	name: "relabelled namespace",
+	mutate: func(c *cluster) {
+		c.namespaces[2].Labels = map[string]string{"team": "a"}
+	},
+	policies: `
 metadata: {namespace: beta, name: from-team-a}
 spec:
   podSelector: {}
   ingress: [{from: [{namespaceSelector: {matchLabels: {team: a}}}]}]`,
-		verdicts: []string{
-			"gamma/web > beta/db tcp:5432 allow",
-			"alpha/web > beta/db tcp:5432 allow",
-			"delta/probe > beta/db tcp:5432 deny",
-		},
-	}, {
-		name: "policy in a namespace without pods here, policies on other nodes' pods",
-		policies: `
+	verdicts: []string{
+		"gamma/web > beta/db tcp:5432 allow",
+		"alpha/web > beta/db tcp:5432 allow",
+		"delta/probe > beta/db tcp:5432 deny",
+	},
+}, {
+	name: "policy in a namespace without pods here, policies on other nodes' pods",
+	policies: `
 metadata: {namespace: delta, name: deny-all}
 spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
 ---
 metadata: {namespace: omega, name: deny-all}
 spec: {podSelector: {}, policyTypes: [Ingress, Egress]}`,
-		verdicts: []string{
-			"alpha/web > delta/probe tcp:80 deny",
-			"delta/probe > alpha/web tcp:8080 deny",
-			"192.168.0.2 > delta/probe tcp:80 allow",
-			"alpha/web > beta/web tcp:9090 allow",
-		},
-	}}
-	for _, tt := range tests {
+	verdicts: []string{
+		"alpha/web > delta/probe tcp:80 deny",
+		"delta/probe > alpha/web tcp:8080 deny",
+		"192.168.0.2 > delta/probe tcp:80 allow",
+		"alpha/web > beta/web tcp:9090 allow",
+	},
+}}
+
+func TestVerdicts(t *testing.T) {
+	for _, tt := range verdictTable {
 		t.Run(tt.name, func(t *testing.T) {
 			c := newCluster()
 			if tt.mutate != nil {

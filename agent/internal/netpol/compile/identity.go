@@ -209,6 +209,7 @@ func (c *compiler) podIdentity(p *v1.Pod) *podIdentity {
 		}
 	}
 	id := &podIdentity{id: c.a.pods.get(key), ns: ns, labels: p.Labels, ports: ports}
+	c.out.Identities[id.id] = Identity{Namespace: ns.name, Labels: p.Labels}
 	c.idents[key] = id
 	c.all = append(c.all, id)
 	ns.idents = append(ns.idents, id)
@@ -340,6 +341,13 @@ func (c *compiler) cidrIdentities() {
 		}
 		id := c.a.cidrs.get(key.String())
 		c.out.CIDRs[p] = id
+		if _, ok := c.out.Identities[id]; !ok {
+			desc := Identity{}
+			for _, b := range in {
+				desc.Blocks = append(desc.Blocks, b.String())
+			}
+			c.out.Identities[id] = desc
+		}
 		for _, b := range in {
 			b.ids = append(b.ids, id)
 		}

@@ -27,6 +27,7 @@ type policy struct {
 
 type rule struct {
 	dir   Direction
+	index int        // its place in spec.ingress or spec.egress
 	peers []peer     // nil: every remote
 	ports []portSpec // never empty: no ports is one "all" entry
 }
@@ -120,6 +121,7 @@ func parsePolicy(np *networkingv1.NetworkPolicy) (*policy, error) {
 			if err != nil {
 				return fail(f, "%v", err)
 			}
+			pr.index = i
 			p.rules = append(p.rules, pr)
 		}
 	}
@@ -130,6 +132,7 @@ func parsePolicy(np *networkingv1.NetworkPolicy) (*policy, error) {
 			if err != nil {
 				return fail(f, "%v", err)
 			}
+			pr.index = i
 			p.rules = append(p.rules, pr)
 		}
 	}
