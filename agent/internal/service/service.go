@@ -88,6 +88,7 @@ type Controller struct {
 
 	ready     atomic.Bool
 	lastError atomic.Value // string
+	lastSync  atomic.Pointer[time.Time]
 }
 
 // New registers the controller's informers and handlers on factory; the
@@ -208,6 +209,33 @@ func (c *Controller) Ready() (bool, string) {
 	return false, c.lastError.Load().(string)
 }
 
+// LastSync is when the datapath was last programmed successfully; zero
+// before.
+func (c *Controller) LastSync() time.Time {
+	if t := c.lastSync.Load(); t != nil {
+		return *t
+	}
+	return time.Time{}
+}
+
+// Programmed lists the frontends the service maps hold, named, with their
+// backends.
+func (c *Controller) Programmed() []mapsync.Programmed { return c.writer.Programmed() }
+
+// ServiceName names the Service port of frontend svcID as
+// NAMESPACE/NAME:PORT (NAMESPACE/NAME when the port has no name); "" when
+// the frontend is not known (or not yet named after a restart).
+func (c *Controller) ServiceName(svcID uint32) string {
+	p, ok := c.writer.ByID(svcID)
+	if !ok || p.Service.Name == "" {
+		return ""
+	}
+	if p.PortName == "" {
+		return p.Service.String()
+	}
+	return p.Service.String() + ":" + p.PortName
+}
+
 // nodeChangeMatters reports whether an update of this node changes what
 // the proxy compiles from it: its labels (topology zone), addresses
 // (NodePorts) or pod CIDRs.
@@ -316,6 +344,8 @@ func (c *Controller) syncOnce(start time.Time) error {
 	if err := nodestate.Write(c.opts.NodeStateFile, nodestate.State{Ready: true, PodCIDRs: podCIDRs}); err != nil {
 		return err
 	}
+	now := c.opts.Clock.Now()
+	c.lastSync.Store(&now)
 	if !c.ready.Swap(true) {
 		c.log.Info("datapath programmed; node ready for pods", "podCIDRs", podCIDRs, "stateFile", c.opts.NodeStateFile)
 	}

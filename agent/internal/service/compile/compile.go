@@ -73,6 +73,9 @@ type Backend struct {
 type Entry struct {
 	Service  types.NamespacedName
 	PortName string
+	// Kind is what the frontend's address is to the Service: KindClusterIP,
+	// KindExternalIP, KindLoadBalancer or KindNodePort.
+	Kind string
 	// Created is the Service's creationTimestamp: of several Services
 	// claiming one frontend, the oldest owns it (see Resolve).
 	Created time.Time
@@ -92,6 +95,14 @@ type Entry struct {
 	// endpoints take the traffic.
 	TerminatingFallback bool
 }
+
+// Kinds of frontend (Entry.Kind).
+const (
+	KindClusterIP    = "ClusterIP"
+	KindExternalIP   = "ExternalIP"
+	KindLoadBalancer = "LoadBalancer"
+	KindNodePort     = "NodePort"
+)
 
 // Desired is the complete set of frontends for a node.
 type Desired map[Frontend]Entry
@@ -250,11 +261,12 @@ func familyOf(a netip.Addr) family {
 type serviceSettings struct {
 	key                types.NamespacedName
 	created            time.Time
-	internal, external []netip.Addr // clusterIPs; externalIPs and load balancer IPs
-	affinity           uint32       // ClientIP affinity timeout in seconds, 0: none
-	internalLocal      bool         // internalTrafficPolicy Local
-	externalLocal      bool         // externalTrafficPolicy Local
-	nodePorts          bool         // a NodePort or LoadBalancer Service
+	internal, external []netip.Addr        // clusterIPs; externalIPs and load balancer IPs
+	loadBalancer       map[netip.Addr]bool // the external addresses that are load balancer IPs
+	affinity           uint32              // ClientIP affinity timeout in seconds, 0: none
+	internalLocal      bool                // internalTrafficPolicy Local
+	externalLocal      bool                // externalTrafficPolicy Local
+	nodePorts          bool                // a NodePort or LoadBalancer Service
 	// families are the Service's own IP families: its NodePorts answer in
 	// them only.
 	families map[family]bool
@@ -274,7 +286,12 @@ func settingsOf(svc *v1.Service, key types.NamespacedName, bad func(field, reaso
 		families:      map[family]bool{},
 		topology:      topologyAware(svc),
 	}
-	s.internal, s.external = serviceAddrs(svc, bad)
+	var lbIPs []netip.Addr
+	s.internal, s.external, lbIPs = serviceAddrs(svc, bad)
+	s.loadBalancer = map[netip.Addr]bool{}
+	for _, a := range lbIPs {
+		s.loadBalancer[a] = true
+	}
 	for _, a := range s.internal {
 		s.families[familyOf(a)] = true
 	}
@@ -291,7 +308,7 @@ func settingsOf(svc *v1.Service, key types.NamespacedName, bad func(field, reaso
 // serviceAddrs returns the Service's internal addresses (clusterIPs) and
 // external ones (externalIPs, and load balancer IPs of a LoadBalancer),
 // reporting those that do not parse to bad.
-func serviceAddrs(svc *v1.Service, bad func(field, reason string)) (internal, external []netip.Addr) {
+func serviceAddrs(svc *v1.Service, bad func(field, reason string)) (internal, external, lbIPs []netip.Addr) {
 	parse := func(field, s string) (netip.Addr, bool) {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
@@ -314,7 +331,7 @@ func serviceAddrs(svc *v1.Service, bad func(field, reason string)) (internal, ex
 		}
 	}
 	if svc.Spec.Type != v1.ServiceTypeLoadBalancer {
-		return internal, external
+		return internal, external, nil
 	}
 	for i, ing := range svc.Status.LoadBalancer.Ingress {
 		if ing.IP == "" {
@@ -322,9 +339,10 @@ func serviceAddrs(svc *v1.Service, bad func(field, reason string)) (internal, ex
 		}
 		if a, ok := parse(fmt.Sprintf("status.loadBalancer.ingress[%d].ip", i), ing.IP); ok {
 			external = append(external, a)
+			lbIPs = append(lbIPs, a)
 		}
 	}
-	return internal, external
+	return internal, external, lbIPs
 }
 
 // affinityTimeout is the Service's ClientIP affinity in seconds; 0: none.
@@ -343,8 +361,9 @@ func affinityTimeout(svc *v1.Service) uint32 {
 func (s *serviceSettings) addPort(out Desired, sp v1.ServicePort, proto uint8, fam family, eps []endpoint, node Node) {
 	all := selectBackends(eps, fam, false, s.topology, node.Zone)
 	local := selectBackends(eps, fam, true, false, node.Zone)
+	kind := KindClusterIP
 	entry := func(sel selection, localOnly bool) Entry {
-		return Entry{Service: s.key, PortName: sp.Name, Created: s.created, Backends: sel.backends, Draining: sel.draining,
+		return Entry{Service: s.key, PortName: sp.Name, Kind: kind, Created: s.created, Backends: sel.backends, Draining: sel.draining,
 			AffinityTimeout: s.affinity, LocalOnly: localOnly, TerminatingFallback: sel.fallback}
 	}
 	port := uint16(sp.Port)
@@ -372,9 +391,14 @@ func (s *serviceSettings) addPort(out Desired, sp v1.ServicePort, proto uint8, f
 	}
 	for _, a := range s.external {
 		if familyOf(a) == fam {
+			kind = KindExternalIP
+			if s.loadBalancer[a] {
+				kind = KindLoadBalancer
+			}
 			addExternal(a, port)
 		}
 	}
+	kind = KindNodePort
 	if !s.nodePorts || sp.NodePort <= 0 || !s.families[fam] {
 		return
 	}

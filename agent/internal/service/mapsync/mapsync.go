@@ -85,7 +85,11 @@ type Writer struct {
 	dp         *bpf.Datapath
 	maglevSize uint32
 
+	// mu guards services, backends and byID for the readers of
+	// programmed.go: a sync holds it throughout.
+	mu       sync.RWMutex
 	services map[bpf.ServiceKey]*service
+	byID     map[uint32]bpf.ServiceKey // the frontends by service ID
 	backends map[uint32]bpf.BackendValue
 	svcIDs   *idPool
 	beIDs    *idPool
@@ -113,6 +117,7 @@ func New(dp *bpf.Datapath) (*Writer, error) {
 	w := &Writer{
 		dp: dp, maglevSize: dp.MaglevSize(),
 		services: map[bpf.ServiceKey]*service{},
+		byID:     map[uint32]bpf.ServiceKey{},
 		backends: map[uint32]bpf.BackendValue{},
 		svcIDs:   newIDPool(dp.Services.MaxEntries() - 1),
 		beIDs:    newIDPool(dp.Backends.MaxEntries()),
@@ -154,6 +159,7 @@ func (w *Writer) restore() error {
 			used[id] = true
 		}
 		w.services[k] = svc
+		w.byID[svc.id] = k
 	}
 	if err := sit.Err(); err != nil {
 		return err
@@ -303,6 +309,8 @@ func (w *Writer) SyncTouched(desired compile.Desired, touched []compile.Frontend
 // A plan that fails at a step is abandoned there: nothing refers to what
 // was written for it, so that is deleted again.
 func (w *Writer) apply(desired compile.Desired, touched []compile.Frontend) (Stats, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	var st Stats
 	var errs []error
 	unused := w.deleteStale(w.staleKeys(desired, touched), &st, &errs)
@@ -354,7 +362,16 @@ func (w *Writer) planChanges(desired compile.Desired, touched []compile.Frontend
 	consider := func(f compile.Frontend, e compile.Entry) {
 		key := serviceKey(f)
 		cur := w.services[key]
-		if planned[key] || (cur != nil && cur.entry != nil && sameEntry(*cur.entry, e)) {
+		if planned[key] {
+			return
+		}
+		if cur != nil && cur.entry != nil && sameEntry(*cur.entry, e) {
+			if n := cur.entry; n.Service != e.Service || n.PortName != e.PortName || n.Kind != e.Kind {
+				// Nothing to write; only the names the observer shows moved.
+				named := *n
+				named.Service, named.PortName, named.Kind = e.Service, e.PortName, e.Kind
+				cur.entry = &named
+			}
 			return
 		}
 		planned[key] = true
@@ -578,6 +595,7 @@ func (w *Writer) adopt(plans []*plan, errs *[]error) (unused []uint32) {
 	for _, p := range plans {
 		svc := p.svc
 		w.services[p.key] = &svc
+		w.byID[svc.id] = p.key
 		unused = append(unused, p.removed...)
 		if len(p.ordered) == 0 {
 			if err := w.dp.DeleteMaglevTable(svc.id); err != nil {
@@ -598,6 +616,7 @@ func (w *Writer) deleteStale(stale []bpf.ServiceKey, st *Stats, errs *[]error) (
 			continue
 		}
 		delete(w.services, key)
+		delete(w.byID, svc.id)
 		st.ServicesDeleted++
 		for _, id := range svc.ids {
 			unused = append(unused, id)
