@@ -1,0 +1,51 @@
+// Package flows turns the datapath's flow events into named flows: it reads
+// the event ring, names each event from the agent's caches (pods, nodes,
+// Services, the NetworkPolicies that isolate an endpoint or allowed a
+// flow), keeps the last flows in memory and hands them, and the ones that
+// follow, to observers. Naming is pure (Namer, with a Lookup of the
+// caches); the ring reader (Run) is a thin loop around it.
+package flows
+
+import (
+	"net/netip"
+)
+
+// Event is one datapath flow event, decoded (bpf.FlowEvent with its
+// addresses and ports in Go form; FromBPF converts).
+type Event struct {
+	Time    uint64 // bpf_ktime_get_ns(): CLOCK_MONOTONIC
+	Ifindex uint32
+	Type    uint8  // EventDrop, EventTrace
+	Hook    uint8  // bpf.Hook
+	Proto   uint8  // IPPROTO_*
+	Dir     uint8  // with FlagPolicy: bpf.PolicyIngress or bpf.PolicyEgress
+	Reason  uint16 // EventDrop: bpf.DropReason; EventTrace: TraceService, TracePolicy
+	Flags   uint16 // FlagPolicy, FlagIsolated
+	// Suppressed counts events of this CPU the rate limit held back
+	// since its previous one.
+	Suppressed uint32
+	// Src and Dst are the packet as the hook saw it, before translation.
+	Src, Dst netip.AddrPort
+	// NAT is the chosen backend of a TraceService event; invalid when
+	// none.
+	NAT       netip.AddrPort
+	SvcID     uint32
+	BackendID uint32
+	// With FlagPolicy: the local endpoint's policy ID and the remote's
+	// identity as judged; with FlagIsolated on a trace event, Matched is
+	// the remote of the rule that let the flow through.
+	Endpoint, Identity, Matched uint32
+}
+
+// Event types, trace points and flags: the datapath's (enum event_type,
+// trace_point, event_flags in bpf/include/sluice.h).
+const (
+	EventDrop  uint8 = 1
+	EventTrace uint8 = 2
+
+	TraceService uint16 = 1
+	TracePolicy  uint16 = 2
+
+	FlagPolicy   uint16 = 1 << 0
+	FlagIsolated uint16 = 1 << 1
+)
