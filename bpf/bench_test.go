@@ -258,55 +258,96 @@ var eventModes = []struct {
 	name string
 	cfg  Config
 }{
-	{"events=off", Config{EventsOff: true}},
-	{"events=on", Config{EventRate: 1 << 30, EventBurst: 1 << 30}},
-	{"events=suppressed", Config{EventRate: 1, EventBurst: 1}},
+	{"off", Config{EventsOff: true}},
+	{"on", Config{EventRate: 1 << 30, EventBurst: 1 << 30}},
+	{"suppressed", Config{EventRate: 1, EventBurst: 1}},
 }
 
-// benchEvents times runs of prog, chunk packets per BPF_PROG_TEST_RUN,
-// next(i) preparing the packet of run i; between chunks it empties the
-// event ring untimed, so each event meets a ring with room, as with an
-// agent that keeps up.
-func benchEvents(b *testing.B, d *Datapath, prog *ebpf.Program, pkt []byte, want uint32, chunk int, next func(i int)) {
-	r, err := NewEventReader(d)
-	if err != nil {
-		b.Fatal(err)
+// eventRun is one side of an event benchmark: a datapath with its own
+// packet, and next(pkt, i) to prepare the packet of run i.
+type eventRun struct {
+	name   string
+	d      *Datapath
+	prog   *ebpf.Program
+	pkt    []byte
+	r      *EventReader
+	total  time.Duration
+	events int
+}
+
+// benchEvents times the same packets through datapaths that differ only in
+// their event settings, alternating between them chunk runs at a time so
+// that the machine's load, which drifts, weighs on each alike. Between
+// chunks it empties the event rings untimed, so that an event meets a ring
+// with room, as with an agent that keeps up. Each side reports its own
+// ns/packet.
+func benchEvents(b *testing.B, runs []*eventRun, want uint32, chunk int, next func(pkt []byte, i int)) {
+	for _, r := range runs {
+		var err error
+		if r.r, err = NewEventReader(r.d); err != nil {
+			b.Fatal(err)
+		}
+		defer r.r.Close()
 	}
-	defer r.Close()
 	drain := func() {
-		r.SetDeadline(time.Now())
-		for {
-			if _, err := r.Read(); err != nil {
-				return
+		for _, r := range runs {
+			r.r.SetDeadline(time.Now())
+			for {
+				if _, err := r.r.Read(); err != nil {
+					break
+				}
+				r.events++
 			}
 		}
 	}
-	var total time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i += chunk {
 		n := min(chunk, b.N-i)
-		if next != nil {
-			next(i)
+		for _, r := range runs {
+			if next != nil {
+				next(r.pkt, i)
+			}
+			ret, per, err := r.prog.Benchmark(r.pkt, n, nil)
+			if err != nil || ret != want {
+				b.Fatalf("%s: ret %d err %v", r.name, ret, err)
+			}
+			r.total += per * time.Duration(n)
 		}
-		ret, per, err := prog.Benchmark(pkt, n, nil)
-		if err != nil || ret != want {
-			b.Fatalf("ret %d err %v", ret, err)
-		}
-		total += per * time.Duration(n)
 		if i/chunk%64 == 63 || chunk >= 1024 {
 			b.StopTimer()
 			drain()
 			b.StartTimer()
 		}
 	}
-	b.ReportMetric(float64(total.Nanoseconds())/float64(b.N), "ns/packet")
-	if c, err := d.CounterValues(); err == nil && c[CounterEventsLost] > 0 {
-		b.Logf("%d events lost: the ring was full", c[CounterEventsLost])
+	b.StopTimer()
+	drain()
+	for _, r := range runs {
+		b.ReportMetric(float64(r.total.Nanoseconds())/float64(b.N), r.name+"-ns/packet")
+		if c, err := r.d.CounterValues(); err == nil && c[CounterEventsLost] > 0 {
+			b.Errorf("%s: %d events lost: the ring was full", r.name, c[CounterEventsLost])
+		}
+	}
+	for _, r := range runs {
+		b.Logf("%s: %d events read in %d runs", r.name, r.events, b.N)
 	}
 }
 
+// eventRuns loads a datapath per event mode (the first n of eventModes),
+// each with setup's state and packet.
+func eventRuns(b *testing.B, n int, prog func(*Datapath) *ebpf.Program, setup func(*Datapath) []byte) []*eventRun {
+	var runs []*eventRun
+	for _, m := range eventModes[:n] {
+		d := benchEventDatapath(b, m.cfg)
+		runs = append(runs, &eventRun{name: m.name, d: d, prog: prog(d), pkt: setup(d)})
+	}
+	return runs
+}
+
+func fromPod(d *Datapath) *ebpf.Program { return d.FromPod }
+func toPod(d *Datapath) *ebpf.Program   { return d.ToPod }
+
 // BenchmarkFlowEvents: what flow events cost, with events off, sent, and
-// held back by the rate limit, in one run:
+// held back by the rate limit, side by side in one run:
 //   - new-flow: the first packet of a service flow (TRACE_SERVICE);
 //   - policy-new-flow: the first packet of a flow into an ingress-isolated
 //     pod that a rule allows (TRACE_POLICY);
@@ -314,56 +355,53 @@ func benchEvents(b *testing.B, d *Datapath, prog *ebpf.Program, pkt []byte, want
 //   - established and reply: packets of a known service flow, which send
 //     nothing: the same either way.
 func BenchmarkFlowEvents(b *testing.B) {
-	for _, m := range eventModes {
-		b.Run("new-flow/"+m.name, func(b *testing.B) {
-			d := benchEventDatapath(b, m.cfg)
-			pkt := build(b, flow{src: ap("10.244.0.2:1"), dst: ap("10.96.0.10:80"), proto: unix.IPPROTO_TCP, tcpFlags: "S"})
-			benchEvents(b, d, d.FromPod, pkt, actOK, 1, func(i int) {
-				if i > 0 && i%65535 == 0 {
-					b.StopTimer()
-					flushMap(b, d.ConntrackTCP)
-					b.StartTimer()
+	b.Run("new-flow", func(b *testing.B) {
+		runs := eventRuns(b, 3, fromPod, func(d *Datapath) []byte {
+			return build(b, flow{src: ap("10.244.0.2:1"), dst: ap("10.96.0.10:80"), proto: unix.IPPROTO_TCP, tcpFlags: "S"})
+		})
+		benchEvents(b, runs, actOK, 1, func(pkt []byte, i int) {
+			if i > 0 && i%65535 == 0 && &pkt[0] == &runs[0].pkt[0] {
+				b.StopTimer()
+				for _, r := range runs {
+					flushMap(b, r.d.ConntrackTCP)
 				}
-				binary.BigEndian.PutUint16(pkt[14+20:], uint16(i%65535)+1)
-			})
+				b.StartTimer()
+			}
+			binary.BigEndian.PutUint16(pkt[14+20:], uint16(i%65535)+1)
 		})
-	}
-	for _, m := range eventModes {
-		b.Run("policy-new-flow/"+m.name, func(b *testing.B) {
-			d := benchEventDatapath(b, m.cfg)
-			pkt := benchPolicy(b, d)
-			benchEvents(b, d, d.ToPod, pkt, actOK, 1, func(i int) {
-				binary.BigEndian.PutUint16(pkt[14+20:], uint16(i)|1)
-			})
+	})
+	b.Run("policy-new-flow", func(b *testing.B) {
+		runs := eventRuns(b, 3, toPod, func(d *Datapath) []byte { return benchPolicy(b, d) })
+		benchEvents(b, runs, actOK, 1, func(pkt []byte, i int) {
+			binary.BigEndian.PutUint16(pkt[14+20:], uint16(i)|1)
 		})
-	}
-	for _, m := range eventModes {
-		b.Run("drop/"+m.name, func(b *testing.B) {
-			d := benchEventDatapath(b, m.cfg)
+	})
+	b.Run("drop", func(b *testing.B) {
+		runs := eventRuns(b, 3, toPod, func(d *Datapath) []byte {
 			pkt := benchPolicy(b, d)
 			binary.BigEndian.PutUint16(pkt[14+20+2:], 22) // no rule for port 22
-			benchEvents(b, d, d.ToPod, pkt, actShot, 4096, nil)
+			return pkt
 		})
-	}
-	for _, m := range eventModes[:2] {
-		b.Run("established/"+m.name, func(b *testing.B) {
-			d := benchEventDatapath(b, m.cfg)
+		benchEvents(b, runs, actShot, 4096, nil)
+	})
+	b.Run("established", func(b *testing.B) {
+		runs := eventRuns(b, 2, fromPod, func(d *Datapath) []byte {
 			pkt := build(b, flow{src: ap("10.244.0.2:40000"), dst: ap("10.96.0.10:80"), proto: unix.IPPROTO_TCP, tcpFlags: "A", payload: make([]byte, 64)})
 			run(b, d.FromPod, pkt)
-			benchEvents(b, d, d.FromPod, pkt, actOK, 1<<20, nil)
+			return pkt
 		})
-	}
-	for _, m := range eventModes[:2] {
-		b.Run("reply/"+m.name, func(b *testing.B) {
-			d := benchEventDatapath(b, m.cfg)
+		benchEvents(b, runs, actOK, 4096, nil)
+	})
+	b.Run("reply", func(b *testing.B) {
+		runs := eventRuns(b, 2, toPod, func(d *Datapath) []byte {
 			client := ap("10.244.0.2:40000")
 			for _, vip := range []netip.AddrPort{ap("10.96.0.10:80"), ap("10.244.9.9:8080")} {
 				run(b, d.FromPod, build(b, flow{src: client, dst: vip, proto: unix.IPPROTO_TCP, tcpFlags: "S"}))
 			}
-			pkt := build(b, flow{src: ap("10.244.9.9:8080"), dst: client, proto: unix.IPPROTO_TCP, tcpFlags: "A", payload: make([]byte, 64)})
-			benchEvents(b, d, d.ToPod, pkt, actOK, 1<<20, nil)
+			return build(b, flow{src: ap("10.244.9.9:8080"), dst: client, proto: unix.IPPROTO_TCP, tcpFlags: "A", payload: make([]byte, 64)})
 		})
-	}
+		benchEvents(b, runs, actOK, 4096, nil)
+	})
 }
 
 // benchEventDatapath is benchDatapath's setup at 10 services with the

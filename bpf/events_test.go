@@ -356,3 +356,30 @@ func TestEventReaderClose(t *testing.T) {
 		t.Fatal("Read still blocked after Close")
 	}
 }
+
+// TestEventReaderWakes: a Read blocked on an empty ring returns an event
+// sent meanwhile, though the datapath does not wake it for one event.
+func TestEventReaderWakes(t *testing.T) {
+	d := loadTest(t, Config{})
+	r := eventReader(t, d)
+	got := make(chan FlowEvent, 1)
+	go func() {
+		if ev, err := r.Read(); err == nil {
+			got <- ev
+		}
+	}()
+	time.Sleep(2 * EventPollInterval)
+	start := time.Now()
+	run(t, d.FromPod, build(t, flow{src: ap("10.244.1.5:40000"), dst: ap("10.244.1.6:8080"), proto: unix.IPPROTO_TCP, tcpFlags: "S"}))
+	select {
+	case ev := <-got:
+		if DropReason(ev.Reason) != DropSpoofedSource {
+			t.Errorf("event %+v, want the spoofed_source drop", ev)
+		}
+		if waited := time.Since(start); waited > 2*EventPollInterval {
+			t.Errorf("the event took %v to reach Read, want at most the poll interval %v", waited, EventPollInterval)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("a blocked Read did not return the event sent meanwhile")
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -314,11 +316,21 @@ func (d *Datapath) DropCounts() (map[DropReason]DropCounter, error) {
 }
 
 // EventReader reads the datapath's flow events (Datapath.Events). Read
-// is not safe for concurrent use; Close may be called from any goroutine.
+// is not safe for concurrent use; Close and SetDeadline may be called from
+// any goroutine.
+//
+// The datapath does not wake the reader for each event (an interrupt each):
+// Read polls the ring every EventPollInterval and is woken early only when
+// many events wait, so an event reaches Read within EventPollInterval.
 type EventReader struct {
-	r   *ringbuf.Reader
-	rec ringbuf.Record
+	r        *ringbuf.Reader
+	rec      ringbuf.Record
+	deadline atomic.Pointer[time.Time]
 }
+
+// EventPollInterval is the longest an event waits in the ring for a
+// blocked Read.
+const EventPollInterval = 50 * time.Millisecond
 
 // NewEventReader opens the flow event ring of dp. Only one reader should
 // read a ring: each event goes to one of them.
@@ -331,21 +343,45 @@ func NewEventReader(dp *Datapath) (*EventReader, error) {
 }
 
 // Read blocks for the next flow event. After Close it returns an error
-// wrapping ringbuf.ErrClosed (os.ErrClosed).
+// wrapping ringbuf.ErrClosed (os.ErrClosed); past the deadline, one
+// wrapping os.ErrDeadlineExceeded.
 func (r *EventReader) Read() (FlowEvent, error) {
 	var ev FlowEvent
-	if err := r.r.ReadInto(&r.rec); err != nil {
-		return ev, fmt.Errorf("read flow event: %w", err)
+	for {
+		wait := time.Now().Add(EventPollInterval)
+		dl := r.deadline.Load()
+		if dl != nil && dl.Before(wait) {
+			wait = *dl
+		}
+		r.r.SetDeadline(wait)
+		err := r.r.ReadInto(&r.rec)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// A poll found nothing (or reports an earlier timeout).
+			if dl != nil && !time.Now().Before(*dl) {
+				return ev, fmt.Errorf("read flow event: %w", err)
+			}
+			continue
+		}
+		if err != nil {
+			return ev, fmt.Errorf("read flow event: %w", err)
+		}
+		if _, err := binary.Decode(r.rec.RawSample, binary.NativeEndian, &ev); err != nil {
+			return ev, fmt.Errorf("decode flow event of %d bytes: %w", len(r.rec.RawSample), err)
+		}
+		return ev, nil
 	}
-	if _, err := binary.Decode(r.rec.RawSample, binary.NativeEndian, &ev); err != nil {
-		return ev, fmt.Errorf("decode flow event of %d bytes: %w", len(r.rec.RawSample), err)
-	}
-	return ev, nil
 }
 
-// SetDeadline makes a pending and later Reads return an error wrapping
-// os.ErrDeadlineExceeded once t has passed; the zero time removes it.
-func (r *EventReader) SetDeadline(t time.Time) { r.r.SetDeadline(t) }
+// SetDeadline makes Read return an error wrapping os.ErrDeadlineExceeded
+// once t has passed (at its next poll when Read is blocked); the zero time
+// removes the deadline.
+func (r *EventReader) SetDeadline(t time.Time) {
+	if t.IsZero() {
+		r.deadline.Store(nil)
+		return
+	}
+	r.deadline.Store(&t)
+}
 
 // Close unblocks a pending Read and releases the ring.
 func (r *EventReader) Close() error { return r.r.Close() }
