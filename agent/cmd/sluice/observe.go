@@ -195,8 +195,12 @@ func readStream(ctx context.Context, a *agent, src int, f observeapi.FlowFilter,
 		}
 		return send(mergeEvent{src: src, flow: fl, at: time.Now()})
 	})
-	if err != nil && ctx.Err() == nil {
+	switch {
+	case ctx.Err() != nil:
+	case err != nil:
 		return fmt.Errorf("%s: %w", a.name, err)
+	case f.Follow:
+		return fmt.Errorf("%s: the agent ended the flow stream (did it restart?)", a.name)
 	}
 	return nil
 }
