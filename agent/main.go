@@ -35,11 +35,14 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/cleanup"
 	"github.com/sluice-net/sluice/agent/internal/config"
 	"github.com/sluice-net/sluice/agent/internal/ctgc"
+	"github.com/sluice-net/sluice/agent/internal/flows"
 	"github.com/sluice-net/sluice/agent/internal/healthcheck"
 	"github.com/sluice-net/sluice/agent/internal/masq"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/agent/internal/netpol"
 	netpolmapsync "github.com/sluice-net/sluice/agent/internal/netpol/mapsync"
+	"github.com/sluice-net/sluice/agent/internal/observe"
+	"github.com/sluice-net/sluice/agent/internal/observer"
 	"github.com/sluice-net/sluice/agent/internal/routes"
 	"github.com/sluice-net/sluice/agent/internal/service"
 	servicemapsync "github.com/sluice-net/sluice/agent/internal/service/mapsync"
@@ -114,7 +117,8 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 		return err
 	}
 	defer dp.Close() // the pins stay: the datapath outlives the agent
-	if err := attachDatapath(log, cfg, dp); err != nil {
+	devices, err := attachDatapath(log, cfg, dp)
+	if err != nil {
 		return err
 	}
 	if err := masquerade(log, cfg); err != nil {
@@ -129,12 +133,17 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
+	obs, err := newObserver(cfg, client, factory, dp, m, ctrls, devices)
+	if err != nil {
+		return err
+	}
 	// One slot for each goroutine that reports, so none blocks once run
 	// has returned.
-	errs := make(chan error, 6)
+	errs := make(chan error, 9)
 	go func() { errs <- serve(ctx, log, "metrics", cfg.MetricsAddr, metricsMux(m)) }()
 	go func() { errs <- endpointapi.Serve(ctx, log, cfg.EndpointSocket, ctrls.policies) }()
 	go func() { errs <- serve(ctx, log, "health", cfg.HealthAddr, healthMux(ctrls.services)) }()
+	obs.run(ctx, log, errs)
 	go ctgc.Run(ctx, log, dp, m, cfg.CTGCInterval.Duration)
 	if err := waitForAPIServer(ctx, log, client); err != nil {
 		return err
@@ -210,6 +219,7 @@ func loadDatapath(log *slog.Logger, cfg config.Config) (*bpf.Datapath, error) {
 		CTTimeoutClose: cfg.CTTimeoutClose.Duration, CTTimeoutOther: cfg.CTTimeoutOther.Duration,
 		CTTimeoutUnreplied: cfg.CTTimeoutUnreplied.Duration,
 		HostNetnsCookie:    hostNetns,
+		EventRate:          cfg.FlowEventRate, EventBurst: cfg.FlowEventBurst, EventsOff: cfg.FlowEventRate == 0,
 	})
 	if err != nil {
 		return nil, err
@@ -218,7 +228,7 @@ func loadDatapath(log *slog.Logger, cfg config.Config) (*bpf.Datapath, error) {
 		"maxConntrackTCP", ctTCP, "maxConntrackOther", ctOther, "conntrackSizedBy", sizedBy,
 		"maxServices", cfg.MaxServices, "maxBackends", cfg.MaxBackends, "maxAffinity", cfg.MaxAffinity,
 		"maxEndpoints", cfg.MaxEndpoints, "maxIPCache", cfg.MaxIPCache, "maxPolicyCIDRs", cfg.MaxPolicyCIDRs,
-		"maxPolicyRules", cfg.MaxPolicyRules)
+		"maxPolicyRules", cfg.MaxPolicyRules, "flowEventRate", cfg.FlowEventRate, "flowEventBurst", cfg.FlowEventBurst)
 	return dp, nil
 }
 
@@ -263,21 +273,21 @@ func conntrackSizes(cfg config.Config) (tcp, other uint32, sizedBy string, err e
 
 // attachDatapath hooks the datapath where traffic other than the pods'
 // enters it: host sockets (socket-level load balancing) and the node's
-// uplinks (NodePorts and external addresses).
-func attachDatapath(log *slog.Logger, cfg config.Config, dp *bpf.Datapath) error {
+// uplinks (NodePorts and external addresses), which it returns.
+func attachDatapath(log *slog.Logger, cfg config.Config, dp *bpf.Datapath) ([]string, error) {
 	if cfg.SocketLBCgroup != "" {
 		if err := dp.AttachSocketLB(cfg.SocketLBCgroup); err != nil {
-			return err
+			return nil, err
 		}
 		log.Info("socket-level load balancing attached", "cgroup", cfg.SocketLBCgroup)
 	}
 	devices, err := uplinks(cfg.Devices)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, dev := range devices {
 		if err := dp.AttachDevice(dev, bpf.AttachAuto); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if len(devices) == 0 {
@@ -285,7 +295,7 @@ func attachDatapath(log *slog.Logger, cfg config.Config, dp *bpf.Datapath) error
 	} else {
 		log.Info("NodePort, ExternalIP and LoadBalancer traffic served on the node's uplinks", "devices", devices)
 	}
-	return takeOver(log, dp)
+	return devices, takeOver(log, dp)
 }
 
 // takeOver makes this agent's programs run everywhere the datapath is
@@ -412,6 +422,51 @@ func (c *controllers) run(ctx context.Context, log *slog.Logger, errs chan error
 	case err := <-errs:
 		return err
 	}
+}
+
+// observerAPI is what the observer API (the sluice CLI) serves: the flows
+// read from the datapath's event ring, named, and the Source of the rest.
+type observerAPI struct {
+	cfg    config.Config
+	dp     *bpf.Datapath
+	review func(ctx context.Context, token string) error
+	namer  *flows.Namer
+	store  *flows.Store
+	fm     *metrics.Flows
+	src    *observer.Source
+}
+
+// newObserver indexes pods and nodes by address on factory (before it
+// starts) and builds the flow store and the Source.
+func newObserver(cfg config.Config, client kubernetes.Interface, factory informers.SharedInformerFactory, dp *bpf.Datapath,
+	m *metrics.Metrics, ctrls *controllers, devices []string) (*observerAPI, error) {
+	lookup, err := flows.NewCluster(factory, ctrls.policies.Compiled, ctrls.services.ServiceName)
+	if err != nil {
+		return nil, err
+	}
+	fm := m.RegisterFlows()
+	store := flows.NewStore(cfg.FlowBufferSize, fm.FollowerDrops.Inc)
+	src := observer.New(observer.Options{Node: cfg.NodeName, Uplinks: devices, Ready: ctrls.services.Ready, Metrics: m},
+		dp, ctrls.services, ctrls.policies, lookup, store)
+	return &observerAPI{cfg: cfg, dp: dp, review: observe.NewTokenReviewer(client, cfg.Namespace, cfg.ObserverServiceAccount),
+		namer: flows.NewNamer(cfg.NodeName, lookup, nil), store: store, fm: fm, src: src}, nil
+}
+
+// run reads the flow events and serves the observer API until ctx ends;
+// the reader and the server report to errs.
+func (o *observerAPI) run(ctx context.Context, log *slog.Logger, errs chan<- error) {
+	go o.src.Run(ctx)
+	if o.cfg.FlowEventRate > 0 {
+		r, err := bpf.NewEventReader(o.dp)
+		if err != nil {
+			errs <- err
+			return
+		}
+		go func() { errs <- flows.Run(ctx, log, flows.RingReader{R: r}, o.namer, o.store, o.fm) }()
+	}
+	go func() {
+		errs <- observe.Serve(ctx, log, observe.Options{Socket: o.cfg.ObserverSocket, Addr: o.cfg.ObserverAddr, Review: o.review}, o.src)
+	}()
 }
 
 // uplinks are the configured devices, or every interface with a global

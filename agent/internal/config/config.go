@@ -7,18 +7,22 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
 	"github.com/sluice-net/sluice/agent/internal/masq"
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/internal/endpointapi"
 	"github.com/sluice-net/sluice/internal/nodestate"
+	"github.com/sluice-net/sluice/internal/observeapi"
 )
 
 // Config is every agent setting. The JSON names are the config file keys;
@@ -103,8 +107,26 @@ type Config struct {
 
 	MetricsAddr string `json:"metricsAddr,omitempty"`
 	HealthAddr  string `json:"healthAddr,omitempty"`
-	LogFormat   string `json:"logFormat,omitempty"`
-	LogLevel    string `json:"logLevel,omitempty"`
+
+	// The observer API (the sluice CLI): ObserverSocket is its unix
+	// socket on the node, ObserverAddr its TLS address for remote
+	// observers through the API server's pod proxy; "" turns either off.
+	// A remote request must carry a token of ObserverServiceAccount (in
+	// the agent's namespace, $POD_NAMESPACE).
+	ObserverSocket         string `json:"observerSocket"`
+	ObserverAddr           string `json:"observerAddr"`
+	ObserverServiceAccount string `json:"observerServiceAccount,omitempty"`
+	// Namespace is the agent's namespace ($POD_NAMESPACE).
+	Namespace string `json:"-"`
+	// FlowBufferSize is how many of the last flows the agent keeps.
+	FlowBufferSize int `json:"flowBufferSize,omitempty"`
+	// FlowEventRate is how many flow events (drops and new flows) each
+	// CPU may send per second, FlowEventBurst how many at once; 0 turns
+	// flow events off. What the limit holds back is counted.
+	FlowEventRate  uint32 `json:"flowEventRate"`
+	FlowEventBurst uint32 `json:"flowEventBurst,omitempty"`
+	LogFormat      string `json:"logFormat,omitempty"`
+	LogLevel       string `json:"logLevel,omitempty"`
 }
 
 // Duration is a time.Duration written as "250ms" in the config file.
@@ -133,32 +155,39 @@ func (d Duration) MarshalJSON() ([]byte, error) { return []byte(`"` + d.String()
 func Default() Config {
 	dp := bpf.DefaultConfig()
 	return Config{
-		BPFRoot:            dp.PinRoot,
-		MaglevTableSize:    dp.MaglevSize,
-		MaxServices:        dp.MaxServices,
-		MaxBackends:        dp.MaxBackends,
-		MaxAffinity:        dp.MaxAffinity,
-		MaxEndpoints:       dp.MaxEndpoints,
-		MaxIPCache:         dp.MaxIPCache,
-		MaxPolicyCIDRs:     dp.MaxPolicyCIDRs,
-		MaxPolicyRules:     dp.MaxPolicyRules,
-		CTTimeoutSYN:       Duration{dp.CTTimeoutSYN},
-		CTTimeoutTCP:       Duration{dp.CTTimeoutTCP},
-		CTTimeoutClose:     Duration{dp.CTTimeoutClose},
-		CTTimeoutOther:     Duration{dp.CTTimeoutOther},
-		CTTimeoutUnreplied: Duration{dp.CTTimeoutUnreplied},
-		NodeStateFile:      nodestate.DefaultPath,
-		CNIConfFile:        "/etc/cni/net.d/10-sluice.conflist",
-		EndpointSocket:     endpointapi.DefaultSocket,
-		NativeRouting:      ptr(true),
-		NodePortRange:      "30000-32767",
-		SyncMinInterval:    Duration{time.Second},
-		SyncMaxInterval:    Duration{time.Hour},
-		CTGCInterval:       Duration{time.Minute},
-		MetricsAddr:        ":9962",
-		HealthAddr:         ":9963",
-		LogFormat:          "json",
-		LogLevel:           "info",
+		BPFRoot:                dp.PinRoot,
+		MaglevTableSize:        dp.MaglevSize,
+		MaxServices:            dp.MaxServices,
+		MaxBackends:            dp.MaxBackends,
+		MaxAffinity:            dp.MaxAffinity,
+		MaxEndpoints:           dp.MaxEndpoints,
+		MaxIPCache:             dp.MaxIPCache,
+		MaxPolicyCIDRs:         dp.MaxPolicyCIDRs,
+		MaxPolicyRules:         dp.MaxPolicyRules,
+		CTTimeoutSYN:           Duration{dp.CTTimeoutSYN},
+		CTTimeoutTCP:           Duration{dp.CTTimeoutTCP},
+		CTTimeoutClose:         Duration{dp.CTTimeoutClose},
+		CTTimeoutOther:         Duration{dp.CTTimeoutOther},
+		CTTimeoutUnreplied:     Duration{dp.CTTimeoutUnreplied},
+		NodeStateFile:          nodestate.DefaultPath,
+		CNIConfFile:            "/etc/cni/net.d/10-sluice.conflist",
+		EndpointSocket:         endpointapi.DefaultSocket,
+		NativeRouting:          ptr(true),
+		NodePortRange:          "30000-32767",
+		SyncMinInterval:        Duration{time.Second},
+		SyncMaxInterval:        Duration{time.Hour},
+		CTGCInterval:           Duration{time.Minute},
+		MetricsAddr:            ":9962",
+		HealthAddr:             ":9963",
+		ObserverSocket:         observeapi.DefaultSocket,
+		ObserverAddr:           fmt.Sprintf(":%d", observeapi.DefaultPort),
+		ObserverServiceAccount: "sluice-observer",
+		Namespace:              "sluice-system",
+		FlowBufferSize:         4096,
+		FlowEventRate:          dp.EventRate,
+		FlowEventBurst:         dp.EventBurst,
+		LogFormat:              "json",
+		LogLevel:               "info",
 	}
 }
 
@@ -240,6 +269,9 @@ func Load(args []string) (Config, error) {
 	if c.NodeName == "" {
 		c.NodeName = os.Getenv("NODE_NAME")
 	}
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		c.Namespace = ns
+	}
 	return c, c.Validate()
 }
 
@@ -286,6 +318,19 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.HealthAddr, "healthAddr", "", "/healthz and /readyz listen address")
 	fs.StringVar(&c.LogFormat, "logFormat", "", "json or text")
 	fs.StringVar(&c.LogLevel, "logLevel", "", "debug, info, warn or error")
+	fs.StringVar(&c.ObserverSocket, "observerSocket", "", "unix socket of the observer API (the sluice CLI); empty: none")
+	fs.StringVar(&c.ObserverAddr, "observerAddr", "", "TLS listen address of the observer API for remote observers; empty: none")
+	fs.StringVar(&c.ObserverServiceAccount, "observerServiceAccount", "", "service account whose tokens remote observers present")
+	fs.Func("flowBufferSize", "how many of the last flows the agent keeps", func(s string) error {
+		v, err := strconv.Atoi(s)
+		if err != nil {
+			return fmt.Errorf("%q is not a number", s)
+		}
+		c.FlowBufferSize = v
+		return nil
+	})
+	fs.Func("flowEventRate", "flow events each CPU may send per second (0: flow events off)", uintFlag(&c.FlowEventRate))
+	fs.Func("flowEventBurst", "flow events each CPU may send at once", uintFlag(&c.FlowEventBurst))
 }
 
 func overlay(dst, src *Config, set map[string]bool) {
@@ -320,6 +365,12 @@ func overlay(dst, src *Config, set map[string]bool) {
 	pick("healthAddr", func() { dst.HealthAddr = src.HealthAddr })
 	pick("logFormat", func() { dst.LogFormat = src.LogFormat })
 	pick("logLevel", func() { dst.LogLevel = src.LogLevel })
+	pick("observerSocket", func() { dst.ObserverSocket = src.ObserverSocket })
+	pick("observerAddr", func() { dst.ObserverAddr = src.ObserverAddr })
+	pick("observerServiceAccount", func() { dst.ObserverServiceAccount = src.ObserverServiceAccount })
+	pick("flowBufferSize", func() { dst.FlowBufferSize = src.FlowBufferSize })
+	pick("flowEventRate", func() { dst.FlowEventRate = src.FlowEventRate })
+	pick("flowEventBurst", func() { dst.FlowEventBurst = src.FlowEventBurst })
 }
 
 // Validate names the first wrong setting.
@@ -376,6 +427,35 @@ func (c Config) Validate() error {
 	case "json", "text":
 	default:
 		return fmt.Errorf("logFormat: %q is not json or text", c.LogFormat)
+	}
+	return c.validateObserver()
+}
+
+// Flow buffer bounds.
+const (
+	MinFlowBuffer = 1
+	MaxFlowBuffer = 1 << 20
+)
+
+// validateObserver checks the observer API's and the flow events'
+// settings.
+func (c Config) validateObserver() error {
+	if c.ObserverSocket != "" && !filepath.IsAbs(c.ObserverSocket) {
+		return fmt.Errorf("observerSocket: %q; want an absolute path (or empty: no socket)", c.ObserverSocket)
+	}
+	if c.ObserverAddr != "" {
+		if _, port, err := net.SplitHostPort(c.ObserverAddr); err != nil || port == "" {
+			return fmt.Errorf("observerAddr: %q; want a listen address such as :4245 (or empty: none)", c.ObserverAddr)
+		}
+		if errs := validation.IsDNS1123Subdomain(c.ObserverServiceAccount); len(errs) > 0 {
+			return fmt.Errorf("observerServiceAccount: %q; want a service account name: %s", c.ObserverServiceAccount, strings.Join(errs, "; "))
+		}
+	}
+	if c.FlowBufferSize < MinFlowBuffer || c.FlowBufferSize > MaxFlowBuffer {
+		return fmt.Errorf("flowBufferSize: %d is outside %d..%d", c.FlowBufferSize, MinFlowBuffer, MaxFlowBuffer)
+	}
+	if c.FlowEventRate > 0 && c.FlowEventBurst == 0 {
+		return fmt.Errorf("flowEventBurst: 0; want at least 1 while flowEventRate (%d) is not 0", c.FlowEventRate)
 	}
 	return nil
 }

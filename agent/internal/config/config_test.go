@@ -100,6 +100,16 @@ func TestValidate(t *testing.T) {
 		{"node ports reversed", func(c *Config) { c.NodePortRange = "32767-30000" }, `nodePortRange: "32767-30000" is not a port range`},
 		{"node ports leave no room", func(c *Config) { c.NodePortRange = "1500-65535" }, "nodePortRange: NodePort range 1500-65535 leaves fewer than 1024 ports"},
 		{"node ports high", func(c *Config) { c.NodePortRange = "40000-42767" }, ""},
+		{"observer socket relative", func(c *Config) { c.ObserverSocket = "run/obs.sock" }, `observerSocket: "run/obs.sock"; want an absolute path`},
+		{"observer off", func(c *Config) { c.ObserverSocket, c.ObserverAddr, c.ObserverServiceAccount = "", "", "" }, ""},
+		{"observer addr without port", func(c *Config) { c.ObserverAddr = "10.0.0.1" }, `observerAddr: "10.0.0.1"; want a listen address such as :4245`},
+		{"observer addr", func(c *Config) { c.ObserverAddr = "127.0.0.1:14245" }, ""},
+		{"observer account", func(c *Config) { c.ObserverServiceAccount = "Not_A_Name" }, `observerServiceAccount: "Not_A_Name"; want a service account name`},
+		{"observer account empty", func(c *Config) { c.ObserverServiceAccount = "" }, `observerServiceAccount: ""`},
+		{"flow buffer zero", func(c *Config) { c.FlowBufferSize = 0 }, "flowBufferSize: 0 is outside 1..1048576"},
+		{"flow buffer huge", func(c *Config) { c.FlowBufferSize = 1<<20 + 1 }, "flowBufferSize: 1048577 is outside"},
+		{"flow events off", func(c *Config) { c.FlowEventRate, c.FlowEventBurst = 0, 0 }, ""},
+		{"flow burst zero", func(c *Config) { c.FlowEventBurst = 0 }, "flowEventBurst: 0; want at least 1 while flowEventRate (1000) is not 0"},
 	} {
 		cfg := base()
 		c.edit(&cfg)
@@ -195,5 +205,32 @@ func TestCleanupCommand(t *testing.T) {
 	}
 	if _, err := Load([]string{"cleanup", "--maglevTableSize", "1000"}); err == nil {
 		t.Error("cleanup with a wrong setting: no error")
+	}
+}
+
+// TestObserverKeys: the observer and flow event settings are file keys
+// and flags with the documented defaults; 0 turns flow events off; the
+// namespace comes from $POD_NAMESPACE.
+func TestObserverKeys(t *testing.T) {
+	d, dp := Default(), bpf.DefaultConfig()
+	if d.ObserverSocket != "/run/sluice/observer.sock" || d.ObserverAddr != ":4245" || d.ObserverServiceAccount != "sluice-observer" ||
+		d.FlowBufferSize != 4096 || d.FlowEventRate != dp.EventRate || d.FlowEventBurst != dp.EventBurst || d.Namespace != "sluice-system" {
+		t.Errorf("defaults %+v", d)
+	}
+	file := filepath.Join(t.TempDir(), "agent.yaml")
+	if err := os.WriteFile(file, []byte("nodeName: n\nobserverSocket: \"\"\nobserverAddr: :14245\nobserverServiceAccount: watcher\nflowBufferSize: 100\nflowEventRate: 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("POD_NAMESPACE", "kube-system")
+	c, err := Load([]string{"--config", file, "--flowEventBurst", "7", "--flowBufferSize", "200"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ObserverSocket != "" || c.ObserverAddr != ":14245" || c.ObserverServiceAccount != "watcher" || c.FlowBufferSize != 200 ||
+		c.FlowEventRate != 0 || c.FlowEventBurst != 7 || c.Namespace != "kube-system" {
+		t.Errorf("loaded %+v", c)
+	}
+	if _, err := Load([]string{"--nodeName", "n", "--flowBufferSize", "lots"}); err == nil || !strings.Contains(err.Error(), `"lots" is not a number`) {
+		t.Errorf("flowBufferSize lots: %v", err)
 	}
 }

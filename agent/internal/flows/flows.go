@@ -8,6 +8,8 @@ package flows
 
 import (
 	"net/netip"
+
+	"github.com/sluice-net/sluice/bpf"
 )
 
 // Event is one datapath flow event, decoded (bpf.FlowEvent with its
@@ -37,15 +39,46 @@ type Event struct {
 	Endpoint, Identity, Matched uint32
 }
 
-// Event types, trace points and flags: the datapath's (enum event_type,
-// trace_point, event_flags in bpf/include/sluice.h).
+// Event types, trace points and flags: the datapath's (bpf.EventDrop, ...).
 const (
-	EventDrop  uint8 = 1
-	EventTrace uint8 = 2
+	EventDrop  = bpf.EventDrop
+	EventTrace = bpf.EventTrace
 
-	TraceService uint16 = 1
-	TracePolicy  uint16 = 2
+	TraceService = bpf.TraceService
+	TracePolicy  = bpf.TracePolicy
 
-	FlagPolicy   uint16 = 1 << 0
-	FlagIsolated uint16 = 1 << 1
+	FlagPolicy   = bpf.EventFPolicy
+	FlagIsolated = bpf.EventFIsolated
 )
+
+// FromBPF converts a record of the ring.
+func FromBPF(ev bpf.FlowEvent) Event {
+	ap := func(a [16]uint8, port uint16) netip.AddrPort {
+		return netip.AddrPortFrom(bpf.AddrFrom(a), bpf.PortFrom(port))
+	}
+	out := Event{
+		Time: ev.TimestampNs, Ifindex: ev.Ifindex, Type: ev.Type, Hook: ev.Hook, Proto: ev.Proto, Dir: ev.Dir,
+		Reason: ev.Reason, Flags: ev.Flags, Suppressed: ev.Suppressed,
+		Src: ap(ev.Src, ev.Sport), Dst: ap(ev.Dst, ev.Dport),
+		SvcID: ev.SvcId, BackendID: ev.BackendId, Endpoint: ev.Endpoint, Identity: ev.Identity, Matched: ev.Matched,
+	}
+	if ev.NatAddr != ([16]uint8{}) {
+		out.NAT = ap(ev.NatAddr, ev.NatPort)
+	}
+	return out
+}
+
+// RingReader reads the datapath's ring (Reader of bpf.EventReader).
+type RingReader struct{ R *bpf.EventReader }
+
+// Read returns the next event.
+func (r RingReader) Read() (Event, error) {
+	ev, err := r.R.Read()
+	if err != nil {
+		return Event{}, err
+	}
+	return FromBPF(ev), nil
+}
+
+// Close releases the ring.
+func (r RingReader) Close() error { return r.R.Close() }

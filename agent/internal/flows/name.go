@@ -72,7 +72,7 @@ func (n *Namer) Name(ev Event) observeapi.Flow {
 	fl := observeapi.Flow{
 		Time:       n.wall(ev.Time),
 		Node:       n.node,
-		Hook:       bpf.Hook(ev.Hook).String(),
+		Hook:       bpf.HookName(ev.Hook),
 		Proto:      ProtoName(ev.Proto),
 		Src:        n.addr(ev.Src),
 		Dst:        n.addr(ev.Dst),
@@ -81,7 +81,7 @@ func (n *Namer) Name(ev Event) observeapi.Flow {
 	switch {
 	case ev.Type == EventDrop:
 		fl.Verdict = observeapi.VerdictDropped
-		fl.Reason = bpf.DropReason(ev.Reason).String()
+		fl.Reason = bpf.DropReasonName(ev.Reason)
 	case ev.Type == EventTrace && ev.Reason == TraceService:
 		fl.Verdict = observeapi.VerdictTranslated
 	default:

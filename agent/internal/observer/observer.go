@@ -84,12 +84,6 @@ func (s *Source) Run(ctx context.Context) {
 	s.drops.run(ctx, dropSampleEvery)
 }
 
-// The datapath's flow event counters (enum counter).
-const (
-	counterEventsSuppressed = bpf.Counter(5)
-	counterEventsLost       = bpf.Counter(6)
-)
-
 // Status is the agent and its datapath.
 func (s *Source) Status() observeapi.Status {
 	st := observeapi.Status{Node: s.opts.Node, Version: version(), Attach: attachMode(s.dp.PinRoot()),
@@ -105,7 +99,7 @@ func (s *Source) Status() observeapi.Status {
 	st.Maps = s.mapFill()
 	st.Flows = observeapi.FlowBufferStatus{Buffered: s.store.Len(), Capacity: s.store.Cap(), Seen: s.store.Seen()}
 	if c, err := s.dp.CounterValues(); err == nil {
-		st.Flows.Lost, st.Flows.Suppressed = c[counterEventsLost], c[counterEventsSuppressed]
+		st.Flows.Lost, st.Flows.Suppressed = c[bpf.CounterEventsLost], c[bpf.CounterEventsSuppressed]
 	}
 	return st
 }
