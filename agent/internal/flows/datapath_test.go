@@ -111,7 +111,9 @@ spec:
 	}
 	store := NewStore(64, nil)
 	done := make(chan error, 1)
-	go func() { done <- Run(ctx, nil, RingReader{R: r}, NewNamer("node-a", lookup, nil), store, metrics.New().RegisterFlows()) }()
+	go func() {
+		done <- Run(ctx, nil, RingReader{R: r}, NewNamer("node-a", lookup, nil), store, metrics.New().RegisterFlows())
+	}()
 	_, follow := store.Flows(ctx, observeapi.FlowFilter{Follow: true, Pod: "beta/web"})
 	await := func(verdict string) observeapi.Flow {
 		t.Helper()
