@@ -234,6 +234,8 @@ func TestLocalErrors(t *testing.T) {
 		{[]string{"observe", "--since", "yesterday"}, "--since"},
 		{[]string{"ct", "list", "--proto", "gre"}, "proto"},
 		{[]string{"status", "-o", "yaml"}, "--output"},
+		// testSource follows nothing: its stream ends after the buffered flows.
+		{[]string{"observe", "--follow"}, "the agent ended the flow stream"},
 		{[]string{"status", "--socket", filepath.Join(t.TempDir(), "none.sock")}, "run sluice inside the agent's pod"},
 	} {
 		args := tc.args
