@@ -4,11 +4,14 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +32,7 @@ import (
 
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/internal/nodestate"
+	"github.com/sluice-net/sluice/internal/observeapi"
 	"github.com/sluice-net/sluice/internal/testutil/bpffs"
 	"github.com/sluice-net/sluice/internal/testutil/netnstest"
 	"github.com/sluice-net/sluice/manifests"
@@ -184,7 +188,7 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	start(t, ns, dir, "sluice-agent", agentBin, "--config", agentConfig, "--kubeconfig", agentKubeconfig, "--nodeName", "node-a",
 		"--bpfRoot", root, "--maglevTableSize", "251", "--nodeStateFile", state,
 		"--metricsAddr", "127.0.0.1:9962", "--healthAddr", "127.0.0.1:9963", "--syncMinInterval", "50ms",
-		"--logFormat", "text",
+		"--logFormat", "text", "--observerSocket", filepath.Join(dir, "observer.sock"),
 		// Never the machine's cgroups: socket LB is tested on a cgroup of
 		// its own in package bpf.
 		"--socketLBCgroup", "")
@@ -241,6 +245,7 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	eventually(t, "the Service gone from the datapath", func() bool { return backends() == -1 })
 
 	followNetworkPolicy(t, cp, dp)
+	checkObserver(t, cp, ns, filepath.Join(dir, "observer.sock"))
 
 	_, metrics := httpGet(":9962/metrics")
 	for _, m := range []string{
@@ -295,6 +300,59 @@ func followNetworkPolicy(t *testing.T, cp *controlPlane, dp *bpf.Datapath) {
 		rule := bpf.PolicyRule(ep.Id, remote.Identity, bpf.PolicyIngress, bpf.ProtoTCP, 8080, 16)
 		return dp.Policy.Lookup(rule, &allow) == nil
 	})
+}
+
+// checkObserver asks the agent's observer API what it holds after
+// followNetworkPolicy: on the unix socket, and on the TLS port with a
+// sluice-observer token the agent reviews with its own RBAC.
+func checkObserver(t *testing.T, cp *controlPlane, ns *netnstest.NS, socket string) {
+	t.Helper()
+	ctx := context.Background()
+	c := observeapi.NewClient(socket)
+	var st observeapi.Status
+	if err := c.Get(ctx, observeapi.PathStatus, nil, &st); err != nil {
+		t.Fatalf("observer status: %v", err)
+	}
+	if st.Node != "node-a" || !st.Ready || st.LastSync["netpol"].IsZero() || len(st.Maps) == 0 || st.Flows.Capacity != 4096 {
+		t.Errorf("observer status %+v", st)
+	}
+	var pol observeapi.Policy
+	if err := c.Get(ctx, observeapi.PathPolicy, url.Values{"pod": {"default/web"}}, &pol); err != nil {
+		t.Fatalf("observer policy: %v", err)
+	}
+	want := "ingress pods default [default/client] TCP/8080 [default/web-from-client[ingress 0]]"
+	var got []string
+	for _, r := range pol.Rules {
+		got = append(got, fmt.Sprintf("%s %s %s %v %s/%s %v", r.Direction, r.Peer.Kind, r.Peer.Namespace, r.Peer.Pods, r.Proto, r.Ports, r.Policies))
+	}
+	if len(got) != 1 || got[0] != want || fmt.Sprint(pol.Endpoint.IngressPolicies) != "[default/web-from-client]" {
+		t.Errorf("policy of default/web: %q (endpoint %+v), want %q", got, pol.Endpoint, want)
+	}
+
+	// Remote: the TLS port, in the agent's network namespace.
+	tr, err := cp.client.CoreV1().ServiceAccounts("sluice-system").CreateToken(ctx, "sluice-observer",
+		&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{Audiences: []string{observeapi.TokenAudience}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("token for sluice-observer: %v", err)
+	}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: ns.Dialer(t),
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // the agent's certificate is self-signed
+	get := func(token string) int {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://127.0.0.1:4245"+observeapi.PathStatus, nil)
+		req.Header.Set(observeapi.TokenHeader, token)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("observer TLS port: %v", err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get(tr.Status.Token); code != http.StatusOK {
+		t.Errorf("status with a sluice-observer token: HTTP %d, want 200 (RBAC for tokenreviews?)", code)
+	}
+	if code := get("not-a-token"); code != http.StatusUnauthorized {
+		t.Errorf("status with a bad token: HTTP %d, want 401", code)
+	}
 }
 
 // createRunningPod creates a pod bound to node and reports it running at
