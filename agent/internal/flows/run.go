@@ -20,8 +20,11 @@ type Reader interface {
 }
 
 // Run reads events from r until ctx ends, names them with n and adds them
-// to s, counting them in m. It closes r.
+// to s, counting them in m. It closes r. log nil logs nothing.
 func Run(ctx context.Context, log *slog.Logger, r Reader, n *Namer, s *Store, m *metrics.Flows) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	m.Capacity.Set(float64(s.Cap()))
 	stop := context.AfterFunc(ctx, func() { _ = r.Close() })
 	defer stop()

@@ -98,6 +98,10 @@ var (
 		"Session affinity entries ignored because their backend no longer belongs to their service.", nil, nil)
 	ctInsertFailed = prometheus.NewDesc("sluice_conntrack_insert_failed_total",
 		"Conntrack or affinity inserts that failed (a map full of entries that cannot be evicted, or out of memory).", nil, nil)
+	eventsLost = prometheus.NewDesc("sluice_flow_events_lost_total",
+		"Flow events the datapath could not put on its ring because it was full (the agent fell behind).", nil, nil)
+	eventsSuppressed = prometheus.NewDesc("sluice_flow_events_suppressed_total",
+		"Flow events the datapath's per-CPU rate limit held back (flowEventRate, flowEventBurst).", nil, nil)
 )
 
 // counterCollector reads the per-CPU event counters at scrape time.
@@ -108,12 +112,14 @@ func (c *counterCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- ctReopened
 	ch <- affinityStale
 	ch <- ctInsertFailed
+	ch <- eventsLost
+	ch <- eventsSuppressed
 }
 
 func (c *counterCollector) Collect(ch chan<- prometheus.Metric) {
 	v, err := c.dp.CounterValues()
 	if err != nil {
-		for _, d := range []*prometheus.Desc{ctRestored, ctReopened, affinityStale, ctInsertFailed} {
+		for _, d := range []*prometheus.Desc{ctRestored, ctReopened, affinityStale, ctInsertFailed, eventsLost, eventsSuppressed} {
 			ch <- prometheus.NewInvalidMetric(d, err)
 		}
 		return
@@ -126,4 +132,6 @@ func (c *counterCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(ctReopened, v[bpf.CounterCTReopened])
 	counter(affinityStale, v[bpf.CounterAffinityStale])
 	counter(ctInsertFailed, v[bpf.CounterCTInsertFailed])
+	counter(eventsLost, v[bpf.CounterEventsLost])
+	counter(eventsSuppressed, v[bpf.CounterEventsSuppressed])
 }

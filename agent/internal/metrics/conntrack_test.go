@@ -51,7 +51,7 @@ func TestDatapathCounters(t *testing.T) {
 	}
 	for c, n := range map[bpf.Counter]uint64{
 		bpf.CounterCTReplyRestored: 1, bpf.CounterCTForwardRestored: 2, bpf.CounterCTReopened: 3,
-		bpf.CounterAffinityStale: 4, bpf.CounterCTInsertFailed: 5,
+		bpf.CounterAffinityStale: 4, bpf.CounterCTInsertFailed: 5, bpf.CounterEventsSuppressed: 6, bpf.CounterEventsLost: 7,
 	} {
 		perCPU := make([]uint64, cpus)
 		perCPU[0], perCPU[cpus-1] = n, 10*n // the same CPU when there is one
@@ -73,6 +73,8 @@ sluice_conntrack_insert_failed_total ` + itoa(sum(5)) + `
 sluice_conntrack_reopened_total ` + itoa(sum(3)) + `
 sluice_conntrack_restored_total{direction="forward"} ` + itoa(sum(2)) + `
 sluice_conntrack_restored_total{direction="reply"} ` + itoa(sum(1)) + `
+sluice_flow_events_suppressed_total ` + itoa(sum(6)) + `
+sluice_flow_events_lost_total ` + itoa(sum(7)) + `
 `
 	compare(t, m, want)
 }
