@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/yaml"
 
+	"github.com/sluice-net/sluice/internal/observeapi"
 	"github.com/sluice-net/sluice/manifests"
 )
 
@@ -56,6 +57,15 @@ func manifestWithAPIServer(host string) (string, error) {
 		agent["k8sServiceHost"] = host
 		agent["k8sServicePort"] = fmt.Sprint(apiPortInNS)
 		agent["maxConntrackTCP"] = localConntrackTCP
+		// The observer API on every node, whatever the manifest says: the
+		// e2e suite and the demo ask it. The socket's path is mapped to
+		// the node like every path (writeConfigMap).
+		if s, _ := agent["observerSocket"].(string); s == "" {
+			agent["observerSocket"] = observeapi.DefaultSocket
+		}
+		if s, _ := agent["observerAddr"].(string); s == "" {
+			agent["observerAddr"] = fmt.Sprintf(":%d", observeapi.DefaultPort)
+		}
 		b, err := yaml.Marshal(agent)
 		if err != nil {
 			return "", err

@@ -86,6 +86,8 @@ func TestShippedManifestOnANode(t *testing.T) {
 		"bpfRoot":        "/sys/fs/bpf/lc/node-1/sluice",
 		"nodeStateFile":  filepath.Join(dir, "root/run/sluice/node.json"),
 		"socketLBCgroup": "/sys/fs/cgroup/unified/lc/node-1",
+		"observerSocket": filepath.Join(dir, "root/run/sluice/observer.sock"),
+		"observerAddr":   ":4245",
 	} {
 		if agentCfg[key] != want {
 			t.Errorf("agent.yaml %s = %v, want %s", key, agentCfg[key], want)
