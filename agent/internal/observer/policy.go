@@ -89,12 +89,12 @@ func policyRules(out *compile.Output, pod types.NamespacedName) []observeapi.Pol
 	}
 	ranges := map[ruleKey][]portRange{}
 	sources := map[ruleKey][]string{}
-	for r := range out.Rules {
+	for r, set := range out.Rules {
 		if !ids[r.Endpoint] {
 			continue
 		}
 		var srcs []string
-		for _, s := range out.Sources[r] {
+		for _, s := range out.SourceSets[set] {
 			srcs = append(srcs, s.String())
 		}
 		k := ruleKey{dir: r.Dir, remote: r.Remote, proto: r.Proto, policies: strings.Join(srcs, "\n")}

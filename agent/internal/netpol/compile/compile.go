@@ -94,15 +94,18 @@ type Output struct {
 	CIDRs map[netip.Prefix]uint32
 	// Endpoints are the addresses of the pods on this node.
 	Endpoints map[netip.Addr]Endpoint
-	Rules     map[Rule]struct{}
+	// Rules are the allow rules, each with the NetworkPolicy rules it
+	// comes from: an index into SourceSets.
+	Rules map[Rule]SourceSet
+	// SourceSets are the distinct lists of NetworkPolicy rules that rules
+	// come from, each in policy order (namespace, name, rule).
+	SourceSets [][]RuleSource
 	// Errors report objects, or parts of them, that were skipped.
 	Errors []error
 
 	// What the numbers stand for, to name what the datapath reports (the
 	// maps hold only numbers):
 	//
-	// Sources are, for every rule, the NetworkPolicy rules it comes from.
-	Sources map[Rule][]RuleSource
 	// Isolation is, for every isolated endpoint ID, the policies isolating
 	// it.
 	Isolation map[uint32]Isolation
@@ -123,14 +126,14 @@ func Compile(in Input, a *Allocator) Output {
 			IPCache:   map[netip.Addr]uint32{},
 			CIDRs:     map[netip.Prefix]uint32{},
 			Endpoints: map[netip.Addr]Endpoint{},
-			Rules:     map[Rule]struct{}{},
+			Rules:     map[Rule]SourceSet{},
 
-			Sources:      map[Rule][]RuleSource{},
 			Isolation:    map[uint32]Isolation{},
 			Identities:   map[uint32]Identity{},
 			EndpointPods: map[uint32]EndpointPod{},
 		},
 		namespaces: map[string]*namespace{},
+		unions:     map[[2]SourceSet]SourceSet{},
 		idents:     map[string]*podIdentity{},
 		blocks:     map[string]*ipBlock{},
 	}
@@ -158,6 +161,8 @@ type compiler struct {
 	out Output
 
 	namespaces map[string]*namespace
+	// unions numbers the source sets made of a set and one more source.
+	unions map[[2]SourceSet]SourceSet
 	// idents are this compile's pod identities by key (see podKey); all
 	// lists them in creation order.
 	idents map[string]*podIdentity
@@ -306,7 +311,7 @@ func (c *compiler) apply(p *policy) {
 	for i := range p.rules {
 		r := &p.rules[i]
 		rem := c.remotes(p.obj.Namespace, r)
-		src := RuleSource{Policy: p.obj, Dir: r.dir, Index: r.index}
+		src := c.sourceSet(RuleSource{Policy: p.obj, Dir: r.dir, Index: r.index})
 		for _, lp := range selected {
 			c.emit(lp, r, rem, src)
 		}
@@ -325,6 +330,12 @@ func (c *compiler) remotes(policyNS string, r *rule) remoteSet {
 		return remoteSet{any: true}
 	}
 	var rem remoteSet
+	// In identity order, whatever the namespaces' order: rules are
+	// emitted, and their source sets numbered, the same way every time.
+	defer func() {
+		slices.SortFunc(rem.pods, func(a, b *podIdentity) int { return cmp.Compare(a.id, b.id) })
+		rem.pods = slices.Compact(rem.pods)
+	}()
 	for _, pr := range r.peers {
 		switch {
 		case pr.block != nil:
@@ -355,13 +366,14 @@ func appendSelected(dst []*podIdentity, ns *namespace, sel labels.Selector) []*p
 
 // emit adds the rules of r for every address of lp, with src as their
 // source.
-func (c *compiler) emit(lp *localPod, r *rule, rem remoteSet, src RuleSource) {
+func (c *compiler) emit(lp *localPod, r *rule, rem remoteSet, src SourceSet) {
 	add := func(remote uint32, proto uint8, pp PortPrefix) {
 		for _, ep := range lp.eps {
 			key := Rule{Endpoint: ep, Remote: remote, Dir: r.dir, Proto: proto, Port: pp.Port, PortBits: pp.Bits}
-			c.out.Rules[key] = struct{}{}
-			if srcs := c.out.Sources[key]; !slices.Contains(srcs, src) {
-				c.out.Sources[key] = append(srcs, src)
+			if cur, ok := c.out.Rules[key]; !ok {
+				c.out.Rules[key] = src
+			} else if cur != src {
+				c.out.Rules[key] = c.union(cur, src)
 			}
 		}
 	}

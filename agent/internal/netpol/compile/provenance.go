@@ -1,6 +1,7 @@
 package compile
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -10,6 +11,44 @@ import (
 
 	"github.com/sluice-net/sluice/bpf"
 )
+
+// SourceSet numbers a list of NetworkPolicy rules (Output.SourceSets).
+type SourceSet uint32
+
+// sourceSet numbers a new set of one source: a NetworkPolicy rule, applied
+// once.
+func (c *compiler) sourceSet(s RuleSource) SourceSet {
+	c.out.SourceSets = append(c.out.SourceSets, []RuleSource{s})
+	return SourceSet(len(c.out.SourceSets) - 1)
+}
+
+// union returns the set of cur's sources and the one source of single
+// (sourceSet made it), numbering it on first sight. Policies are applied
+// in order, so the sources stay in policy order.
+func (c *compiler) union(cur, single SourceSet) SourceSet {
+	k := [2]SourceSet{cur, single}
+	if u, ok := c.unions[k]; ok {
+		return u
+	}
+	src := c.out.SourceSets[single][0]
+	u := cur
+	if !slices.Contains(c.out.SourceSets[cur], src) {
+		c.out.SourceSets = append(c.out.SourceSets, append(slices.Clip(c.out.SourceSets[cur]), src))
+		u = SourceSet(len(c.out.SourceSets) - 1)
+	}
+	c.unions[k] = u
+	return u
+}
+
+// Sources are the NetworkPolicy rules rule r comes from (none when the
+// output has no such rule).
+func (o *Output) Sources(r Rule) []RuleSource {
+	set, ok := o.Rules[r]
+	if !ok {
+		return nil
+	}
+	return o.SourceSets[set]
+}
 
 // RuleSource is one rule of a NetworkPolicy: spec.ingress[Index] or
 // spec.egress[Index] of Policy.
@@ -85,7 +124,7 @@ func (o *Output) Allowing(ep uint32, dir Direction, remote netip.Addr, proto uin
 	}
 	var out []RuleSource
 	add := func(k Rule) {
-		for _, s := range o.Sources[k] {
+		for _, s := range o.Sources(k) {
 			if !slices.Contains(out, s) {
 				out = append(out, s)
 			}
@@ -125,11 +164,6 @@ func (o *Output) CIDRIdentity(addr netip.Addr) uint32 {
 }
 
 func compareSources(a, b RuleSource) int {
-	if c := strings.Compare(a.Policy.String(), b.Policy.String()); c != 0 {
-		return c
-	}
-	if a.Dir != b.Dir {
-		return int(a.Dir) - int(b.Dir)
-	}
-	return a.Index - b.Index
+	return cmp.Or(cmp.Compare(a.Policy.Namespace, b.Policy.Namespace), cmp.Compare(a.Policy.Name, b.Policy.Name),
+		cmp.Compare(a.Dir, b.Dir), cmp.Compare(a.Index, b.Index))
 }

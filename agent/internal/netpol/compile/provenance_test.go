@@ -150,20 +150,35 @@ spec:
     ports: [{port: 5400, endPort: 5499}]
 ---
 metadata: {namespace: beta, name: deny-out}
-spec: {podSelector: {}, policyTypes: [Egress]}`)
+spec: {podSelector: {}, policyTypes: [Egress]}
+---
+metadata: {namespace: beta, name: also-sql}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: web}}, namespaceSelector: {matchLabels: {team: a}}}]
+    ports: [{port: 5432}]
+  - from: [{namespaceSelector: {matchLabels: {team: a}}}]
+    ports: [{port: 5432}, {port: 9999}]`)
 	c.compile(t)
 	out := c.outs[nodeA] // beta/db runs on node-a
 	db := out.Endpoints[netip.MustParseAddr("10.0.2.11")]
 	got := out.Allowing(db.ID, Ingress, netip.MustParseAddr("10.0.1.10"), bpf.ProtoTCP, 5432)
-	want := []string{"beta/sql-from-alpha[ingress 0]", "beta/sql-from-alpha[ingress 1]"}
+	want := []string{"beta/also-sql[ingress 0]", "beta/also-sql[ingress 1]", "beta/sql-from-alpha[ingress 0]", "beta/sql-from-alpha[ingress 1]"}
 	if s := sourceStrings(got); !slices.Equal(s, want) {
 		t.Errorf("alpha/web > beta/db tcp:5432 allowed by %q, want %q", s, want)
+	}
+	// One rule key, made by three policy rules.
+	key := Rule{Endpoint: db.ID, Remote: out.IPCache[netip.MustParseAddr("10.0.1.10")], Dir: Ingress, Proto: bpf.ProtoTCP, Port: 5432, PortBits: 16}
+	want = []string{"beta/also-sql[ingress 0]", "beta/also-sql[ingress 1]", "beta/sql-from-alpha[ingress 0]"}
+	if s := sourceStrings(out.Sources(key)); !slices.Equal(s, want) {
+		t.Errorf("rule %v comes from %q, want %q", key, s, want)
 	}
 	if s := sourceStrings(out.Allowing(db.ID, Ingress, netip.MustParseAddr("10.0.3.10"), bpf.ProtoTCP, 5432)); len(s) != 0 {
 		t.Errorf("gamma/web > beta/db tcp:5432 (denied) allowed by %q", s)
 	}
 	iso := out.Isolation[db.ID]
-	if fmt.Sprint(iso.Ingress) != "[beta/sql-from-alpha]" || fmt.Sprint(iso.Egress) != "[beta/deny-out]" {
+	if fmt.Sprint(iso.Ingress) != "[beta/also-sql beta/sql-from-alpha]" || fmt.Sprint(iso.Egress) != "[beta/deny-out]" {
 		t.Errorf("beta/db isolated by %v", iso)
 	}
 	if p := out.EndpointPods[db.ID]; p.Pod.String() != "beta/db" || p.Identity != out.IPCache[netip.MustParseAddr("10.0.2.11")] {

@@ -18,8 +18,8 @@ func TestApplyWritesTheDifference(t *testing.T) {
 		IPCache:   map[netip.Addr]uint32{pod: 300, netip.MustParseAddr("10.244.1.5"): 301},
 		CIDRs:     map[netip.Prefix]uint32{netip.MustParsePrefix("192.168.0.0/16"): 1 << 24},
 		Endpoints: map[netip.Addr]compile.Endpoint{pod: {ID: 1, IngressIsolated: true}},
-		Rules: map[compile.Rule]struct{}{
-			{Endpoint: 1, Remote: 301, Dir: compile.Ingress, Proto: bpf.ProtoTCP, Port: 8080, PortBits: 16}: {},
+		Rules: map[compile.Rule]compile.SourceSet{
+			{Endpoint: 1, Remote: 301, Dir: compile.Ingress, Proto: bpf.ProtoTCP, Port: 8080, PortBits: 16}: 0,
 		},
 	}
 	st, err := w.Apply(out)
@@ -57,9 +57,9 @@ func TestApplyWritesTheDifference(t *testing.T) {
 
 	// More rules than the map holds: an error naming the map, and the
 	// rules that fit are written.
-	out.Rules = map[compile.Rule]struct{}{}
+	out.Rules = map[compile.Rule]compile.SourceSet{}
 	for i := range 6 {
-		out.Rules[compile.Rule{Endpoint: 1, Remote: 301, Dir: compile.Ingress, Proto: bpf.ProtoTCP, Port: uint16(1000 + i), PortBits: 16}] = struct{}{}
+		out.Rules[compile.Rule{Endpoint: 1, Remote: 301, Dir: compile.Ingress, Proto: bpf.ProtoTCP, Port: uint16(1000 + i), PortBits: 16}] = 0
 	}
 	st, err = w.Apply(out)
 	full := FullErrors(err)
