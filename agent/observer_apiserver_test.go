@@ -54,7 +54,7 @@ func (s *observerSource) Conntrack(observe.ConntrackFilter) ([]observeapi.Conntr
 func (s *observerSource) Drops() observeapi.Drops { return observeapi.Drops{} }
 func (s *observerSource) Flows(ctx context.Context, f observeapi.FlowFilter) ([]observeapi.Flow, <-chan observeapi.Flow) {
 	buffered := []observeapi.Flow{{Time: time.Now().Add(-time.Minute), Node: s.node, Verdict: observeapi.VerdictDropped,
-		Reason: "policy-ingress", Proto: "tcp", Src: observeapi.Addr{IP: "10.244.1.5", Pod: "demo/client"},
+		Reason: "policy_ingress", Proto: "tcp", Src: observeapi.Addr{IP: "10.244.1.5", Pod: "demo/client"},
 		Dst: observeapi.Addr{IP: "10.244.0.7", Port: 8080, Pod: "demo/web"}, Policies: []string{"demo/deny-all"}}}
 	if !f.Follow {
 		return buffered, nil
@@ -232,7 +232,7 @@ func TestObserverThroughAPIServer(t *testing.T) {
 		}
 		return ""
 	}
-	if l := next("buffered flow"); !strings.Contains(l, "policy-ingress") {
+	if l := next("buffered flow"); !strings.Contains(l, "policy_ingress") {
 		t.Errorf("buffered flow: %s", l)
 	}
 	eventually(t, "the follower at the agent", func() bool { return src.push(observeapi.Flow{}) > 0 })

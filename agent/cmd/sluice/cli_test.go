@@ -71,11 +71,11 @@ func nodeA() *testSource {
 	return &testSource{
 		node: "node-a",
 		flows: []observeapi.Flow{
-			{Time: t0.Add(1 * time.Second), Node: "node-a", Verdict: observeapi.VerdictDropped, Reason: "policy-ingress", Hook: "to-pod",
+			{Time: t0.Add(1 * time.Second), Node: "node-a", Verdict: observeapi.VerdictDropped, Reason: "policy_ingress", Hook: "to_pod",
 				Direction: "ingress", Proto: "tcp",
 				Src: observeapi.Addr{IP: "10.244.1.5", Port: 41000, Pod: "demo/client"}, Dst: observeapi.Addr{IP: "10.244.0.7", Port: 8080, Pod: "demo/web"},
 				Policies: []string{"demo/deny-all"}},
-			{Time: t0.Add(3 * time.Second), Node: "node-a", Verdict: observeapi.VerdictTranslated, Hook: "from-pod", Proto: "tcp",
+			{Time: t0.Add(3 * time.Second), Node: "node-a", Verdict: observeapi.VerdictTranslated, Hook: "from_pod", Proto: "tcp",
 				Src: observeapi.Addr{IP: "10.244.0.9", Port: 41001, Pod: "demo/client-2"}, Dst: observeapi.Addr{IP: "10.96.0.10", Port: 80},
 				Service: "demo/web:http", Backend: &observeapi.Addr{IP: "10.244.1.8", Port: 8080, Pod: "demo/web-1"}},
 		},
@@ -93,7 +93,7 @@ func nodeA() *testSource {
 		ct: []observeapi.ConntrackEntry{{Proto: "tcp", Kind: "service", Src: observeapi.Addr{IP: "10.244.0.9", Port: 41001, Pod: "demo/client-2"},
 			Dst: observeapi.Addr{IP: "10.96.0.10", Port: 80}, Service: "demo/web:http",
 			Backend: &observeapi.Addr{IP: "10.244.1.8", Port: 8080, Pod: "demo/web-1"}, Flags: []string{"established"}, ExpiresIn: 21594 * time.Second}},
-		drops: observeapi.Drops{Since: t0, Drops: []observeapi.DropCount{{Reason: "policy-ingress", Hook: "to-pod", Direction: "ingress",
+		drops: observeapi.Drops{Since: t0, Drops: []observeapi.DropCount{{Reason: "policy_ingress", Hook: "to_pod", Direction: "ingress",
 			Packets: 3, Bytes: 180, LastMinute: 1}}},
 	}
 }
@@ -102,10 +102,10 @@ func nodeB() *testSource {
 	return &testSource{
 		node: "node-b",
 		flows: []observeapi.Flow{
-			{Time: t0.Add(2 * time.Second), Node: "node-b", Verdict: observeapi.VerdictForwarded, Hook: "to-pod", Direction: "ingress", Proto: "tcp",
+			{Time: t0.Add(2 * time.Second), Node: "node-b", Verdict: observeapi.VerdictForwarded, Hook: "to_pod", Direction: "ingress", Proto: "tcp",
 				Src: observeapi.Addr{IP: "10.244.0.9", Port: 41001, Pod: "demo/client-2"}, Dst: observeapi.Addr{IP: "10.244.1.8", Port: 8080, Pod: "demo/web-1"},
 				Policies: []string{"demo/allow-client[ingress 0]"}},
-			{Time: t0.Add(4 * time.Second), Node: "node-b", Verdict: observeapi.VerdictDropped, Reason: "no-backend", Hook: "from-netdev", Proto: "udp",
+			{Time: t0.Add(4 * time.Second), Node: "node-b", Verdict: observeapi.VerdictDropped, Reason: "no_backend", Hook: "from_netdev", Proto: "udp",
 				Src: observeapi.Addr{IP: "192.168.1.10", Port: 5000, Node: "node-c"}, Dst: observeapi.Addr{IP: "192.168.1.11", Port: 30053},
 				Service: "demo/dns:dns", Suppressed: 12},
 		},
@@ -161,11 +161,11 @@ func TestLocalCommands(t *testing.T) {
 	}{
 		{[]string{"observe"}, []string{
 			"TIME  SOURCE  DESTINATION  PROTO  VERDICT  REASON  POLICY",
-			"Dec  1 05:00:01.000  demo/client  ->  demo/web  TCP/8080  DROPPED  policy-ingress  demo/deny-all",
+			"Dec  1 05:00:01.000  demo/client  ->  demo/web  TCP/8080  DROPPED  policy_ingress  demo/deny-all",
 			"Dec  1 05:00:03.000  demo/client-2  ->  Service demo/web:http -> demo/web-1  TCP/80  TRANSLATED  -  -",
 		}},
 		{[]string{"observe", "--verdict", "dropped", "--last", "1"}, []string{
-			"Dec  1 05:00:01.000  demo/client  ->  demo/web  TCP/8080  DROPPED  policy-ingress  demo/deny-all"}},
+			"Dec  1 05:00:01.000  demo/client  ->  demo/web  TCP/8080  DROPPED  policy_ingress  demo/deny-all"}},
 		{[]string{"service", "list"}, []string{
 			"ID  FRONTEND  SERVICE  TYPE  FLAGS  BACKENDS",
 			"4  10.96.0.10:80/TCP  demo/web:http  ClusterIP  internal,affinity=10800s,maglev=251  1 => 10.244.0.7:8080 demo/web (weight 126, local)",
@@ -182,7 +182,7 @@ func TestLocalCommands(t *testing.T) {
 			"PROTO  KIND  SOURCE  DESTINATION  SERVICE  BACKEND  FLAGS  EXPIRES",
 			"TCP  service  demo/client-2:41001  10.96.0.10:80  demo/web:http  demo/web-1:8080  established  6h",
 		}},
-		{[]string{"drops"}, []string{"policy-ingress  to-pod  ingress  3  180  1  2026-12-01 05:00:00"}},
+		{[]string{"drops"}, []string{"policy_ingress  to_pod  ingress  3  180  1  2026-12-01 05:00:00"}},
 		{[]string{"status"}, []string{"Node:  node-a", "Ready:  yes", "Attach:  tcx", "sluice_services_v2  25  100  25.0%"}},
 	} {
 		out, errOut, err := run(t, append(tc.args, "--socket", sock)...)
@@ -368,10 +368,10 @@ func TestRemoteCommands(t *testing.T) {
 	}
 	want := []string{
 		"TIME  NODE  SOURCE  DESTINATION  PROTO  VERDICT  REASON  POLICY",
-		"Dec  1 05:00:01.000  node-a  demo/client  ->  demo/web  TCP/8080  DROPPED  policy-ingress  demo/deny-all",
+		"Dec  1 05:00:01.000  node-a  demo/client  ->  demo/web  TCP/8080  DROPPED  policy_ingress  demo/deny-all",
 		"Dec  1 05:00:02.000  node-b  demo/client-2  ->  demo/web-1  TCP/8080  FORWARDED  ingress allowed  demo/allow-client[ingress 0]",
 		"Dec  1 05:00:03.000  node-a  demo/client-2  ->  Service demo/web:http -> demo/web-1  TCP/80  TRANSLATED  -  -",
-		"Dec  1 05:00:04.000  node-b  node:node-c  ->  Service demo/dns:dns  UDP/30053  DROPPED  no-backend  -  (+12 suppressed before)",
+		"Dec  1 05:00:04.000  node-b  node:node-c  ->  Service demo/dns:dns  UDP/30053  DROPPED  no_backend  -  (+12 suppressed before)",
 	}
 	if got := strings.TrimSpace(squash(out)); got != strings.Join(want, "\n") {
 		t.Errorf("observe from two nodes:\n%s\nwant\n%s", got, strings.Join(want, "\n"))
@@ -389,7 +389,7 @@ func TestRemoteCommands(t *testing.T) {
 
 	// --last N is the newest N of all nodes.
 	out, _, err = run(t, "observe", "--kubeconfig", kc, "--last", "1")
-	if err != nil || strings.Count(out, "\n") != 2 || !strings.Contains(out, "no-backend") {
+	if err != nil || strings.Count(out, "\n") != 2 || !strings.Contains(out, "no_backend") {
 		t.Errorf("observe --last 1: %v\n%s", err, out)
 	}
 

@@ -39,7 +39,7 @@ func newFakeSource() *fakeSource {
 	return &fakeSource{
 		gone: make(chan observeapi.FlowFilter, 16),
 		flows: []observeapi.Flow{
-			{Time: t0, Node: "node-a", Verdict: observeapi.VerdictDropped, Reason: "policy-ingress", Proto: "tcp",
+			{Time: t0, Node: "node-a", Verdict: observeapi.VerdictDropped, Reason: "policy_ingress", Proto: "tcp",
 				Src: observeapi.Addr{IP: "10.244.1.5", Port: 40000, Pod: "demo/client"}, Dst: observeapi.Addr{IP: "10.244.0.7", Port: 8080, Pod: "demo/web"},
 				Policies: []string{"demo/deny"}},
 			{Time: t0.Add(time.Second), Node: "node-a", Verdict: observeapi.VerdictTranslated, Proto: "tcp",
@@ -351,7 +351,7 @@ func TestFlowsBufferedThenFollowed(t *testing.T) {
 		}
 		return observeapi.Flow{}
 	}
-	if fl := next("buffered"); fl.Reason != "policy-ingress" {
+	if fl := next("buffered"); fl.Reason != "policy_ingress" {
 		t.Errorf("buffered flow %+v", fl)
 	}
 	for src.followerCount() == 0 {
