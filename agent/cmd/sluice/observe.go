@@ -150,6 +150,12 @@ func runObserve(ctx context.Context, g *globals, f observeapi.FlowFilter) error 
 			}
 		}
 	} else {
+		if !p.json {
+			// Flows come one by one: start the columns at typical widths so
+			// the header mostly lines up with them.
+			p.fit(flowHeader(remote))
+			p.fit(followWidths(remote))
+		}
 		merr = mergeFlows(ctx, events, len(agents), wait, p.print)
 	}
 	cancel()
@@ -169,6 +175,18 @@ func runObserve(ctx context.Context, g *globals, f observeapi.FlowFilter) error 
 		return errPartial
 	}
 	return nil
+}
+
+// followWidths are cells of typical widths for a followed stream.
+func followWidths(remote bool) []string {
+	w := []string{strings.Repeat(" ", len(flowTimeLayout))}
+	if remote {
+		w = append(w, strings.Repeat(" ", 8))
+	}
+	for _, n := range []int{24, 2, 40, 9, 10, 15} {
+		w = append(w, strings.Repeat(" ", n))
+	}
+	return w
 }
 
 // readStream sends agent a's flows to events: opened, then each flow.
@@ -198,7 +216,7 @@ func readStream(ctx context.Context, a *agent, src int, f observeapi.FlowFilter,
 	switch {
 	case ctx.Err() != nil:
 	case err != nil:
-		return fmt.Errorf("%s: %w", a.name, err)
+		return fmt.Errorf("%s: the flow stream broke (did the agent restart?): %w", a.name, err)
 	case f.Follow:
 		return fmt.Errorf("%s: the agent ended the flow stream (did it restart?)", a.name)
 	}
