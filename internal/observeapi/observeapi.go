@@ -195,7 +195,7 @@ type Drops struct {
 // DropCount is one reason at one hook.
 type DropCount struct {
 	Reason    string `json:"reason"`
-	Hook      string `json:"hook"`      // from-pod, to-pod, from-netdev, to-netdev
+	Hook      string `json:"hook"`      // from_pod, to_pod, from_netdev, to_netdev
 	Direction string `json:"direction"` // egress (leaving a pod or the node) or ingress
 	Packets   uint64 `json:"packets"`
 	Bytes     uint64 `json:"bytes"`
@@ -219,7 +219,7 @@ type Flow struct {
 	Verdict string    `json:"verdict"`
 	// Reason is why a packet was dropped (a drop reason's name).
 	Reason    string `json:"reason,omitempty"`
-	Hook      string `json:"hook"`                // from-pod, to-pod, from-netdev, to-netdev
+	Hook      string `json:"hook"`                // from_pod, to_pod, from_netdev, to_netdev
 	Direction string `json:"direction,omitempty"` // policy: ingress or egress, seen from the local pod
 	Proto     string `json:"proto"`
 	Src       Addr   `json:"src"`
