@@ -224,9 +224,10 @@ func (c *Controller) Programmed() []mapsync.Programmed { return c.writer.Program
 
 // ServiceName names the Service port of frontend svcID as
 // NAMESPACE/NAME:PORT (NAMESPACE/NAME when the port has no name); "" when
-// the frontend is not known (or not yet named after a restart).
+// the frontend is not known (or not yet named after a restart). It never
+// waits for a sync: it reads the names as of the last one.
 func (c *Controller) ServiceName(svcID uint32) string {
-	p, ok := c.writer.ByID(svcID)
+	p, ok := c.writer.ServiceName(svcID)
 	if !ok || p.Service.Name == "" {
 		return ""
 	}

@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 	"k8s.io/apimachinery/pkg/types"
@@ -90,6 +91,11 @@ type Writer struct {
 	mu       sync.RWMutex
 	services map[bpf.ServiceKey]*service
 	byID     map[uint32]bpf.ServiceKey // the frontends by service ID
+	// names are the frontends' names by service ID as of the last sync,
+	// for readers that must not wait for a sync (ServiceName); renamed
+	// says a sync renamed a frontend without writing it.
+	names    atomic.Pointer[map[uint32]ServiceName]
+	renamed  bool
 	backends map[uint32]bpf.BackendValue
 	svcIDs   *idPool
 	beIDs    *idPool
@@ -324,6 +330,9 @@ func (w *Writer) apply(desired compile.Desired, touched []compile.Frontend) (Sta
 	plans = w.writeServices(plans, &st, &errs)
 	w.deleteBackends(w.adopt(plans, &errs), &st, &errs)
 	st.Services, st.Backends = len(w.services), len(w.backends)
+	if st.ServicesWritten+st.ServicesDeleted > 0 || w.renamed || w.names.Load() == nil {
+		w.publishNames()
+	}
 	return st, errors.Join(errs...)
 }
 
@@ -371,6 +380,7 @@ func (w *Writer) planChanges(desired compile.Desired, touched []compile.Frontend
 				named := *n
 				named.Service, named.PortName, named.Kind = e.Service, e.PortName, e.Kind
 				cur.entry = &named
+				w.renamed = true
 			}
 			return
 		}

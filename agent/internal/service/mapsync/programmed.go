@@ -58,6 +58,36 @@ func (w *Writer) Programmed() []Programmed {
 	return out
 }
 
+// ServiceName names a frontend: its Service and the port's name.
+type ServiceName struct {
+	Service  types.NamespacedName
+	PortName string
+}
+
+// publishNames records every frontend's name for ServiceName; the caller
+// holds w.mu.
+func (w *Writer) publishNames() {
+	names := make(map[uint32]ServiceName, len(w.services))
+	for _, svc := range w.services {
+		if svc.entry != nil {
+			names[svc.id] = ServiceName{Service: svc.entry.Service, PortName: svc.entry.PortName}
+		}
+	}
+	w.names.Store(&names)
+	w.renamed = false
+}
+
+// ServiceName names frontend svcID as of the last sync, without waiting
+// for a sync in progress: the flow reader names every event with it.
+func (w *Writer) ServiceName(svcID uint32) (ServiceName, bool) {
+	names := w.names.Load()
+	if names == nil {
+		return ServiceName{}, false
+	}
+	n, ok := (*names)[svcID]
+	return n, ok
+}
+
 // ByID returns the frontend with service ID id, without its backends.
 func (w *Writer) ByID(id uint32) (Programmed, bool) {
 	w.mu.RLock()

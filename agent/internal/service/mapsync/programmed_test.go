@@ -37,11 +37,24 @@ func TestProgrammedNames(t *testing.T) {
 	if !ok || p.Service != other || p.PortName != "web" || p.Backends != nil {
 		t.Errorf("by ID: %+v, %v; want ns/other:web without backends", p, ok)
 	}
+	if n, ok := w.ServiceName(progs[0].ID); !ok || n.Service != other || n.PortName != "web" {
+		t.Errorf("service name %+v %v; want ns/other web", n, ok)
+	}
+	// Names are read without waiting for a sync in progress.
+	w.mu.Lock()
+	n, ok := w.ServiceName(progs[0].ID)
+	w.mu.Unlock()
+	if !ok || n.Service != other {
+		t.Errorf("service name during a sync: %+v %v", n, ok)
+	}
 	if b, ok := w.Backend(progs[0].Backends[1].ID); !ok || b.String() != "10.0.0.2:8080" {
 		t.Errorf("backend %d: %v %v", progs[0].Backends[1].ID, b, ok)
 	}
 	if _, err := w.Sync(compile.Desired{}); err != nil {
 		t.Fatal(err)
+	}
+	if _, ok := w.ServiceName(progs[0].ID); ok {
+		t.Errorf("deleted frontend still named")
 	}
 	if _, ok := w.ByID(progs[0].ID); ok || len(w.Programmed()) != 0 {
 		t.Errorf("deleted frontend still programmed")
