@@ -1,7 +1,8 @@
 // Command sluice-agent is Sluice's node agent: it loads the datapath, keeps
 // its service maps in step with Services and EndpointSlices (replacing
 // kube-proxy), publishes the node's readiness for the CNI plugin, collects
-// conntrack garbage and serves health and metrics. `sluice-agent cleanup`
+// conntrack garbage, serves health and metrics, and reads the datapath's
+// flow events for the observer API of the sluice CLI. `sluice-agent cleanup`
 // removes what Sluice installed on the node instead. Settings: see
 // docs/reference.md.
 package main
