@@ -125,25 +125,31 @@ fi
 echo
 echo "==> sluice observe: those connections as the datapath saw them, asked from outside the cluster"
 echo "    (every node's agent through the API server, merged by time)"
-echo "    \$ sluice --kubeconfig \$KUBECONFIG observe --namespace demo --since $since"
 sluice=/run/sluice-localcluster/bin/sluice
-observed=""
 # The agents name a flow the moment they read it; one second is slack.
 sleep 1
-if ! observed=$("$sluice" --kubeconfig "$KUBECONFIG" observe --namespace demo --since "$since"); then
-	status=1
-fi
-while IFS= read -r line; do printf '    %s\n' "$line"; done <<<"$observed"
-for verdict in DROPPED FORWARDED; do
-	if ! grep -q " $verdict " <<<"$observed"; then
-		echo "==> no $verdict flow in sluice observe" >&2
+# observe CLIENT VERDICT: the client's flows since the policy went in,
+# printed; status 1 unless one has VERDICT.
+observe() {
+	local observed
+	echo "    \$ sluice --kubeconfig \$KUBECONFIG observe --since $since --pod demo/$1"
+	if ! observed=$("$sluice" --kubeconfig "$KUBECONFIG" observe --since "$since" --pod "demo/$1"); then
 		status=1
 	fi
-done
+	while IFS= read -r line; do printf '    %s\n' "$line"; done <<<"$observed"
+	if ! grep -q " $2 " <<<"$observed"; then
+		echo "==> no $2 flow of $1 in sluice observe" >&2
+		status=1
+	fi
+}
+observe "client-$first_node" FORWARDED
+echo
+observe "client-${nodes##* }" DROPPED
 if [ "$status" = 0 ]; then
-	echo "==> the other client's SYNs were DROPPED by the ingress policy on the web pod's node; the frontend's"
-	echo "    connection was TRANSLATED to a web pod on its own node and FORWARDED by the rule that allows it."
+	echo "==> both connections were TRANSLATED to a web pod by the client's node; the frontend's was FORWARDED"
+	echo "    by the rule that allows it, the other client's SYNs DROPPED by the policy isolating the web pod."
 fi
+
 cat <<TXT
 
 Try it yourself:
