@@ -4,10 +4,13 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -381,5 +384,28 @@ func TestEventReaderWakes(t *testing.T) {
 		}
 	case <-time.After(time.Second):
 		t.Fatal("a blocked Read did not return the event sent meanwhile")
+	}
+}
+
+// TestFinishMigrationUnpinsOldRing: a node upgraded from the release just
+// before, which has no map to migrate but pinned the drop event ring
+// sluice_events_v2, has that pin removed once the new programs run.
+func TestFinishMigrationUnpinsOldRing(t *testing.T) {
+	d := loadTest(t, Config{})
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "sluice_events_v2", Type: ebpf.RingBuf, MaxEntries: 1 << 12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	path := filepath.Join(mapsDir(d.PinRoot()), "sluice_events_v2")
+	if err := old.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+	st, err := d.FinishMigration()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) || !slices.Equal(st.Unpinned, []string{"sluice_events_v2"}) {
+		t.Errorf("after FinishMigration: %+v, stat %v; want sluice_events_v2 unpinned", st, err)
 	}
 }
