@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cilium/ebpf"
 	dto "github.com/prometheus/client_model/go"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -115,6 +116,7 @@ func (s *Source) mapFill() []observeapi.MapFill {
 		return nil
 	}
 	byName := map[string]*observeapi.MapFill{}
+	entries := map[string]bool{} // reported by sluice_map_entries
 	get := func(m *dto.Metric) *observeapi.MapFill {
 		var name string
 		for _, l := range m.GetLabel() {
@@ -131,12 +133,22 @@ func (s *Source) mapFill() []observeapi.MapFill {
 		switch f.GetName() {
 		case "sluice_map_entries":
 			for _, m := range f.GetMetric() {
-				get(m).Entries = int(m.GetGauge().GetValue())
+				fill := get(m)
+				fill.Entries = int(m.GetGauge().GetValue())
+				entries[fill.Name] = true
 			}
 		case "sluice_map_capacity":
 			for _, m := range f.GetMetric() {
 				get(m).Capacity = int(m.GetGauge().GetValue())
 			}
+		}
+	}
+	// Maps no controller reports entries of (the CNI plugin writes
+	// endpoints, the datapath affinity and socket LB entries) are
+	// counted now.
+	for name, m := range map[string]*ebpf.Map{"endpoints": s.dp.Endpoints, "affinity": s.dp.Affinity, "sock_revnat": s.dp.SockRevnat} {
+		if f := byName[name]; f != nil && !entries[name] && m != nil {
+			f.Entries = countEntries(m)
 		}
 	}
 	out := make([]observeapi.MapFill, 0, len(byName))
@@ -145,6 +157,20 @@ func (s *Source) mapFill() []observeapi.MapFill {
 	}
 	slices.SortFunc(out, func(a, b observeapi.MapFill) int { return strings.Compare(a.Name, b.Name) })
 	return out
+}
+
+// countEntries counts a map's entries (-1 when it cannot be read).
+func countEntries(m *ebpf.Map) int {
+	k, v := make([]byte, m.KeySize()), make([]byte, m.ValueSize())
+	n := 0
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if it.Err() != nil {
+		return -1
+	}
+	return n
 }
 
 // attachMode is "tcx" when the datapath's attachments are tcx links

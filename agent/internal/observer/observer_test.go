@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sluice-net/sluice/agent/internal/flows"
+	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/agent/internal/netpol/compile"
 	"github.com/sluice-net/sluice/agent/internal/observe"
 	svccompile "github.com/sluice-net/sluice/agent/internal/service/compile"
@@ -279,7 +280,14 @@ func TestDropsLastMinute(t *testing.T) {
 }
 
 func TestFlowsAndStatus(t *testing.T) {
-	src, _, _ := newSource(t, nil)
+	src, dp, _ := newSource(t, nil)
+	m := metrics.New()
+	m.RegisterDatapath(dp)
+	m.MapEntries.WithLabelValues("services").Set(3)
+	src.opts.Metrics = m
+	if err := dp.RecordEndpoint(7, []netip.Addr{netip.MustParseAddr("10.0.1.10"), netip.MustParseAddr("fd00::10")}, bpf.EndpointValue{}); err != nil {
+		t.Fatal(err)
+	}
 	src.store.Add(observeapi.Flow{Verdict: observeapi.VerdictDropped})
 	got, _ := src.Flows(context.Background(), observeapi.FlowFilter{})
 	if len(got) != 1 {
@@ -288,5 +296,15 @@ func TestFlowsAndStatus(t *testing.T) {
 	st := src.Status()
 	if st.Node != "node-a" || st.Flows.Buffered != 1 || st.Flows.Capacity != 16 || st.Flows.Seen != 1 || st.Version == "" {
 		t.Errorf("status %+v", st)
+	}
+	fill := map[string]observeapi.MapFill{}
+	for _, f := range st.Maps {
+		fill[f.Name] = f
+	}
+	if f := fill["services"]; f.Entries != 3 || f.Capacity != 64 {
+		t.Errorf("services map %+v, want 3 of 64 (as reported)", f)
+	}
+	if f := fill["endpoints"]; f.Entries != 2 || f.Capacity == 0 {
+		t.Errorf("endpoints map %+v, want its 2 entries counted", f)
 	}
 }
