@@ -257,3 +257,38 @@ func checkFlow(t *testing.T, got, want observeapi.Flow) {
 		t.Errorf("flow\n%+v\nwant\n%+v", got, want)
 	}
 }
+
+// An address two pods report (a finished or terminating pod and its
+// successor) names the live one; a host-network pod's address is its
+// node's.
+func TestPodByAddress(t *testing.T) {
+	done := pod("aaa", "done", nodeA, "x", "10.0.9.1")
+	done.Status.Phase = v1.PodSucceeded
+	leaving := pod("aaa", "leaving", nodeA, "x", "10.0.9.1")
+	leaving.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+	live := pod("zzz", "live", nodeA, "x", "10.0.9.1")
+	host := pod("kube-system", "agent", nodeA, "agent", "192.168.0.1")
+	host.Spec.HostNetwork = true
+	v6 := pod("six", "pod", nodeA, "x", "fd00::9:1")
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeA}, Status: v1.NodeStatus{Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "192.168.0.1"}}}}
+	factory := informers.NewSharedInformerFactory(fake.NewClientset(done, leaving, live, host, v6, node), 0)
+	c, err := NewCluster(factory, func() *compile.Output { return nil }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+	for addr, want := range map[string]string{"10.0.9.1": "zzz/live", "192.168.0.1": "", "fd00::9:1": "six/pod", "::ffff:10.0.9.1": "zzz/live", "10.0.9.2": ""} {
+		if got := c.Pod(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("pod at %s: %q, want %q", addr, got, want)
+		}
+	}
+	if got := c.Node(netip.MustParseAddr("192.168.0.1")); got != nodeA {
+		t.Errorf("node at 192.168.0.1: %q", got)
+	}
+	if c.Service(1) != "" || c.Isolating(1, bpf.PolicyIngress) != nil || c.Allowing(1, bpf.PolicyIngress, netip.MustParseAddr("10.0.9.1"), 6, 80, 0) != nil {
+		t.Errorf("names without a service controller or compiled policy")
+	}
+}
