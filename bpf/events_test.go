@@ -379,10 +379,11 @@ func TestEventReaderWakes(t *testing.T) {
 		if DropReason(ev.Reason) != DropSpoofedSource {
 			t.Errorf("event %+v, want the spoofed_source drop", ev)
 		}
-		if waited := time.Since(start); waited > 2*EventPollInterval {
-			t.Errorf("the event took %v to reach Read, want at most the poll interval %v", waited, EventPollInterval)
+		// The poll interval plus what a loaded machine adds.
+		if waited := time.Since(start); waited > 10*EventPollInterval {
+			t.Errorf("the event took %v to reach Read, want about the poll interval %v", waited, EventPollInterval)
 		}
-	case <-time.After(time.Second):
+	case <-time.After(2 * time.Second):
 		t.Fatal("a blocked Read did not return the event sent meanwhile")
 	}
 }
