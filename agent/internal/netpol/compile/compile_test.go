@@ -451,11 +451,9 @@ var (
 		"tcp:8100", "tcp:9090", "tcp:53", "udp:53", "udp:54", "udp:8080", "sctp:7000", "sctp:7001"}
 )
 
-// crossCheck compares the compiled maps with the reference on every pair
-// of endpoints (pod addresses and probe addresses, same family) and every
-// probe port.
-func (c *cluster) crossCheck(t *testing.T) {
-	t.Helper()
+// probeEndpoints are the endpoints crossCheck and checkAttribution pair:
+// every included pod address and every probe address.
+func (c *cluster) probeEndpoints() []endpoint {
 	var eps []endpoint
 	for _, p := range c.pods {
 		if !included(p) {
@@ -470,6 +468,15 @@ func (c *cluster) crossCheck(t *testing.T) {
 		ep, _ := c.endpoint(s, false)
 		eps = append(eps, ep)
 	}
+	return eps
+}
+
+// crossCheck compares the compiled maps with the reference on every pair
+// of endpoints (pod addresses and probe addresses, same family) and every
+// probe port.
+func (c *cluster) crossCheck(t *testing.T) {
+	t.Helper()
+	eps := c.probeEndpoints()
 	failures := 0
 	for _, src := range eps {
 		for _, dst := range eps {

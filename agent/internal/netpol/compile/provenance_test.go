@@ -73,20 +73,7 @@ func attribution(out Output, self, remote endpoint, dir Direction, proto uint8, 
 // left out.
 func (c *cluster) checkAttribution(t *testing.T) {
 	t.Helper()
-	var eps []endpoint
-	for _, p := range c.pods {
-		if !included(p) {
-			continue
-		}
-		for _, ip := range p.Status.PodIPs {
-			ep, _ := c.endpoint(ip.IP, false)
-			eps = append(eps, ep)
-		}
-	}
-	for _, s := range probeAddrs {
-		ep, _ := c.endpoint(s, false)
-		eps = append(eps, ep)
-	}
+	eps := c.probeEndpoints()
 	failures := 0
 	check := func(self, remote endpoint, dir Direction, pp string) {
 		if self.pod == nil || (remote.pod == nil && remote.node == self.node) {
