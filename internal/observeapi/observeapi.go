@@ -402,13 +402,23 @@ func NewClient(socket string) *Client {
 
 // Get decodes the JSON answer to path?query into out.
 func (c *Client) Get(ctx context.Context, path string, query url.Values, out any) error {
-	body, err := c.Stream(ctx, path, query)
+	return GetJSON(ctx, c.Stream, "agent at "+c.Socket, path, query, out)
+}
+
+// StreamFunc asks one agent for path?query: a Client's Stream, or the
+// CLI's way through the API server's pod proxy.
+type StreamFunc func(ctx context.Context, path string, query url.Values) (io.ReadCloser, error)
+
+// GetJSON decodes the JSON answer stream gives for path?query into out;
+// name says which agent, for errors.
+func GetJSON(ctx context.Context, stream StreamFunc, name, path string, query url.Values, out any) error {
+	body, err := stream(ctx, path, query)
 	if err != nil {
 		return err
 	}
 	defer body.Close()
 	if err := json.NewDecoder(body).Decode(out); err != nil {
-		return fmt.Errorf("agent at %s: %s: %w", c.Socket, path, err)
+		return fmt.Errorf("%s: %s: bad answer: %w", name, path, err)
 	}
 	return nil
 }

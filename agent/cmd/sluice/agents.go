@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,20 +22,12 @@ type agent struct {
 	Node string // "" in local mode
 	// name says which agent, for errors.
 	name   string
-	stream func(ctx context.Context, path string, q url.Values) (io.ReadCloser, error)
+	stream observeapi.StreamFunc
 }
 
 // get decodes the agent's JSON answer to path?q into out.
 func (a *agent) get(ctx context.Context, path string, q url.Values, out any) error {
-	body, err := a.stream(ctx, path, q)
-	if err != nil {
-		return err
-	}
-	defer body.Close()
-	if err := json.NewDecoder(body).Decode(out); err != nil {
-		return fmt.Errorf("%s: %s: bad answer: %w", a.name, path, err)
-	}
-	return nil
+	return observeapi.GetJSON(ctx, a.stream, a.name, path, q, out)
 }
 
 // remoteMode decides where to ask: remote when asked (--all-nodes,
