@@ -664,16 +664,21 @@ func printUsage(s *state) {
 	if sluiceNodes < len(s.Nodes) {
 		what = fmt.Sprintf("Sluice on %d, kube-proxy on %d (benchmark layout)", sluiceNodes, len(s.Nodes)-sluiceNodes)
 	}
+	cli := ""
+	if sluiceNodes == len(s.Nodes) {
+		cli = fmt.Sprintf("  go run ./hack/localcluster sluice %s observe --follow   # the flows its datapath sees\n"+
+			"  %s --kubeconfig %s observe -f   # every node's, merged\n", s.Nodes[0].Name, path("bin", "sluice"), adminKubeconfig())
+	}
 	fmt.Printf(`
 Sluice local cluster is up: %d nodes, %s.
 
   export KUBECONFIG=%s
   %s/kubectl get nodes -o wide
   go run ./hack/localcluster exec NAMESPACE/POD -- /agnhost connect 10.96.0.1:443 --timeout=3s
-  go run ./hack/localcluster status
+%s  go run ./hack/localcluster status
   go run ./hack/localcluster down
 
 Images run on this machine's binaries: agnhost images run the agnhost built from
 the pinned Kubernetes module. Logs: %s
-`, len(s.Nodes), what, adminKubeconfig(), s.K8sBin, path("logs"))
+`, len(s.Nodes), what, adminKubeconfig(), s.K8sBin, cli, path("logs"))
 }
