@@ -205,7 +205,8 @@ func nextFrom(ch <-chan arrival, srcPort int, timeout time.Duration) (arrival, e
 // in `sluice observe --verdict dropped` within a second of its packet,
 // with both pods, the reason and the policy isolating the server; an
 // allowed one shows the rule that allowed it; `sluice policy get` lists
-// the peers the policy admits.
+// the peers the policy admits; `sluice endpoint list` shows the node's
+// pods and their isolation, `sluice drops` the drops in the last minute.
 func TestObservePolicyVerdicts(t *testing.T) {
 	t.Parallel()
 	f := newTestNS(t)
@@ -306,6 +307,43 @@ func TestObservePolicyVerdicts(t *testing.T) {
 	}
 	if !admitted {
 		t.Errorf("no ingress rule from %s admits pods {role=allowed} (%s/allowed) on tcp %d: %+v", rule, f.name, podHTTPPort, pol.Rules)
+	}
+
+	t.Log("sluice endpoint list and drops on the server's node")
+	var endpoints []observeapi.Endpoint
+	if err := f.sluiceJSON(a, &endpoints, "endpoint", "list"); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, ep := range endpoints {
+		switch ep.Pod {
+		case f.name + "/server":
+			found = true
+			if !slices.Equal(ep.IngressPolicies, []string{policy}) || !slices.Contains(ep.Addrs, ips[0]) {
+				t.Errorf("endpoint %+v, want %s isolated for ingress by %s", ep, ips[0], policy)
+			}
+		case f.name + "/allowed", f.name + "/other":
+			t.Errorf("endpoint list of %s shows %s, a pod of %s", a, ep.Pod, b)
+		}
+	}
+	if !found {
+		t.Errorf("endpoint list of %s lacks %s/server: %+v", a, f.name, endpoints)
+	}
+	// The drops the test made are counted, and in the last minute.
+	var drops observeapi.Drops
+	if err := f.sluiceJSON(a, &drops, "drops"); err != nil {
+		t.Fatal(err)
+	}
+	counted := false
+	for _, d := range drops.Drops {
+		r := strings.ReplaceAll(d.Reason, "_", "-")
+		if strings.Contains(r, "policy") && strings.Contains(r, "ingress") {
+			counted = d.Packets >= d.LastMinute && d.LastMinute >= 2
+			t.Logf("drops: %+v", d)
+		}
+	}
+	if !counted {
+		t.Errorf("drops of %s: no policy ingress drops counted in the last minute (this test made at least 2): %+v", a, drops)
 	}
 }
 
