@@ -1,8 +1,10 @@
 package observer
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -50,7 +52,23 @@ func (s *Source) Conntrack(f observe.ConntrackFilter) ([]observeapi.ConntrackEnt
 			return nil, fmt.Errorf("read conntrack map %s: %w", mapName(m), err)
 		}
 	}
+	slices.SortFunc(out, compareEntries)
 	return out, nil
+}
+
+// compareEntries orders entries by protocol and then by the flow's client
+// (a reply entry's destination), so that the entries of one flow stand
+// together: its service entry, its reply, its policy entries.
+func compareEntries(a, b observeapi.ConntrackEntry) int {
+	client := func(e observeapi.ConntrackEntry) observeapi.Addr {
+		if e.Kind == "reply" {
+			return e.Dst
+		}
+		return e.Src
+	}
+	ca, cb := client(a), client(b)
+	return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(ca.Pod, cb.Pod), cmp.Compare(ca.IP, cb.IP),
+		cmp.Compare(ca.Port, cb.Port), cmp.Compare(a.Kind, b.Kind))
 }
 
 func mapName(m *ebpf.Map) string {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -306,5 +307,33 @@ func TestFlowsAndStatus(t *testing.T) {
 	}
 	if f := fill["endpoints"]; f.Entries != 2 || f.Capacity == 0 {
 		t.Errorf("endpoints map %+v, want its 2 entries counted", f)
+	}
+}
+
+func TestConntrackEntriesOfAFlowStandTogether(t *testing.T) {
+	a := observeapi.Addr{IP: "10.0.1.20", Port: 40000, Pod: "ns/a"}
+	b := observeapi.Addr{IP: "10.0.1.21", Port: 40000, Pod: "ns/b"}
+	web := observeapi.Addr{IP: "10.0.1.11", Port: 8080, Pod: "ns/web-1"}
+	vip := observeapi.Addr{IP: "10.96.0.10", Port: 80}
+	entries := []observeapi.ConntrackEntry{
+		{Proto: "tcp", Kind: "reply", Src: web, Dst: b},
+		{Proto: "udp", Kind: "service", Src: a, Dst: vip},
+		{Proto: "tcp", Kind: "service", Src: a, Dst: vip},
+		{Proto: "tcp", Kind: "policy-egress", Src: b, Dst: web},
+		{Proto: "tcp", Kind: "reply", Src: web, Dst: a},
+		{Proto: "tcp", Kind: "service", Src: b, Dst: vip},
+	}
+	slices.SortFunc(entries, compareEntries)
+	var got []string
+	for _, e := range entries {
+		client := e.Src
+		if e.Kind == "reply" {
+			client = e.Dst
+		}
+		got = append(got, e.Proto+" "+client.Pod+" "+e.Kind)
+	}
+	want := []string{"tcp ns/a reply", "tcp ns/a service", "tcp ns/b policy-egress", "tcp ns/b reply", "tcp ns/b service", "udp ns/a service"}
+	if !slices.Equal(got, want) {
+		t.Errorf("order:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
