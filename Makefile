@@ -1,6 +1,10 @@
 # Sluice: tc eBPF CNI and kube-proxy replacement.
 GO      ?= go
 BIN     := bin
+# The agent reports it (sluice status): the checkout's commit, even where
+# GOFLAGS=-buildvcs=false leaves no VCS stamp in the binary.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+LDFLAGS := -X github.com/sluice-net/sluice/agent/internal/observer.buildVersion=$(VERSION)
 PKGS    := ./...
 
 export CGO_ENABLED := 0
@@ -16,7 +20,7 @@ deps:
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -o $(BIN)/sluice-cni ./cni
-	$(GO) build -trimpath -o $(BIN)/sluice-agent ./agent
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/sluice-agent ./agent
 	$(GO) build -trimpath -o $(BIN)/sluice ./agent/cmd/sluice
 
 ## generate: rebuild the BPF objects and Go bindings with Debian's clang-19

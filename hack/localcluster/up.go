@@ -280,7 +280,9 @@ func buildSluice(repo string) error {
 	for pkg, out := range map[string]string{"./agent": "sluice-agent", "./cni": "sluice-cni", "./agent/cmd/sluice": "sluice", "./hack/localcluster": "localcluster"} {
 		cmd := exec.Command("go", "build", "-o", path("bin", out), pkg)
 		cmd.Dir = repo
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		// VCS stamping on, whatever GOFLAGS says: the agent reports the
+		// commit it was built from (sluice status).
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS="+strings.TrimSpace(os.Getenv("GOFLAGS")+" -buildvcs=auto"))
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
 		}

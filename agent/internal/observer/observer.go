@@ -182,8 +182,15 @@ func attachMode(root string) string {
 	return "tc"
 }
 
-// version is the agent's module version and VCS revision, as built.
+// buildVersion is set at link time (the Makefile's VERSION).
+var buildVersion string
+
+// version is the agent's version: the one linked in, else the module
+// version and VCS revision the binary was stamped with.
 func version() string {
+	if buildVersion != "" {
+		return buildVersion
+	}
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "unknown"
