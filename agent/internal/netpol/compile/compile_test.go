@@ -285,32 +285,8 @@ func (c *cluster) k8sAllows(self, remote endpoint, dir Direction, proto v1.Proto
 	if self.pod == nil || (remote.pod == nil && remote.node == self.node) {
 		return true
 	}
-	isolated, allowed := false, false
-	for _, np := range c.policies {
-		if np.Namespace != self.pod.Namespace || !selects(&np.Spec.PodSelector, self.pod.Labels) {
-			continue
-		}
-		types := np.Spec.PolicyTypes
-		if len(types) == 0 {
-			types = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}
-			if len(np.Spec.Egress) > 0 {
-				types = append(types, networkingv1.PolicyTypeEgress)
-			}
-		}
-		if dir == Ingress && slices.Contains(types, networkingv1.PolicyTypeIngress) {
-			isolated = true
-			for _, r := range np.Spec.Ingress {
-				allowed = allowed || c.peersMatch(np, r.From, remote) && portsMatch(r.Ports, self.pod, proto, port)
-			}
-		}
-		if dir == Egress && slices.Contains(types, networkingv1.PolicyTypeEgress) {
-			isolated = true
-			for _, r := range np.Spec.Egress {
-				allowed = allowed || c.peersMatch(np, r.To, remote) && portsMatch(r.Ports, remote.pod, proto, port)
-			}
-		}
-	}
-	return !isolated || allowed
+	isolating, allowing := c.k8sAttribution(self, remote, dir, proto, port)
+	return len(isolating) == 0 || len(allowing) > 0
 }
 
 func selects(sel *metav1.LabelSelector, lbls map[string]string) bool {
