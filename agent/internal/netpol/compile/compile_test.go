@@ -495,8 +495,8 @@ func parsePolicies(t *testing.T, docs string) []*networkingv1.NetworkPolicy {
 }
 
 // verdictTable is the verdict-table fixtures: policies on the model
-// cluster and verdicts they must give (TestVerdicts), each attributed to
-// the policies that decide it (TestAttribution).
+// cluster and verdicts they must give, each attributed to the policies
+// that decide it (TestVerdicts).
 var verdictTable = []struct {
 	name     string
 	policies string
@@ -953,6 +953,10 @@ spec: {podSelector: {}, policyTypes: [Ingress, Egress]}`,
 	},
 }}
 
+// TestVerdicts checks every verdict table: the compiled maps against the
+// table's verdicts and against Kubernetes' semantics on every pair of
+// endpoints, and the policies the output names for each flow (the
+// isolating ones of a denied flow, the allowing rules of an allowed one).
 func TestVerdicts(t *testing.T) {
 	for _, tt := range verdictTable {
 		t.Run(tt.name, func(t *testing.T) {
@@ -964,6 +968,7 @@ func TestVerdicts(t *testing.T) {
 			c.compile(t)
 			c.check(t, tt.verdicts...)
 			c.crossCheck(t)
+			c.checkAttribution(t)
 		})
 	}
 }

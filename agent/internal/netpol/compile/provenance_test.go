@@ -107,23 +107,6 @@ func (c *cluster) checkAttribution(t *testing.T) {
 	}
 }
 
-// TestAttribution checks, on every verdict table, that the compiled
-// output names the policies deciding each flow as Kubernetes defines
-// them: a denied flow's isolating policies, an allowed flow's rules.
-func TestAttribution(t *testing.T) {
-	for _, tt := range verdictTable {
-		t.Run(tt.name, func(t *testing.T) {
-			c := newCluster()
-			if tt.mutate != nil {
-				tt.mutate(c)
-			}
-			c.policies = parsePolicies(t, tt.policies)
-			c.compile(t)
-			c.checkAttribution(t)
-		})
-	}
-}
-
 func TestAttributionExamples(t *testing.T) {
 	c := newCluster()
 	c.policies = parsePolicies(t, `
