@@ -44,13 +44,14 @@ var impls = []string{"sluice", "iptables", "nftables"}
 func nodeOf(impl string) string { return fmt.Sprintf("node-%d", slices.Index(impls, impl)+1) }
 
 type options struct {
-	scales      []int
-	syncTimeout time.Duration
-	repeat      int
-	tputRepeat  int // iperf3 runs per throughput figure
-	duration    time.Duration
-	changes     int
-	out, doc    string
+	scales        []int
+	syncTimeout   time.Duration
+	repeat        int
+	tputRepeat    int // iperf3 runs per throughput figure
+	duration      time.Duration
+	changes       int
+	changeTimeout time.Duration
+	out, doc      string
 }
 
 func main() {
@@ -59,12 +60,13 @@ func main() {
 	repeat := flag.Int("repeat", 3, "runs per datapath figure (median and spread are reported)")
 	duration := flag.Duration("duration", 5*time.Second, "length of one connection-rate run")
 	changes := flag.Int("changes", 100, "EndpointSlice changes timed per implementation and scale")
+	changeTimeout := flag.Duration("change-timeout", 30*time.Second, "how long one EndpointSlice change is waited for before it counts as not seen")
 	syncTimeout := flag.Duration("sync-timeout", 8*time.Minute, "how long an implementation may take to answer on the last Service")
 	out := flag.String("out", "docs/bench/results.json", "JSON results")
 	doc := flag.String("doc", "docs/benchmarks.md", "document whose bench: section is regenerated (empty: none)")
 	fromJSON := flag.String("from-json", "", "measure nothing: regenerate the document and plots from this results file")
 	flag.Parse()
-	o := options{repeat: *repeat, tputRepeat: *repeat, duration: *duration, changes: *changes, out: *out, doc: *doc, syncTimeout: *syncTimeout}
+	o := options{repeat: *repeat, tputRepeat: *repeat, duration: *duration, changes: *changes, changeTimeout: *changeTimeout, out: *out, doc: *doc, syncTimeout: *syncTimeout}
 	for _, s := range strings.Split(*scalesFlag, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 {
@@ -115,9 +117,13 @@ func run(o options) error {
 	if err := lc("up", "--nodes", "3", "--proxies", strings.Join(impls, ",")); err != nil {
 		return err
 	}
+	var b *bench
 	defer func() {
 		step("removing the local cluster")
 		_ = lc("down")
+		if b != nil {
+			b.memcg.remove() // empty now
+		}
 	}()
 	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(stateDir, "admin.kubeconfig"))
 	if err != nil {
@@ -128,7 +134,8 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	b := &bench{o: o, client: client, clientBin: clientBin, driver: filepath.Join(stateDir, "bin", "localcluster")}
+	b = &bench{o: o, client: client, clientBin: clientBin, driver: filepath.Join(stateDir, "bin", "localcluster")}
+	b.adoptProxies()
 	res, err := b.measure(context.Background())
 	if err != nil {
 		return err
@@ -181,6 +188,7 @@ type bench struct {
 	client    kubernetes.Interface
 	clientBin string
 	driver    string
+	memcg     *memcgs // nil: kernel memory not measured
 }
 
 // Results are one run's figures.
@@ -197,12 +205,17 @@ type Results struct {
 type ScaleResult struct {
 	Services int                    `json:"services"`
 	Impl     map[string]*ImplResult `json:"impl"`
+	Orders   [][]string             `json:"orders,omitempty"` // the implementations' order in each repeat
 }
 
 // ImplResult is one implementation's figures at one scale.
 type ImplResult struct {
 	ConnPerSec      []float64 `json:"connPerSec"`      // one per repeat
 	PodIPConnPerSec []float64 `json:"podIPConnPerSec"` // the limit on the same node
+	// LimitBackends is how many backend pod IPs the limit runs take in
+	// turn: the ClusterIP's two since this field exists; 0 in older
+	// results, whose limit ran against the first backend alone.
+	LimitBackends   int       `json:"limitBackends,omitempty"`
 	P50us           []float64 `json:"p50us,omitempty"`
 	P99us           []float64 `json:"p99us,omitempty"`
 	ConnErrors      int       `json:"connErrors"`
@@ -211,12 +224,24 @@ type ImplResult struct {
 	SyncSeconds     float64   `json:"syncSeconds,omitempty"`     // thaw to the last Service answering
 	SyncTimedOut    bool      `json:"syncTimedOut,omitempty"`    // not answering within -sync-timeout
 	ChangeP50ms     float64   `json:"changeP50ms,omitempty"`     // EndpointSlice change to the datapath using it
-	ChangeP99ms     float64   `json:"changeP99ms,omitempty"`     //
-	ChangesSeen     int       `json:"changesSeen,omitempty"`     // of o.changes
+	ChangeP99ms     float64   `json:"changeP99ms,omitempty"`     // (a timed-out change counts at the timeout)
+	ChangesSeen     int       `json:"changesSeen,omitempty"`     // of ChangesMade (older results: of -changes)
+	ChangesMade     int       `json:"changesMade,omitempty"`     //
+	ChangeTimeoutMs float64   `json:"changeTimeoutMs,omitempty"` // how long one change was waited for
 	RSSMiB          float64   `json:"rssMiB,omitempty"`          // agent or kube-proxy
-	CPUSeconds      float64   `json:"cpuSeconds,omitempty"`      // since start
-	ProcessName     string    `json:"process,omitempty"`         //
-	ProbeServiceVIP string    `json:"probeServiceVIP,omitempty"` //
+	CPUSeconds      float64   `json:"cpuSeconds,omitempty"`      // since start, the daemon's own
+	ChildCPUSeconds *float64  `json:"childCpuSeconds,omitempty"` // since start, its children's (nil: not measured)
+	// Kernel memory beside the RSS (resources.go): the pinned BPF maps for
+	// Sluice, conntrack and rules for kube-proxy, and for both what the
+	// daemon charged to a memory cgroup of its own. nil: not measured.
+	KernelMiB        *float64 `json:"kernelMiB,omitempty"`
+	MapMiB           float64  `json:"mapMiB,omitempty"`           // Sluice: pinned BPF maps (memlock)
+	Maps             int      `json:"maps,omitempty"`             //
+	ConntrackEntries int      `json:"conntrackEntries,omitempty"` // kube-proxy: the node's nf_conntrack
+	ConntrackMiB     float64  `json:"conntrackMiB,omitempty"`     //
+	CgroupKernelMiB  float64  `json:"cgroupKernelMiB,omitempty"`  // charged to the daemon's own memory cgroup
+	ProcessName      string   `json:"process,omitempty"`          //
+	ProbeServiceVIP  string   `json:"probeServiceVIP,omitempty"`  //
 }
 
 func (b *bench) measure(ctx context.Context) (*Results, error) {
@@ -234,16 +259,46 @@ func (b *bench) measure(ctx context.Context) (*Results, error) {
 			return nil, err
 		}
 		existing = n
+		var answering []string
 		for _, impl := range impls {
 			s, ok := sync[impl]
 			if !ok {
 				s = b.o.syncTimeout.Seconds() // a lower bound
 			}
 			sr.Impl[impl] = &ImplResult{SyncSeconds: s, SyncTimedOut: !ok}
-			if !ok {
-				continue // its datapath never programmed the probe Service
+			if ok { // else its datapath never programmed the probe Service
+				answering = append(answering, impl)
 			}
-			if err := b.measureAlone(ctx, impl, sr.Impl[impl]); err != nil {
+		}
+		// The datapath runs go round the implementations, each alone, in
+		// an order rotated per repeat, so that whatever drifts during the
+		// run (the machine's other load, caches, conntrack filling) does
+		// not always favour the same one.
+		for rep := range b.o.repeat {
+			order := rotation(answering, rep)
+			sr.Orders = append(sr.Orders, order)
+			fmt.Printf("    repeat %d of %d: %s\n", rep+1, b.o.repeat, strings.Join(order, ", "))
+			for _, impl := range order {
+				err := b.alone(impl, func() error { return b.datapathRepeat(ctx, impl, sr.Impl[impl], rep) })
+				if err != nil {
+					return nil, err
+				}
+			}
+		}
+		for _, impl := range answering {
+			r := sr.Impl[impl]
+			fmt.Printf("    %-8s ClusterIP %6.0f conn/s, pod IP %6.0f conn/s, ClusterIP %.2f Gbit/s, pod IP %.2f Gbit/s (medians)\n",
+				impl, median(r.ConnPerSec), median(r.PodIPConnPerSec), median(r.Gbps), median(r.PodIPGbps))
+		}
+		for _, impl := range answering {
+			err := b.alone(impl, func() error {
+				if err := b.churn(ctx, impl, sr.Impl[impl]); err != nil {
+					return err
+				}
+				b.resources(impl, sr.Impl[impl])
+				return nil
+			})
+			if err != nil {
 				return nil, err
 			}
 		}
@@ -253,11 +308,21 @@ func (b *bench) measure(ctx context.Context) (*Results, error) {
 	return res, nil
 }
 
-// measureAlone takes an implementation's datapath and churn figures with
-// the other two proxies frozen: on a small machine a kube-proxy still
-// catching up (iptables-restore at 10,000 Services runs for minutes) would
-// otherwise take CPU from the one measured.
-func (b *bench) measureAlone(ctx context.Context, impl string, r *ImplResult) error {
+// rotation is the order of the implementations in repeat rep: the list
+// turned left rep times (sluice, iptables, nftables; then iptables,
+// nftables, sluice; ...).
+func rotation(list []string, rep int) []string {
+	if len(list) == 0 {
+		return nil
+	}
+	k := rep % len(list)
+	return append(slices.Clone(list[k:]), list[:k]...)
+}
+
+// alone runs fn with the other two proxies frozen: on a small machine a
+// kube-proxy still catching up (iptables-restore at 10,000 Services runs
+// for minutes) would otherwise take CPU from the one measured.
+func (b *bench) alone(impl string, fn func() error) error {
 	pids, err := proxyPIDs()
 	if err != nil {
 		return err
@@ -268,22 +333,26 @@ func (b *bench) measureAlone(ctx context.Context, impl string, r *ImplResult) er
 	if err != nil {
 		return err
 	}
-	if err := b.datapath(ctx, impl, r, false); err != nil {
-		return err
+	return fn()
+}
+
+// datapathRepeat is one repeat of an implementation's datapath figures:
+// connection rate through the ClusterIP and to the pod IPs (which goes
+// first alternates), then, for the first tputRepeat repeats, throughput.
+func (b *bench) datapathRepeat(ctx context.Context, impl string, r *ImplResult, rep int) error {
+	for _, podIP := range []bool{rep%2 == 1, rep%2 == 0} {
+		if err := b.datapath(ctx, impl, r, podIP); err != nil {
+			return err
+		}
 	}
-	if err := b.datapath(ctx, impl, r, true); err != nil {
-		return err
+	if rep >= b.o.tputRepeat {
+		return nil
 	}
-	if err := b.throughput(ctx, impl, r, false); err != nil {
-		return err
+	for _, podIP := range []bool{rep%2 == 1, rep%2 == 0} {
+		if err := b.throughput(ctx, impl, r, podIP); err != nil {
+			return err
+		}
 	}
-	if err := b.throughput(ctx, impl, r, true); err != nil {
-		return err
-	}
-	if err := b.churn(ctx, impl, r); err != nil {
-		return err
-	}
-	b.resources(impl, r)
 	return nil
 }
 

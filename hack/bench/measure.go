@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -150,53 +151,51 @@ func (b *bench) grow(ctx context.Context, from, n int) (map[string]float64, erro
 	return out, nil
 }
 
-// datapath measures connections per second and request latency from the
-// implementation's client to its probe Service, and to a backend's pod IP
-// directly (the limit on that node).
+// datapath runs the load generator once from the implementation's client
+// to its probe Service, or to the pod IPs of the same two backends taken in
+// turn (the limit on that node).
 func (b *bench) datapath(ctx context.Context, impl string, r *ImplResult, podIP bool) error {
-	var target string
+	var targets []string
 	if podIP {
-		ip, err := b.podIP(ctx, "be-"+impl+"-0")
-		if err != nil {
-			return err
+		for i := range 2 {
+			ip, err := b.podIP(ctx, fmt.Sprintf("be-%s-%d", impl, i))
+			if err != nil {
+				return err
+			}
+			targets = append(targets, ip+":8080")
 		}
-		target = ip + ":8080"
+		r.LimitBackends = len(targets)
 	} else {
 		svc, err := b.client.CoreV1().Services(ns).Get(ctx, "probe-"+impl, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
-		target = svc.Spec.ClusterIP + ":80"
+		targets = []string{svc.Spec.ClusterIP + ":80"}
 		r.ProbeServiceVIP = svc.Spec.ClusterIP
 	}
-	for range b.o.repeat {
-		out, err := b.exec(ctx, "client-"+impl, b.clientBin, "-mode", "conn", "-target", target,
-			"-duration", b.o.duration.String(), "-concurrency", "2")
-		if err != nil {
-			return err
-		}
-		var c struct {
-			Connections, Errors int
-			ConnPerSec          float64
-			P50us, P99us        float64
-		}
-		if err := json.Unmarshal([]byte(out), &c); err != nil {
-			return fmt.Errorf("benchclient output %q: %w", out, err)
-		}
-		if podIP {
-			r.PodIPConnPerSec = append(r.PodIPConnPerSec, c.ConnPerSec)
-		} else {
-			r.ConnPerSec = append(r.ConnPerSec, c.ConnPerSec)
-			r.P50us, r.P99us = append(r.P50us, c.P50us), append(r.P99us, c.P99us)
-			r.ConnErrors += c.Errors
-		}
+	out, err := b.exec(ctx, "client-"+impl, b.clientBin, "-mode", "conn", "-target", strings.Join(targets, ","),
+		"-duration", b.o.duration.String(), "-concurrency", "2")
+	if err != nil {
+		return err
+	}
+	var c struct {
+		Connections, Errors int
+		ConnPerSec          float64
+		P50us, P99us        float64
+	}
+	if err := json.Unmarshal([]byte(out), &c); err != nil {
+		return fmt.Errorf("benchclient output %q: %w", out, err)
 	}
 	what := "ClusterIP"
-	vals := r.ConnPerSec
 	if podIP {
-		what, vals = "pod IP", r.PodIPConnPerSec
+		what = "pod IPs"
+		r.PodIPConnPerSec = append(r.PodIPConnPerSec, c.ConnPerSec)
+	} else {
+		r.ConnPerSec = append(r.ConnPerSec, c.ConnPerSec)
+		r.P50us, r.P99us = append(r.P50us, c.P50us), append(r.P99us, c.P99us)
+		r.ConnErrors += c.Errors
 	}
-	fmt.Printf("    %-8s %-9s %6.0f conn/s (median of %d)\n", impl, what, median(vals), len(vals))
+	fmt.Printf("    %-8s %-9s %6.0f conn/s\n", impl, what, c.ConnPerSec)
 	return nil
 }
 
@@ -225,45 +224,43 @@ func (b *bench) throughput(ctx context.Context, impl string, r *ImplResult, podI
 		target = svc.Spec.ClusterIP
 	}
 	secs := strconv.Itoa(max(1, int(b.o.duration.Seconds())))
-	for range b.o.tputRepeat {
-		server := make(chan error, 1)
-		go func() {
-			_, err := b.exec(ctx, iperfServer(impl), "iperf3", "--server", "--one-off", "--port", strconv.Itoa(iperfPort))
-			server <- err
-		}()
-		// iperf3 3.12 exits 0 even when it cannot connect (the server may
-		// not be listening yet): the JSON's error field says so.
-		var res iperfResult
-		var err error
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-			res, err = b.iperfClient(ctx, impl, target, secs)
-			if err == nil || time.Now().After(deadline) {
-				break
-			}
+	server := make(chan error, 1)
+	go func() {
+		_, err := b.exec(ctx, iperfServer(impl), "iperf3", "--server", "--one-off", "--port", strconv.Itoa(iperfPort))
+		server <- err
+	}()
+	// iperf3 3.12 exits 0 even when it cannot connect (the server may
+	// not be listening yet): the JSON's error field says so.
+	var res iperfResult
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		res, err = b.iperfClient(ctx, impl, target, secs)
+		if err == nil || time.Now().After(deadline) {
+			break
 		}
+	}
+	if err != nil {
+		return fmt.Errorf("%s: iperf3 to %s: %w", impl, target, err)
+	}
+	select {
+	case err := <-server:
 		if err != nil {
-			return fmt.Errorf("%s: iperf3 to %s: %w", impl, target, err)
+			return fmt.Errorf("%s: iperf3 server: %w", impl, err)
 		}
-		select {
-		case err := <-server:
-			if err != nil {
-				return fmt.Errorf("%s: iperf3 server: %w", impl, err)
-			}
-		case <-time.After(30 * time.Second):
-			return fmt.Errorf("%s: the iperf3 server did not exit after its one test", impl)
-		}
-		gbps := res.End.SumReceived.BitsPerSecond / 1e9
-		if podIP {
-			r.PodIPGbps = append(r.PodIPGbps, gbps)
-		} else {
-			r.Gbps = append(r.Gbps, gbps)
-		}
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("%s: the iperf3 server did not exit after its one test", impl)
 	}
-	what, vals := "ClusterIP", r.Gbps
+	gbps := res.End.SumReceived.BitsPerSecond / 1e9
 	if podIP {
-		what, vals = "pod IP", r.PodIPGbps
+		r.PodIPGbps = append(r.PodIPGbps, gbps)
+	} else {
+		r.Gbps = append(r.Gbps, gbps)
 	}
-	fmt.Printf("    %-8s %-9s %6.2f Gbit/s iperf3 (median of %d)\n", impl, what, median(vals), len(vals))
+	what := "ClusterIP"
+	if podIP {
+		what = "pod IP"
+	}
+	fmt.Printf("    %-8s %-9s %6.2f Gbit/s iperf3\n", impl, what, gbps)
 	return nil
 }
 
@@ -308,14 +305,14 @@ func (b *bench) churn(ctx context.Context, impl string, r *ImplResult) error {
 		ips[i] = ip
 	}
 	svcs := b.client.CoreV1().Services(ns)
-	slices := b.client.DiscoveryV1().EndpointSlices(ns)
+	eps := b.client.DiscoveryV1().EndpointSlices(ns)
 	_ = svcs.Delete(ctx, name, metav1.DeleteOptions{})
-	_ = slices.Delete(ctx, name, metav1.DeleteOptions{})
+	_ = eps.Delete(ctx, name, metav1.DeleteOptions{})
 	svc, err := svcs.Create(ctx, service(name, nil), metav1.CreateOptions{})
 	if err != nil {
 		return err
 	}
-	if _, err := slices.Create(ctx, slice(name, ips[0]), metav1.CreateOptions{}); err != nil {
+	if _, err := eps.Create(ctx, slice(name, ips[0]), metav1.CreateOptions{}); err != nil {
 		return err
 	}
 	vip := svc.Spec.ClusterIP
@@ -328,10 +325,18 @@ func (b *bench) churn(ctx context.Context, impl string, r *ImplResult) error {
 	}
 	// Every proxy here batches changes for at least 1 s (syncMinInterval,
 	// --iptables-min-sync-period, --nftables-min-sync-period): changes
-	// closer than that would be folded together.
+	// closer than that would be folded together. So a change comes at
+	// least gap after the one before, and not before that one has been
+	// seen or has timed out: each is timed until it is observed, however
+	// long that takes within the timeout, never cut short by the next.
 	const gap = 1200 * time.Millisecond
-	watchFor := time.Duration(b.o.changes+4) * gap
+	timeout := b.o.changeTimeout
+	watchFor := time.Duration(b.o.changes+4) * (gap + timeout)
 	cmd := exec.CommandContext(ctx, b.driver, "exec", ns+"/client-"+impl, "--", b.clientBin, "-mode", "watch", "-target", vip+":80", "-for", watchFor.String())
+	stdin, err := cmd.StdinPipe() // closed: the watch ends
+	if err != nil {
+		return err
+	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
@@ -339,68 +344,127 @@ func (b *bench) churn(ctx context.Context, impl string, r *ImplResult) error {
 	if err := cmd.Start(); err != nil {
 		return err
 	}
-	type seen struct {
-		at   time.Time
-		host string
-	}
-	var lines []seen
-	done := make(chan struct{})
+	observed := make(chan observation, 64)
 	go func() {
-		defer close(done)
+		defer close(observed)
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			f := strings.Fields(sc.Text())
-			if len(f) != 2 {
-				continue
-			}
-			ns, err := strconv.ParseInt(f[0], 10, 64)
-			if err == nil {
-				lines = append(lines, seen{time.Unix(0, ns), f[1]})
+			if o, ok := parseObservation(sc.Text()); ok {
+				observed <- o
 			}
 		}
 	}()
-	time.Sleep(2 * gap)
-	type change struct {
-		at   time.Time
-		host string
+	var lines []observation
+	var changes []observation
+	stopWatch := func() {
+		_ = stdin.Close()
+		for o := range observed {
+			lines = append(lines, o)
+		}
+		_ = cmd.Wait()
 	}
-	var changes []change
-	for i := range b.o.changes {
-		to := (i + 1) % 2
-		cur, err := slices.Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		cur.Endpoints = slice(name, ips[to]).Endpoints
-		at := time.Now()
-		if _, err := slices.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
-			return err
-		}
-		changes = append(changes, change{at, fmt.Sprintf("be-%s-%d", impl, to)})
-		time.Sleep(gap)
-	}
-	<-done
-	_ = cmd.Wait()
-	var lat []float64
-	for i, c := range changes {
-		next := time.Now().Add(time.Hour)
-		if i+1 < len(changes) {
-			next = changes[i+1].at
-		}
-		for _, l := range lines {
-			if l.at.After(c.at) && l.at.Before(next) && l.host == c.host {
-				lat = append(lat, float64(l.at.Sub(c.at).Microseconds())/1000)
-				break
+	drain := func(until time.Time) { // collect lines until the time
+		for t := time.NewTimer(time.Until(until)); ; {
+			select {
+			case o, ok := <-observed:
+				if !ok {
+					t.Stop()
+					return
+				}
+				lines = append(lines, o)
+			case <-t.C:
+				return
 			}
 		}
 	}
-	r.ChangesSeen = len(lat)
-	r.ChangeP50ms, r.ChangeP99ms = percentile(lat, 0.5), percentile(lat, 0.99)
-	fmt.Printf("    %-8s EndpointSlice change to datapath: p50 %.0f ms, p99 %.0f ms (%d of %d changes seen)\n",
-		impl, r.ChangeP50ms, r.ChangeP99ms, len(lat), len(changes))
+	drain(time.Now().Add(2 * gap))
+	for i := range b.o.changes {
+		to := (i + 1) % 2
+		cur, err := eps.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			stopWatch()
+			return err
+		}
+		cur.Endpoints = slice(name, ips[to]).Endpoints
+		c := observation{at: time.Now(), host: fmt.Sprintf("be-%s-%d", impl, to)}
+		if _, err := eps.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+			stopWatch()
+			return err
+		}
+		changes = append(changes, c)
+		deadline := time.NewTimer(timeout)
+		for waiting := true; waiting; {
+			select {
+			case o, ok := <-observed:
+				if !ok {
+					deadline.Stop()
+					stopWatch()
+					return fmt.Errorf("%s: the watching client ended early", impl)
+				}
+				lines = append(lines, o)
+				waiting = o.host != c.host || o.at.Before(c.at)
+			case <-deadline.C:
+				waiting = false // not seen: timed out, counted as such
+			}
+		}
+		deadline.Stop()
+		drain(c.at.Add(gap))
+	}
+	stopWatch()
+	lat, timedOut := matchChanges(changes, lines, timeout)
+	r.ChangesMade, r.ChangesSeen, r.ChangeTimeoutMs = len(changes), len(lat), float64(timeout.Milliseconds())
+	all := slices.Clone(lat)
+	for range timedOut {
+		all = append(all, r.ChangeTimeoutMs)
+	}
+	r.ChangeP50ms, r.ChangeP99ms = percentile(all, 0.5), percentile(all, 0.99)
+	fmt.Printf("    %-8s EndpointSlice change to datapath: p50 %.0f ms, p99 %.0f ms (%d of %d changes seen, %d not within %v)\n",
+		impl, r.ChangeP50ms, r.ChangeP99ms, len(lat), len(changes), timedOut, timeout)
 	_ = svcs.Delete(ctx, name, metav1.DeleteOptions{})
-	_ = slices.Delete(ctx, name, metav1.DeleteOptions{})
+	_ = eps.Delete(ctx, name, metav1.DeleteOptions{})
 	return nil
+}
+
+// An observation is the client seeing a backend answer (or a change made
+// to send it there).
+type observation struct {
+	at   time.Time
+	host string
+}
+
+// parseObservation reads a watch line, "UNIXNANO HOSTNAME".
+func parseObservation(line string) (observation, bool) {
+	f := strings.Fields(line)
+	if len(f) != 2 {
+		return observation{}, false
+	}
+	ns, err := strconv.ParseInt(f[0], 10, 64)
+	if err != nil {
+		return observation{}, false
+	}
+	return observation{time.Unix(0, ns), f[1]}, true
+}
+
+// matchChanges times each change: to the client's first answer from the
+// change's backend after it was made, if within timeout; the next change
+// does not cut it short (it comes only after this one was seen). It
+// returns the latencies in milliseconds of the changes seen, in order, and
+// how many were not seen within the timeout.
+func matchChanges(changes, lines []observation, timeout time.Duration) (lat []float64, timedOut int) {
+	for _, c := range changes {
+		found := false
+		for _, l := range lines {
+			if l.host == c.host && !l.at.Before(c.at) && l.at.Sub(c.at) <= timeout {
+				lat = append(lat, float64(l.at.Sub(c.at).Microseconds())/1000)
+				found = true
+				break
+			}
+		}
+		if !found {
+			timedOut++
+		}
+	}
+	return lat, timedOut
 }
 
 // freeze stops the proxies' process groups (a kube-proxy's running
@@ -428,17 +492,35 @@ func proxyName(impl string) string {
 	return "kube-proxy-" + nodeOf(impl)
 }
 
-// proxyPIDs are the PIDs of the three service proxies, from the local
-// cluster's state.
-func proxyPIDs() (map[string]int, error) {
+// clusterState is what the bench reads of the local cluster's state.
+type clusterState struct {
+	Daemons map[string]struct{ PID int } `json:"daemons"`
+	Nodes   []struct {
+		Name string `json:"name"`
+		Host struct {
+			BPFFS  string `json:"bpffs"`
+			Cgroup string `json:"cgroup"`
+		} `json:"host"`
+	} `json:"nodes"`
+}
+
+func readClusterState() (*clusterState, error) {
 	data, err := os.ReadFile(stateDir + "/state.json")
 	if err != nil {
 		return nil, err
 	}
-	var st struct {
-		Daemons map[string]struct{ PID int } `json:"daemons"`
-	}
+	var st clusterState
 	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("the local cluster's state: %w", err)
+	}
+	return &st, nil
+}
+
+// proxyPIDs are the PIDs of the three service proxies, from the local
+// cluster's state.
+func proxyPIDs() (map[string]int, error) {
+	st, err := readClusterState()
+	if err != nil {
 		return nil, err
 	}
 	out := map[string]int{}
@@ -452,31 +534,87 @@ func proxyPIDs() (map[string]int, error) {
 	return out, nil
 }
 
-// resources reads the RSS and CPU time of the node's service proxy.
+// adoptProxies moves each service proxy into a memory cgroup of its own
+// (resources.go); without one, kernel memory is not measured.
+func (b *bench) adoptProxies() {
+	st, err := readClusterState()
+	if err == nil && len(st.Nodes) == 0 {
+		err = errors.New("no nodes in the local cluster's state")
+	}
+	if err == nil {
+		b.memcg, err = newMemcgs(filepath.Dir(st.Nodes[0].Host.Cgroup))
+	}
+	pids, perr := proxyPIDs()
+	for _, impl := range impls {
+		if err != nil || perr != nil {
+			break
+		}
+		err = b.memcg.adopt(impl, pids[impl])
+	}
+	if err = errors.Join(err, perr); err != nil {
+		fmt.Printf("    kernel memory of the proxies not measured: %v\n", err)
+		b.memcg = nil
+	}
+}
+
+// resources reads the RSS, CPU time and kernel memory of the node's
+// service proxy (resources.go says how).
 func (b *bench) resources(impl string, r *ImplResult) {
-	pids, err := proxyPIDs()
+	st, err := readClusterState()
 	if err != nil {
+		fmt.Printf("    %-8s resources not read: %v\n", impl, err)
 		return
 	}
-	pid := pids[impl]
+	pid := st.Daemons[proxyName(impl)].PID
 	r.ProcessName = proxyName(impl)
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-				kb, _ := strconv.ParseFloat(f[1], 64)
-				r.RSSMiB = kb / 1024
+	r.RSSMiB = procRSSMiB(pid)
+	if self, children, err := procCPU(pid); err == nil {
+		r.CPUSeconds, r.ChildCPUSeconds = self, &children
+	}
+	if b.memcg == nil {
+		return
+	}
+	const mib = 1 << 20
+	cg, err := b.memcg.kernelBytes(impl)
+	if err != nil {
+		fmt.Printf("    %-8s kernel memory not read: %v\n", impl, err)
+		return
+	}
+	r.CgroupKernelMiB = float64(cg) / mib
+	kernel := r.CgroupKernelMiB
+	if impl == "sluice" {
+		bpffs := ""
+		for _, n := range st.Nodes {
+			if n.Name == nodeOf(impl) {
+				bpffs = n.Host.BPFFS
 			}
 		}
-	}
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		s := string(b)
-		f := strings.Fields(s[strings.LastIndex(s, ")")+2:])
-		if len(f) > 12 {
-			ut, _ := strconv.ParseFloat(f[11], 64)
-			stime, _ := strconv.ParseFloat(f[12], 64)
-			r.CPUSeconds = (ut + stime) / 100 // USER_HZ
+		mem, maps, err := mapMemlock(bpffs)
+		if err != nil || maps == 0 {
+			fmt.Printf("    %-8s BPF map memory not read from %q: %v (%d maps)\n", impl, bpffs, err, maps)
+			return
 		}
+		r.MapMiB, r.Maps = float64(mem)/mib, maps
+		kernel += r.MapMiB
+	} else {
+		n, err := conntrackEntries(pid)
+		if err != nil {
+			fmt.Printf("    %-8s conntrack not read: %v\n", impl, err)
+			return
+		}
+		r.ConntrackEntries, r.ConntrackMiB = n, float64(n*conntrackObjectSize())/mib
+		kernel += r.ConntrackMiB
 	}
+	r.KernelMiB = &kernel
+	fmt.Printf("    %-8s RSS %.0f MiB, kernel %.1f MiB (maps %.1f MiB in %d, conntrack %d entries %.1f MiB, own cgroup %.1f MiB); CPU %.1f s + children %.1f s\n",
+		impl, r.RSSMiB, kernel, r.MapMiB, r.Maps, r.ConntrackEntries, r.ConntrackMiB, r.CgroupKernelMiB, r.CPUSeconds, deref(r.ChildCPUSeconds))
+}
+
+func deref(p *float64) float64 {
+	if p == nil {
+		return 0
+	}
+	return *p
 }
 
 func median(v []float64) float64 { return percentile(v, 0.5) }

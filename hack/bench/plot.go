@@ -67,6 +67,13 @@ func figures() []figure {
 			series: perImpl("", func(x *ImplResult) (float64, bool) { return x.ChangeP99ms, x.ChangesSeen > 0 })},
 		{file: "rss.png", title: "Resident memory of the agent or kube-proxy", yLabel: "MiB",
 			series: perImpl("", func(x *ImplResult) (float64, bool) { return x.RSSMiB, x.RSSMiB > 0 })},
+		{file: "memory.png", title: "RSS plus kernel memory (BPF maps; conntrack and rules)", yLabel: "MiB",
+			series: perImpl("", func(x *ImplResult) (float64, bool) {
+				if x.KernelMiB == nil || x.RSSMiB == 0 {
+					return 0, false
+				}
+				return x.RSSMiB + *x.KernelMiB, true
+			})},
 	}
 }
 

@@ -53,7 +53,13 @@ func againstLimit(b *strings.Builder, r *Results, format func([]float64) string,
 func tables(r *Results) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Run of %s on %s: %d repeats per figure, %.0f s in all. Each implementation has a node of its own in one local cluster, all fed the same Services by one API server; the probe Service is the last one created.\n\n", r.Date, r.Machine, r.Repeat, r.Seconds)
-	b.WriteString("**Connections per second** (TCP connect, HTTP request, close; 2 parallel loops; median (min–max)), from a client pod to its node's probe ClusterIP, and to a backend pod IP on the same node (the limit):\n\n")
+	b.WriteString("**Targets** of issue 18, read off this run (the tables below have the figures):\n\n")
+	b.WriteString(goalTables(r))
+	limit := "the same two backend pod IPs the Service spreads over, taken in turn"
+	if len(r.Scales) > 0 && r.Scales[0].Impl["sluice"] != nil && r.Scales[0].Impl["sluice"].LimitBackends < 2 {
+		limit = "the first backend's pod IP alone (this run predates limits against both backends)"
+	}
+	b.WriteString("\n**Connections per second** (TCP connect, HTTP request, close; 2 parallel loops; median (min–max)), from a client pod to its node's probe ClusterIP, and to " + limit + " on the same node (the limit):\n\n")
 	againstLimit(&b, r, spread, func(x *ImplResult) []float64 { return x.ConnPerSec }, func(x *ImplResult) []float64 { return x.PodIPConnPerSec })
 	b.WriteString("\n**Throughput** of one TCP stream (iperf3, Gbit/s, median (min–max)), from the client pod to a Service with one backend on the same node, and to that backend's pod IP (the limit):\n\n")
 	againstLimit(&b, r, spreadGbps, func(x *ImplResult) []float64 { return x.Gbps }, func(x *ImplResult) []float64 { return x.PodIPGbps })
@@ -70,22 +76,18 @@ func tables(r *Results) string {
 		}
 		b.WriteString("\n")
 	}
-	b.WriteString("\n**Control plane**: sync, the time from thawing the three proxies (frozen while the API server took the new Services) to the probe Service answering on the node; one EndpointSlice change to the datapath using it (p50 / p99 over the changes seen); RSS and CPU seconds since start of the agent or kube-proxy after the scale point:\n\n")
-	b.WriteString("| Services | sync Sluice | sync iptables | sync nftables | iptables / Sluice | change Sluice | change iptables | change nftables | RSS MiB S / ipt / nft | CPU s S / ipt / nft |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("\n**Control plane**: sync, the time from thawing the three proxies (frozen while the API server took the new Services) to the probe Service answering on the node; one EndpointSlice change to the datapath using it (p50 / p99 over the changes made, the next change waiting until the last was seen; a change not seen within the timeout counts at the timeout), with the number seen:\n\n")
+	b.WriteString("| Services | sync Sluice | sync iptables | sync nftables | iptables / Sluice | nftables / Sluice | change Sluice | change iptables | change nftables |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range r.Scales {
 		sl, ip, nf := s.Impl["sluice"], s.Impl["iptables"], s.Impl["nftables"]
 		ch := func(x *ImplResult) string {
-			if x.ChangesSeen == 0 {
+			if x.ChangesSeen == 0 && x.ChangesMade == 0 {
 				return "–"
 			}
-			return fmt.Sprintf("%.0f / %.0f ms (%d)", x.ChangeP50ms, x.ChangeP99ms, x.ChangesSeen)
-		}
-		// Not read for an implementation that never programmed the probe.
-		num := func(v float64, format string) string {
-			if v == 0 {
-				return "–"
+			if x.ChangesMade == 0 { // older results: of -changes
+				return fmt.Sprintf("%.0f / %.0f ms (%d)", x.ChangeP50ms, x.ChangeP99ms, x.ChangesSeen)
 			}
-			return fmt.Sprintf(format, v)
+			return fmt.Sprintf("%.0f / %.0f ms (%d of %d)", x.ChangeP50ms, x.ChangeP99ms, x.ChangesSeen, x.ChangesMade)
 		}
 		sync := func(x *ImplResult) string {
 			if x.SyncTimedOut {
@@ -93,10 +95,49 @@ func tables(r *Results) string {
 			}
 			return fmt.Sprintf("%.2f s", x.SyncSeconds)
 		}
-		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s | %s | %s / %s / %s | %s / %s / %s |\n",
-			s.Services, sync(sl), sync(ip), sync(nf), lowerBound(ip)+ratio(ip.SyncSeconds, sl.SyncSeconds),
-			ch(sl), ch(ip), ch(nf), num(sl.RSSMiB, "%.0f"), num(ip.RSSMiB, "%.0f"), num(nf.RSSMiB, "%.0f"),
-			num(sl.CPUSeconds, "%.1f"), num(ip.CPUSeconds, "%.1f"), num(nf.CPUSeconds, "%.1f"))
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+			s.Services, sync(sl), sync(ip), sync(nf), lowerBound(ip)+ratio(ip.SyncSeconds, sl.SyncSeconds), lowerBound(nf)+ratio(nf.SyncSeconds, sl.SyncSeconds),
+			ch(sl), ch(ip), ch(nf))
+	}
+	b.WriteString("\n**Resources** of the agent or kube-proxy after the scale point: RSS; kernel memory (Sluice: its pinned BPF maps; kube-proxy: the node's conntrack entries and the kernel memory charged to its own memory cgroup, its rules written by its iptables-restore or nft children; both: what the daemon charged to that cgroup for itself); CPU seconds since start, its own + its children's:\n\n")
+	b.WriteString("| Services | | RSS MiB | kernel MiB | of which maps / conntrack / own cgroup | RSS + kernel MiB | CPU s (own + children) |\n|---:|---|---:|---:|---:|---:|---:|\n")
+	names := map[string]string{"sluice": "Sluice agent", "iptables": "kube-proxy iptables", "nftables": "kube-proxy nftables"}
+	for _, s := range r.Scales {
+		for _, impl := range impls {
+			x := s.Impl[impl]
+			if x == nil {
+				continue
+			}
+			// Not read for an implementation that never programmed the probe.
+			num := func(v float64, format string) string {
+				if v == 0 {
+					return "–"
+				}
+				return fmt.Sprintf(format, v)
+			}
+			kernel, parts, total := "–", "–", "–"
+			if x.KernelMiB != nil {
+				kernel = fmt.Sprintf("%.1f", *x.KernelMiB)
+				if impl == "sluice" {
+					parts = fmt.Sprintf("%.1f (%d maps) / – / %.1f", x.MapMiB, x.Maps, x.CgroupKernelMiB)
+				} else {
+					parts = fmt.Sprintf("– / %.1f (%d entries) / %.1f", x.ConntrackMiB, x.ConntrackEntries, x.CgroupKernelMiB)
+				}
+				total = fmt.Sprintf("%.0f", x.RSSMiB+*x.KernelMiB)
+			}
+			cpu := num(x.CPUSeconds, "%.1f")
+			if x.ChildCPUSeconds != nil {
+				cpu = fmt.Sprintf("%.1f + %.1f", x.CPUSeconds, *x.ChildCPUSeconds)
+			}
+			fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s |\n", s.Services, names[impl], num(x.RSSMiB, "%.0f"), kernel, parts, total, cpu)
+		}
+	}
+	if len(r.Scales) > 0 && len(r.Scales[0].Orders) > 0 {
+		var orders []string
+		for _, o := range r.Scales[0].Orders {
+			orders = append(orders, strings.Join(o, ", "))
+		}
+		fmt.Fprintf(&b, "\nOrder of the implementations in each repeat: %s.\n", strings.Join(orders, "; "))
 	}
 	return b.String()
 }

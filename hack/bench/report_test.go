@@ -30,7 +30,7 @@ func TestWriteDocReplacesOnlyTheGeneratedSection(t *testing.T) {
 	}
 	res := &Results{Date: "2026-11-25", Machine: "test machine", Repeat: 1, Scales: []ScaleResult{{Services: 1000, Impl: map[string]*ImplResult{
 		"sluice": {ConnPerSec: []float64{3000}, PodIPConnPerSec: []float64{4000}, SyncSeconds: 1, Gbps: []float64{9, 11, 10}, PodIPGbps: []float64{20},
-			ChangeP99ms: 20, ChangesSeen: 100, RSSMiB: 50},
+			ChangeP99ms: 20, ChangesSeen: 100, RSSMiB: 50, KernelMiB: ptrTo(12)},
 		"iptables": {ConnPerSec: []float64{2000}, SyncSeconds: 10},
 		"nftables": {ConnPerSec: []float64{2500}, SyncSeconds: 2},
 	}}}}

@@ -4,10 +4,13 @@
 // connection-per-request client loads a Service. It tunes the pod's
 // network namespace for that (tuneNamespace).
 //
-//	benchclient -mode conn -target IP:PORT -duration 5s -concurrency 2
-//	    prints {"connections":..,"errors":..,"connPerSec":..,"p50us":..,"p99us":..}
+//	benchclient -mode conn -target IP:PORT[,IP:PORT...] -duration 5s -concurrency 2
+//	    prints {"connections":..,"errors":..,"connPerSec":..,"p50us":..,"p99us":..};
+//	    with several targets, each loop takes them in turn, one per connection
+//	    (the pod-IP limit against the same backends a Service spreads over)
 //	benchclient -mode watch -target IP:PORT -for 60s
-//	    prints "UNIXNANO HOSTNAME" each time the answering backend changes
+//	    prints "UNIXNANO HOSTNAME" each time the answering backend changes,
+//	    until -for has passed or its standard input ends
 package main
 
 import (
@@ -20,13 +23,14 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
 
 func main() {
 	mode := flag.String("mode", "conn", "conn (connection rate and latency) or watch (report backend changes)")
-	target := flag.String("target", "", "IP:PORT of an agnhost netexec server or a Service in front of them")
+	target := flag.String("target", "", "IP:PORT of an agnhost netexec server or a Service in front of them; conn: a comma-separated list is taken in turn")
 	duration := flag.Duration("duration", 5*time.Second, "conn: how long to load")
 	concurrency := flag.Int("concurrency", 2, "conn: parallel connection loops")
 	watchFor := flag.Duration("for", time.Minute, "watch: how long to watch")
@@ -38,7 +42,7 @@ func main() {
 	tuneNamespace()
 	switch *mode {
 	case "conn":
-		conn(*target, *duration, *concurrency)
+		conn(strings.Split(*target, ","), *duration, *concurrency)
 	case "watch":
 		watch(*target, *watchFor)
 	default:
@@ -89,22 +93,22 @@ type connResult struct {
 	P99us       float64 `json:"p99us"`
 }
 
-func conn(target string, d time.Duration, concurrency int) {
+func conn(targets []string, d time.Duration, concurrency int) {
 	var mu sync.Mutex
 	var lat []time.Duration
 	errs := 0
 	start := time.Now()
 	deadline := start.Add(d)
 	var wg sync.WaitGroup
-	for range concurrency {
+	for loop := range concurrency {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			var mine []time.Duration
 			myErrs := 0
-			for time.Now().Before(deadline) {
+			for i := loop; time.Now().Before(deadline); i++ {
 				t := time.Now()
-				if _, err := request(target); err != nil {
+				if _, err := request(targets[i%len(targets)]); err != nil {
 					myErrs++
 					continue
 				}
@@ -129,8 +133,19 @@ func conn(target string, d time.Duration, concurrency int) {
 }
 
 func watch(target string, d time.Duration) {
+	// The caller closes standard input when it has seen enough.
+	stop := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		close(stop)
+	}()
 	last := ""
 	for end := time.Now().Add(d); time.Now().Before(end); {
+		select {
+		case <-stop:
+			return
+		default:
+		}
 		got, err := request(target)
 		if err != nil {
 			got = "error"
