@@ -76,7 +76,11 @@ func tables(r *Results) string {
 		}
 		b.WriteString("\n")
 	}
-	b.WriteString("\n**Control plane**: sync, the time from thawing the three proxies (frozen while the API server took the new Services) to the probe Service answering on the node; one EndpointSlice change to the datapath using it (p50 / p99 over the changes made, the next change waiting until the last was seen; a change not seen within the timeout counts at the timeout), with the number seen:\n\n")
+	changes := "p50 / p99 over the changes made, the next change waiting until the last was seen; a change not seen within the timeout counts at the timeout"
+	if len(r.Scales) > 0 && r.Scales[0].Impl["sluice"] != nil && r.Scales[0].Impl["sluice"].ChangesMade == 0 {
+		changes = "p50 / p99 over the changes seen, this run predating changes timed until seen: one change every 1.2 s, each looked for until the next"
+	}
+	b.WriteString("\n**Control plane**: sync, the time from thawing the three proxies (frozen while the API server took the new Services) to the probe Service answering on the node; one EndpointSlice change to the datapath using it (" + changes + "), with the number seen:\n\n")
 	b.WriteString("| Services | sync Sluice | sync iptables | sync nftables | iptables / Sluice | nftables / Sluice | change Sluice | change iptables | change nftables |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, s := range r.Scales {
 		sl, ip, nf := s.Impl["sluice"], s.Impl["iptables"], s.Impl["nftables"]
