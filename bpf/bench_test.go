@@ -18,6 +18,9 @@ import (
 // memory; the per-packet cost reads one slot and does not depend on it.
 const benchMaglevSize = 1021
 
+// benchMaglevClass is the size class of benchMaglevSize's tables.
+const benchMaglevClass MaglevClass = 3
+
 // loadServices fills the maps with n TCP services of two backends each,
 // written in batches as the agent will.
 func loadServices(b *testing.B, d *Datapath, n int) {
@@ -31,7 +34,7 @@ func loadServices(b *testing.B, d *Datapath, n int) {
 		id := uint32(i + 10)
 		vip := netip.AddrFrom4([4]byte{10, 100 + byte(i>>16), byte(i >> 8), byte(i)})
 		keys = append(keys, ServiceKey{Addr: Addr(vip), Port: Port(80), Proto: unix.IPPROTO_TCP})
-		vals = append(vals, ServiceValue{Id: id, BackendCount: 2})
+		vals = append(vals, ServiceValue{Id: id, BackendCount: 2, Flags: benchMaglevClass.Flags()})
 		for j := range uint32(2) {
 			be := netip.AddrFrom4([4]byte{10, 200 + byte(j), byte(i >> 8), byte(i)})
 			bids = append(bids, id*2+j)
@@ -43,7 +46,7 @@ func loadServices(b *testing.B, d *Datapath, n int) {
 		}
 		tables[id] = table
 		if len(tables) == 1000 || i == n-1 {
-			if err := d.SetMaglevTables(tables); err != nil {
+			if err := d.SetMaglevTables(benchMaglevClass, tables); err != nil {
 				b.Fatal(err)
 			}
 			clear(tables)

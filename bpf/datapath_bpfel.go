@@ -420,6 +420,16 @@ const (
 	datapathMapSluiceFragsV1             = "sluice_frags_v1"
 	datapathMapSluiceIpcacheV1           = "sluice_ipcache_v1"
 	datapathMapSluiceKeyScratch          = "sluice_key_scratch"
+	datapathMapSluiceMaglev1021V1        = "sluice_maglev_1021_v1"
+	datapathMapSluiceMaglev131071V1      = "sluice_maglev_131071_v1"
+	datapathMapSluiceMaglev16381V1       = "sluice_maglev_16381_v1"
+	datapathMapSluiceMaglev2039V1        = "sluice_maglev_2039_v1"
+	datapathMapSluiceMaglev251V1         = "sluice_maglev_251_v1"
+	datapathMapSluiceMaglev32749V1       = "sluice_maglev_32749_v1"
+	datapathMapSluiceMaglev4093V1        = "sluice_maglev_4093_v1"
+	datapathMapSluiceMaglev509V1         = "sluice_maglev_509_v1"
+	datapathMapSluiceMaglev65521V1       = "sluice_maglev_65521_v1"
+	datapathMapSluiceMaglev8191V1        = "sluice_maglev_8191_v1"
 	datapathMapSluiceMaglevV1            = "sluice_maglev_v1"
 	datapathMapSluiceNodeCidrsV1         = "sluice_node_cidrs_v1"
 	datapathMapSluicePolicyCidrsV1       = "sluice_policy_cidrs_v1"
@@ -552,6 +562,16 @@ type datapathMapSpecs struct {
 	SluiceFragsV1           *ebpf.MapSpec `ebpf:"sluice_frags_v1"`
 	SluiceIpcacheV1         *ebpf.MapSpec `ebpf:"sluice_ipcache_v1"`
 	SluiceKeyScratch        *ebpf.MapSpec `ebpf:"sluice_key_scratch"`
+	SluiceMaglev1021V1      *ebpf.MapSpec `ebpf:"sluice_maglev_1021_v1"`
+	SluiceMaglev131071V1    *ebpf.MapSpec `ebpf:"sluice_maglev_131071_v1"`
+	SluiceMaglev16381V1     *ebpf.MapSpec `ebpf:"sluice_maglev_16381_v1"`
+	SluiceMaglev2039V1      *ebpf.MapSpec `ebpf:"sluice_maglev_2039_v1"`
+	SluiceMaglev251V1       *ebpf.MapSpec `ebpf:"sluice_maglev_251_v1"`
+	SluiceMaglev32749V1     *ebpf.MapSpec `ebpf:"sluice_maglev_32749_v1"`
+	SluiceMaglev4093V1      *ebpf.MapSpec `ebpf:"sluice_maglev_4093_v1"`
+	SluiceMaglev509V1       *ebpf.MapSpec `ebpf:"sluice_maglev_509_v1"`
+	SluiceMaglev65521V1     *ebpf.MapSpec `ebpf:"sluice_maglev_65521_v1"`
+	SluiceMaglev8191V1      *ebpf.MapSpec `ebpf:"sluice_maglev_8191_v1"`
 	SluiceMaglevV1          *ebpf.MapSpec `ebpf:"sluice_maglev_v1"`
 	SluiceNodeCidrsV1       *ebpf.MapSpec `ebpf:"sluice_node_cidrs_v1"`
 	SluicePolicyCidrsV1     *ebpf.MapSpec `ebpf:"sluice_policy_cidrs_v1"`
@@ -638,6 +658,16 @@ type datapathMaps struct {
 	SluiceFragsV1           *ebpf.Map `ebpf:"sluice_frags_v1"`
 	SluiceIpcacheV1         *ebpf.Map `ebpf:"sluice_ipcache_v1"`
 	SluiceKeyScratch        *ebpf.Map `ebpf:"sluice_key_scratch"`
+	SluiceMaglev1021V1      *ebpf.Map `ebpf:"sluice_maglev_1021_v1"`
+	SluiceMaglev131071V1    *ebpf.Map `ebpf:"sluice_maglev_131071_v1"`
+	SluiceMaglev16381V1     *ebpf.Map `ebpf:"sluice_maglev_16381_v1"`
+	SluiceMaglev2039V1      *ebpf.Map `ebpf:"sluice_maglev_2039_v1"`
+	SluiceMaglev251V1       *ebpf.Map `ebpf:"sluice_maglev_251_v1"`
+	SluiceMaglev32749V1     *ebpf.Map `ebpf:"sluice_maglev_32749_v1"`
+	SluiceMaglev4093V1      *ebpf.Map `ebpf:"sluice_maglev_4093_v1"`
+	SluiceMaglev509V1       *ebpf.Map `ebpf:"sluice_maglev_509_v1"`
+	SluiceMaglev65521V1     *ebpf.Map `ebpf:"sluice_maglev_65521_v1"`
+	SluiceMaglev8191V1      *ebpf.Map `ebpf:"sluice_maglev_8191_v1"`
 	SluiceMaglevV1          *ebpf.Map `ebpf:"sluice_maglev_v1"`
 	SluiceNodeCidrsV1       *ebpf.Map `ebpf:"sluice_node_cidrs_v1"`
 	SluicePolicyCidrsV1     *ebpf.Map `ebpf:"sluice_policy_cidrs_v1"`
@@ -663,6 +693,16 @@ func (m *datapathMaps) Close() error {
 		m.SluiceFragsV1,
 		m.SluiceIpcacheV1,
 		m.SluiceKeyScratch,
+		m.SluiceMaglev1021V1,
+		m.SluiceMaglev131071V1,
+		m.SluiceMaglev16381V1,
+		m.SluiceMaglev2039V1,
+		m.SluiceMaglev251V1,
+		m.SluiceMaglev32749V1,
+		m.SluiceMaglev4093V1,
+		m.SluiceMaglev509V1,
+		m.SluiceMaglev65521V1,
+		m.SluiceMaglev8191V1,
 		m.SluiceMaglevV1,
 		m.SluiceNodeCidrsV1,
 		m.SluicePolicyCidrsV1,

@@ -87,7 +87,12 @@ func install(t testing.TB, d *Datapath, s testService) {
 		}
 		names = append(names, b.addr.String())
 	}
-	size := d.MaglevSize()
+	// Sized as the agent sizes it, in the map of its size class.
+	size := maglev.Size(len(s.backends), d.MaglevMaxSize())
+	class, ok := MaglevClassOfSize(size)
+	if !ok {
+		t.Fatalf("no Maglev class of size %d", size)
+	}
 	if len(s.backends) > 0 {
 		idx, err := maglev.Table(names, size)
 		if err != nil {
@@ -97,12 +102,12 @@ func install(t testing.TB, d *Datapath, s testService) {
 		for i, bi := range idx {
 			table[i] = s.backends[bi].id
 		}
-		if err := d.SetMaglevTable(s.id, table); err != nil {
+		if err := d.SetMaglevTable(class, s.id, table); err != nil {
 			t.Fatal(err)
 		}
 	}
 	key := ServiceKey{Addr: Addr(s.vip.Addr()), Port: Port(s.vip.Port()), Proto: s.proto, Scope: s.scope}
-	val := ServiceValue{Id: s.id, BackendCount: uint32(len(s.backends)), AffinityTimeout: s.affinity, Flags: s.flags}
+	val := ServiceValue{Id: s.id, BackendCount: uint32(len(s.backends)), AffinityTimeout: s.affinity, Flags: WithMaglevClass(s.flags, class)}
 	if err := d.Services.Put(key, val); err != nil {
 		t.Fatalf("put service: %v", err)
 	}

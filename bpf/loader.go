@@ -29,9 +29,11 @@ const DefaultPinRoot = "/sys/fs/bpf/sluice"
 type Config struct {
 	// PinRoot is the bpffs directory holding this node's datapath.
 	PinRoot string
-	// MaglevSize is the number of slots in each service's Maglev table. It
-	// must be a prime well above the largest backend count (M >= 100*N
-	// keeps the disruption on backend changes near the ideal 1/N).
+	// MaglevSize is the largest Maglev table a service may get, in slots
+	// (a prime). Each service's table is sized to its backends: the
+	// smallest of MaglevSizes at least 100 times its backend count (which
+	// keeps the disruption of a backend change near the ideal 1/N), capped
+	// at the largest of MaglevSizes not above MaglevSize.
 	MaglevSize uint32
 	// Map capacities. Conntrack has one map for TCP and one for every
 	// other protocol, so a flood of one cannot evict flows of the other.
@@ -121,6 +123,9 @@ func (c Config) validate() error {
 	if !IsPrime(c.MaglevSize) {
 		return fmt.Errorf("MaglevSize: %d is not prime; Maglev needs a prime table size such as 16381", c.MaglevSize)
 	}
+	if c.MaglevSize < MaglevSizes[0] {
+		return fmt.Errorf("MaglevSize: %d is below the smallest table size, %d", c.MaglevSize, MaglevSizes[0])
+	}
 	return nil
 }
 
@@ -148,7 +153,10 @@ type Datapath struct {
 
 	Services *ebpf.Map
 	Backends *ebpf.Map
-	Maglev   *ebpf.Map
+	// MaglevMaps hold the Maglev tables by size class (MaglevClass):
+	// index 0 is the earlier releases' single-size map, 1.. the maps of
+	// MaglevSizes.
+	MaglevMaps [maglevClasses]*ebpf.Map
 	// ConntrackTCP and ConntrackOther: conntrack of TCP, and of every
 	// other protocol (ConntrackMap picks by protocol).
 	ConntrackTCP, ConntrackOther *ebpf.Map
@@ -183,6 +191,7 @@ type Datapath struct {
 	root      string
 	sockProgs map[string]*ebpf.Program // cgroup hooks, by program name; nil when opened read-only
 	legacy    *migration               // old maps until FinishMigration
+	tookOver  bool                     // FinishMigration has run: no old program is attached
 }
 
 func mapsDir(root string) string  { return filepath.Join(root, "maps") }
@@ -229,7 +238,10 @@ func Load(cfg Config) (*Datapath, error) {
 	}
 	d := &Datapath{
 		FromPod: objs.FromPod, ToPod: objs.ToPod, FromNetdev: objs.FromNetdev, ToNetdev: objs.ToNetdev,
-		Services: objs.SluiceServicesV1, Backends: objs.SluiceBackendsV2, Maglev: objs.SluiceMaglevV1,
+		Services: objs.SluiceServicesV1, Backends: objs.SluiceBackendsV2,
+		MaglevMaps: [maglevClasses]*ebpf.Map{objs.SluiceMaglevV1, objs.SluiceMaglev251V1, objs.SluiceMaglev509V1,
+			objs.SluiceMaglev1021V1, objs.SluiceMaglev2039V1, objs.SluiceMaglev4093V1, objs.SluiceMaglev8191V1,
+			objs.SluiceMaglev16381V1, objs.SluiceMaglev32749V1, objs.SluiceMaglev65521V1, objs.SluiceMaglev131071V1},
 		ConntrackTCP: objs.SluiceCtTcpV1, ConntrackOther: objs.SluiceCtOtherV1,
 		Affinity: objs.SluiceAffinityV2, Endpoints: objs.SluiceEndpointsV1,
 		Drops: objs.SluiceDropsV2, Counters: objs.SluiceCountersV1, Events: objs.SluiceEventsV3,
@@ -267,8 +279,12 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 	if eventRate > 0 {
 		eventInterval = uint64(time.Second) / uint64(eventRate)
 	}
+	legacySize, err := configureLegacyMaglev(spec, cfg)
+	if err != nil {
+		return err
+	}
 	consts := map[string]any{
-		"maglev_size":             cfg.MaglevSize,
+		"maglev_size":             legacySize,
 		"ct_timeout_syn_ns":       uint64(cfg.CTTimeoutSYN.Nanoseconds()),
 		"ct_timeout_tcp_ns":       uint64(cfg.CTTimeoutTCP.Nanoseconds()),
 		"ct_timeout_close_ns":     uint64(cfg.CTTimeoutClose.Nanoseconds()),
@@ -302,10 +318,37 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = n
 	}
-	// A table is one value of MaglevSize backend IDs; a pinned map made
-	// for another size then differs in ValueSize and is refused.
-	spec.Maps[datapathMapSluiceMaglevV1].ValueSize = cfg.MaglevSize * 4
+	// A class above the largest size a table may have holds no table.
+	for _, size := range MaglevSizes {
+		n := cfg.MaxServices
+		if size > cfg.MaglevSize {
+			n = 1
+		}
+		spec.Maps[maglevMapName(size)].MaxEntries = n
+	}
 	return nil
+}
+
+func maglevMapName(size uint32) string { return fmt.Sprintf("sluice_maglev_%d_v1", size) }
+
+// configureLegacyMaglev sizes the earlier releases' single-size Maglev map
+// (sluice_maglev_v1) as it is pinned, so that this datapath serves the
+// services it holds until the first sync moves them to the size classes;
+// without one pinned, it is made with room for nothing and not pinned. It
+// returns the slot count of its tables (the maglev_size constant).
+func configureLegacyMaglev(spec *ebpf.CollectionSpec, cfg Config) (uint32, error) {
+	ms := spec.Maps[datapathMapSluiceMaglevV1]
+	pinned, err := ebpf.LoadPinnedMap(filepath.Join(mapsDir(cfg.PinRoot), datapathMapSluiceMaglevV1), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		ms.Pinning, ms.MaxEntries, ms.ValueSize = ebpf.PinNone, 1, 4
+		return 1, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("open the pinned Maglev map of an earlier version, %s: %w", datapathMapSluiceMaglevV1, err)
+	}
+	defer pinned.Close()
+	ms.MaxEntries, ms.ValueSize = pinned.MaxEntries(), pinned.ValueSize()
+	return pinned.ValueSize() / 4, nil
 }
 
 // replacePin pins prog at path, atomically replacing an older pin so that a
@@ -341,7 +384,13 @@ func OpenPinned(root string) (*Datapath, error) {
 	}
 	d.Services = open(datapathMapSluiceServicesV1)
 	d.Backends = open(datapathMapSluiceBackendsV2)
-	d.Maglev = open(datapathMapSluiceMaglevV1)
+	for i, size := range MaglevSizes {
+		d.MaglevMaps[i+1] = open(maglevMapName(size))
+	}
+	if err == nil {
+		// Only pinned during an upgrade from a single-size release.
+		d.MaglevMaps[MaglevLegacy], _ = ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), datapathMapSluiceMaglevV1), nil)
+	}
 	d.ConntrackTCP = open(datapathMapSluiceCtTcpV1)
 	d.ConntrackOther = open(datapathMapSluiceCtOtherV1)
 	d.Affinity = open(datapathMapSluiceAffinityV2)
@@ -394,7 +443,12 @@ func (d *Datapath) Close() error {
 	if d.legacy != nil {
 		d.legacy.close()
 	}
-	for _, m := range []*ebpf.Map{d.Services, d.Backends, d.Maglev, d.ConntrackTCP, d.ConntrackOther, d.Affinity,
+	for _, m := range d.MaglevMaps {
+		if m != nil {
+			errs = append(errs, m.Close())
+		}
+	}
+	for _, m := range []*ebpf.Map{d.Services, d.Backends, d.ConntrackTCP, d.ConntrackOther, d.Affinity,
 		d.Endpoints, d.Drops, d.Counters, d.Events,
 		d.SockRevnat, d.Frags, d.EndpointSlots, d.NodeCIDRs, d.IPCache, d.PolicyCIDRs, d.PolicyEndpoints, d.Policy, d.PolicyState} {
 		if m != nil {

@@ -56,8 +56,8 @@ func TestReloadKeepsPinnedState(t *testing.T) {
 	if n := countEntries(t, ro.Services); n != 1 {
 		t.Errorf("OpenPinned sees %d services, want 1", n)
 	}
-	if got := ro.MaglevSize(); got != 251 {
-		t.Errorf("OpenPinned sees Maglev size %d, want 251", got)
+	if got := ro.MaglevMaxSize(); got != 251 {
+		t.Errorf("OpenPinned sees a largest Maglev size of %d, want 251", got)
 	}
 }
 
@@ -119,8 +119,8 @@ func TestIncompatiblePinsRefused(t *testing.T) {
 		install(t, d, oneBackend(1, vip4, unix.IPPROTO_TCP, be4a))
 		d.Close()
 		_, err = Load(Config{PinRoot: root, MaglevSize: 509})
-		if err == nil || !strings.Contains(err.Error(), "ValueSize: 1004 changed to 2036") {
-			t.Errorf("got %v, want a layout error naming the table size", err)
+		if err == nil || !strings.Contains(err.Error(), "sluice_maglev_509_v1") || !strings.Contains(err.Error(), "MaxEntries") {
+			t.Errorf("got %v, want a layout error naming the map of the new largest size", err)
 		}
 	})
 	t.Run("maglev size not prime", func(t *testing.T) {

@@ -15,16 +15,89 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// MaglevSize is the slot count of this datapath's Maglev tables.
-func (d *Datapath) MaglevSize() uint32 {
-	return d.Maglev.ValueSize() / 4
+// MaglevSizes are the sizes of Maglev table the datapath has a map for,
+// smallest first: size class i+1 (MaglevClass) holds tables of
+// MaglevSizes[i] slots in map sluice_maglev_<size>_v1. They match enum
+// maglev_class in bpf/include/sluice.h.
+var MaglevSizes = [...]uint32{251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071}
+
+// MaglevClass names the map of a service's Maglev table: 1.. for the
+// sizes of MaglevSizes; MaglevLegacy for the single-size map of earlier
+// releases (sluice_maglev_v1), read only while an upgrade's first sync
+// moves the tables.
+type MaglevClass uint8
+
+// MaglevLegacy is the class of tables in the earlier releases' map.
+const MaglevLegacy MaglevClass = 0
+
+const (
+	maglevClassShift = 8
+	maglevClassMask  = 0xf << maglevClassShift
+	maglevClasses    = len(MaglevSizes) + 1 // the legacy class included
+)
+
+// MaglevClassOfSize is the class of tables of size slots; ok is false when
+// no map holds that size.
+func MaglevClassOfSize(size uint32) (c MaglevClass, ok bool) {
+	for i, s := range MaglevSizes {
+		if s == size {
+			return MaglevClass(i + 1), true
+		}
+	}
+	return 0, false
 }
 
-// SetMaglevTables installs Maglev tables (one backend ID per slot) for
-// many services in one batch update. Each table replaces the old one
-// whole: a packet reads either the old or the new table.
-func (d *Datapath) SetMaglevTables(tables map[uint32][]uint32) error {
-	size := d.MaglevSize()
+// MaglevClassOf is the class a service entry's flags name.
+func MaglevClassOf(flags uint32) MaglevClass {
+	return MaglevClass((flags & maglevClassMask) >> maglevClassShift)
+}
+
+// Flags are the bits of ServiceValue.Flags that name class c.
+func (c MaglevClass) Flags() uint32 { return uint32(c) << maglevClassShift & maglevClassMask }
+
+// WithMaglevClass returns service flags with their class set to c.
+func WithMaglevClass(flags uint32, c MaglevClass) uint32 { return flags&^maglevClassMask | c.Flags() }
+
+// maglevMap is the map holding class c's tables; nil for a class this
+// build does not know.
+func (d *Datapath) maglevMap(c MaglevClass) *ebpf.Map {
+	if int(c) >= len(d.MaglevMaps) {
+		return nil
+	}
+	return d.MaglevMaps[c]
+}
+
+// MaglevClassSize is the slot count of class c's tables (0 when unknown).
+func (d *Datapath) MaglevClassSize(c MaglevClass) uint32 {
+	if m := d.maglevMap(c); m != nil {
+		return m.ValueSize() / 4
+	}
+	return 0
+}
+
+// MaglevMaxSize is the largest table size this datapath was loaded for
+// (Config.MaglevSize, rounded down to MaglevSizes): the largest class
+// whose map has room for more than one table.
+func (d *Datapath) MaglevMaxSize() uint32 {
+	size := MaglevSizes[0]
+	for i, s := range MaglevSizes {
+		if m := d.MaglevMaps[i+1]; m != nil && m.MaxEntries() > 1 {
+			size = s
+		}
+	}
+	return size
+}
+
+// SetMaglevTables installs Maglev tables of class c (one backend ID per
+// slot) for many services in one batch update. Each table replaces the
+// old one of its class whole: a packet reads either the old or the new
+// table.
+func (d *Datapath) SetMaglevTables(c MaglevClass, tables map[uint32][]uint32) error {
+	m := d.maglevMap(c)
+	if m == nil {
+		return fmt.Errorf("maglev class %d: no such table map", c)
+	}
+	size := m.ValueSize() / 4
 	ids := make([]uint32, 0, len(tables))
 	rows := make(maglevRows, 0, len(tables))
 	for id, table := range tables {
@@ -37,8 +110,8 @@ func (d *Datapath) SetMaglevTables(tables map[uint32][]uint32) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	if _, err := d.Maglev.BatchUpdate(ids, rows, nil); err != nil {
-		return fmt.Errorf("install %d maglev tables (map full? MaxServices is %d): %w", len(ids), d.Maglev.MaxEntries(), err)
+	if _, err := m.BatchUpdate(ids, rows, nil); err != nil {
+		return fmt.Errorf("install %d maglev tables of %d slots (map full? MaxServices is %d): %w", len(ids), size, m.MaxEntries(), err)
 	}
 	return nil
 }
@@ -63,28 +136,58 @@ func (r maglevRows) MarshalBinary() ([]byte, error) {
 }
 
 // SetMaglevTable installs one service's table; see SetMaglevTables.
-func (d *Datapath) SetMaglevTable(svcID uint32, table []uint32) error {
-	return d.SetMaglevTables(map[uint32][]uint32{svcID: table})
+func (d *Datapath) SetMaglevTable(c MaglevClass, svcID uint32, table []uint32) error {
+	return d.SetMaglevTables(c, map[uint32][]uint32{svcID: table})
 }
 
-// MaglevTable reads a service's table; ok is false when it has none.
-func (d *Datapath) MaglevTable(svcID uint32) (table []uint32, ok bool, err error) {
-	table = make([]uint32, d.MaglevSize())
-	if err := d.Maglev.Lookup(svcID, &table); err != nil {
+// MaglevTable reads a service's table of class c; ok is false when it has
+// none.
+func (d *Datapath) MaglevTable(c MaglevClass, svcID uint32) (table []uint32, ok bool, err error) {
+	m := d.maglevMap(c)
+	if m == nil {
+		return nil, false, nil
+	}
+	table = make([]uint32, m.ValueSize()/4)
+	if err := m.Lookup(svcID, &table); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return nil, false, nil
 		}
-		return nil, false, fmt.Errorf("read maglev table of service %d: %w", svcID, err)
+		return nil, false, fmt.Errorf("read maglev table of service %d (class %d): %w", svcID, c, err)
 	}
 	return table, true, nil
 }
 
-// DeleteMaglevTable removes a service's table; a missing one is not an error.
-func (d *Datapath) DeleteMaglevTable(svcID uint32) error {
-	if err := d.Maglev.Delete(svcID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("delete maglev table for service %d: %w", svcID, err)
+// DeleteMaglevTable removes a service's table of class c; a missing one
+// is not an error.
+func (d *Datapath) DeleteMaglevTable(c MaglevClass, svcID uint32) error {
+	m := d.maglevMap(c)
+	if m == nil {
+		return nil
+	}
+	if err := m.Delete(svcID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete maglev table for service %d (class %d): %w", svcID, c, err)
 	}
 	return nil
+}
+
+// MaglevTableIDs lists the services that have a table of class c.
+func (d *Datapath) MaglevTableIDs(c MaglevClass) ([]uint32, error) {
+	m := d.maglevMap(c)
+	if m == nil {
+		return nil, nil
+	}
+	var ids []uint32
+	var id uint32
+	// Keys only: a table is up to 512 KiB.
+	for err := m.NextKey(nil, &id); ; err = m.NextKey(id, &id) {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return ids, nil
+		}
+		if err != nil {
+			return ids, fmt.Errorf("list maglev tables of class %d: %w", c, err)
+		}
+		ids = append(ids, id)
+	}
 }
 
 // MonotonicNow is the clock the datapath stamps conntrack and affinity

@@ -136,7 +136,43 @@ func (d *Datapath) FinishMigration() (MigrationStats, error) {
 		m.close()
 		d.legacy = nil
 	}
+	d.tookOver = true
+	if ok, err := d.RetireLegacyMaglev(); err != nil {
+		return st, err
+	} else if ok {
+		st.Unpinned = append(st.Unpinned, legacyMaglevV1)
+	}
 	return st, nil
+}
+
+// legacyMaglevV1 is the single-size Maglev map of releases before size
+// classes. The new programs read it (MaglevLegacy) for the services it
+// holds, until the agent's first sync moves their tables to the maps of
+// their size class.
+const legacyMaglevV1 = "sluice_maglev_v1"
+
+// RetireLegacyMaglev unpins the earlier releases' single-size Maglev map
+// once it holds no table and FinishMigration has run (no old program
+// reads it), and reports whether it did. The agent's first sync after an
+// upgrade empties it; until then it stays pinned, so an agent restarted
+// before that sync still finds the tables its services name.
+func (d *Datapath) RetireLegacyMaglev() (bool, error) {
+	m := d.MaglevMaps[MaglevLegacy]
+	if !d.tookOver || m == nil {
+		return false, nil
+	}
+	ids, err := d.MaglevTableIDs(MaglevLegacy)
+	if err != nil || len(ids) > 0 {
+		return false, err
+	}
+	path := filepath.Join(mapsDir(d.root), legacyMaglevV1)
+	if err := os.Remove(path); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("unpin old map %s: %w", path, err)
+	}
+	return true, nil
 }
 
 // migrateBackends copies sluice_backends_v1 into the backend map, naming
@@ -145,16 +181,21 @@ func (d *Datapath) FinishMigration() (MigrationStats, error) {
 // service 0: an orphan, which the agent's first sync deletes.
 func (d *Datapath) migrateBackends(old *ebpf.Map) (int, error) {
 	owner := map[uint32]uint32{}
-	var svcID uint32
-	table := make([]uint32, d.MaglevSize())
-	it := d.Maglev.Iterate()
-	for it.Next(&svcID, &table) {
-		for _, id := range table {
-			owner[id] = svcID
+	for _, m := range d.MaglevMaps {
+		if m == nil {
+			continue
 		}
-	}
-	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("migrate backends: read Maglev tables: %w", err)
+		var svcID uint32
+		table := make([]uint32, m.ValueSize()/4)
+		it := m.Iterate()
+		for it.Next(&svcID, &table) {
+			for _, id := range table {
+				owner[id] = svcID
+			}
+		}
+		if err := it.Err(); err != nil {
+			return 0, fmt.Errorf("migrate backends: read Maglev tables: %w", err)
+		}
 	}
 	n := 0
 	var id uint32

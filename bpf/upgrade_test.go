@@ -72,7 +72,7 @@ func loadPreviousRelease(t *testing.T, root string, cfg Config) (old *Datapath, 
 	t.Cleanup(coll.Close)
 	old = &Datapath{
 		FromPod: coll.Programs["from_pod"], ToPod: coll.Programs["to_pod"],
-		Services: coll.Maps["sluice_services_v1"], Maglev: coll.Maps["sluice_maglev_v1"],
+		Services: coll.Maps["sluice_services_v1"], MaglevMaps: [maglevClasses]*ebpf.Map{coll.Maps["sluice_maglev_v1"]},
 		Endpoints: coll.Maps["sluice_endpoints_v1"], EndpointSlots: coll.Maps["sluice_endpoint_slots_v1"],
 		root: root,
 	}
@@ -110,7 +110,7 @@ func TestUpgradeTakesOverRunningPods(t *testing.T) {
 	for i := range table {
 		table[i] = backendID
 	}
-	if err := old.SetMaglevTable(svcID, table); err != nil {
+	if err := old.SetMaglevTable(MaglevLegacy, svcID, table); err != nil {
 		t.Fatal(err)
 	}
 	if err := old.Services.Put(ServiceKey{Addr: Addr(vip.Addr()), Port: Port(vip.Port()), Proto: unix.IPPROTO_TCP},

@@ -37,6 +37,29 @@ enum svc_flags {
 	SVC_F_TERMINATING_FALLBACK = 1 << 1,
 };
 
+/* Maglev tables come in size classes, one map each
+ * (sluice_maglev_<size>_v1), so that a service's table is sized to its
+ * backends and the kernel memory follows the tables' sizes. Bits
+ * MAGLEV_CLASS_SHIFT.. of svc_value.flags (MAGLEV_CLASS_MASK) name the
+ * class of the service's table. Class 0 is the single-size map of
+ * earlier releases (sluice_maglev_v1, maglev_size slots), read while an
+ * upgrade's first sync moves the tables. */
+enum maglev_class {
+	MAGLEV_CLASS_LEGACY = 0,
+	MAGLEV_CLASS_251 = 1,
+	MAGLEV_CLASS_509 = 2,
+	MAGLEV_CLASS_1021 = 3,
+	MAGLEV_CLASS_2039 = 4,
+	MAGLEV_CLASS_4093 = 5,
+	MAGLEV_CLASS_8191 = 6,
+	MAGLEV_CLASS_16381 = 7,
+	MAGLEV_CLASS_32749 = 8,
+	MAGLEV_CLASS_65521 = 9,
+	MAGLEV_CLASS_131071 = 10,
+	MAGLEV_CLASS_SHIFT = 8,
+	MAGLEV_CLASS_MASK = 0xf << 8,
+};
+
 /* backend_value.flags */
 enum backend_flags {
 	/* The backend runs on this node. */
@@ -56,7 +79,7 @@ struct svc_value {
 	__u32 id;		/* key of its Maglev table, affinity and conntrack */
 	__u32 backend_count;	/* usable backends in the table; 0 rejects */
 	__u32 affinity_timeout; /* ClientIP affinity in seconds; 0 disables it */
-	__u32 flags;		/* enum svc_flags */
+	__u32 flags;		/* enum svc_flags; the Maglev class (enum maglev_class) */
 };
 
 /* sluice_backends_v2 value. svc_id names the frontend the backend ID was

@@ -9,7 +9,9 @@
 
 #include "sluice.h"
 
-/* Slots of each service's Maglev table (bpf.Config.MaglevSize). */
+/* Slots of each table of the earlier releases' single-size Maglev map
+ * (sluice_maglev_v1, MAGLEV_CLASS_LEGACY); the size classes' maps have
+ * their size in their name. */
 volatile const __u32 maglev_size;
 /* Conntrack lifetimes by state (bpf.Config.CTTimeout*); unreplied is for
  * flows other than TCP until their first reply. */

@@ -51,20 +51,61 @@ static __always_inline int backend_usable(const struct svc_value *svc, const str
 	return 1;
 }
 
+/* MAGLEV_SLOT reads slot hash % size of the service's table in the map of
+ * that size. The barrier keeps the bound check the verifier needs, which
+ * the compiler would otherwise drop as always true. */
+#define MAGLEV_SLOT(size)                                                                                    \
+	case MAGLEV_CLASS_##size: {                                                                          \
+		__u32 *t = bpf_map_lookup_elem(&sluice_maglev_##size##_v1, &svc_id);                         \
+		__u32 slot = hash % (size);                                                                  \
+                                                                                                             \
+		asm volatile("" : "+r"(slot));                                                               \
+		if (!t || slot >= (size))                                                                    \
+			return -1;                                                                           \
+		*id = t[slot];                                                                               \
+		return 0;                                                                                    \
+	}
+
+/* maglev_slot reads the backend ID at hash's slot of service svc_id's
+ * table, in the map of its size class; -1 when it has no table. */
+static __always_inline int maglev_slot(__u32 class, __u32 svc_id, __u32 hash, __u32 *id)
+{
+	switch (class) {
+	case MAGLEV_CLASS_LEGACY: {
+		__u32 *t = bpf_map_lookup_elem(&sluice_maglev_v1, &svc_id);
+		__u32 slot;
+
+		if (!t || maglev_size == 0)
+			return -1;
+		slot = hash % maglev_size;
+		if (slot >= maglev_size) /* for the verifier: slot indexes the value */
+			return -1;
+		*id = t[slot];
+		return 0;
+	}
+		MAGLEV_SLOT(251);
+		MAGLEV_SLOT(509);
+		MAGLEV_SLOT(1021);
+		MAGLEV_SLOT(2039);
+		MAGLEV_SLOT(4093);
+		MAGLEV_SLOT(8191);
+		MAGLEV_SLOT(16381);
+		MAGLEV_SLOT(32749);
+		MAGLEV_SLOT(65521);
+		MAGLEV_SLOT(131071);
+	}
+	return -1;
+}
+
 static __always_inline struct backend_value *maglev_pick(const struct svc_value *svc, const struct pkt *p,
 							 __u32 *id)
 {
 	__u32 svc_id = svc->id;
-	__u32 *table = bpf_map_lookup_elem(&sluice_maglev_v1, &svc_id);
+	__u32 class = (svc->flags & MAGLEV_CLASS_MASK) >> MAGLEV_CLASS_SHIFT;
 
-	if (!table || maglev_size == 0)
+	if (maglev_slot(class, svc_id, flow_hash(p), id) < 0)
 		return 0;
-	__u32 slot = flow_hash(p) % maglev_size;
-	if (slot >= maglev_size) /* for the verifier: slot indexes the value */
-		return 0;
-	__u32 *bid = &table[slot];
-	*id = *bid;
-	struct backend_value *be = bpf_map_lookup_elem(&sluice_backends_v2, bid);
+	struct backend_value *be = bpf_map_lookup_elem(&sluice_backends_v2, id);
 	/* A table swapped while an ID was freed and given again elsewhere. */
 	if (be && be->svc_id != svc_id)
 		return 0;

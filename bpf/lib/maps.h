@@ -33,13 +33,41 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_backends_v2 SEC(".maps");
 
-/* Per service (keyed by svc_value.id) its Maglev lookup table: one value
- * of maglev_size backend IDs. The loader sets value_size to
- * maglev_size * 4. One hash value per table, rather than a map per
+/* Per service (keyed by svc_value.id) its Maglev lookup table, in the
+ * map of its size class (svc_value.flags, enum maglev_class): one value of
+ * <size> backend IDs. One hash value per table, rather than a map per
  * service, keeps installs cheap (no map-in-map RCU wait per update) and
  * costs one lookup per new flow; values are allocated only for services
- * that exist (BPF_F_NO_PREALLOC). A table replaced while packets read it
- * is swapped whole by the kernel's hash update. */
+ * that exist (BPF_F_NO_PREALLOC), so the kernel memory is the sum of the
+ * tables' sizes. A table replaced while packets read it is swapped whole
+ * by the kernel's hash update. Classes above the configured largest size
+ * get max_entries 1 from the loader. */
+#define MAGLEV_MAP(size)                                                                                     \
+	struct {                                                                                             \
+		__uint(type, BPF_MAP_TYPE_HASH);                                                             \
+		__uint(max_entries, SIZED_BY_LOADER);                                                        \
+		__uint(map_flags, BPF_F_NO_PREALLOC);                                                        \
+		__uint(key_size, sizeof(__u32));                                                             \
+		__uint(value_size, (size) * sizeof(__u32));                                                  \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);                                                         \
+	} sluice_maglev_##size##_v1 SEC(".maps")
+
+MAGLEV_MAP(251);
+MAGLEV_MAP(509);
+MAGLEV_MAP(1021);
+MAGLEV_MAP(2039);
+MAGLEV_MAP(4093);
+MAGLEV_MAP(8191);
+MAGLEV_MAP(16381);
+MAGLEV_MAP(32749);
+MAGLEV_MAP(65521);
+MAGLEV_MAP(131071);
+
+/* The single-size table map of earlier releases (MAGLEV_CLASS_LEGACY,
+ * maglev_size slots). The loader reuses it when pinned, so that the
+ * services an earlier agent wrote are served until the first sync moves
+ * their tables to the size classes; otherwise it makes a 1-entry map that
+ * is not pinned. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SIZED_BY_LOADER);

@@ -208,8 +208,9 @@ func version() string {
 // and each backend's share of the Maglev table.
 func (s *Source) Services() []observeapi.Service {
 	var out []observeapi.Service
-	size := int(s.dp.MaglevSize())
 	for _, p := range s.services.Programmed() {
+		// Each frontend's table is sized to its backends.
+		size := int(s.dp.MaglevClassSize(p.MaglevClass))
 		svc := observeapi.Service{
 			Frontend: fmt.Sprintf("%s/%s", p.Frontend.Addr, flows.ProtoName(p.Frontend.Proto)), Type: p.Kind,
 			Scope: "internal", ID: p.ID, LocalOnly: p.LocalOnly, TerminatingFallback: p.TerminatingFallback,
@@ -222,7 +223,7 @@ func (s *Source) Services() []observeapi.Service {
 			svc.Scope = "external"
 		}
 		weights := map[uint32]int{}
-		if table, ok, err := s.dp.MaglevTable(p.ID); err == nil && ok {
+		if table, ok, err := s.dp.MaglevTable(p.MaglevClass, p.ID); err == nil && ok {
 			for _, id := range table {
 				weights[id]++
 			}

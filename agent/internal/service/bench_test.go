@@ -101,7 +101,28 @@ func BenchmarkColdSync(b *testing.B) {
 		if st.Services != benchServices || st.Backends != benchServices*benchEndpoints {
 			b.Fatalf("programmed %+v", st)
 		}
+		b.StopTimer()
+		b.ReportMetric(maglevMemoryMiB(b, dp), "maglev-kernel-MiB")
+		b.StartTimer()
 	}
+}
+
+// maglevMemoryMiB is the kernel's memory accounting (memlock) of every
+// Maglev table map.
+func maglevMemoryMiB(b *testing.B, dp *bpf.Datapath) float64 {
+	var total uint64
+	for _, m := range dp.MaglevMaps {
+		info, err := m.Info()
+		if err != nil {
+			b.Fatal(err)
+		}
+		ml, ok := info.Memlock()
+		if !ok {
+			b.Skip("the kernel does not report map memory")
+		}
+		total += ml
+	}
+	return float64(total) / (1 << 20)
 }
 
 // BenchmarkChangeToDatapath measures, with 10,000 Services of 10 endpoints

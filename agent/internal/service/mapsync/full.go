@@ -14,7 +14,7 @@ import (
 // map, or the IDs that index it, ran out.
 type FullError struct {
 	// Map is the datapath map: sluice_backends_v2, sluice_services_v1 or
-	// sluice_maglev_v1.
+	// a Maglev map (sluice_maglev_<size>_v1).
 	Map string
 	// Label names the map in the agent's metrics (sluice_map_capacity):
 	// backends, services or maglev.
@@ -105,7 +105,8 @@ func (w *Writer) mapError(p *plan, m mapKind, what string, err error) error {
 	case mapServices:
 		fe.Map, fe.Label, fe.Setting, fe.Capacity = "sluice_services_v1", "services", "maxServices", w.dp.Services.MaxEntries()
 	case mapMaglev:
-		fe.Map, fe.Label, fe.Setting, fe.Capacity = "sluice_maglev_v1", "maglev", "maxServices", w.dp.Maglev.MaxEntries()
+		fe.Map, fe.Label, fe.Setting = fmt.Sprintf("sluice_maglev_%d_v1", p.size), "maglev", "maxServices"
+		fe.Capacity = w.dp.MaglevMaps[p.class].MaxEntries()
 	}
 	return fe
 }

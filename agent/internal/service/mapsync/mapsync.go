@@ -5,6 +5,13 @@
 //	backends -> Maglev tables -> service entries -> delete stale services
 //	and their tables -> delete stale backends
 //
+// Each service's Maglev table is sized to its backends (maglev.Size) and
+// lives in the map of its size class, which the service entry names. A
+// table that changes class is written in the new class, then the entry is
+// pointed at it, then, at a sync at least tableGrace later, the old class's
+// table is deleted: a packet that read the entry just before it changed
+// still finds the table it names.
+//
 // On start it restores its view (and the IDs in use) from the pinned maps,
 // giving each backend to the service its SvcId names, so a restarted agent
 // rewrites nothing that is already right and a draining backend (in no
@@ -21,6 +28,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"k8s.io/apimachinery/pkg/types"
@@ -61,6 +69,8 @@ type plan struct {
 	members  []member        // every backend of the frontend: the table's, then the draining ones
 	fresh    map[uint32]bool // backend IDs this plan took from the pool
 	table    bool            // the Maglev table must be rebuilt
+	size     uint32          // slots of the table (maglev.Size of the table's backends)
+	class    bpf.MaglevClass // the map of that size
 	removed  []uint32        // backend IDs the frontend no longer uses
 
 	// What has been written, for undoing it should a later step fail.
@@ -83,8 +93,12 @@ type member struct {
 
 // Writer owns the service-related maps of one node's datapath.
 type Writer struct {
-	dp         *bpf.Datapath
-	maglevSize uint32
+	dp *bpf.Datapath
+	// maglevMax is the largest table size (the datapath's configured one).
+	maglevMax uint32
+	// legacy says the earlier releases' single-size Maglev map held
+	// tables at restore: once no service names it, it is retired.
+	legacy bool
 
 	// mu guards services, backends and byID for the readers of
 	// programmed.go: a sync holds it throughout.
@@ -102,7 +116,23 @@ type Writer struct {
 	// orphans are backends found at restore that no frontend uses (left
 	// by an agent that stopped mid-sync); the next Sync deletes them.
 	orphans []uint32
+	// retired are tables their service's entry no longer names (it moved
+	// to another size class), deleted by a sync tableGrace later.
+	retired []retiredTable
+	now     func() time.Time
 }
+
+// retiredTable is a table left in its class when its service moved.
+type retiredTable struct {
+	class bpf.MaglevClass
+	id    uint32
+	at    time.Time
+}
+
+// tableGrace is how long a table outlives the entry that named it: far
+// longer than a program runs between reading a service entry and its
+// table (microseconds), so none finds the table gone.
+const tableGrace = time.Second
 
 // Stats counts what one Sync changed in the maps.
 type Stats struct {
@@ -121,7 +151,7 @@ func (s Stats) Changed() bool {
 // populated) maps.
 func New(dp *bpf.Datapath) (*Writer, error) {
 	w := &Writer{
-		dp: dp, maglevSize: dp.MaglevSize(),
+		dp: dp, maglevMax: dp.MaglevMaxSize(), now: time.Now,
 		services: map[bpf.ServiceKey]*service{},
 		byID:     map[uint32]bpf.ServiceKey{},
 		backends: map[uint32]bpf.BackendValue{},
@@ -183,7 +213,7 @@ func (w *Writer) restore() error {
 // backend IDs allocated for it. Should two IDs carry one endpoint (never
 // written so), the one in the table wins and the other is an orphan.
 func (w *Writer) restoreService(v bpf.ServiceValue, ids []uint32) (*service, error) {
-	inTable, err := w.tableIDs(v.Id)
+	inTable, err := w.tableIDs(classOf(v), v.Id)
 	if err != nil {
 		return nil, err
 	}
@@ -220,32 +250,81 @@ func endpoint(be bpf.BackendValue) netip.AddrPort {
 	return netip.AddrPortFrom(bpf.AddrFrom(be.Addr), bpf.PortFrom(be.Port))
 }
 
-// pruneOrphanTables deletes Maglev tables no service entry points at (left
-// by an agent that stopped between writing a table and its service).
+// pruneOrphanTables deletes Maglev tables no service entry points at: of
+// services that are gone, or in a class other than the one their entry
+// names (left by an agent that stopped between writing a table and its
+// service, or between pointing a service at a new class and deleting its
+// old table).
 func (w *Writer) pruneOrphanTables() error {
-	var id uint32
-	var orphans []uint32
-	it := w.dp.Maglev.Iterate()
-	value := make([]byte, w.dp.Maglev.ValueSize())
-	for it.Next(&id, &value) {
-		if !w.svcIDs.inUse[id] {
-			orphans = append(orphans, id)
-		}
+	classes := make(map[uint32]bpf.MaglevClass, len(w.services))
+	for _, svc := range w.services {
+		classes[svc.id] = classOf(svc.value)
 	}
-	if err := it.Err(); err != nil {
-		return err
-	}
-	for _, id := range orphans {
-		if err := w.dp.DeleteMaglevTable(id); err != nil {
+	for c := range bpf.MaglevClass(len(w.dp.MaglevMaps)) {
+		ids, err := w.dp.MaglevTableIDs(c)
+		if err != nil {
 			return err
+		}
+		for _, id := range ids {
+			if cls, ok := classes[id]; ok && cls == c {
+				if c == bpf.MaglevLegacy {
+					w.legacy = true
+				}
+				continue
+			}
+			if err := w.dp.DeleteMaglevTable(c, id); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
 }
 
+// deleteRetired deletes the retired tables older than tableGrace, unless
+// the service ID has a table in that class again (it moved back, or the ID
+// went to another service): that one is live.
+func (w *Writer) deleteRetired(errs *[]error) {
+	now := w.now()
+	keep := w.retired[:0]
+	for _, r := range w.retired {
+		if now.Sub(r.at) < tableGrace {
+			keep = append(keep, r)
+			continue
+		}
+		if key, ok := w.byID[r.id]; ok && classOf(w.services[key].value) == r.class {
+			continue
+		}
+		if err := w.dp.DeleteMaglevTable(r.class, r.id); err != nil {
+			*errs = append(*errs, err) // pruned at restore
+		}
+	}
+	w.retired = keep
+}
+
+// classOf is the Maglev class a service entry names.
+func classOf(v bpf.ServiceValue) bpf.MaglevClass { return bpf.MaglevClassOf(v.Flags) }
+
+// retireLegacy unpins the earlier releases' Maglev map once no service
+// names it any more (the first sync after an upgrade moves them all).
+func (w *Writer) retireLegacy(errs *[]error) {
+	if !w.legacy {
+		return
+	}
+	for _, svc := range w.services {
+		if classOf(svc.value) == bpf.MaglevLegacy {
+			return
+		}
+	}
+	retired, err := w.dp.RetireLegacyMaglev()
+	if err != nil {
+		*errs = append(*errs, err)
+	}
+	w.legacy = !retired
+}
+
 // tableIDs reads the distinct backend IDs of a service's Maglev table.
-func (w *Writer) tableIDs(svcID uint32) ([]uint32, error) {
-	table, ok, err := w.dp.MaglevTable(svcID)
+func (w *Writer) tableIDs(class bpf.MaglevClass, svcID uint32) ([]uint32, error) {
+	table, ok, err := w.dp.MaglevTable(class, svcID)
 	if err != nil || !ok {
 		return nil, err
 	}
@@ -329,6 +408,8 @@ func (w *Writer) apply(desired compile.Desired, touched []compile.Frontend) (Sta
 	plans = w.writeTables(plans, &st, &errs)
 	plans = w.writeServices(plans, &st, &errs)
 	w.deleteBackends(w.adopt(plans, &errs), &st, &errs)
+	w.deleteRetired(&errs)
+	w.retireLegacy(&errs)
 	st.Services, st.Backends = len(w.services), len(w.backends)
 	if st.ServicesWritten+st.ServicesDeleted > 0 || w.renamed || w.names.Load() == nil {
 		w.publishNames()
@@ -461,11 +542,12 @@ func (w *Writer) commitBackends(p *plan, st *Stats) {
 }
 
 // writeTables builds and installs the Maglev tables the plans need (step
-// 2: before a service entry can point at them). Tables are computed on
-// every core (0.3 ms each at 16381 slots) and installed in chunks, so a
-// cold sync of 10,000 services holds tens of MiB of tables at a time, not
-// gigabytes. A plan whose table cannot be built or installed is abandoned;
-// it returns the others.
+// 2: before a service entry can point at them), each in the map of its
+// size class. Tables are computed on every core (0.3 ms each at 16381
+// slots, 20 us at 1021) and installed in chunks, one batch per class, so a
+// cold sync of 10,000 services holds a few MiB of tables at a time. A plan
+// whose table cannot be built or installed is abandoned; it returns the
+// others.
 func (w *Writer) writeTables(plans []*plan, st *Stats, errs *[]error) []*plan {
 	var jobs []*plan
 	for _, p := range plans {
@@ -476,13 +558,25 @@ func (w *Writer) writeTables(plans []*plan, st *Stats, errs *[]error) []*plan {
 	failed := map[*plan]bool{}
 	for chunk := range slices.Chunk(jobs, tableChunk) {
 		tables := w.buildTables(chunk, errs, failed)
-		if err := w.dp.SetMaglevTables(tables); err != nil {
+		byClass := map[bpf.MaglevClass]map[uint32][]uint32{}
+		for _, p := range chunk {
+			if t, ok := tables[p.svc.id]; ok {
+				if byClass[p.class] == nil {
+					byClass[p.class] = map[uint32][]uint32{}
+				}
+				byClass[p.class][p.svc.id] = t
+			}
+		}
+		for class, batch := range byClass {
+			if err := w.dp.SetMaglevTables(class, batch); err == nil {
+				continue
+			}
 			// Table by table: those that fit are installed.
 			for _, p := range chunk {
-				if failed[p] {
+				if failed[p] || p.class != class {
 					continue
 				}
-				if err := w.dp.SetMaglevTable(p.svc.id, tables[p.svc.id]); err != nil {
+				if err := w.dp.SetMaglevTable(class, p.svc.id, tables[p.svc.id]); err != nil {
 					*errs = append(*errs, w.mapError(p, mapMaglev, "install Maglev table", err))
 					failed[p] = true
 				}
@@ -542,12 +636,13 @@ func (w *Writer) writeServices(plans []*plan, st *Stats, errs *[]error) []*plan 
 }
 
 // abandonEntry handles a plan whose service entry could not be written.
-// A new frontend is abandoned whole. An existing frontend whose new table
-// is installed already cannot go back (the table replaced the old one,
-// and nothing holds the old one): it keeps the backends either table may
-// reach, and the next Sync plans it again.
+// A new frontend is abandoned whole, and so is one whose new table went to
+// another class (its entry still names the old table, which is intact).
+// An existing frontend whose new table replaced the old one in its class
+// cannot go back (nothing holds the old one): it keeps the backends either
+// table may reach, and the next Sync plans it again.
 func (w *Writer) abandonEntry(p *plan, errs *[]error) {
-	if p.cur == nil || !p.tableWritten {
+	if p.cur == nil || !p.tableWritten || classOf(p.cur.value) != p.class {
 		w.abandon(p, errs)
 		return
 	}
@@ -558,9 +653,10 @@ func (w *Writer) abandonEntry(p *plan, errs *[]error) {
 
 // abandon undoes what was written for a plan that failed: the backends it
 // wrote under new IDs are deleted and their IDs returned, the backends it
-// rewrote get their old value back, and a new frontend's table (if
-// installed) is deleted and its service ID returned. The maps and pools are
-// then as if the plan had never been made.
+// rewrote get their old value back, a table it installed in a class other
+// than the one the entry names is deleted, and a new frontend's service ID
+// returned. The maps and pools are then as if the plan had never been
+// made.
 func (w *Writer) abandon(p *plan, errs *[]error) {
 	for _, bw := range p.writes {
 		if !p.fresh[bw.id] {
@@ -586,10 +682,15 @@ func (w *Writer) abandon(p *plan, errs *[]error) {
 		w.beIDs.put(id)
 	}
 	if p.cur != nil {
+		if p.tableWritten && classOf(p.cur.value) != p.class {
+			if err := w.dp.DeleteMaglevTable(p.class, p.svc.id); err != nil {
+				*errs = append(*errs, err) // pruned at restore
+			}
+		}
 		return
 	}
 	if p.tableWritten {
-		if err := w.dp.DeleteMaglevTable(p.svc.id); err != nil {
+		if err := w.dp.DeleteMaglevTable(p.class, p.svc.id); err != nil {
 			// Keep the ID: its table is still there (pruned at restore).
 			*errs = append(*errs, err)
 			return
@@ -600,7 +701,9 @@ func (w *Writer) abandon(p *plan, errs *[]error) {
 
 // adopt makes the written plans the writer's view, deletes the tables of
 // frontends left without backends (a frontend without backends rejects;
-// its table is not read) and returns the backend IDs the plans dropped.
+// its table is not read) and the old tables of frontends whose table
+// changed class (their entry names the new one now), and returns the
+// backend IDs the plans dropped.
 func (w *Writer) adopt(plans []*plan, errs *[]error) (unused []uint32) {
 	for _, p := range plans {
 		svc := p.svc
@@ -608,9 +711,12 @@ func (w *Writer) adopt(plans []*plan, errs *[]error) (unused []uint32) {
 		w.byID[svc.id] = p.key
 		unused = append(unused, p.removed...)
 		if len(p.ordered) == 0 {
-			if err := w.dp.DeleteMaglevTable(svc.id); err != nil {
+			if err := w.dp.DeleteMaglevTable(p.class, svc.id); err != nil {
 				*errs = append(*errs, err)
 			}
+		}
+		if p.cur != nil && classOf(p.cur.value) != p.class {
+			w.retired = append(w.retired, retiredTable{class: classOf(p.cur.value), id: svc.id, at: w.now()})
 		}
 	}
 	return unused
@@ -631,7 +737,7 @@ func (w *Writer) deleteStale(stale []bpf.ServiceKey, st *Stats, errs *[]error) (
 		for _, id := range svc.ids {
 			unused = append(unused, id)
 		}
-		if err := w.dp.DeleteMaglevTable(svc.id); err != nil {
+		if err := w.dp.DeleteMaglevTable(classOf(svc.value), svc.id); err != nil {
 			// Keep the ID: its table is still there (pruned at restore).
 			*errs = append(*errs, err)
 			continue
@@ -708,9 +814,19 @@ func (w *Writer) plan(f compile.Frontend, cur *service, e compile.Entry) (*plan,
 	if e.TerminatingFallback {
 		flags |= bpf.ServiceTerminatingFallback
 	}
+	// The same backend count gives the same size on every node.
+	p.size = maglev.Size(len(p.ordered), w.maglevMax)
+	class, ok := bpf.MaglevClassOfSize(p.size)
+	if !ok {
+		return nil, fmt.Errorf("service %s, frontend %s: no Maglev map of %d slots", e.Service, f, p.size)
+	}
+	p.class = class
+	flags = bpf.WithMaglevClass(flags, class)
 	p.svc.value = bpf.ServiceValue{Id: p.svc.id, BackendCount: uint32(len(p.ordered)), AffinityTimeout: e.AffinityTimeout, Flags: flags}
 	p.svc.table = sortedIDs(p.ordered)
-	p.table = len(p.ordered) > 0 && (cur == nil || !slices.Equal(cur.table, p.svc.table))
+	// A table is rebuilt only when its backend set changes (which is what
+	// changes its size too) or it must leave an earlier release's map.
+	p.table = len(p.ordered) > 0 && (cur == nil || !slices.Equal(cur.table, p.svc.table) || classOf(cur.value) != class)
 	entry := e
 	p.svc.entry = &entry
 	return p, nil
@@ -740,7 +856,7 @@ func (w *Writer) buildTables(jobs []*plan, errs *[]error, failed map[*plan]bool)
 		go func() {
 			defer wg.Done()
 			for j := wk; j < len(jobs); j += workers {
-				idx, err := maglev.Table(jobs[j].names, w.maglevSize)
+				idx, err := maglev.Table(jobs[j].names, jobs[j].size)
 				if err != nil {
 					jobErrs[j] = fmt.Errorf("service %s, frontend %s: maglev table: %w", jobs[j].service, jobs[j].frontend, err)
 					continue

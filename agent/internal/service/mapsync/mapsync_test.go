@@ -53,7 +53,7 @@ func dump(t *testing.T, dp *bpf.Datapath) map[string][]string {
 	for it.Next(&k, &v) {
 		name := netip.AddrPortFrom(bpf.AddrFrom(k.Addr), bpf.PortFrom(k.Port)).String()
 		var addrs []string
-		if table, ok, err := dp.MaglevTable(v.Id); err == nil && ok {
+		if table, ok, err := dp.MaglevTable(bpf.MaglevClassOf(v.Flags), v.Id); err == nil && ok {
 			seen := map[uint32]bool{}
 			for _, id := range table {
 				if seen[id] {
@@ -128,8 +128,8 @@ func TestSyncAppliesOnlyTheDifference(t *testing.T) {
 	if st.ServicesDeleted != 1 || st.BackendsDeleted != 3 || st.Services != 1 || st.Backends != 0 {
 		t.Errorf("service deleted: %+v", st)
 	}
-	if _, ok, _ := dp.MaglevTable(1); ok {
-		t.Error("deleted service's Maglev table is still installed")
+	if n := maglevTables(t, dp); n != 0 {
+		t.Errorf("%d Maglev tables installed, want none (the remaining service has no backends)", n)
 	}
 }
 
@@ -178,8 +178,9 @@ func TestRestartRewritesNothing(t *testing.T) {
 	}
 	// What the service entries say, read back: local-only and affinity.
 	for name, want := range map[string]bpf.ServiceValue{
-		"10.96.0.10:80": {AffinityTimeout: 60},
-		"10.96.0.12:80": {Flags: bpf.ServiceLocalOnly},
+		// Small services: tables of the smallest size class.
+		"10.96.0.10:80": {AffinityTimeout: 60, Flags: bpf.MaglevClass(1).Flags()},
+		"10.96.0.12:80": {Flags: bpf.ServiceLocalOnly | bpf.MaglevClass(1).Flags()},
 	} {
 		var got bpf.ServiceValue
 		ap := netip.MustParseAddrPort(name)
@@ -435,12 +436,22 @@ func count(t *testing.T, m *ebpf.Map) int {
 	return n
 }
 
+// maglevTables counts the Maglev tables of every size class.
+func maglevTables(t *testing.T, dp *bpf.Datapath) int {
+	t.Helper()
+	n := 0
+	for _, m := range dp.MaglevMaps {
+		n += count(t, m)
+	}
+	return n
+}
+
 // state is everything a failed sync must leave as it was: the maps as the
 // datapath reads them, their sizes and the ID pools.
 func state(t *testing.T, w *Writer) string {
 	t.Helper()
 	return fmt.Sprintf("maps %v; entries services=%d backends=%d maglev=%d; IDs in use services=%d backends=%d; view services=%d backends=%d orphans=%d",
-		dump(t, w.dp), count(t, w.dp.Services), count(t, w.dp.Backends), count(t, w.dp.Maglev),
+		dump(t, w.dp), count(t, w.dp.Services), count(t, w.dp.Backends), maglevTables(t, w.dp),
 		len(w.svcIDs.inUse), len(w.beIDs.inUse), len(w.services), len(w.backends), len(w.orphans))
 }
 

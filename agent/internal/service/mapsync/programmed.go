@@ -26,6 +26,8 @@ type Programmed struct {
 	LocalOnly           bool
 	TerminatingFallback bool
 	AffinityTimeout     uint32
+	// MaglevClass names the map of the frontend's Maglev table.
+	MaglevClass bpf.MaglevClass
 	// Backends: those in the Maglev table first, then draining ones,
 	// each sorted by address.
 	Backends []ProgrammedBackend
@@ -118,6 +120,7 @@ func (w *Writer) programmed(k bpf.ServiceKey, svc *service, backends bool) Progr
 		LocalOnly:           svc.value.Flags&bpf.ServiceLocalOnly != 0,
 		TerminatingFallback: svc.value.Flags&bpf.ServiceTerminatingFallback != 0,
 		AffinityTimeout:     svc.value.AffinityTimeout,
+		MaglevClass:         classOf(svc.value),
 	}
 	if svc.entry != nil {
 		p.Service, p.PortName, p.Kind = svc.entry.Service, svc.entry.PortName, svc.entry.Kind
