@@ -1,7 +1,6 @@
 package bpf
 
 import (
-	"fmt"
 	"net/netip"
 	"testing"
 
@@ -75,6 +74,6 @@ func BenchmarkPodPacketRatio(b *testing.B) {
 	b.ReportMetric(newFlow, "ns/new-flow")
 	b.ReportMetric(established/nonService, "established/non-service")
 	b.ReportMetric(newFlow/nonService, "new-flow/non-service")
-	b.Log(fmt.Sprintf("non-service %.0f ns, established %.0f ns (%.1fx), new flow %.0f ns (%.1fx)",
-		nonService, established, established/nonService, newFlow, newFlow/nonService))
+	b.Logf("non-service %.0f ns, established %.0f ns (%.1fx), new flow %.0f ns (%.1fx)",
+		nonService, established, established/nonService, newFlow, newFlow/nonService)
 }
