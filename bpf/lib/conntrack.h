@@ -8,6 +8,13 @@
 #include "maps.h"
 #include "parse.h"
 
+/* ct_now is the datapath's clock for lifetimes (conntrack, affinity):
+ * CLOCK_MONOTONIC, as bpf_ktime_get_ns, but read at tick resolution
+ * (1-10 ms) from the value the timer interrupt keeps, without reading the
+ * clock source. Lifetimes are seconds long, and the service path reads the
+ * clock on every packet: the coarse read costs about a third as much. */
+static __always_inline __u64 ct_now(void) { return bpf_ktime_get_coarse_ns(); }
+
 /* opens_connection: a TCP SYN without ACK, the first packet of a
  * connection (or its retransmission). */
 static __always_inline int opens_connection(const struct pkt *p)

@@ -137,7 +137,9 @@ static __always_inline struct backend_value *select_backend(const struct svc_val
 		ak.svc_id = svc->id;
 		struct affinity_value *av = bpf_map_lookup_elem(&sluice_affinity_v2, &ak);
 
-		if (av && now - av->last_used_ns <= (__u64)svc->affinity_timeout * 1000000000ULL) {
+		/* Signed: a stamp up to a tick ahead of the coarse clock
+		 * (bpf_ktime_get_ns, or an entry of an older datapath) is fresh. */
+		if (av && (__s64)(now - av->last_used_ns) <= (__s64)svc->affinity_timeout * 1000000000LL) {
 			be = bpf_map_lookup_elem(&sluice_backends_v2, &av->backend_id);
 			if (be && affinity_holds(svc, av, be)) {
 				av->last_used_ns = now;
@@ -201,7 +203,7 @@ static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, cons
 	struct backend_value *be = 0;
 	__u32 backend_id = 0;
 	__u8 hairpin = 0;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 
 	ct_key_of(&fwd, p, 0, CT_DIR_SERVICE);
 

@@ -99,7 +99,7 @@ static __noinline int icmp_error_of_flow(struct __sk_buff *skb, const struct pkt
 	if (!s)
 		return 0;
 	struct pkt *in = &s->inner;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 
 	__builtin_memset(in, 0, sizeof(*in));
 	if (parse_l3(skb, p->l4_off + 8, p->family, in) < 0 || in->frag)
@@ -176,7 +176,7 @@ static __noinline int policy_enforce(struct __sk_buff *skb, const struct pkt *p,
 
 	__u8 this_way = dir == POLICY_EGRESS ? CT_DIR_POLICY_EGRESS : CT_DIR_POLICY_INGRESS;
 	__u8 other_way = dir == POLICY_EGRESS ? CT_DIR_POLICY_INGRESS : CT_DIR_POLICY_EGRESS;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	/* A SYN opens a connection: it is judged against today's rules even
 	 * when an older flow left an entry on its tuple, and it is never a
 	 * reply. */

@@ -18,7 +18,7 @@ static __always_inline int hairpin_reply(struct __sk_buff *skb, struct pkt *p)
 
 	ct_key_of(&rk, p, 0, CT_DIR_REPLY);
 	struct ct_value *ct = bpf_map_lookup_elem(ct_map(p->proto), &rk);
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	if (!ct || ct->expires_ns <= now || !(ct->flags & CT_F_HAIRPIN))
 		return TC_ACT_OK;
 	ct_refresh(ct, p, now, CT_F_REPLIED);
@@ -60,7 +60,7 @@ static __always_inline int icmp_error_revnat(struct __sk_buff *skb, struct pkt *
 
 	ct_key_of(&rk, &in, 1, CT_DIR_REPLY);
 	struct ct_value *ct = bpf_map_lookup_elem(ct_map(in.proto), &rk);
-	if (!ct || ct->expires_ns <= bpf_ktime_get_ns())
+	if (!ct || ct->expires_ns <= ct_now())
 		return TC_ACT_OK;
 
 	__u8 vip[SLUICE_ADDR_LEN];
@@ -107,7 +107,7 @@ static __always_inline int service_reply(struct __sk_buff *skb, struct pkt *p, _
 
 	ct_key_of(&rk, p, 0, CT_DIR_REPLY);
 	struct ct_value *ct = bpf_map_lookup_elem(ct_map(p->proto), &rk);
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	if (!ct || ct->expires_ns <= now)
 		return 0;
 	*verdict = TC_ACT_OK;

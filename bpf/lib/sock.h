@@ -82,7 +82,7 @@ static __always_inline int sock_lb(struct bpf_sock_addr *ctx, __u8 family)
 	p.sport = (__be16)cookie;
 	p.dport = (__be16)(cookie >> 16);
 	__u32 backend_id;
-	struct backend_value *be = select_backend(svc, &p, bpf_ktime_get_ns(), &backend_id);
+	struct backend_value *be = select_backend(svc, &p, ct_now(), &backend_id);
 	if (!be)
 		return 1; /* the tc path will count it */
 
