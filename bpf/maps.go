@@ -488,3 +488,50 @@ func (r *EventReader) SetDeadline(t time.Time) {
 
 // Close unblocks a pending Read and releases the ring.
 func (r *EventReader) Close() error { return r.r.Close() }
+
+// Maps lists every pinned map of the datapath by its pinned name (the
+// earlier releases' Maglev map while it is still there).
+func (d *Datapath) Maps() map[string]*ebpf.Map {
+	out := map[string]*ebpf.Map{}
+	for name, m := range map[string]*ebpf.Map{
+		datapathMapSluiceServicesV1: d.Services, datapathMapSluiceBackendsV2: d.Backends,
+		datapathMapSluiceCtTcpV1: d.ConntrackTCP, datapathMapSluiceCtOtherV1: d.ConntrackOther,
+		datapathMapSluiceAffinityV2: d.Affinity, datapathMapSluiceEndpointsV1: d.Endpoints,
+		datapathMapSluiceDropsV2: d.Drops, datapathMapSluiceCountersV1: d.Counters, datapathMapSluiceEventsV3: d.Events,
+		datapathMapSluiceSockRevnatV1: d.SockRevnat, datapathMapSluiceFragsV1: d.Frags,
+		datapathMapSluiceEndpointSlotsV1: d.EndpointSlots, datapathMapSluiceNodeCidrsV1: d.NodeCIDRs,
+		datapathMapSluiceIpcacheV1: d.IPCache, datapathMapSluicePolicyCidrsV1: d.PolicyCIDRs,
+		datapathMapSluicePolicyEndpointsV1: d.PolicyEndpoints, datapathMapSluicePolicyV1: d.Policy,
+		datapathMapSluicePolicyStateV1: d.PolicyState,
+	} {
+		if m != nil {
+			out[name] = m
+		}
+	}
+	for i, size := range MaglevSizes {
+		if m := d.MaglevMaps[i+1]; m != nil {
+			out[maglevMapName(size)] = m
+		}
+	}
+	if m := d.MaglevMaps[MaglevLegacy]; m != nil && m.MaxEntries() > 1 {
+		out[datapathMapSluiceMaglevV1] = m
+	}
+	return out
+}
+
+// MapMemory is the kernel's memory accounting of each map of Maps, in
+// bytes (what the kernel charges for it: for a map without preallocation,
+// what its entries take now; 0 when it accounts none).
+func (d *Datapath) MapMemory() (map[string]uint64, error) {
+	out := map[string]uint64{}
+	for name, m := range d.Maps() {
+		info, err := m.Info()
+		if err != nil {
+			return nil, fmt.Errorf("read the memory of map %s: %w", name, err)
+		}
+		// 0 when the kernel accounts none (an empty LPM trie).
+		mem, _ := info.Memlock()
+		out[name] = mem
+	}
+	return out, nil
+}

@@ -72,11 +72,16 @@ type Status struct {
 	Flows    FlowBufferStatus     `json:"flows"`
 }
 
-// MapFill is one pinned map's fill level.
+// MapFill is one pinned map's fill level and kernel memory.
 type MapFill struct {
-	Name     string `json:"name"`
-	Entries  int    `json:"entries"`
-	Capacity int    `json:"capacity"`
+	Name string `json:"name"`
+	// Entries and Capacity are -1 for a map whose fill is not reported
+	// (only its memory is).
+	Entries  int `json:"entries"`
+	Capacity int `json:"capacity"`
+	// MemoryBytes is the kernel's memory accounting of the map
+	// (sluice_bpf_map_memory_bytes).
+	MemoryBytes uint64 `json:"memoryBytes"`
 }
 
 // FlowBufferStatus describes the agent's flow buffer and the event ring.

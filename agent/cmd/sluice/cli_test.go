@@ -38,7 +38,8 @@ type testSource struct {
 
 func (s *testSource) Status() observeapi.Status {
 	return observeapi.Status{Node: s.node, Version: "v0.test", Ready: true, Attach: "tcx", Uplinks: []string{"eth0"},
-		Maps:  []observeapi.MapFill{{Name: "sluice_services_v2", Entries: 25, Capacity: 100}},
+		Maps: []observeapi.MapFill{{Name: "sluice_services_v2", Entries: 25, Capacity: 100, MemoryBytes: 3 << 20},
+			{Name: "maglev_1021", Entries: -1, Capacity: -1, MemoryBytes: 1 << 19}},
 		Flows: observeapi.FlowBufferStatus{Buffered: len(s.flows), Capacity: 4096, Seen: 10}}
 }
 func (s *testSource) Services() []observeapi.Service   { return s.services }
@@ -183,7 +184,8 @@ func TestLocalCommands(t *testing.T) {
 			"TCP  service  demo/client-2:41001  10.96.0.10:80  demo/web:http  demo/web-1:8080  established  6h",
 		}},
 		{[]string{"drops"}, []string{"policy_ingress  to_pod  ingress  3  180  1  2026-12-01 05:00:00"}},
-		{[]string{"status"}, []string{"Node:  node-a", "Ready:  yes", "Attach:  tcx", "sluice_services_v2  25  100  25.0%"}},
+		{[]string{"status"}, []string{"Node:  node-a", "Ready:  yes", "Attach:  tcx", "sluice_services_v2  25  100  25.0%  3.0 MiB",
+			"maglev_1021  -  -  -  512.0 KiB", "total  -  -  -  3.5 MiB"}},
 	} {
 		out, errOut, err := run(t, append(tc.args, "--socket", sock)...)
 		if err != nil {

@@ -89,10 +89,20 @@ func printStatus(w io.Writer, s observeapi.Status, now time.Time) error {
 		return nil
 	}
 	fmt.Fprintln(w, "Maps:")
-	t := newTable(&indent{w: w, prefix: "  "}, false, "NAME", "ENTRIES", "CAPACITY", "FILL")
+	t := newTable(&indent{w: w, prefix: "  "}, false, "NAME", "ENTRIES", "CAPACITY", "FILL", "MEMORY")
+	var total uint64
 	for _, m := range s.Maps {
-		t.row("", m.Name, strconv.Itoa(m.Entries), strconv.Itoa(m.Capacity), percent(m.Entries, m.Capacity))
+		entries, capacity := "", ""
+		if m.Entries >= 0 {
+			entries = strconv.Itoa(m.Entries)
+		}
+		if m.Capacity >= 0 {
+			capacity = strconv.Itoa(m.Capacity)
+		}
+		t.row("", m.Name, entries, capacity, percent(m.Entries, m.Capacity), bytesIEC(m.MemoryBytes))
+		total += m.MemoryBytes
 	}
+	t.row("", "total", "", "", "", bytesIEC(total))
 	return t.flush()
 }
 

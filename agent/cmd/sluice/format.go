@@ -91,6 +91,22 @@ func roundDuration(d time.Duration) string {
 	}
 }
 
+// bytesIEC formats a byte count in B, KiB, MiB or GiB.
+func bytesIEC(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatUint(n, 10) + " B"
+	}
+	v, suffix := float64(n)/unit, "KiB"
+	for _, s := range []string{"MiB", "GiB"} {
+		if v < unit {
+			break
+		}
+		v, suffix = v/unit, s
+	}
+	return strconv.FormatFloat(v, 'f', 1, 64) + " " + suffix
+}
+
 func percent(n, of int) string {
 	if of <= 0 {
 		return "-"

@@ -282,7 +282,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file; default: in-cluster service account")
 	fs.StringVar(&c.NodeName, "nodeName", "", "this node's name (default: $NODE_NAME)")
 	fs.StringVar(&c.BPFRoot, "bpfRoot", "", "bpffs directory of this node's datapath")
-	fs.Func("maglevTableSize", "Maglev slots per service (prime)", uintFlag(&c.MaglevTableSize))
+	fs.Func("maglevTableSize", "largest Maglev table a service may get, in slots (prime); each is sized to its backends", uintFlag(&c.MaglevTableSize))
 	for _, k := range c.capacities() {
 		fs.Func(k.key, k.help, uintFlag(k.v))
 	}
@@ -487,7 +487,7 @@ const (
 // give late, or not at all.
 func (c Config) validateDatapath() error {
 	if m := c.MaglevTableSize; m < MinMaglevSize || m > MaxMaglevSize || !bpf.IsPrime(m) {
-		return fmt.Errorf("maglevTableSize: %d; want a prime from %d to %d, such as 16381 (at least 100 times the largest backend count)",
+		return fmt.Errorf("maglevTableSize: %d; want a prime from %d to %d, such as 16381 (the largest table a service may get; at least 100 times its backend count below it)",
 			m, MinMaglevSize, MaxMaglevSize)
 	}
 	for _, k := range c.capacities() {

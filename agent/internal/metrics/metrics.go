@@ -98,9 +98,9 @@ func (m *Metrics) Controller(name string) Controller {
 }
 
 // RegisterDatapath publishes dp's map capacities and collects its drop
-// and event counters at every scrape.
+// and event counters and its maps' kernel memory at every scrape.
 func (m *Metrics) RegisterDatapath(dp *bpf.Datapath) {
-	m.Registry.MustRegister(&dropCollector{dp: dp}, &counterCollector{dp: dp})
+	m.Registry.MustRegister(&dropCollector{dp: dp}, &counterCollector{dp: dp}, &memoryCollector{dp: dp})
 	for name, mp := range map[string]interface{ MaxEntries() uint32 }{
 		"services": dp.Services, "backends": dp.Backends, "conntrack_tcp": dp.ConntrackTCP, "conntrack_other": dp.ConntrackOther,
 		"affinity": dp.Affinity, "endpoints": dp.Endpoints, "sock_revnat": dp.SockRevnat,

@@ -105,8 +105,9 @@ func (s *Source) Status() observeapi.Status {
 	return st
 }
 
-// mapFill reads the maps' fill levels the agent reports as metrics
-// (sluice_map_entries against sluice_map_capacity).
+// mapFill reads the maps' fill levels and kernel memory the agent reports
+// as metrics (sluice_map_entries against sluice_map_capacity,
+// sluice_bpf_map_memory_bytes).
 func (s *Source) mapFill() []observeapi.MapFill {
 	if s.opts.Metrics == nil {
 		return nil
@@ -117,6 +118,7 @@ func (s *Source) mapFill() []observeapi.MapFill {
 	}
 	byName := map[string]*observeapi.MapFill{}
 	entries := map[string]bool{} // reported by sluice_map_entries
+	sized := map[string]bool{}   // reported by sluice_map_capacity
 	get := func(m *dto.Metric) *observeapi.MapFill {
 		var name string
 		for _, l := range m.GetLabel() {
@@ -139,8 +141,20 @@ func (s *Source) mapFill() []observeapi.MapFill {
 			}
 		case "sluice_map_capacity":
 			for _, m := range f.GetMetric() {
-				get(m).Capacity = int(m.GetGauge().GetValue())
+				fill := get(m)
+				fill.Capacity = int(m.GetGauge().GetValue())
+				sized[fill.Name] = true
 			}
+		case "sluice_bpf_map_memory_bytes":
+			for _, m := range f.GetMetric() {
+				get(m).MemoryBytes = uint64(m.GetGauge().GetValue())
+			}
+		}
+	}
+	// Maps with only their memory reported have no fill to show.
+	for name, f := range byName {
+		if !sized[name] && !entries[name] {
+			f.Entries, f.Capacity = -1, -1
 		}
 	}
 	// Maps no controller reports entries of (the CNI plugin writes

@@ -305,8 +305,12 @@ func TestFlowsAndStatus(t *testing.T) {
 	if f := fill["services"]; f.Entries != 3 || f.Capacity != 64 {
 		t.Errorf("services map %+v, want 3 of 64 (as reported)", f)
 	}
-	if f := fill["endpoints"]; f.Entries != 2 || f.Capacity == 0 {
-		t.Errorf("endpoints map %+v, want its 2 entries counted", f)
+	if f := fill["endpoints"]; f.Entries != 2 || f.Capacity == 0 || f.MemoryBytes == 0 {
+		t.Errorf("endpoints map %+v, want its 2 entries counted and its memory", f)
+	}
+	// A Maglev map: its memory only.
+	if f := fill["maglev_251"]; f.Entries != -1 || f.Capacity != -1 || f.MemoryBytes == 0 {
+		t.Errorf("maglev_251 map %+v, want its memory and no fill", f)
 	}
 }
 
