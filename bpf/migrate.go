@@ -145,6 +145,10 @@ func (d *Datapath) FinishMigration() (MigrationStats, error) {
 	return st, nil
 }
 
+// TookOver reports whether FinishMigration has run: no program of an
+// earlier release is attached any more.
+func (d *Datapath) TookOver() bool { return d.tookOver }
+
 // legacyMaglevV1 is the single-size Maglev map of releases before size
 // classes. The new programs read it (MaglevLegacy) for the services it
 // holds, until the agent's first sync moves their tables to the maps of

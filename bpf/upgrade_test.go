@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -260,4 +262,193 @@ func mustInfo(t *testing.T, p *ebpf.Program) *ebpf.ProgramInfo {
 		t.Fatal(err)
 	}
 	return info
+}
+
+// singleSizeRelease is the datapath object of the last release with one
+// Maglev table size for every service (sluice_maglev_v1):
+// `git show 53d6b56:bpf/datapath_bpfel.o`.
+const singleSizeRelease = "testdata/datapath-53d6b56.o"
+
+// loadSingleSizeRelease loads singleSizeRelease as that release's agent
+// did, with Maglev tables of tableSize slots, and pins it under root.
+func loadSingleSizeRelease(t *testing.T, root string, tableSize uint32) *Datapath {
+	t.Helper()
+	spec, err := ebpf.LoadCollectionSpec(singleSizeRelease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{PinRoot: root}.withDefaults()
+	for name, v := range map[string]any{
+		"maglev_size": tableSize, "ct_timeout_syn_ns": uint64(cfg.CTTimeoutSYN), "ct_timeout_tcp_ns": uint64(cfg.CTTimeoutTCP),
+		"ct_timeout_close_ns": uint64(cfg.CTTimeoutClose), "ct_timeout_other_ns": uint64(cfg.CTTimeoutOther),
+		"ct_timeout_unreplied_ns": uint64(cfg.CTTimeoutUnreplied), "event_rate": cfg.EventRate, "event_burst": cfg.EventBurst,
+		"event_interval_ns": uint64(time.Second) / uint64(cfg.EventRate),
+		"hairpin_addr4":     Addr(HairpinAddr4), "hairpin_addr6": Addr(HairpinAddr6),
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			t.Fatalf("set %s: %v", name, err)
+		}
+	}
+	for name, n := range map[string]uint32{
+		"sluice_services_v1": cfg.MaxServices, "sluice_backends_v2": cfg.MaxBackends, "sluice_maglev_v1": cfg.MaxServices,
+		"sluice_ct_tcp_v1": cfg.MaxConntrackTCP, "sluice_ct_other_v1": cfg.MaxConntrackOther,
+		"sluice_affinity_v2": cfg.MaxAffinity, "sluice_endpoints_v1": cfg.MaxEndpoints,
+		"sluice_policy_endpoints_v1": cfg.MaxEndpoints, "sluice_ipcache_v1": cfg.MaxIPCache,
+		"sluice_policy_cidrs_v1": cfg.MaxPolicyCIDRs, "sluice_policy_v1": cfg.MaxPolicyRules,
+	} {
+		spec.Maps[name].MaxEntries = n
+	}
+	spec.Maps["sluice_maglev_v1"].ValueSize = tableSize * 4
+	for _, dir := range []string{mapsDir(root), progsDir(root), linksDir(root)} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: mapsDir(root)}})
+	if err != nil {
+		t.Fatalf("load the single-size release's datapath: %v", err)
+	}
+	t.Cleanup(coll.Close)
+	return &Datapath{
+		FromPod: coll.Programs["from_pod"], ToPod: coll.Programs["to_pod"],
+		Services: coll.Maps["sluice_services_v1"], Backends: coll.Maps["sluice_backends_v2"],
+		MaglevMaps: [maglevClasses]*ebpf.Map{coll.Maps["sluice_maglev_v1"]},
+		Endpoints:  coll.Maps["sluice_endpoints_v1"], EndpointSlots: coll.Maps["sluice_endpoint_slots_v1"],
+		root: root,
+	}
+}
+
+// TestUpgradeFromSingleSizeMaglev is an upgrade from the release whose
+// Maglev tables all had one size (16381 slots, in sluice_maglev_v1) while
+// a client opens a new connection through a ClusterIP every few
+// milliseconds: this version loads, takes over the pods' veths, finishes
+// the migration, then its first sync moves the table to the map of its
+// size class (written there, the entry pointed at it, the old table
+// deleted after the grace). No new connection may fail at any point, and
+// the old map is unpinned once empty.
+func TestUpgradeFromSingleSizeMaglev(t *testing.T) {
+	bpffs.Require(t)
+	root := bpffs.Root(t)
+	old := loadSingleSizeRelease(t, root, 16381)
+	pn := newPodNode(t, old, 3)
+	client := pn.pods[0]
+	vip := ap("10.96.0.10:80")
+	const svcID = 7
+	var names []string
+	for i, p := range pn.pods[1:] {
+		be := netip.AddrPortFrom(p.addr4, 8080)
+		names = append(names, be.String())
+		if err := old.Backends.Put(uint32(40+i), BackendValue{Addr: Addr(be.Addr()), Port: Port(be.Port()), SvcId: svcID}); err != nil {
+			t.Fatal(err)
+		}
+		serveEcho(t, p.ns, be.Port())
+	}
+	table := func(size uint32) []uint32 {
+		idx, err := maglev.Table(names, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := make([]uint32, size)
+		for i, b := range idx {
+			out[i] = uint32(40 + b)
+		}
+		return out
+	}
+	if err := old.SetMaglevTable(MaglevLegacy, svcID, table(16381)); err != nil {
+		t.Fatal(err)
+	}
+	key := ServiceKey{Addr: Addr(vip.Addr()), Port: Port(vip.Port()), Proto: unix.IPPROTO_TCP}
+	if err := old.Services.Put(key, ServiceValue{Id: svcID, BackendCount: 2}); err != nil {
+		t.Fatal(err)
+	}
+
+	// New connections, one after the other, for the whole upgrade.
+	var ok, failed atomic.Int64
+	var firstErr atomic.Value
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	dial := client.ns.Dialer(t)
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			c, err := dial(ctx, "tcp4", vip.String())
+			cancel()
+			if err == nil {
+				err = lineEcho(c)(fmt.Sprintf("connection %d", i))
+				c.Close()
+			}
+			if err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err)
+				continue
+			}
+			ok.Add(1)
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	waitFor := func(n int64) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ok.Load() < n; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("only %d connections succeeded (%d failed: %v)", ok.Load(), failed.Load(), firstErr.Load())
+			}
+		}
+	}
+	waitFor(10) // under the previous release
+
+	d, err := Load(Config{PinRoot: root, MaglevSize: 16381})
+	if err != nil {
+		t.Fatalf("load over the single-size release's pins: %v", err)
+	}
+	t.Cleanup(func() { d.Close() })
+	if got := d.MaglevClassSize(MaglevLegacy); got != 16381 {
+		t.Fatalf("the old map's tables read as %d slots, want 16381", got)
+	}
+	if _, err := d.Reattach(); err != nil {
+		t.Fatalf("reattach: %v", err)
+	}
+	if fin, err := d.FinishMigration(); err != nil || slices.Contains(fin.Unpinned, legacyMaglevV1) {
+		t.Fatalf("finish migration: %+v, %v; want the old Maglev map kept while it holds a table", fin, err)
+	}
+	waitFor(ok.Load() + 20) // new programs, the old map's table
+
+	// The first sync, in the writer's order: the table of its size
+	// class, the entry naming it, then (after the grace) the old one.
+	size := maglev.Size(2, d.MaglevMaxSize())
+	class, _ := MaglevClassOfSize(size)
+	if err := d.SetMaglevTable(class, svcID, table(size)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Services.Put(key, ServiceValue{Id: svcID, BackendCount: 2, Flags: class.Flags()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ok.Load() + 20)
+	if err := d.DeleteMaglevTable(MaglevLegacy, svcID); err != nil {
+		t.Fatal(err)
+	}
+	if retired, err := d.RetireLegacyMaglev(); err != nil || !retired {
+		t.Errorf("retire the emptied old map: %v, %v", retired, err)
+	}
+	waitFor(ok.Load() + 20)
+	close(stop)
+	<-done
+	if failed.Load() > 0 {
+		t.Errorf("%d of %d new connections failed across the upgrade: first %v", failed.Load(), ok.Load()+failed.Load(), firstErr.Load())
+	}
+	if _, err := os.Stat(filepath.Join(mapsDir(root), legacyMaglevV1)); !os.IsNotExist(err) {
+		t.Errorf("old Maglev map still pinned (%v)", err)
+	}
+	drops, err := d.DropCounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := drops[DropBackendMissing].Packets; n > 0 {
+		t.Errorf("%d packets found no Maglev table", n)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -156,14 +157,14 @@ func TestClassChangeLeavesNoWindow(t *testing.T) {
 	}
 }
 
-// TestLegacyTablesMoveAtFirstSync is an upgrade from a release with one
-// table size (sluice_maglev_v1): the new datapath reads the tables the old
-// agent wrote there, the first sync moves each to its size class, and
-// once that map is empty and the migration finished, it is unpinned.
-func TestLegacyTablesMoveAtFirstSync(t *testing.T) {
+// legacyNode is a node upgraded from a release with one table size: the
+// service frontend f with backends 5 and 6 and its table in the pinned
+// sluice_maglev_v1 (at legacyPin), as the previous agent wrote them.
+func legacyNode(t *testing.T) (dp *bpf.Datapath, legacyPin string, f compile.Frontend) {
+	t.Helper()
 	bpffs.Require(t)
 	root := bpffs.Root(t)
-	legacyPin := filepath.Join(root, "maps", "sluice_maglev_v1")
+	legacyPin = filepath.Join(root, "maps", "sluice_maglev_v1")
 	if err := os.MkdirAll(filepath.Dir(legacyPin), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -172,21 +173,21 @@ func TestLegacyTablesMoveAtFirstSync(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer old.Close()
+	t.Cleanup(func() { old.Close() })
 	if err := old.Pin(legacyPin); err != nil {
 		t.Fatal(err)
 	}
-	dp, err := bpf.Load(bpf.Config{PinRoot: root, MaglevSize: 16381, MaxServices: 64, MaxBackends: 4096})
+	dp, err = bpf.Load(bpf.Config{PinRoot: root, MaglevSize: 16381, MaxServices: 64, MaxBackends: 4096})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dp.Close()
+	t.Cleanup(func() { dp.Close() })
 	if got := dp.MaglevClassSize(bpf.MaglevLegacy); got != 16381 {
 		t.Fatalf("legacy tables of %d slots, want the pinned map's 16381", got)
 	}
 	// What the previous agent wrote: backends, a 16381-slot table in the
 	// old map, an entry without a class.
-	f := fe("10.96.0.10:80")
+	f = fe("10.96.0.10:80")
 	ids := []uint32{5, 6}
 	for i, id := range ids {
 		be := manyBackends(2)[i]
@@ -205,6 +206,15 @@ func TestLegacyTablesMoveAtFirstSync(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	return dp, legacyPin, f
+}
+
+// TestLegacyTablesMoveAtFirstSync is an upgrade from a release with one
+// table size (sluice_maglev_v1): the new datapath reads the tables the old
+// agent wrote there, the first sync moves each to its size class, and
+// once that map is empty and the migration finished, it is unpinned.
+func TestLegacyTablesMoveAtFirstSync(t *testing.T) {
+	dp, legacyPin, f := legacyNode(t)
 	// The agent's start: take over (nothing else to migrate), then sync.
 	if _, err := dp.FinishMigration(); err != nil {
 		t.Fatal(err)
@@ -237,5 +247,37 @@ func TestLegacyTablesMoveAtFirstSync(t *testing.T) {
 	}
 	if _, err := os.Stat(legacyPin); !os.IsNotExist(err) {
 		t.Errorf("old map still pinned after a sync emptied it (%v)", err)
+	}
+}
+
+// TestLegacyTablesKeptUntilTakeover: where the takeover failed (programs
+// of the earlier release still attached, FinishMigration not run), the
+// sync moves the table to its class but leaves the old map's as it was.
+func TestLegacyTablesKeptUntilTakeover(t *testing.T) {
+	dp, legacyPin, f := legacyNode(t)
+	w, err := New(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := time.Now()
+	w.now = func() time.Time { return clock }
+	for range 2 {
+		if _, err := w.Sync(compile.Desired{f: {Service: web, Backends: manyBackends(2)}}); err != nil {
+			t.Fatal(err)
+		}
+		clock = clock.Add(tableGrace)
+	}
+	if _, in := tableOf(t, dp, f); !slices.Equal(in, []bpf.MaglevClass{bpf.MaglevLegacy, 1}) {
+		t.Errorf("tables in classes %v, want the old one kept beside class 1", in)
+	}
+	if _, err := os.Stat(legacyPin); err != nil {
+		t.Errorf("old map unpinned before the takeover: %v", err)
+	}
+	// A restart before the takeover keeps it too.
+	if _, err := New(dp); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := dp.MaglevTable(bpf.MaglevLegacy, 3); !ok {
+		t.Error("restore pruned the old map's table before the takeover")
 	}
 }

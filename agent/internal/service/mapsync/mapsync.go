@@ -254,7 +254,8 @@ func endpoint(be bpf.BackendValue) netip.AddrPort {
 // services that are gone, or in a class other than the one their entry
 // names (left by an agent that stopped between writing a table and its
 // service, or between pointing a service at a new class and deleting its
-// old table).
+// old table). The earlier releases' map is left alone until the takeover
+// finished: programs of that release may still read it.
 func (w *Writer) pruneOrphanTables() error {
 	classes := make(map[uint32]bpf.MaglevClass, len(w.services))
 	for _, svc := range w.services {
@@ -266,10 +267,10 @@ func (w *Writer) pruneOrphanTables() error {
 			return err
 		}
 		for _, id := range ids {
-			if cls, ok := classes[id]; ok && cls == c {
-				if c == bpf.MaglevLegacy {
-					w.legacy = true
-				}
+			if c == bpf.MaglevLegacy {
+				w.legacy = true
+			}
+			if cls, ok := classes[id]; (ok && cls == c) || (c == bpf.MaglevLegacy && !w.dp.TookOver()) {
 				continue
 			}
 			if err := w.dp.DeleteMaglevTable(c, id); err != nil {
@@ -287,7 +288,9 @@ func (w *Writer) deleteRetired(errs *[]error) {
 	now := w.now()
 	keep := w.retired[:0]
 	for _, r := range w.retired {
-		if now.Sub(r.at) < tableGrace {
+		// Programs of an earlier release, still attached where the
+		// takeover failed, read the earlier releases' map.
+		if now.Sub(r.at) < tableGrace || (r.class == bpf.MaglevLegacy && !w.dp.TookOver()) {
 			keep = append(keep, r)
 			continue
 		}
