@@ -331,6 +331,15 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 
 func maglevMapName(size uint32) string { return fmt.Sprintf("sluice_maglev_%d_v1", size) }
 
+// maglevMapNames are the size classes' map names, class 1 first.
+func maglevMapNames() []string {
+	var out []string
+	for _, size := range MaglevSizes {
+		out = append(out, maglevMapName(size))
+	}
+	return out
+}
+
 // configureLegacyMaglev sizes the earlier releases' single-size Maglev map
 // (sluice_maglev_v1) as it is pinned, so that this datapath serves the
 // services it holds until the first sync moves them to the size classes;
@@ -384,12 +393,13 @@ func OpenPinned(root string) (*Datapath, error) {
 	}
 	d.Services = open(datapathMapSluiceServicesV1)
 	d.Backends = open(datapathMapSluiceBackendsV2)
-	for i, size := range MaglevSizes {
-		d.MaglevMaps[i+1] = open(maglevMapName(size))
-	}
-	if err == nil {
-		// Only pinned during an upgrade from a single-size release.
-		d.MaglevMaps[MaglevLegacy], _ = ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), datapathMapSluiceMaglevV1), nil)
+	// The Maglev maps are optional: a node still pinned by a release
+	// before size classes has only sluice_maglev_v1 (and the agent sizes
+	// conntrack from what is pinned before it loads this version).
+	for c, name := range append([]string{datapathMapSluiceMaglevV1}, maglevMapNames()...) {
+		if err == nil {
+			d.MaglevMaps[c], _ = ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), name), nil)
+		}
 	}
 	d.ConntrackTCP = open(datapathMapSluiceCtTcpV1)
 	d.ConntrackOther = open(datapathMapSluiceCtOtherV1)

@@ -309,6 +309,11 @@ func loadSingleSizeRelease(t *testing.T, root string, tableSize uint32) *Datapat
 		t.Fatalf("load the single-size release's datapath: %v", err)
 	}
 	t.Cleanup(coll.Close)
+	for _, name := range []string{"from_pod", "to_pod"} {
+		if err := replacePin(coll.Programs[name], filepath.Join(progsDir(root), name)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return &Datapath{
 		FromPod: coll.Programs["from_pod"], ToPod: coll.Programs["to_pod"],
 		Services: coll.Maps["sluice_services_v1"], Backends: coll.Maps["sluice_backends_v2"],
@@ -401,6 +406,16 @@ func TestUpgradeFromSingleSizeMaglev(t *testing.T) {
 		}
 	}
 	waitFor(10) // under the previous release
+
+	// The agent reads the pinned conntrack sizes before it loads.
+	ro, err := OpenPinned(root)
+	if err != nil {
+		t.Fatalf("open the previous release's pins: %v", err)
+	}
+	if ro.ConntrackTCP == nil || ro.MaglevClassSize(MaglevLegacy) != 16381 {
+		t.Errorf("OpenPinned: conntrack %v, old tables of %d slots", ro.ConntrackTCP, ro.MaglevClassSize(MaglevLegacy))
+	}
+	ro.Close()
 
 	d, err := Load(Config{PinRoot: root, MaglevSize: 16381})
 	if err != nil {
