@@ -63,6 +63,7 @@ const enum endpoint_slots *unused_endpoint_slots __attribute__((unused));
 const struct frag_value *unused_frag_value __attribute__((unused));
 const enum frag_flags *unused_frag_flags __attribute__((unused));
 const enum counter *unused_counter __attribute__((unused));
+const enum sock_netns_flags *unused_sock_netns_flags __attribute__((unused));
 
 /* judge applies the endpoint's policy (dir) to a packet that is not a
  * service flow; a first fragment that passes leaves its decision for the

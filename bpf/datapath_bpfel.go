@@ -350,6 +350,20 @@ type datapathPolicyValue struct {
 	Pad uint32
 }
 
+type datapathSockNetnsFlags uint32
+
+const (
+	datapathSockNetnsFlagsSOCK_NETNS_F_LB datapathSockNetnsFlags = 1
+)
+
+type datapathSockNetnsValue struct {
+	_     structs.HostLayout
+	Addr4 [16]uint8
+	Addr6 [16]uint8
+	Flags uint32
+	Pad   uint32
+}
+
 type datapathSockRevnatKey struct {
 	_      structs.HostLayout
 	Cookie uint64
@@ -437,6 +451,7 @@ const (
 	datapathMapSluicePolicyStateV1       = "sluice_policy_state_v1"
 	datapathMapSluicePolicyV1            = "sluice_policy_v1"
 	datapathMapSluiceServicesV1          = "sluice_services_v1"
+	datapathMapSluiceSockNetnsV1         = "sluice_sock_netns_v1"
 	datapathMapSluiceSockRevnatV1        = "sluice_sock_revnat_v1"
 	datapathProgFromNetdev               = "from_netdev"
 	datapathProgFromPod                  = "from_pod"
@@ -484,6 +499,7 @@ const (
 	datapathVarUnusedPolicyDir           = "unused_policy_dir"
 	datapathVarUnusedPolicyEndpointFlags = "unused_policy_endpoint_flags"
 	datapathVarUnusedPolicyKeyBits       = "unused_policy_key_bits"
+	datapathVarUnusedSockNetnsFlags      = "unused_sock_netns_flags"
 	datapathVarUnusedSvcFlags            = "unused_svc_flags"
 	datapathVarUnusedSvcScope            = "unused_svc_scope"
 	datapathVarUnusedTracePoint          = "unused_trace_point"
@@ -579,6 +595,7 @@ type datapathMapSpecs struct {
 	SluicePolicyStateV1     *ebpf.MapSpec `ebpf:"sluice_policy_state_v1"`
 	SluicePolicyV1          *ebpf.MapSpec `ebpf:"sluice_policy_v1"`
 	SluiceServicesV1        *ebpf.MapSpec `ebpf:"sluice_services_v1"`
+	SluiceSockNetnsV1       *ebpf.MapSpec `ebpf:"sluice_sock_netns_v1"`
 	SluiceSockRevnatV1      *ebpf.MapSpec `ebpf:"sluice_sock_revnat_v1"`
 }
 
@@ -620,6 +637,7 @@ type datapathVariableSpecs struct {
 	UnusedPolicyDir           *ebpf.VariableSpec `ebpf:"unused_policy_dir"`
 	UnusedPolicyEndpointFlags *ebpf.VariableSpec `ebpf:"unused_policy_endpoint_flags"`
 	UnusedPolicyKeyBits       *ebpf.VariableSpec `ebpf:"unused_policy_key_bits"`
+	UnusedSockNetnsFlags      *ebpf.VariableSpec `ebpf:"unused_sock_netns_flags"`
 	UnusedSvcFlags            *ebpf.VariableSpec `ebpf:"unused_svc_flags"`
 	UnusedSvcScope            *ebpf.VariableSpec `ebpf:"unused_svc_scope"`
 	UnusedTracePoint          *ebpf.VariableSpec `ebpf:"unused_trace_point"`
@@ -675,6 +693,7 @@ type datapathMaps struct {
 	SluicePolicyStateV1     *ebpf.Map `ebpf:"sluice_policy_state_v1"`
 	SluicePolicyV1          *ebpf.Map `ebpf:"sluice_policy_v1"`
 	SluiceServicesV1        *ebpf.Map `ebpf:"sluice_services_v1"`
+	SluiceSockNetnsV1       *ebpf.Map `ebpf:"sluice_sock_netns_v1"`
 	SluiceSockRevnatV1      *ebpf.Map `ebpf:"sluice_sock_revnat_v1"`
 }
 
@@ -710,6 +729,7 @@ func (m *datapathMaps) Close() error {
 		m.SluicePolicyStateV1,
 		m.SluicePolicyV1,
 		m.SluiceServicesV1,
+		m.SluiceSockNetnsV1,
 		m.SluiceSockRevnatV1,
 	)
 }
@@ -752,6 +772,7 @@ type datapathVariables struct {
 	UnusedPolicyDir           *ebpf.Variable `ebpf:"unused_policy_dir"`
 	UnusedPolicyEndpointFlags *ebpf.Variable `ebpf:"unused_policy_endpoint_flags"`
 	UnusedPolicyKeyBits       *ebpf.Variable `ebpf:"unused_policy_key_bits"`
+	UnusedSockNetnsFlags      *ebpf.Variable `ebpf:"unused_sock_netns_flags"`
 	UnusedSvcFlags            *ebpf.Variable `ebpf:"unused_svc_flags"`
 	UnusedSvcScope            *ebpf.Variable `ebpf:"unused_svc_scope"`
 	UnusedTracePoint          *ebpf.Variable `ebpf:"unused_trace_point"`

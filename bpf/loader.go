@@ -171,6 +171,10 @@ type Datapath struct {
 	// SockRevnat remembers the service behind each socket translated by
 	// socket-level load balancing.
 	SockRevnat *ebpf.Map
+	// SockNetns holds the pods socket-level load balancing serves, by
+	// network namespace cookie (ServePodSockets); nil when opened from
+	// pins of a release before it.
+	SockNetns *ebpf.Map
 	// Frags holds, per fragmented datagram, what its first fragment got.
 	Frags *ebpf.Map
 	// EndpointSlots holds each pod veth's addresses by ifindex, the fast
@@ -245,8 +249,8 @@ func Load(cfg Config) (*Datapath, error) {
 		ConntrackTCP: objs.SluiceCtTcpV1, ConntrackOther: objs.SluiceCtOtherV1,
 		Affinity: objs.SluiceAffinityV2, Endpoints: objs.SluiceEndpointsV1,
 		Drops: objs.SluiceDropsV2, Counters: objs.SluiceCountersV1, Events: objs.SluiceEventsV3,
-		SockRevnat: objs.SluiceSockRevnatV1,
-		Frags:      objs.SluiceFragsV1, EndpointSlots: objs.SluiceEndpointSlotsV1, NodeCIDRs: objs.SluiceNodeCidrsV1,
+		SockRevnat: objs.SluiceSockRevnatV1, SockNetns: objs.SluiceSockNetnsV1,
+		Frags: objs.SluiceFragsV1, EndpointSlots: objs.SluiceEndpointSlotsV1, NodeCIDRs: objs.SluiceNodeCidrsV1,
 		IPCache: objs.SluiceIpcacheV1, PolicyCIDRs: objs.SluicePolicyCidrsV1,
 		PolicyEndpoints: objs.SluicePolicyEndpointsV1, Policy: objs.SluicePolicyV1, PolicyState: objs.SluicePolicyStateV1,
 		root: cfg.PinRoot,
@@ -311,6 +315,7 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 		datapathMapSluiceAffinityV2:        cfg.MaxAffinity,
 		datapathMapSluiceEndpointsV1:       cfg.MaxEndpoints,
 		datapathMapSluicePolicyEndpointsV1: cfg.MaxEndpoints,
+		datapathMapSluiceSockNetnsV1:       cfg.MaxEndpoints,
 		datapathMapSluiceIpcacheV1:         cfg.MaxIPCache,
 		datapathMapSluicePolicyCidrsV1:     cfg.MaxPolicyCIDRs,
 		datapathMapSluicePolicyV1:          cfg.MaxPolicyRules,
@@ -412,6 +417,9 @@ func OpenPinned(root string) (*Datapath, error) {
 	d.EndpointSlots = open(datapathMapSluiceEndpointSlotsV1)
 	d.NodeCIDRs = open(datapathMapSluiceNodeCidrsV1)
 	d.SockRevnat = open(datapathMapSluiceSockRevnatV1)
+	if err == nil { // optional, as the Maglev maps: pinned since socket LB served pods
+		d.SockNetns, _ = ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), datapathMapSluiceSockNetnsV1), nil)
+	}
 	d.IPCache = open(datapathMapSluiceIpcacheV1)
 	d.PolicyCIDRs = open(datapathMapSluicePolicyCidrsV1)
 	d.PolicyEndpoints = open(datapathMapSluicePolicyEndpointsV1)
@@ -460,7 +468,7 @@ func (d *Datapath) Close() error {
 	}
 	for _, m := range []*ebpf.Map{d.Services, d.Backends, d.ConntrackTCP, d.ConntrackOther, d.Affinity,
 		d.Endpoints, d.Drops, d.Counters, d.Events,
-		d.SockRevnat, d.Frags, d.EndpointSlots, d.NodeCIDRs, d.IPCache, d.PolicyCIDRs, d.PolicyEndpoints, d.Policy, d.PolicyState} {
+		d.SockRevnat, d.SockNetns, d.Frags, d.EndpointSlots, d.NodeCIDRs, d.IPCache, d.PolicyCIDRs, d.PolicyEndpoints, d.Policy, d.PolicyState} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}

@@ -3,8 +3,10 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -103,4 +105,86 @@ func NetnsCookie() (uint64, error) {
 		return 0, fmt.Errorf("SO_NETNS_COOKIE (Linux 5.14 or later): %w", err)
 	}
 	return c, nil
+}
+
+// PodSockets is a pod's entry in the socket LB's namespace map: its
+// addresses, and whether its sockets are translated (On) or left to the
+// tc path (the pod opted out).
+type PodSockets struct {
+	Addrs []netip.Addr
+	On    bool
+}
+
+// ServePodSockets enters a pod's network namespace (by cookie, NetnsCookie
+// run inside it) with its addresses: with on, socket LB serves its
+// sockets, keying ClientIP affinity on the address of each connection's
+// family as the tc path does.
+func (d *Datapath) ServePodSockets(netns uint64, p PodSockets) error {
+	if d.SockNetns == nil {
+		return errors.New("map sluice_sock_netns_v1 not pinned: the agent runs a release before socket LB served pods")
+	}
+	var v SockNetnsValue
+	for _, a := range p.Addrs {
+		if a.Unmap().Is4() {
+			v.Addr4 = Addr(a)
+		} else {
+			v.Addr6 = Addr(a)
+		}
+	}
+	if p.On {
+		v.Flags = uint32(datapathSockNetnsFlagsSOCK_NETNS_F_LB)
+	}
+	if err := d.SockNetns.Put(netns, v); err != nil {
+		return fmt.Errorf("enter pod netns %#x for socket LB (map sluice_sock_netns_v1 full?): %w", netns, err)
+	}
+	return nil
+}
+
+// PodSocketEntries lists the socket LB's pods by namespace cookie.
+func (d *Datapath) PodSocketEntries() (map[uint64]PodSockets, error) {
+	out := map[uint64]PodSockets{}
+	if d.SockNetns == nil {
+		return out, nil
+	}
+	var netns uint64
+	var v SockNetnsValue
+	it := d.SockNetns.Iterate()
+	for it.Next(&netns, &v) {
+		out[netns] = v.podSockets()
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list sluice_sock_netns_v1: %w", err)
+	}
+	return out, nil
+}
+
+func (v SockNetnsValue) podSockets() PodSockets {
+	p := PodSockets{On: v.Flags&uint32(datapathSockNetnsFlagsSOCK_NETNS_F_LB) != 0}
+	for _, raw := range [][16]byte{v.Addr4, v.Addr6} {
+		if raw != ([16]byte{}) {
+			p.Addrs = append(p.Addrs, netip.AddrFrom16(raw).Unmap())
+		}
+	}
+	return p
+}
+
+// ForgetPodSockets removes the entries of the pods holding any of addrs
+// (a pod's namespace may be gone by its DEL, so entries go by address).
+func (d *Datapath) ForgetPodSockets(addrs []netip.Addr) error {
+	entries, err := d.PodSocketEntries()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for netns, p := range entries {
+		if !slices.ContainsFunc(p.Addrs, func(a netip.Addr) bool {
+			return slices.ContainsFunc(addrs, func(b netip.Addr) bool { return b.Unmap() == a })
+		}) {
+			continue
+		}
+		if err := d.SockNetns.Delete(netns); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("delete pod netns %#x from sluice_sock_netns_v1: %w", netns, err))
+		}
+	}
+	return errors.Join(errs...)
 }

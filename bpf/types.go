@@ -31,6 +31,7 @@ type (
 	PolicyState         = datapathPolicyState
 	EndpointSlot        = datapathEndpointSlot
 	NodeCIDR            = datapathNodeCidr
+	SockNetnsValue      = datapathSockNetnsValue
 )
 
 const endpointSlots = uint32(datapathEndpointSlotsENDPOINT_SLOTS)

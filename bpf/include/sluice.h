@@ -174,6 +174,21 @@ struct sock_revnat_value {
 	__u16 pad;
 };
 
+/* sluice_sock_netns_v1, keyed by a pod's network namespace cookie
+ * (bpf_get_netns_cookie): the pods socket-level load balancing serves, and
+ * their addresses, the client that ClientIP affinity is keyed on, as the tc
+ * path sees it. Written by the agent as the CNI plugin wires each pod. */
+enum sock_netns_flags {
+	SOCK_NETNS_F_LB = 1 << 0, /* translate at the socket (not opted out) */
+};
+
+struct sock_netns_value {
+	__u8 addr4[SLUICE_ADDR_LEN]; /* the pod's IPv4 address, v4-mapped; zero: none */
+	__u8 addr6[SLUICE_ADDR_LEN]; /* the pod's IPv6 address; zero: none */
+	__u32 flags;		     /* enum sock_netns_flags */
+	__u32 pad;
+};
+
 /* Local pod endpoints, written by the CNI plugin. */
 struct endpoint_key {
 	__u8 addr[SLUICE_ADDR_LEN];

@@ -172,6 +172,15 @@ struct {
 } sluice_sock_revnat_v1 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SIZED_BY_LOADER);
+	__type(key, __u64);
+	__type(value, struct sock_netns_value);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_sock_netns_v1 SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, DROP_REASON_MAX *HOOK_MAX);
 	__type(key, __u32);

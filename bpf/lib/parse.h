@@ -52,6 +52,15 @@ static __always_inline void addr_from_v4(__u8 *dst, __be32 v4)
 	__builtin_memcpy(dst + 12, &v4, 4);
 }
 
+/* is_v4_mapped reports whether an address is IPv4 (stored v4-mapped). */
+static __always_inline int is_v4_mapped(const __u8 *a)
+{
+	__u32 w[3];
+
+	__builtin_memcpy(w, a, 12);
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
 static __always_inline int addr_eq(const __u8 *a, const volatile __u8 *b)
 {
 	const __u64 *x = (const __u64 *)a;

@@ -12,6 +12,12 @@
  * datagram (sendmsg) instead of per packet, and host processes (kubelet,
  * hostNetwork pods), whose packets never cross a pod veth, reach services
  * at all. recvmsg and getpeername show the service address again.
+ *
+ * Sockets of the node's network namespace are always served; a pod's only
+ * once the agent has entered its namespace in sluice_sock_netns_v1 (and the
+ * pod has not opted out). Everything else, and what these hooks never see
+ * (raw sockets, SCTP, packets of sockets connected before), is left to the
+ * tc programs on the pod's veth, which translate per packet.
  */
 
 #define ECONNREFUSED 111
@@ -51,14 +57,42 @@ static __always_inline void sock_addr_store(struct bpf_sock_addr *ctx, __u8 fami
 	ctx->user_port = (__u32)port;
 }
 
-/* sock_lb translates a connect or sendmsg to a service into one to a backend. */
+/* sock_client finds who a socket's connection counts as: 0 (serve it,
+ * with the zero address) for the node's own namespace, the pod's address
+ * of the destination's family for a served pod; -1 leaves the socket to
+ * the tc path. */
+static __always_inline int sock_client(struct bpf_sock_addr *ctx, const __u8 *dst, __u8 *client)
+{
+	if (!host_netns_cookie)
+		return 0; /* unit tests: every namespace is the node's */
+	__u64 netns = bpf_get_netns_cookie(ctx);
+
+	if (netns == host_netns_cookie)
+		return 0;
+	struct sock_netns_value *pod = bpf_map_lookup_elem(&sluice_sock_netns_v1, &netns);
+
+	if (!pod || !(pod->flags & SOCK_NETNS_F_LB))
+		return -1;
+	/* An IPv6 socket may reach an IPv4 service by its v4-mapped address:
+	 * the packets are IPv4, from the pod's IPv4 address. */
+	const __u8 *own = is_v4_mapped(dst) ? pod->addr4 : pod->addr6;
+	__u64 w[2];
+
+	__builtin_memcpy(w, own, 16);
+	if (!(w[0] | w[1]))
+		return -1; /* no address of that family: the tc path refuses it */
+	__builtin_memcpy(client, own, SLUICE_ADDR_LEN);
+	return 0;
+}
+
+/* sock_lb translates a connect or sendmsg to a service into one to a
+ * backend, choosing it as the tc path would for the same client: Maglev,
+ * or the client's ClientIP affinity, consulted and renewed here. */
 static __always_inline int sock_lb(struct bpf_sock_addr *ctx, __u8 family)
 {
 	__u8 proto = ctx->protocol;
 
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
-		return 1;
-	if (host_netns_cookie && bpf_get_netns_cookie(ctx) != host_netns_cookie)
 		return 1;
 	struct svc_key key = {};
 	sock_addr_load(ctx, family, key.addr);
@@ -68,16 +102,17 @@ static __always_inline int sock_lb(struct bpf_sock_addr *ctx, __u8 family)
 	struct svc_value *svc = bpf_map_lookup_elem(&sluice_services_v1, &key);
 	if (!svc)
 		return 1;
+	struct pkt p = {};
+	if (sock_client(ctx, key.addr, p.src) < 0)
+		return 1;
 	if (svc->backend_count == 0) {
 		bpf_set_retval(-ECONNREFUSED);
 		return 0;
 	}
-	/* No packet yet: the socket cookie stands in for the client port, and
-	 * all processes of this node share one affinity (the node's address,
-	 * as kube-proxy sees them). */
+	/* No packet yet: the socket cookie stands in for the client port.
+	 * Processes of the node share one client (the zero address). */
 	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct pkt p = {};
-	p.family = family;
+	p.family = is_v4_mapped(key.addr) ? 4 : 6;
 	p.proto = proto;
 	p.sport = (__be16)cookie;
 	p.dport = (__be16)(cookie >> 16);
