@@ -47,6 +47,7 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/routes"
 	"github.com/sluice-net/sluice/agent/internal/service"
 	servicemapsync "github.com/sluice-net/sluice/agent/internal/service/mapsync"
+	"github.com/sluice-net/sluice/agent/internal/socklb"
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/internal/endpointapi"
 )
@@ -140,9 +141,11 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	}
 	// One slot for each goroutine that reports, so none blocks once run
 	// has returned.
-	errs := make(chan error, 9)
+	errs := make(chan error, 10)
 	go func() { errs <- serve(ctx, log, "metrics", cfg.MetricsAddr, metricsMux(m)) }()
-	go func() { errs <- endpointapi.Serve(ctx, log, cfg.EndpointSocket, ctrls.policies) }()
+	go func() {
+		errs <- endpointapi.Serve(ctx, log, cfg.EndpointSocket, endpointAgent{Controller: ctrls.policies, log: log, sockets: ctrls.sockets})
+	}()
 	go func() { errs <- serve(ctx, log, "health", cfg.HealthAddr, healthMux(ctrls.services)) }()
 	obs.run(ctx, log, errs)
 	go ctgc.Run(ctx, log, dp, m, cfg.CTGCInterval.Duration)
@@ -352,6 +355,29 @@ type controllers struct {
 	services *service.Controller
 	policies *netpol.Controller
 	routes   *routes.Controller // nil without native routing
+	sockets  *socklb.Controller // nil unless socket LB serves pods
+}
+
+// endpointAgent answers the CNI plugin: a new pod's policy first (which
+// waits for the pod in the informer cache), then its socket LB entry.
+type endpointAgent struct {
+	*netpol.Controller
+	log     *slog.Logger
+	sockets *socklb.Controller
+}
+
+// EnsureEndpoint fails the pod's ADD only for its policy: a pod socket LB
+// could not enter is translated per packet, as correctly, and logged.
+func (a endpointAgent) EnsureEndpoint(ctx context.Context, ep endpointapi.Endpoint) error {
+	if err := a.Controller.EnsureEndpoint(ctx, ep); err != nil {
+		return err
+	}
+	if a.sockets != nil {
+		if err := a.sockets.EnsureEndpoint(ctx, ep); err != nil {
+			a.log.Warn("pod not served by socket LB; its Service traffic is translated per packet", "pod", ep.Namespace+"/"+ep.Name, "err", err)
+		}
+	}
+	return nil
 }
 
 // newControllers builds every controller, each registering its informers
@@ -388,6 +414,15 @@ func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Inter
 	if err != nil {
 		return nil, err
 	}
+	if cfg.SocketLBCgroup != "" && *cfg.SocketLBPods {
+		c.sockets, err = socklb.New(log, factory, dp, socklb.Options{
+			NodeName: cfg.NodeName, MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration,
+			Recorder: recorder,
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
 	if *cfg.NativeRouting {
 		c.routes, err = routes.New(log, factory, routes.MainTable{}, m, routes.Options{
 			NodeName: cfg.NodeName, MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration,
@@ -404,6 +439,9 @@ func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Inter
 func (c *controllers) run(ctx context.Context, log *slog.Logger, errs chan error) error {
 	if c.routes != nil {
 		go func() { errs <- c.routes.Run(ctx) }()
+	}
+	if c.sockets != nil {
+		go func() { errs <- c.sockets.Run(ctx) }()
 	}
 	// Policy first: the service controller's first sync tells the CNI that
 	// pods may start, and no pod may start before its policy is in place.

@@ -169,6 +169,7 @@ type datapathEventFlags uint32
 const (
 	datapathEventFlagsEVENT_F_POLICY   datapathEventFlags = 1
 	datapathEventFlagsEVENT_F_ISOLATED datapathEventFlags = 2
+	datapathEventFlagsEVENT_F_SOCKET   datapathEventFlags = 4
 )
 
 type datapathEventType uint32

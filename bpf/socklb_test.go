@@ -285,7 +285,27 @@ func TestSocketLBPods(t *testing.T) {
 	if err := d.ServePodSockets(pod, PodSockets{Addrs: podAddrs, On: true}); err != nil {
 		t.Fatal(err)
 	}
+	events := eventReader(t, d)
 	t.Run("served", func(t *testing.T) { check(t, true) })
+	// Each translation is reported as the tc path reports it, flagged as
+	// the socket's: the UDP one (no connect) once per datagram.
+	var translated []FlowEvent
+	for _, ev := range drainEvents(t, events) {
+		if ev.Type == EventTrace && ev.Reason == TraceService {
+			translated = append(translated, ev)
+		}
+	}
+	if len(translated) != 4 {
+		t.Fatalf("%d service events for 4 translated sockets: %+v", len(translated), translated)
+	}
+	ev := translated[0]
+	if ev.Flags != EventFSocket || Hook(ev.Hook) != HookFromPod || ev.Ifindex != 0 || ev.SvcId != 1 {
+		t.Errorf("event %+v, want service 1's at from_pod flagged socket", ev)
+	}
+	wantTuple(t, ev, netip.AddrPortFrom(podAddrs[0], 0), ap("10.96.0.10:80"), unix.IPPROTO_TCP)
+	if be := netip.AddrPortFrom(AddrFrom(ev.NatAddr), PortFrom(ev.NatPort)); be != ap("10.200.0.2:8080") {
+		t.Errorf("event's backend %v, want 10.200.0.2:8080", be)
+	}
 	entries, err := d.PodSocketEntries()
 	if err != nil {
 		t.Fatal(err)

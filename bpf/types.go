@@ -228,6 +228,10 @@ const (
 	// (a pod or CIDR identity, IdentityAny, or IdentityHost for the node).
 	// Without it the flow was recorded unjudged (Identity, Matched 0).
 	EventFIsolated = uint16(datapathEventFlagsEVENT_F_ISOLATED)
+	// EventFSocket: a pod's connection translated at its socket (socket
+	// LB), reported as from_pod with ifindex 0; the source port is the
+	// socket's if it was bound before connect, else 0.
+	EventFSocket = uint16(datapathEventFlagsEVENT_F_SOCKET)
 )
 
 // TraceName names a trace point: "service", "policy"; an unknown one as

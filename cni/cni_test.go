@@ -77,10 +77,12 @@ type nodeOpts struct {
 	noAgent    bool // nothing answers on the agent's endpoint API socket
 }
 
-// standInAgent answers the agent's endpoint API for the plugin under test
-// and records what the plugin asked; the agent's own side is tested in
-// agent/ against a real API server.
+// standInAgent answers the agent's endpoint API for the plugin under test,
+// records what the plugin asked and, as the agent does, enters the pod for
+// socket LB; the agent's own side is tested in agent/ against a real API
+// server.
 type standInAgent struct {
+	dp      *bpf.Datapath
 	mu      sync.Mutex
 	ensured []endpointapi.Endpoint
 	refuse  error // when set, EnsureEndpoint fails with it
@@ -93,7 +95,7 @@ func (a *standInAgent) EnsureEndpoint(_ context.Context, ep endpointapi.Endpoint
 		return a.refuse
 	}
 	a.ensured = append(a.ensured, ep)
-	return nil
+	return a.dp.ServePodSockets(ep.NetnsCookie, bpf.PodSockets{Addrs: ep.Addrs, On: true})
 }
 
 func (a *standInAgent) ForgetEndpoint(endpointapi.Endpoint) {}
@@ -149,7 +151,7 @@ func newNode(t testing.TB, o nodeOpts) *node {
 	}
 	plugin["agentSocket"] = filepath.Join(n.dir, "agent.sock")
 	if !o.noAgent {
-		n.agent = &standInAgent{}
+		n.agent = &standInAgent{dp: n.dp}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() {
@@ -388,6 +390,9 @@ func (n *node) assertClean(t *testing.T) {
 	if left != 0 {
 		t.Errorf("%d endpoint entries left behind", left)
 	}
+	if sockets, err := n.dp.PodSocketEntries(); err != nil || len(sockets) != 0 {
+		t.Errorf("socket LB entries left behind: %v (%v)", sockets, err)
+	}
 	ipam, _ := os.ReadDir(filepath.Join(n.dir, "ipam", "sluice"))
 	for _, e := range ipam {
 		if _, err := netip.ParseAddr(e.Name()); err == nil {
@@ -425,16 +430,24 @@ func TestStatus(t *testing.T) {
 }
 
 // TestAddWaitsForPolicy: ADD returns only after the agent has programmed
-// the pod's policy, and has asked for exactly this pod and its addresses.
+// the pod's policy, and has asked for exactly this pod, its addresses and
+// its network namespace.
 func TestAddWaitsForPolicy(t *testing.T) {
 	n := newNode(t, nodeOpts{})
 	pod := netnstest.New(t, "sl-pod")
 	r := n.mustAdd("web-1", pod)
 	v4, v6 := podAddrs(r)
 	asked := n.agent.asked()
+	var cookie uint64
+	pod.Do(t, func() {
+		var err error
+		if cookie, err = bpf.NetnsCookie(); err != nil {
+			t.Fatal(err)
+		}
+	})
 	if len(asked) != 1 || asked[0].Namespace != "default" || asked[0].Name != "web-1" || asked[0].ContainerID != "web-1" ||
-		!slices.Contains(asked[0].Addrs, v4) || !slices.Contains(asked[0].Addrs, v6) {
-		t.Fatalf("the agent was asked for %+v, want default/web-1 with %v and %v", asked, v4, v6)
+		!slices.Contains(asked[0].Addrs, v4) || !slices.Contains(asked[0].Addrs, v6) || asked[0].NetnsCookie != cookie {
+		t.Fatalf("the agent was asked for %+v, want default/web-1 with %v and %v in netns %#x", asked, v4, v6, cookie)
 	}
 	if err := n.del("web-1", pod); err != nil {
 		t.Fatal(err)
@@ -594,6 +607,9 @@ func TestGC(t *testing.T) {
 	}
 	if err := n.check("keep", keep); err != nil {
 		t.Errorf("the valid pod broke: %v", err)
+	}
+	if sockets, err := n.dp.PodSocketEntries(); err != nil || len(sockets) != 1 {
+		t.Errorf("socket LB entries after GC: %v (%v), want the valid pod's only", sockets, err)
 	}
 	if err := n.del("keep", keep); err != nil {
 		t.Fatal(err)

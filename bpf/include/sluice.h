@@ -281,6 +281,9 @@ enum event_flags {
 	/* The endpoint is isolated in dir; without it the flow was recorded
 	 * unjudged (identity and matched are then 0). */
 	EVENT_F_ISOLATED = 1 << 1,
+	/* Translated at the socket (connect, sendmsg) of a pod, not on its
+	 * veth: ifindex is 0, the source port the socket's if bound, else 0. */
+	EVENT_F_SOCKET = 1 << 2,
 };
 
 struct flow_event {

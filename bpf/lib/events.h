@@ -43,13 +43,12 @@ static __always_inline void event_no_policy(struct flow_event *e)
  * at event_rate per second (the loader keeps event_burst >= 1). The event
  * is filled before the bucket is asked, so that little lives across the
  * helper calls: its callers' frames sit deep in from_pod's. */
-static __always_inline void event_emit(struct key_scratch *s, struct __sk_buff *skb, const struct pkt *p,
-				       __u8 hook)
+static __always_inline void event_emit(struct key_scratch *s, __u32 ifindex, const struct pkt *p, __u8 hook)
 {
 	struct flow_event *e = &s->ev;
 	__u32 zero = 0;
 
-	e->ifindex = skb->ifindex;
+	e->ifindex = ifindex;
 	e->hook = hook;
 	e->proto = p->proto;
 	__builtin_memcpy(e->src, p->src, SLUICE_ADDR_LEN);
@@ -98,7 +97,7 @@ static __noinline void event_send(struct __sk_buff *skb, const struct pkt *p, __
 	struct key_scratch *s = key_scratch();
 
 	if (s && s->ev.type && event_rate)
-		event_emit(s, skb, p, hook);
+		event_emit(s, skb->ifindex, p, hook);
 }
 
 /* event_drop sends a drop event, of the service svc_id or of none. */
@@ -114,7 +113,7 @@ static __noinline void event_drop(struct __sk_buff *skb, const struct pkt *p, __
 	s->ev.svc_id = svc_id;
 	s->ev.type = EVENT_DROP;
 	s->ev.reason = reason;
-	event_emit(s, skb, p, hook);
+	event_emit(s, skb->ifindex, p, hook);
 }
 
 #endif

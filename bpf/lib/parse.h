@@ -52,6 +52,14 @@ static __always_inline void addr_from_v4(__u8 *dst, __be32 v4)
 	__builtin_memcpy(dst + 12, &v4, 4);
 }
 
+static __always_inline int addr_is_zero(const __u8 *a)
+{
+	__u64 w[2];
+
+	__builtin_memcpy(w, a, 16);
+	return !(w[0] | w[1]);
+}
+
 /* is_v4_mapped reports whether an address is IPv4 (stored v4-mapped). */
 static __always_inline int is_v4_mapped(const __u8 *a)
 {

@@ -76,13 +76,25 @@ static __always_inline int sock_client(struct bpf_sock_addr *ctx, const __u8 *ds
 	/* An IPv6 socket may reach an IPv4 service by its v4-mapped address:
 	 * the packets are IPv4, from the pod's IPv4 address. */
 	const __u8 *own = is_v4_mapped(dst) ? pod->addr4 : pod->addr6;
-	__u64 w[2];
-
-	__builtin_memcpy(w, own, 16);
-	if (!(w[0] | w[1]))
+	if (addr_is_zero(own))
 		return -1; /* no address of that family: the tc path refuses it */
 	__builtin_memcpy(client, own, SLUICE_ADDR_LEN);
 	return 0;
+}
+
+/* event_sock reports a pod's connection translated at its socket as the tc
+ * path reports a new service flow: TRACE_SERVICE from the pod, flagged
+ * EVENT_F_SOCKET. */
+static __noinline void event_sock(const struct pkt *p, __u32 svc_id, __u32 backend_id,
+				  const struct backend_value *be)
+{
+	struct key_scratch *s = key_scratch();
+
+	if (!s || !event_rate)
+		return;
+	event_service(svc_id, backend_id, be, 0, 0);
+	s->ev.flags = EVENT_F_SOCKET;
+	event_emit(s, 0, p, HOOK_FROM_POD);
 }
 
 /* sock_lb translates a connect or sendmsg to a service into one to a
@@ -127,6 +139,14 @@ static __always_inline int sock_lb(struct bpf_sock_addr *ctx, __u8 family)
 	__builtin_memcpy(rv.addr, key.addr, SLUICE_ADDR_LEN);
 	bpf_map_update_elem(&sluice_sock_revnat_v1, &rk, &rv, BPF_ANY);
 	sock_addr_store(ctx, family, be->addr, be->port);
+	if (events_on() && !addr_is_zero(p.src)) {
+		struct bpf_sock *sk = ctx->sk;
+
+		__builtin_memcpy(p.dst, key.addr, SLUICE_ADDR_LEN);
+		p.dport = key.port;
+		p.sport = sk ? bpf_htons((__u16)sk->src_port) : 0;
+		event_sock(&p, svc->id, backend_id, be);
+	}
 	return 1;
 }
 

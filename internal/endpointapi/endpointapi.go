@@ -32,6 +32,9 @@ type Endpoint struct {
 	Name        string       `json:"name"`
 	ContainerID string       `json:"containerID"`
 	Addrs       []netip.Addr `json:"addrs"`
+	// NetnsCookie identifies the pod's network namespace to socket-level
+	// load balancing (SO_NETNS_COOKIE of a socket inside it).
+	NetnsCookie uint64 `json:"netnsCookie,omitempty"`
 }
 
 func (e Endpoint) validate() error {

@@ -224,7 +224,7 @@ type Flow struct {
 	Verdict string    `json:"verdict"`
 	// Reason is why a packet was dropped (a drop reason's name).
 	Reason    string `json:"reason,omitempty"`
-	Hook      string `json:"hook"`                // from_pod, to_pod, from_netdev, to_netdev
+	Hook      string `json:"hook"`                // from_pod, to_pod, from_netdev, to_netdev; socket: translated at a pod's socket
 	Direction string `json:"direction,omitempty"` // policy: ingress or egress, seen from the local pod
 	Proto     string `json:"proto"`
 	Src       Addr   `json:"src"`

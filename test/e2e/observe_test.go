@@ -357,7 +357,12 @@ func TestObserveService(t *testing.T) {
 	f := newTestNS(t)
 	a, b := f.nodes[0], f.nodes[1]
 	web := map[string]string{"app": "web"}
-	ips := f.runPods(netexecPod("web-a", a, web), netexecPod("web-b", b, web), netexecPod("client", b, nil))
+	// The client's connections are translated per packet, on its veth,
+	// where conntrack keeps the service entry this test lists; the socket
+	// path is observed in TestSocketLBInPods.
+	client := netexecPod("client", b, nil)
+	client.Annotations = map[string]string{socketLBAnnotation: "disabled"}
+	ips := f.runPods(netexecPod("web-a", a, web), netexecPod("web-b", b, web), client)
 	backendOf := map[string]string{ips[0]: "web-a", ips[1]: "web-b"}
 	svc := service("web", web)
 	vip := f.createService(svc, 2)

@@ -89,6 +89,12 @@ type Config struct {
 	// too when it is the root). Empty disables it.
 	SocketLBCgroup string `json:"socketLBCgroup,omitempty"`
 
+	// SocketLBPods lets socket LB serve pods too (those not annotated
+	// sluice.dev/socket-lb: disabled) when SocketLBCgroup holds them; off,
+	// it serves the node's own namespace only and pods are translated per
+	// packet.
+	SocketLBPods *bool `json:"socketLBPods,omitempty"`
+
 	// ClusterCIDRs are the pod CIDRs of the whole cluster; pod traffic to
 	// anywhere outside them is masqueraded to the node's address. Empty:
 	// no masquerade.
@@ -173,6 +179,7 @@ func Default() Config {
 		CNIConfFile:            "/etc/cni/net.d/10-sluice.conflist",
 		EndpointSocket:         endpointapi.DefaultSocket,
 		NativeRouting:          ptr(true),
+		SocketLBPods:           ptr(true),
 		NodePortRange:          "30000-32767",
 		SyncMinInterval:        Duration{time.Second},
 		SyncMaxInterval:        Duration{time.Hour},
@@ -310,6 +317,14 @@ func bind(fs *flag.FlagSet, c *Config) {
 	})
 	fs.StringVar(&c.NodePortRange, "nodePortRange", "", "the cluster's Service NodePort range; masqueraded flows get source ports outside it")
 	fs.StringVar(&c.SocketLBCgroup, "socketLBCgroup", "", "cgroup v2 directory for socket-level load balancing (empty: off)")
+	fs.BoolFunc("socketLBPods", "socket-level load balancing serves pods too, unless annotated sluice.dev/socket-lb: disabled (default true)", func(s string) error {
+		v := s == "true"
+		if s != "true" && s != "false" {
+			return fmt.Errorf("%q is not true or false", s)
+		}
+		c.SocketLBPods = &v
+		return nil
+	})
 	fs.Func("clusterCIDRs", "comma-separated pod CIDRs of the cluster; traffic leaving them is masqueraded", func(s string) error {
 		c.ClusterCIDRs = splitComma(s)
 		return nil
@@ -359,6 +374,7 @@ func overlay(dst, src *Config, set map[string]bool) {
 	pick("devices", func() { dst.Devices = src.Devices })
 	pick("nativeRouting", func() { dst.NativeRouting = src.NativeRouting })
 	pick("socketLBCgroup", func() { dst.SocketLBCgroup = src.SocketLBCgroup })
+	pick("socketLBPods", func() { dst.SocketLBPods = src.SocketLBPods })
 	pick("clusterCIDRs", func() { dst.ClusterCIDRs = src.ClusterCIDRs })
 	pick("nodePortRange", func() { dst.NodePortRange = src.NodePortRange })
 	pick("metricsAddr", func() { dst.MetricsAddr = src.MetricsAddr })

@@ -22,7 +22,7 @@ type Event struct {
 	Proto   uint8  // IPPROTO_*
 	Dir     uint8  // with FlagPolicy: bpf.PolicyIngress or bpf.PolicyEgress
 	Reason  uint16 // EventDrop: bpf.DropReason; EventTrace: TraceService, TracePolicy
-	Flags   uint16 // FlagPolicy, FlagIsolated
+	Flags   uint16 // FlagPolicy, FlagIsolated, FlagSocket
 	// Suppressed counts events of this CPU the rate limit held back
 	// since its previous one.
 	Suppressed uint32
@@ -49,6 +49,7 @@ const (
 
 	FlagPolicy   = bpf.EventFPolicy
 	FlagIsolated = bpf.EventFIsolated
+	FlagSocket   = bpf.EventFSocket
 )
 
 // FromBPF converts a record of the ring.

@@ -41,6 +41,10 @@ type realClock struct{}
 func (realClock) Now() time.Time    { return time.Now() }
 func (realClock) Monotonic() uint64 { return bpf.MonotonicNow() }
 
+// HookSocket names the hook of a pod's connection translated at its socket
+// (socket-level load balancing) rather than on its veth.
+const HookSocket = "socket"
+
 // Namer names events as flows of one node.
 type Namer struct {
 	node   string
@@ -77,6 +81,9 @@ func (n *Namer) Name(ev Event) observeapi.Flow {
 		Src:        n.addr(ev.Src),
 		Dst:        n.addr(ev.Dst),
 		Suppressed: ev.Suppressed,
+	}
+	if ev.Flags&FlagSocket != 0 {
+		fl.Hook = HookSocket
 	}
 	switch {
 	case ev.Type == EventDrop:

@@ -220,6 +220,16 @@ func TestNameServiceFlow(t *testing.T) {
 		fl.Direction != "" || fl.Policies != nil || fl.Src.Node != nodeB || fl.Dst.Node != nodeA {
 		t.Errorf("NodePort flow of an unknown service: %+v", fl)
 	}
+
+	// Translated at alpha/web's socket: the hook says so.
+	fl = f.namer.Name(Event{
+		Time: f.clock.mono, Type: EventTrace, Reason: TraceService, Hook: uint8(bpf.HookFromPod), Proto: bpf.ProtoTCP,
+		Flags: FlagSocket, Src: ap("10.0.1.10:0"), Dst: ap("10.96.0.10:80"), NAT: ap("10.0.2.11:5432"), SvcID: 7,
+	})
+	if fl.Verdict != observeapi.VerdictTranslated || fl.Hook != HookSocket || fl.Src.Pod != "alpha/web" || fl.Service != "beta/db:sql" ||
+		fl.Backend == nil || fl.Backend.Pod != "beta/db" || fl.Direction != "" {
+		t.Errorf("flow translated at the socket: %+v", fl)
+	}
 }
 
 func TestWallClock(t *testing.T) {

@@ -20,6 +20,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/sluice-net/sluice/bpf"
 )
 
 // HostVethPrefix starts the name of every host-side veth Sluice creates.
@@ -62,6 +64,9 @@ type Wired struct {
 	HostMAC   net.HardwareAddr
 	PodIndex  int
 	PodMAC    net.HardwareAddr
+	// NetnsCookie is the kernel's name for the pod's namespace, by which
+	// socket-level load balancing knows its sockets.
+	NetnsCookie uint64
 }
 
 func hostPrefix(a netip.Addr) *net.IPNet {
@@ -90,6 +95,9 @@ func Setup(p Pod) (*Wired, error) {
 		}
 		w.HostIndex, w.HostMAC = hostVeth.Index, hostVeth.HardwareAddr
 		w.PodIndex, w.PodMAC = podVeth.Index, podVeth.HardwareAddr
+		if w.NetnsCookie, err = bpf.NetnsCookie(); err != nil {
+			return fmt.Errorf("pod netns cookie: %w", err)
+		}
 		return configurePod(p, w)
 	})
 	if err != nil {

@@ -205,6 +205,7 @@ func Add(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return err
 	}
+	ep.NetnsCookie = wired.NetnsCookie
 	ctx, cancel := context.WithTimeout(context.Background(), policyTimeout)
 	defer cancel()
 	if err := endpointapi.NewClient(conf.AgentSocket).Ensure(ctx, ep); err != nil {
@@ -256,6 +257,9 @@ func undo(log *slog.Logger, conf *netconf.Config, pool *ipam.Pool, dp *bpf.Datap
 			}
 		}
 		if err := dp.ForgetEndpoint(ifindex, addrs); err != nil {
+			errs = append(errs, err)
+		}
+		if err := dp.ForgetPodSockets(addrs); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -407,7 +411,9 @@ func GC(args *skel.CmdArgs) error {
 		for _, k := range stale {
 			errs = append(errs, dp.Endpoints.Delete(k))
 		}
-		log.Info("garbage collected", "hostVeths", removed, "endpoints", len(stale))
+		sockets, err := staleSocketEntries(dp, pool)
+		errs = append(errs, err, dp.ForgetPodSockets(sockets))
+		log.Info("garbage collected", "hostVeths", removed, "endpoints", len(stale), "socketLBPods", len(sockets))
 	}
 	errs = append(errs, bpf.PruneLinkPins(conf.BPFRoot, func(ifname string) bool { return valid[ifname] }))
 	return errors.Join(errs...)
@@ -429,6 +435,28 @@ func staleEndpoints(dp *bpf.Datapath, pool *ipam.Pool) ([]bpf.EndpointKey, error
 		}
 	}
 	return stale, it.Err()
+}
+
+// staleSocketEntries are the addresses of socket LB entries no longer
+// allocated.
+func staleSocketEntries(dp *bpf.Datapath, pool *ipam.Pool) ([]netip.Addr, error) {
+	allocated, err := pool.Allocated()
+	if err != nil {
+		return nil, err
+	}
+	entries, err := dp.PodSocketEntries()
+	if err != nil {
+		return nil, err
+	}
+	var stale []netip.Addr
+	for _, e := range entries {
+		for _, a := range e.Addrs {
+			if !allocated[a] {
+				stale = append(stale, a)
+			}
+		}
+	}
+	return stale, nil
 }
 
 // Status succeeds once the agent has signalled a programmed datapath and
