@@ -67,8 +67,16 @@ func TestLongConnectionClusterIP(t *testing.T) {
 	clientNode, backendNode := f.nodes[0], f.nodes[1]
 	labels := map[string]string{"app": "stream"}
 	f.createDeployment(streamDeployment("stream", backendNode, labels))
-	f.runPods(netexecPod("client", clientNode, nil), netexecPod("flooder", clientNode, nil),
-		netexecPod("sink", backendNode, map[string]string{"app": "sink"}))
+	// Both pods opt out of socket-level load balancing: the client's
+	// connection then lives in the node's conntrack (the path whose
+	// survival is in question; a socket-translated connection keeps no
+	// state there), and the flood fills conntrack as an attacker's pod
+	// may choose to (the annotation is the pod author's).
+	client, flooder := netexecPod("client", clientNode, nil), netexecPod("flooder", clientNode, nil)
+	for _, p := range []*v1.Pod{client, flooder} {
+		p.Annotations = map[string]string{socketLBAnnotation: "disabled"}
+	}
+	f.runPods(client, flooder, netexecPod("sink", backendNode, map[string]string{"app": "sink"}))
 	vip := f.createService(service("stream", labels), 1)
 	sinkVIP := f.createService(service("sink", map[string]string{"app": "sink"}), 1)
 	f.dialEventually("client", "http", vip, svcHTTPPort)
