@@ -307,24 +307,10 @@ func bind(fs *flag.FlagSet, c *Config) {
 		c.Devices = splitComma(s)
 		return nil
 	})
-	fs.BoolFunc("nativeRouting", "route other nodes' pod CIDRs via their InternalIP (default true)", func(s string) error {
-		v := s == "true"
-		if s != "true" && s != "false" {
-			return fmt.Errorf("%q is not true or false", s)
-		}
-		c.NativeRouting = &v
-		return nil
-	})
+	fs.BoolFunc("nativeRouting", "route other nodes' pod CIDRs via their InternalIP (default true)", setBool(&c.NativeRouting))
 	fs.StringVar(&c.NodePortRange, "nodePortRange", "", "the cluster's Service NodePort range; masqueraded flows get source ports outside it")
 	fs.StringVar(&c.SocketLBCgroup, "socketLBCgroup", "", "cgroup v2 directory for socket-level load balancing (empty: off)")
-	fs.BoolFunc("socketLBPods", "socket-level load balancing serves pods too, unless annotated sluice.dev/socket-lb: disabled (default true)", func(s string) error {
-		v := s == "true"
-		if s != "true" && s != "false" {
-			return fmt.Errorf("%q is not true or false", s)
-		}
-		c.SocketLBPods = &v
-		return nil
-	})
+	fs.BoolFunc("socketLBPods", "socket-level load balancing serves pods too, unless annotated sluice.dev/socket-lb: disabled (default true)", setBool(&c.SocketLBPods))
 	fs.Func("clusterCIDRs", "comma-separated pod CIDRs of the cluster; traffic leaving them is masqueraded", func(s string) error {
 		c.ClusterCIDRs = splitComma(s)
 		return nil
@@ -539,6 +525,19 @@ func durFlag(dst *Duration) func(string) error {
 			return fmt.Errorf("%q is not a duration", s)
 		}
 		dst.Duration = v
+		return nil
+	}
+}
+
+// setBool parses a boolean flag into an optional setting, so that an
+// unset flag leaves the file's value or the default.
+func setBool(dst **bool) func(string) error {
+	return func(s string) error {
+		if s != "true" && s != "false" {
+			return fmt.Errorf("%q is not true or false", s)
+		}
+		v := s == "true"
+		*dst = &v
 		return nil
 	}
 }
