@@ -126,6 +126,7 @@ const (
 	datapathDropReasonDROP_FRAG_NO_FLOW    datapathDropReason = 10
 	datapathDropReasonDROP_FRAG_OVERLAP    datapathDropReason = 11
 	datapathDropReasonDROP_SPOOFED_UPLINK  datapathDropReason = 12
+	datapathDropReasonDROP_SOURCE_RANGE    datapathDropReason = 13
 	datapathDropReasonDROP_REASON_MAX      datapathDropReason = 64
 )
 
@@ -288,6 +289,16 @@ type datapathKeyScratch struct {
 	Ev datapathFlowEvent
 }
 
+type datapathLbRangeKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [16]uint8
+	Port      uint16
+	Proto     uint8
+	Pad       uint8
+	Client    [16]uint8
+}
+
 type datapathMark uint32
 
 const (
@@ -386,6 +397,8 @@ type datapathSvcFlags uint32
 const (
 	datapathSvcFlagsSVC_F_LOCAL_ONLY           datapathSvcFlags = 1
 	datapathSvcFlagsSVC_F_TERMINATING_FALLBACK datapathSvcFlags = 2
+	datapathSvcFlagsSVC_F_SOURCE_RANGES        datapathSvcFlags = 4
+	datapathSvcFlagsSVC_F_SOURCE_RANGES_NODE   datapathSvcFlags = 8
 )
 
 type datapathSvcKey struct {
@@ -435,6 +448,7 @@ const (
 	datapathMapSluiceFragsV1             = "sluice_frags_v1"
 	datapathMapSluiceIpcacheV1           = "sluice_ipcache_v1"
 	datapathMapSluiceKeyScratch          = "sluice_key_scratch"
+	datapathMapSluiceLbRangesV1          = "sluice_lb_ranges_v1"
 	datapathMapSluiceMaglev1021V1        = "sluice_maglev_1021_v1"
 	datapathMapSluiceMaglev131071V1      = "sluice_maglev_131071_v1"
 	datapathMapSluiceMaglev16381V1       = "sluice_maglev_16381_v1"
@@ -579,6 +593,7 @@ type datapathMapSpecs struct {
 	SluiceFragsV1           *ebpf.MapSpec `ebpf:"sluice_frags_v1"`
 	SluiceIpcacheV1         *ebpf.MapSpec `ebpf:"sluice_ipcache_v1"`
 	SluiceKeyScratch        *ebpf.MapSpec `ebpf:"sluice_key_scratch"`
+	SluiceLbRangesV1        *ebpf.MapSpec `ebpf:"sluice_lb_ranges_v1"`
 	SluiceMaglev1021V1      *ebpf.MapSpec `ebpf:"sluice_maglev_1021_v1"`
 	SluiceMaglev131071V1    *ebpf.MapSpec `ebpf:"sluice_maglev_131071_v1"`
 	SluiceMaglev16381V1     *ebpf.MapSpec `ebpf:"sluice_maglev_16381_v1"`
@@ -677,6 +692,7 @@ type datapathMaps struct {
 	SluiceFragsV1           *ebpf.Map `ebpf:"sluice_frags_v1"`
 	SluiceIpcacheV1         *ebpf.Map `ebpf:"sluice_ipcache_v1"`
 	SluiceKeyScratch        *ebpf.Map `ebpf:"sluice_key_scratch"`
+	SluiceLbRangesV1        *ebpf.Map `ebpf:"sluice_lb_ranges_v1"`
 	SluiceMaglev1021V1      *ebpf.Map `ebpf:"sluice_maglev_1021_v1"`
 	SluiceMaglev131071V1    *ebpf.Map `ebpf:"sluice_maglev_131071_v1"`
 	SluiceMaglev16381V1     *ebpf.Map `ebpf:"sluice_maglev_16381_v1"`
@@ -713,6 +729,7 @@ func (m *datapathMaps) Close() error {
 		m.SluiceFragsV1,
 		m.SluiceIpcacheV1,
 		m.SluiceKeyScratch,
+		m.SluiceLbRangesV1,
 		m.SluiceMaglev1021V1,
 		m.SluiceMaglev131071V1,
 		m.SluiceMaglev16381V1,

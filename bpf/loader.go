@@ -175,6 +175,9 @@ type Datapath struct {
 	// network namespace cookie (ServePodSockets); nil when opened from
 	// pins of a release before it.
 	SockNetns *ebpf.Map
+	// LBRanges holds the loadBalancerSourceRanges of restricted frontends
+	// (PutLBRange); nil when opened from pins of a release before them.
+	LBRanges *ebpf.Map
 	// Frags holds, per fragmented datagram, what its first fragment got.
 	Frags *ebpf.Map
 	// EndpointSlots holds each pod veth's addresses by ifindex, the fast
@@ -249,7 +252,7 @@ func Load(cfg Config) (*Datapath, error) {
 		ConntrackTCP: objs.SluiceCtTcpV1, ConntrackOther: objs.SluiceCtOtherV1,
 		Affinity: objs.SluiceAffinityV2, Endpoints: objs.SluiceEndpointsV1,
 		Drops: objs.SluiceDropsV2, Counters: objs.SluiceCountersV1, Events: objs.SluiceEventsV3,
-		SockRevnat: objs.SluiceSockRevnatV1, SockNetns: objs.SluiceSockNetnsV1,
+		SockRevnat: objs.SluiceSockRevnatV1, SockNetns: objs.SluiceSockNetnsV1, LBRanges: objs.SluiceLbRangesV1,
 		Frags: objs.SluiceFragsV1, EndpointSlots: objs.SluiceEndpointSlotsV1, NodeCIDRs: objs.SluiceNodeCidrsV1,
 		IPCache: objs.SluiceIpcacheV1, PolicyCIDRs: objs.SluicePolicyCidrsV1,
 		PolicyEndpoints: objs.SluicePolicyEndpointsV1, Policy: objs.SluicePolicyV1, PolicyState: objs.SluicePolicyStateV1,
@@ -316,6 +319,7 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 		datapathMapSluiceEndpointsV1:       cfg.MaxEndpoints,
 		datapathMapSluicePolicyEndpointsV1: cfg.MaxEndpoints,
 		datapathMapSluiceSockNetnsV1:       cfg.MaxEndpoints,
+		datapathMapSluiceLbRangesV1:        cfg.MaxServices,
 		datapathMapSluiceIpcacheV1:         cfg.MaxIPCache,
 		datapathMapSluicePolicyCidrsV1:     cfg.MaxPolicyCIDRs,
 		datapathMapSluicePolicyV1:          cfg.MaxPolicyRules,
@@ -419,6 +423,7 @@ func OpenPinned(root string) (*Datapath, error) {
 	d.SockRevnat = open(datapathMapSluiceSockRevnatV1)
 	if err == nil { // optional, as the Maglev maps: pinned since socket LB served pods
 		d.SockNetns, _ = ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), datapathMapSluiceSockNetnsV1), nil)
+		d.LBRanges, _ = ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), datapathMapSluiceLbRangesV1), nil)
 	}
 	d.IPCache = open(datapathMapSluiceIpcacheV1)
 	d.PolicyCIDRs = open(datapathMapSluicePolicyCidrsV1)
@@ -468,7 +473,7 @@ func (d *Datapath) Close() error {
 	}
 	for _, m := range []*ebpf.Map{d.Services, d.Backends, d.ConntrackTCP, d.ConntrackOther, d.Affinity,
 		d.Endpoints, d.Drops, d.Counters, d.Events,
-		d.SockRevnat, d.SockNetns, d.Frags, d.EndpointSlots, d.NodeCIDRs, d.IPCache, d.PolicyCIDRs, d.PolicyEndpoints, d.Policy, d.PolicyState} {
+		d.SockRevnat, d.SockNetns, d.LBRanges, d.Frags, d.EndpointSlots, d.NodeCIDRs, d.IPCache, d.PolicyCIDRs, d.PolicyEndpoints, d.Policy, d.PolicyState} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}

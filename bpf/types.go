@@ -32,6 +32,7 @@ type (
 	EndpointSlot        = datapathEndpointSlot
 	NodeCIDR            = datapathNodeCidr
 	SockNetnsValue      = datapathSockNetnsValue
+	LBRangeKey          = datapathLbRangeKey
 )
 
 const endpointSlots = uint32(datapathEndpointSlotsENDPOINT_SLOTS)
@@ -91,6 +92,10 @@ const (
 const (
 	ServiceLocalOnly           = uint32(datapathSvcFlagsSVC_F_LOCAL_ONLY)
 	ServiceTerminatingFallback = uint32(datapathSvcFlagsSVC_F_TERMINATING_FALLBACK)
+	// ServiceSourceRanges: only clients in the frontend's LBRanges may
+	// use it; ServiceSourceRangesNode: the node's own sockets may too.
+	ServiceSourceRanges     = uint32(datapathSvcFlagsSVC_F_SOURCE_RANGES)
+	ServiceSourceRangesNode = uint32(datapathSvcFlagsSVC_F_SOURCE_RANGES_NODE)
 )
 
 // Backend flags (BackendValue.Flags).
@@ -122,6 +127,7 @@ const (
 	DropFragNoFlow     = datapathDropReasonDROP_FRAG_NO_FLOW
 	DropFragOverlap    = datapathDropReasonDROP_FRAG_OVERLAP
 	DropSpoofedUplink  = datapathDropReasonDROP_SPOOFED_UPLINK
+	DropSourceRange    = datapathDropReasonDROP_SOURCE_RANGE
 	dropReasonMax      = datapathDropReasonDROP_REASON_MAX
 )
 
@@ -139,6 +145,7 @@ var dropReasonNames = map[DropReason]string{
 	DropFragNoFlow:                 "frag_no_flow",
 	DropFragOverlap:                "frag_overlap",
 	DropSpoofedUplink:              "spoofed_uplink",
+	DropSourceRange:                "source_range",
 }
 
 // Hook is where in the datapath a packet was seen.

@@ -35,6 +35,13 @@ enum svc_flags {
 	/* The Maglev table lists serving-but-terminating backends because no
 	 * ready backend exists; affinity may then keep a terminating backend. */
 	SVC_F_TERMINATING_FALLBACK = 1 << 1,
+	/* A LoadBalancer IP restricted by loadBalancerSourceRanges: only
+	 * clients in its sluice_lb_ranges_v1 entries may use it. */
+	SVC_F_SOURCE_RANGES = 1 << 2,
+	/* ... and a node address is in those ranges, so the node's own
+	 * sockets (whose source is chosen after connect) may use it, as
+	 * kube-proxy lets the node through. */
+	SVC_F_SOURCE_RANGES_NODE = 1 << 3,
 };
 
 /* Maglev tables come in size classes, one map each
@@ -240,6 +247,7 @@ enum drop_reason {
 	DROP_FRAG_NO_FLOW = 10,	  /* an isolated endpoint's later fragment without its first */
 	DROP_FRAG_OVERLAP = 11,	  /* a fragment that would overwrite the L4 header */
 	DROP_SPOOFED_UPLINK = 12, /* from outside with a local pod's or the hairpin source */
+	DROP_SOURCE_RANGE = 13,	  /* to a LoadBalancer IP from outside its loadBalancerSourceRanges */
 	DROP_REASON_MAX = 64,
 };
 
@@ -382,6 +390,21 @@ struct ipcache_value {
 	__u32 identity;
 	__u32 pad;
 };
+
+/* sluice_lb_ranges_v1 key: LPM whose prefix covers the frontend (address,
+ * port and protocol: LB_RANGE_FRONTEND_BITS), then the client's address,
+ * IPv4-mapped: a range of IPv4 length L has prefixlen 160 + 96 + L. One
+ * set of entries serves both scopes of a frontend. */
+struct lb_range_key {
+	__u32 prefixlen;
+	__u8 addr[SLUICE_ADDR_LEN];
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+	__u8 client[SLUICE_ADDR_LEN];
+};
+
+#define LB_RANGE_FRONTEND_BITS ((SLUICE_ADDR_LEN + 4) * 8)
 
 /* sluice_policy_cidrs_v1 key: LPM over IPv4-mapped addresses (an IPv4
  * prefix of length L has prefixlen 96 + L). */

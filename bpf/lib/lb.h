@@ -159,6 +159,21 @@ static __always_inline struct backend_value *select_backend(const struct svc_val
 	return be;
 }
 
+/* source_in_ranges says whether the client (p->src) is in the
+ * loadBalancerSourceRanges of the frontend p is addressed to. Out of line:
+ * the key would not fit on lb_service's stack. */
+static __noinline int source_in_ranges(const struct pkt *p)
+{
+	struct lb_range_key k = {};
+
+	k.prefixlen = LB_RANGE_FRONTEND_BITS + SLUICE_ADDR_LEN * 8;
+	__builtin_memcpy(k.addr, p->dst, SLUICE_ADDR_LEN);
+	k.port = p->dport;
+	k.proto = p->proto;
+	__builtin_memcpy(k.client, p->src, SLUICE_ADDR_LEN);
+	return bpf_map_lookup_elem(&sluice_lb_ranges_v1, &k) != 0;
+}
+
 /* lookup_service finds the service entry for the packet's destination in
  * scope (enum svc_scope). */
 static __always_inline struct svc_value *lookup_service(const struct pkt *p, __u8 scope)
@@ -205,6 +220,12 @@ static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, cons
 	__u8 hairpin = 0;
 	__u64 now = ct_now();
 
+	/* Every packet, as kube-proxy filters them: a range removed cuts the
+	 * flows it let in. */
+	if ((svc->flags & SVC_F_SOURCE_RANGES) && !source_in_ranges(p)) {
+		record_drop(skb, p, DROP_SOURCE_RANGE, svc->id, hook);
+		return TC_ACT_SHOT;
+	}
 	ct_key_of(&fwd, p, 0, CT_DIR_SERVICE);
 
 	/* A live flow keeps its backend for as long as that backend exists

@@ -95,6 +95,17 @@ static __always_inline void *ct_map(__u8 proto)
 	return proto == IPPROTO_TCP ? (void *)&sluice_ct_tcp_v1 : (void *)&sluice_ct_other_v1;
 }
 
+/* loadBalancerSourceRanges of the frontends flagged SVC_F_SOURCE_RANGES,
+ * keyed by frontend and client prefix (struct lb_range_key). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, SIZED_BY_LOADER);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lb_range_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_lb_ranges_v1 SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, SIZED_BY_LOADER);

@@ -20,6 +20,7 @@
  * tc programs on the pod's veth, which translate per packet.
  */
 
+#define EPERM	     1
 #define ECONNREFUSED 111
 
 static __always_inline void sock_addr_load(struct bpf_sock_addr *ctx, __u8 family, __u8 *addr)
@@ -117,6 +118,17 @@ static __always_inline int sock_lb(struct bpf_sock_addr *ctx, __u8 family)
 	struct pkt p = {};
 	if (sock_client(ctx, key.addr, p.src) < 0)
 		return 1;
+	if (svc->flags & SVC_F_SOURCE_RANGES) {
+		/* A pod is judged by its address; the node's sockets have none
+		 * yet, and pass when a node address is in the ranges. */
+		__builtin_memcpy(p.dst, key.addr, SLUICE_ADDR_LEN);
+		p.dport = key.port;
+		p.proto = proto;
+		if (addr_is_zero(p.src) ? !(svc->flags & SVC_F_SOURCE_RANGES_NODE) : !source_in_ranges(&p)) {
+			bpf_set_retval(-EPERM);
+			return 0;
+		}
+	}
 	if (svc->backend_count == 0) {
 		bpf_set_retval(-ECONNREFUSED);
 		return 0;

@@ -103,7 +103,7 @@ func (m *Metrics) RegisterDatapath(dp *bpf.Datapath) {
 	m.Registry.MustRegister(&dropCollector{dp: dp}, &counterCollector{dp: dp}, &memoryCollector{dp: dp})
 	for name, mp := range map[string]interface{ MaxEntries() uint32 }{
 		"services": dp.Services, "backends": dp.Backends, "conntrack_tcp": dp.ConntrackTCP, "conntrack_other": dp.ConntrackOther,
-		"affinity": dp.Affinity, "endpoints": dp.Endpoints, "sock_revnat": dp.SockRevnat, "sock_netns": dp.SockNetns,
+		"affinity": dp.Affinity, "endpoints": dp.Endpoints, "sock_revnat": dp.SockRevnat, "sock_netns": dp.SockNetns, "lb_ranges": dp.LBRanges,
 		"ipcache": dp.IPCache, "policy_cidrs": dp.PolicyCIDRs, "policy_endpoints": dp.PolicyEndpoints, "policy": dp.Policy,
 	} {
 		m.MapCapacity.WithLabelValues(name).Set(float64(mp.MaxEntries()))

@@ -159,9 +159,9 @@ func (s *Source) mapFill() []observeapi.MapFill {
 	}
 	// Maps no controller reports entries of (the CNI plugin writes
 	// endpoints, the datapath affinity and socket LB entries, the agent
-	// the pods socket LB serves) are
+	// the pods socket LB serves, the service writer the source ranges) are
 	// counted now.
-	for name, m := range map[string]*ebpf.Map{"endpoints": s.dp.Endpoints, "affinity": s.dp.Affinity, "sock_revnat": s.dp.SockRevnat, "sock_netns": s.dp.SockNetns} {
+	for name, m := range map[string]*ebpf.Map{"endpoints": s.dp.Endpoints, "affinity": s.dp.Affinity, "sock_revnat": s.dp.SockRevnat, "sock_netns": s.dp.SockNetns, "lb_ranges": s.dp.LBRanges} {
 		if f := byName[name]; f != nil && !entries[name] && m != nil {
 			f.Entries = countEntries(m)
 		}

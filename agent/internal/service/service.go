@@ -261,6 +261,7 @@ func (c *Controller) nodeInfo() (compile.Node, []string, error) {
 		if err != nil {
 			continue
 		}
+		info.Addrs = append(info.Addrs, ip)
 		if len(c.opts.NodePortCIDRs) == 0 || slices.ContainsFunc(c.opts.NodePortCIDRs, func(cidr netip.Prefix) bool { return cidr.Contains(ip) }) {
 			info.NodePortAddrs = append(info.NodePortAddrs, ip)
 		}
@@ -325,7 +326,7 @@ func (c *Controller) syncOnce(start time.Time) error {
 		c.log.Info("datapath synced", "services", st.Services, "backends", st.Backends,
 			"servicesWritten", st.ServicesWritten, "servicesDeleted", st.ServicesDeleted,
 			"backendsWritten", st.BackendsWritten, "backendsDeleted", st.BackendsDeleted,
-			"tablesWritten", st.TablesWritten, "took", c.opts.Clock.Since(start))
+			"tablesWritten", st.TablesWritten, "rangesWritten", st.RangesWritten, "rangesDeleted", st.RangesDeleted, "took", c.opts.Clock.Since(start))
 	}
 	if c.opts.HealthChecks != nil {
 		var checks []compile.HealthCheck

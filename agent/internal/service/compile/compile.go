@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -24,6 +25,10 @@ const (
 	LabelServiceProxyName  = "service.kubernetes.io/service-proxy-name"
 	LabelServiceName       = discovery.LabelServiceName
 	AnnotationTopologyMode = "service.kubernetes.io/topology-mode"
+	// AnnotationSourceRanges is the older form of
+	// spec.loadBalancerSourceRanges (comma-separated), which kube-proxy
+	// still reads when the field is empty.
+	AnnotationSourceRanges = v1.AnnotationLoadBalancerSourceRangesKey
 	// DefaultAffinityTimeout is ClientIP affinity's default, 3 hours.
 	DefaultAffinityTimeout = 10800
 )
@@ -45,6 +50,10 @@ type Node struct {
 	Zone string // topology.kubernetes.io/zone
 	// NodePortAddrs are the node addresses NodePorts answer on.
 	NodePortAddrs []netip.Addr
+	// Addrs are all the node's addresses (InternalIP and ExternalIP): the
+	// node's own sockets may use a LoadBalancer IP whose source ranges
+	// hold one of them.
+	Addrs []netip.Addr
 }
 
 // Frontend is one address, port and protocol a service answers on.
@@ -94,6 +103,16 @@ type Entry struct {
 	// TerminatingFallback: no endpoint is ready, so serving terminating
 	// endpoints take the traffic.
 	TerminatingFallback bool
+	// Restricted: a LoadBalancer IP of a Service with
+	// loadBalancerSourceRanges, which only clients in SourceRanges (those
+	// of the frontend's family, masked and sorted) may use. Empty
+	// SourceRanges then admit nobody: the Service's ranges are all of the
+	// other family, or none of them parses.
+	Restricted   bool
+	SourceRanges []netip.Prefix
+	// NodeInRanges: a node address is in SourceRanges, so the node's own
+	// sockets, whose source address is chosen later, may use it.
+	NodeInRanges bool
 }
 
 // Kinds of frontend (Entry.Kind).
@@ -271,6 +290,10 @@ type serviceSettings struct {
 	// them only.
 	families map[family]bool
 	topology bool // zone-local routing asked for
+	// restricted: the Service lists loadBalancerSourceRanges, which
+	// sourceRanges holds (the ones that parse, masked).
+	restricted   bool
+	sourceRanges []netip.Prefix
 }
 
 // settingsOf reads the Service-wide settings, reporting malformed
@@ -291,6 +314,9 @@ func settingsOf(svc *v1.Service, key types.NamespacedName, bad func(field, reaso
 	s.loadBalancer = map[netip.Addr]bool{}
 	for _, a := range lbIPs {
 		s.loadBalancer[a] = true
+	}
+	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
+		s.sourceRanges, s.restricted = sourceRanges(svc, bad)
 	}
 	for _, a := range s.internal {
 		s.families[familyOf(a)] = true
@@ -334,7 +360,10 @@ func serviceAddrs(svc *v1.Service, bad func(field, reason string)) (internal, ex
 		return internal, external, nil
 	}
 	for i, ing := range svc.Status.LoadBalancer.Ingress {
-		if ing.IP == "" {
+		// ipMode Proxy: the load balancer proxies and sends its own
+		// address to the nodes, so the IP is the load balancer's alone
+		// and kube-proxy leaves it to it, pods' traffic included.
+		if ing.IP == "" || ing.IPMode != nil && *ing.IPMode == v1.LoadBalancerIPModeProxy {
 			continue
 		}
 		if a, ok := parse(fmt.Sprintf("status.loadBalancer.ingress[%d].ip", i), ing.IP); ok {
@@ -343,6 +372,47 @@ func serviceAddrs(svc *v1.Service, bad func(field, reason string)) (internal, ex
 		}
 	}
 	return internal, external, lbIPs
+}
+
+// sourceRanges reads spec.loadBalancerSourceRanges, or when it is empty
+// the annotation kube-proxy also reads. restricted is whether the Service
+// lists any range at all: one that does not parse is reported and admits
+// nobody, rather than opening the Service to everyone.
+func sourceRanges(svc *v1.Service, bad func(field, reason string)) (ranges []netip.Prefix, restricted bool) {
+	field, list := "spec.loadBalancerSourceRanges", svc.Spec.LoadBalancerSourceRanges
+	if len(list) == 0 {
+		if v := strings.TrimSpace(svc.Annotations[AnnotationSourceRanges]); v != "" {
+			field, list = "metadata.annotations["+AnnotationSourceRanges+"]", strings.Split(v, ",")
+		}
+	}
+	for i, r := range list {
+		p, err := netip.ParsePrefix(strings.TrimSpace(r))
+		if err != nil {
+			bad(fmt.Sprintf("%s[%d]", field, i), fmt.Sprintf("%q is not a CIDR such as 203.0.113.0/24; it admits no client", r))
+			continue
+		}
+		ranges = append(ranges, p.Masked())
+	}
+	slices.SortFunc(ranges, netip.Prefix.Compare)
+	return slices.Compact(ranges), len(list) > 0
+}
+
+// restrict applies the Service's source ranges to the entry of a
+// LoadBalancer IP a.
+func (s *serviceSettings) restrict(e Entry, a netip.Addr, node Node) Entry {
+	if !s.restricted {
+		return e
+	}
+	e.Restricted = true
+	for _, p := range s.sourceRanges {
+		if p.Addr().Is4() == a.Is4() {
+			e.SourceRanges = append(e.SourceRanges, p)
+		}
+	}
+	e.NodeInRanges = slices.ContainsFunc(node.Addrs, func(n netip.Addr) bool {
+		return slices.ContainsFunc(e.SourceRanges, func(p netip.Prefix) bool { return p.Contains(n) })
+	})
+	return e
 }
 
 // affinityTimeout is the Service's ClientIP affinity in seconds; 0: none.
@@ -381,13 +451,17 @@ func (s *serviceSettings) addPort(out Desired, sp v1.ServicePort, proto uint8, f
 	addExternal := func(a netip.Addr, port uint16) {
 		// Pods reaching an external address get any endpoint, as
 		// kube-proxy short-circuits them; traffic from outside honours
-		// externalTrafficPolicy.
-		out[Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeInternal}] = entry(all, false)
+		// externalTrafficPolicy. Source ranges hold for both, as
+		// kube-proxy filters every packet to a LoadBalancer IP.
+		internal, external := entry(all, false), entry(all, false)
 		if s.externalLocal {
-			out[Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeExternal}] = entry(local, true)
-		} else {
-			out[Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeExternal}] = entry(all, false)
+			external = entry(local, true)
 		}
+		if kind == KindLoadBalancer {
+			internal, external = s.restrict(internal, a, node), s.restrict(external, a, node)
+		}
+		out[Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeInternal}] = internal
+		out[Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeExternal}] = external
 	}
 	for _, a := range s.external {
 		if familyOf(a) == fam {

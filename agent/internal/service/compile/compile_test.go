@@ -74,7 +74,9 @@ func slice(svcName string, family discovery.AddressType, ports map[string]int32,
 	return s
 }
 
-var thisNode = Node{Name: "node-a", Zone: "zone-1", NodePortAddrs: []netip.Addr{netip.MustParseAddr("192.168.1.10"), netip.MustParseAddr("fd00:1::10")}}
+var thisNode = Node{Name: "node-a", Zone: "zone-1",
+	NodePortAddrs: []netip.Addr{netip.MustParseAddr("192.168.1.10"), netip.MustParseAddr("fd00:1::10")},
+	Addrs:         []netip.Addr{netip.MustParseAddr("192.168.1.10"), netip.MustParseAddr("fd00:1::10")}}
 
 // render turns Desired into sorted text lines, so tests compare the whole
 // state order-insensitively and failures read like a diff.
@@ -107,6 +109,12 @@ func render(d Desired) string {
 		}
 		if e.AffinityTimeout > 0 {
 			flags += fmt.Sprintf(" affinity=%ds", e.AffinityTimeout)
+		}
+		if e.Restricted {
+			flags += fmt.Sprintf(" ranges=%v", e.SourceRanges)
+		}
+		if e.NodeInRanges {
+			flags += " node-in-ranges"
 		}
 		lines = append(lines, fmt.Sprintf("%s -> [%s]%s", f, names(e.Backends), flags))
 	}
@@ -267,6 +275,51 @@ func TestCompile(t *testing.T) {
 				"203.0.113.7:80/6/internal -> [10.244.0.7:8080(local) 10.244.1.5:8080]",
 		},
 		{
+			name: "loadBalancerSourceRanges restrict the LoadBalancer IP, from outside and inside, not the NodePort",
+			services: []*v1.Service{svc("web", nodePort, func(s *v1.Service) {
+				s.Spec.Type = v1.ServiceTypeLoadBalancer
+				s.Spec.ExternalIPs = []string{"203.0.113.7"}
+				s.Spec.LoadBalancerSourceRanges = []string{"203.0.113.0/24", " 192.168.1.0/24", "2001:db8:1::/48", "192.168.1.0/24"}
+				s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "198.51.100.9"}}
+			})},
+			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
+				ep{addr: "10.244.1.5", node: "node-b"})},
+			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080]\n" +
+				"192.168.1.10:30080/6/external -> [10.244.1.5:8080]\n" +
+				"192.168.1.10:30080/6/internal -> [10.244.1.5:8080]\n" +
+				"198.51.100.9:80/6/external -> [10.244.1.5:8080] ranges=[192.168.1.0/24 203.0.113.0/24] node-in-ranges\n" +
+				"198.51.100.9:80/6/internal -> [10.244.1.5:8080] ranges=[192.168.1.0/24 203.0.113.0/24] node-in-ranges\n" +
+				"203.0.113.7:80/6/external -> [10.244.1.5:8080]\n" +
+				"203.0.113.7:80/6/internal -> [10.244.1.5:8080]",
+		},
+		{
+			name: "the annotation when the field is empty; ipMode Proxy leaves the IP to the load balancer",
+			services: []*v1.Service{svc("web", func(s *v1.Service) {
+				proxy := v1.LoadBalancerIPModeProxy
+				s.Spec.Type = v1.ServiceTypeLoadBalancer
+				s.Annotations = map[string]string{AnnotationSourceRanges: "10.0.0.0/8, 203.0.113.5/32"}
+				s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "198.51.100.9"}, {IP: "198.51.100.10", IPMode: &proxy}}
+			})},
+			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
+				ep{addr: "10.244.1.5", node: "node-b"})},
+			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080]\n" +
+				"198.51.100.9:80/6/external -> [10.244.1.5:8080] ranges=[10.0.0.0/8 203.0.113.5/32]\n" +
+				"198.51.100.9:80/6/internal -> [10.244.1.5:8080] ranges=[10.0.0.0/8 203.0.113.5/32]",
+		},
+		{
+			name: "ranges of the other family only admit nobody",
+			services: []*v1.Service{svc("web", func(s *v1.Service) {
+				s.Spec.Type = v1.ServiceTypeLoadBalancer
+				s.Spec.LoadBalancerSourceRanges = []string{"2001:db8::/32"}
+				s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "198.51.100.9"}}
+			})},
+			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
+				ep{addr: "10.244.1.5", node: "node-b"})},
+			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080]\n" +
+				"198.51.100.9:80/6/external -> [10.244.1.5:8080] ranges=[]\n" +
+				"198.51.100.9:80/6/internal -> [10.244.1.5:8080] ranges=[]",
+		},
+		{
 			name: "topology hints keep traffic in the zone",
 			services: []*v1.Service{svc("web", func(s *v1.Service) {
 				d := v1.ServiceTrafficDistributionPreferClose
@@ -332,17 +385,26 @@ func TestCompileMalformed(t *testing.T) {
 		s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "weird", Port: 81, Protocol: "ICMP"})
 	})
 	good := svc("good", func(s *v1.Service) { s.Spec.ClusterIPs = []string{"10.96.0.13"} })
-	got, _, errs := Compile([]*v1.Service{bad, good}, nil, thisNode)
+	// A range that does not parse admits nobody rather than everybody.
+	lb := svc("lb", func(s *v1.Service) {
+		s.Spec.ClusterIPs = []string{"10.96.0.14"}
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Spec.LoadBalancerSourceRanges = []string{"office"}
+		s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "198.51.100.9"}}
+	})
+	got, _, errs := Compile([]*v1.Service{bad, good, lb}, nil, thisNode)
 	msgs := fmt.Sprint(errs)
 	for _, want := range []string{
 		`Service ns/bad: spec.clusterIPs[0]: "not-an-ip" is not an IP address`,
 		`Service ns/bad: spec.ports[1].protocol: "ICMP" is not TCP, UDP or SCTP`,
+		`Service ns/lb: spec.loadBalancerSourceRanges[0]: "office" is not a CIDR such as 203.0.113.0/24; it admits no client`,
 	} {
 		if !strings.Contains(msgs, want) {
 			t.Errorf("errors %s; want %q", msgs, want)
 		}
 	}
-	want := "10.96.0.12:80/6/internal -> []\n10.96.0.13:80/6/internal -> []"
+	want := "10.96.0.12:80/6/internal -> []\n10.96.0.13:80/6/internal -> []\n10.96.0.14:80/6/internal -> []\n" +
+		"198.51.100.9:80/6/external -> [] ranges=[]\n198.51.100.9:80/6/internal -> [] ranges=[]"
 	if r := render(got); r != want {
 		t.Errorf("got:\n%s\nwant:\n%s", r, want)
 	}

@@ -119,7 +119,10 @@ type Writer struct {
 	// retired are tables their service's entry no longer names (it moved
 	// to another size class), deleted by a sync tableGrace later.
 	retired []retiredTable
-	now     func() time.Time
+	// ranges are the loadBalancerSourceRanges entries the map holds, by
+	// frontend (lbranges.go).
+	ranges map[bpf.LBFrontend]map[netip.Prefix]bool
+	now    func() time.Time
 }
 
 // retiredTable is a table left in its class when its service moved.
@@ -139,12 +142,14 @@ type Stats struct {
 	ServicesWritten, ServicesDeleted int
 	BackendsWritten, BackendsDeleted int
 	TablesWritten                    int
+	RangesWritten, RangesDeleted     int // loadBalancerSourceRanges entries
 	Services, Backends               int // programmed after the sync
 }
 
 // Changed says whether the sync touched the maps at all.
 func (s Stats) Changed() bool {
-	return s.ServicesWritten+s.ServicesDeleted+s.BackendsWritten+s.BackendsDeleted+s.TablesWritten > 0
+	return s.ServicesWritten+s.ServicesDeleted+s.BackendsWritten+s.BackendsDeleted+s.TablesWritten+
+		s.RangesWritten+s.RangesDeleted > 0
 }
 
 // New restores the writer's view from the datapath's (possibly pinned and
@@ -155,6 +160,7 @@ func New(dp *bpf.Datapath) (*Writer, error) {
 		services: map[bpf.ServiceKey]*service{},
 		byID:     map[uint32]bpf.ServiceKey{},
 		backends: map[uint32]bpf.BackendValue{},
+		ranges:   map[bpf.LBFrontend]map[netip.Prefix]bool{},
 		svcIDs:   newIDPool(dp.Services.MaxEntries() - 1),
 		beIDs:    newIDPool(dp.Backends.MaxEntries()),
 	}
@@ -206,6 +212,9 @@ func (w *Writer) restore() error {
 		}
 	}
 	slices.Sort(w.orphans)
+	if err := w.restoreRanges(); err != nil {
+		return err
+	}
 	return w.pruneOrphanTables()
 }
 
@@ -350,7 +359,8 @@ func serviceKey(f compile.Frontend) bpf.ServiceKey {
 func sameEntry(a, b compile.Entry) bool {
 	return a.AffinityTimeout == b.AffinityTimeout && a.LocalOnly == b.LocalOnly &&
 		a.TerminatingFallback == b.TerminatingFallback && slices.Equal(a.Backends, b.Backends) &&
-		slices.Equal(a.Draining, b.Draining)
+		slices.Equal(a.Draining, b.Draining) && a.Restricted == b.Restricted && a.NodeInRanges == b.NodeInRanges &&
+		slices.Equal(a.SourceRanges, b.SourceRanges)
 }
 
 // SetNodePodCIDRs writes this node's pod CIDRs (a list of "10.244.1.0/24"
@@ -406,11 +416,16 @@ func (w *Writer) apply(desired compile.Desired, touched []compile.Frontend) (Sta
 	w.orphans = nil
 	w.deleteBackends(unused, &st, &errs)
 
+	// Ranges are added before the entries flagged to use them and deleted
+	// after, so a client a range admits is never refused in between.
+	addRanges, deleteRanges := w.rangeChanges(desired, touched)
+	w.writeRanges(addRanges, &st, &errs)
 	plans := w.planChanges(desired, touched, &errs)
 	plans = w.writeBackends(plans, &st, &errs)
 	plans = w.writeTables(plans, &st, &errs)
 	plans = w.writeServices(plans, &st, &errs)
 	w.deleteBackends(w.adopt(plans, &errs), &st, &errs)
+	w.deleteRanges(deleteRanges, &st, &errs)
 	w.deleteRetired(&errs)
 	w.retireLegacy(&errs)
 	st.Services, st.Backends = len(w.services), len(w.backends)
@@ -816,6 +831,12 @@ func (w *Writer) plan(f compile.Frontend, cur *service, e compile.Entry) (*plan,
 	}
 	if e.TerminatingFallback {
 		flags |= bpf.ServiceTerminatingFallback
+	}
+	if e.Restricted {
+		flags |= bpf.ServiceSourceRanges
+	}
+	if e.NodeInRanges {
+		flags |= bpf.ServiceSourceRangesNode
 	}
 	// The same backend count gives the same size on every node.
 	p.size = maglev.Size(len(p.ordered), w.maglevMax)
