@@ -32,6 +32,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
 
 	"github.com/sluice-net/sluice/agent/internal/cleanup"
 	"github.com/sluice-net/sluice/agent/internal/config"
@@ -44,6 +45,7 @@ import (
 	netpolmapsync "github.com/sluice-net/sluice/agent/internal/netpol/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/observe"
 	"github.com/sluice-net/sluice/agent/internal/observer"
+	"github.com/sluice-net/sluice/agent/internal/proxyhealth"
 	"github.com/sluice-net/sluice/agent/internal/routes"
 	"github.com/sluice-net/sluice/agent/internal/service"
 	servicemapsync "github.com/sluice-net/sluice/agent/internal/service/mapsync"
@@ -131,7 +133,9 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	hc := healthcheck.New(log, "")
 	defer hc.Close()
 	factory := informers.NewSharedInformerFactory(client, 0)
-	ctrls, err := newControllers(log, cfg, client, factory, dp, m, hc)
+	ph := m.RegisterProxyHealth()
+	proxyHealth := proxyhealth.New(clock.RealClock{}, proxyhealth.DefaultTimeout, ph.Healthz, ph.Livez)
+	ctrls, err := newControllers(log, cfg, client, factory, dp, m, hc, proxyHealth)
 	if err != nil {
 		return err
 	}
@@ -141,12 +145,15 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	}
 	// One slot for each goroutine that reports, so none blocks once run
 	// has returned.
-	errs := make(chan error, 10)
+	errs := make(chan error, 11)
 	go func() { errs <- serve(ctx, log, "metrics", cfg.MetricsAddr, metricsMux(m)) }()
 	go func() {
 		errs <- endpointapi.Serve(ctx, log, cfg.EndpointSocket, endpointAgent{Controller: ctrls.policies, log: log, sockets: ctrls.sockets})
 	}()
 	go func() { errs <- serve(ctx, log, "health", cfg.HealthAddr, healthMux(ctrls.services)) }()
+	if cfg.ProxyHealthAddr != "" {
+		go func() { errs <- serve(ctx, log, "kube-proxy health", cfg.ProxyHealthAddr, proxyHealth.Handler()) }()
+	}
 	obs.run(ctx, log, errs)
 	go ctgc.Run(ctx, log, dp, m, cfg.CTGCInterval.Duration)
 	if err := waitForAPIServer(ctx, log, client); err != nil {
@@ -383,7 +390,7 @@ func (a endpointAgent) EnsureEndpoint(ctx context.Context, ep endpointapi.Endpoi
 // newControllers builds every controller, each registering its informers
 // on factory.
 func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Interface, factory informers.SharedInformerFactory,
-	dp *bpf.Datapath, m *metrics.Metrics, hc *healthcheck.Server) (*controllers, error) {
+	dp *bpf.Datapath, m *metrics.Metrics, hc *healthcheck.Server, proxyHealth *proxyhealth.Tracker) (*controllers, error) {
 	var c controllers
 	serviceMaps, err := servicemapsync.New(dp)
 	if err != nil {
@@ -402,7 +409,7 @@ func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Inter
 	c.services, err = service.New(log, factory, serviceMaps, m, service.Options{
 		NodeName: cfg.NodeName, NodePortCIDRs: nodePortCIDRs, NodeStateFile: cfg.NodeStateFile,
 		MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration, HealthChecks: hc,
-		Recorder: recorder,
+		ProxyHealth: proxyHealth, Recorder: recorder,
 	})
 	if err != nil {
 		return nil, err

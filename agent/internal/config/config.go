@@ -113,6 +113,9 @@ type Config struct {
 
 	MetricsAddr string `json:"metricsAddr,omitempty"`
 	HealthAddr  string `json:"healthAddr,omitempty"`
+	// ProxyHealthAddr serves kube-proxy's /healthz and /livez, which
+	// cloud load balancers probe; "" turns it off.
+	ProxyHealthAddr string `json:"proxyHealthAddr"`
 
 	// The observer API (the sluice CLI): ObserverSocket is its unix
 	// socket on the node, ObserverAddr its TLS address for remote
@@ -186,6 +189,7 @@ func Default() Config {
 		CTGCInterval:           Duration{time.Minute},
 		MetricsAddr:            ":9962",
 		HealthAddr:             ":9963",
+		ProxyHealthAddr:        ":10256",
 		ObserverSocket:         observeapi.DefaultSocket,
 		ObserverAddr:           fmt.Sprintf(":%d", observeapi.DefaultPort),
 		ObserverServiceAccount: "sluice-observer",
@@ -317,6 +321,7 @@ func bind(fs *flag.FlagSet, c *Config) {
 	})
 	fs.StringVar(&c.MetricsAddr, "metricsAddr", "", "Prometheus /metrics listen address")
 	fs.StringVar(&c.HealthAddr, "healthAddr", "", "/healthz and /readyz listen address")
+	fs.StringVar(&c.ProxyHealthAddr, "proxyHealthAddr", "", "kube-proxy compatible /healthz and /livez listen address; empty: none")
 	fs.StringVar(&c.LogFormat, "logFormat", "", "json or text")
 	fs.StringVar(&c.LogLevel, "logLevel", "", "debug, info, warn or error")
 	fs.StringVar(&c.ObserverSocket, "observerSocket", "", "unix socket of the observer API (the sluice CLI); empty: none")
@@ -365,6 +370,7 @@ func overlay(dst, src *Config, set map[string]bool) {
 	pick("nodePortRange", func() { dst.NodePortRange = src.NodePortRange })
 	pick("metricsAddr", func() { dst.MetricsAddr = src.MetricsAddr })
 	pick("healthAddr", func() { dst.HealthAddr = src.HealthAddr })
+	pick("proxyHealthAddr", func() { dst.ProxyHealthAddr = src.ProxyHealthAddr })
 	pick("logFormat", func() { dst.LogFormat = src.LogFormat })
 	pick("logLevel", func() { dst.LogLevel = src.LogLevel })
 	pick("observerSocket", func() { dst.ObserverSocket = src.ObserverSocket })

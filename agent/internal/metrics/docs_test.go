@@ -10,7 +10,7 @@ import (
 	"github.com/sluice-net/sluice/bpf/bpftest"
 )
 
-var metricName = regexp.MustCompile(`sluice_[a-z_]+`)
+var metricName = regexp.MustCompile(`(sluice|kubeproxy)_[a-z_]+`)
 
 // documented are the metric names docs/reference.md's metrics table
 // lists.
@@ -22,7 +22,7 @@ func documented(t *testing.T) map[string]bool {
 	}
 	out := map[string]bool{}
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "| `sluice_") {
+		if strings.HasPrefix(line, "| `sluice_") || strings.HasPrefix(line, "| `kubeproxy_") {
 			cell := strings.SplitN(line, "|", 3)[1]
 			for _, n := range metricName.FindAllString(cell, -1) {
 				out[n] = true
@@ -41,6 +41,9 @@ func TestMetricsDocumented(t *testing.T) {
 	m := New()
 	m.RegisterDatapath(dp)
 	m.RegisterService()
+	ph := m.RegisterProxyHealth()
+	ph.Healthz.WithLabelValues("200")
+	ph.Livez.WithLabelValues("200")
 	f := m.RegisterFlows()
 	f.Processed.WithLabelValues("dropped", "drop", "tcp")
 	m.Controller("service")
@@ -52,7 +55,7 @@ func TestMetricsDocumented(t *testing.T) {
 	}
 	for _, fam := range fams {
 		name := fam.GetName()
-		if strings.HasPrefix(name, "sluice_") && !docs[name] {
+		if (strings.HasPrefix(name, "sluice_") || strings.HasPrefix(name, "kubeproxy_")) && !docs[name] {
 			t.Errorf("metric %s is not in docs/reference.md's metrics table", name)
 		}
 	}

@@ -31,6 +31,7 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/apiobj"
 	"github.com/sluice-net/sluice/agent/internal/healthcheck"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
+	"github.com/sluice-net/sluice/agent/internal/proxyhealth"
 	"github.com/sluice-net/sluice/agent/internal/runner"
 	"github.com/sluice-net/sluice/agent/internal/service/compile"
 	"github.com/sluice-net/sluice/agent/internal/service/mapsync"
@@ -46,6 +47,10 @@ type Options struct {
 	Clock            clock.Clock
 	// HealthChecks serves healthCheckNodePorts; nil disables them.
 	HealthChecks *healthcheck.Server
+	// ProxyHealth is told of every change queued and every sync done,
+	// and of this node's state, for the kube-proxy health server; nil:
+	// none.
+	ProxyHealth *proxyhealth.Tracker
 	// Recorder posts Events on the Services the controller cannot program
 	// as asked; nil posts none.
 	Recorder record.EventRecorder
@@ -67,6 +72,9 @@ type Controller struct {
 	node  *v1.Node                      // this node, once seen
 	dirty map[types.NamespacedName]bool // Services to recompile
 	full  bool                          // recompile everything
+	// triggers are the last-change-trigger-times of the EndpointSlice
+	// changes the next sync programs, for the network programming metric.
+	triggers []time.Time
 
 	// perService is the compiled state by Service; claims lists, by
 	// frontend, the Services whose compiled state has it; desired holds
@@ -152,6 +160,13 @@ func (c *Controller) changed(kind, what string, obj any) {
 			c.mu.Unlock()
 			return // other nodes matter for routes, not for services
 		}
+		if c.opts.ProxyHealth != nil {
+			if what == "deleted" {
+				c.opts.ProxyHealth.SyncNode(nil)
+			} else {
+				c.opts.ProxyHealth.SyncNode(o)
+			}
+		}
 		if what == "deleted" {
 			c.node = nil
 		} else if c.node != nil && !nodeChangeMatters(c.node, o) {
@@ -169,8 +184,14 @@ func (c *Controller) changed(kind, what string, obj any) {
 		if name := o.Labels[discovery.LabelServiceName]; name != "" {
 			c.dirty[types.NamespacedName{Namespace: o.Namespace, Name: name}] = true
 		}
+		if at, err := time.Parse(time.RFC3339, o.Annotations[v1.EndpointsLastChangeTriggerTime]); err == nil && what != "deleted" {
+			c.triggers = append(c.triggers, at)
+		}
 	}
 	c.mu.Unlock()
+	if c.opts.ProxyHealth != nil {
+		c.opts.ProxyHealth.Queued()
+	}
 	if o, ok := obj.(interface {
 		GetNamespace() string
 		GetName() string
@@ -192,7 +213,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		return fmt.Errorf("informer caches for Services did not sync")
 	}
 	c.mu.Lock()
-	c.dirty, c.full = map[types.NamespacedName]bool{}, true
+	c.dirty, c.full, c.triggers = map[types.NamespacedName]bool{}, true, nil
 	c.mu.Unlock()
 	c.log.Info("informer caches synced; programming the datapath")
 	c.runner.Run()
@@ -271,14 +292,31 @@ func (c *Controller) nodeInfo() (compile.Node, []string, error) {
 
 func (c *Controller) sync() error {
 	start := c.opts.Clock.Now()
+	c.mu.Lock()
+	triggers := c.triggers
+	c.triggers = nil
+	c.mu.Unlock()
 	err := c.syncOnce(start)
-	c.syncMetrics.SyncDuration.Observe(c.opts.Clock.Since(start).Seconds())
+	end := c.opts.Clock.Now()
+	c.syncMetrics.SyncDuration.Observe(end.Sub(start).Seconds())
 	if err != nil {
 		c.syncMetrics.SyncErrors.Inc()
 		c.lastError.Store(err.Error())
 		c.log.Error("datapath sync failed; will retry", "err", err)
+		c.mu.Lock()
+		c.triggers = append(triggers, c.triggers...) // programmed by a later sync
+		c.mu.Unlock()
+		return err
 	}
-	return err
+	c.svcMetrics.SyncProxyRules.Observe(end.Sub(start).Seconds())
+	c.svcMetrics.SyncProxyRulesLast.Set(float64(end.UnixNano()) / 1e9)
+	for _, at := range triggers {
+		c.svcMetrics.NetworkProgramming.Observe(end.Sub(at).Seconds())
+	}
+	if c.opts.ProxyHealth != nil {
+		c.opts.ProxyHealth.Updated()
+	}
+	return nil
 }
 
 func (c *Controller) syncOnce(start time.Time) error {

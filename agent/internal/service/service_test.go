@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,10 +23,12 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/clock"
 
 	"github.com/sluice-net/sluice/agent/internal/agenttest"
 	"github.com/sluice-net/sluice/agent/internal/healthcheck"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
+	"github.com/sluice-net/sluice/agent/internal/proxyhealth"
 	"github.com/sluice-net/sluice/agent/internal/service/mapsync"
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/bpf/bpftest"
@@ -373,4 +377,68 @@ func TestFrontendOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "the frontend handed to new", func() bool { n, _ := backendCount(dp, "10.96.0.10:80"); return n == 3 })
+}
+
+// TestKubeProxyMetrics: the syncs and the EndpointSlice changes they
+// program are measured under kube-proxy's names: the network programming
+// time runs from the slice's last-change-trigger-time; the health tracker
+// hears of the change and of the sync.
+func TestKubeProxyMetrics(t *testing.T) {
+	m := metrics.New()
+	ph := m.RegisterProxyHealth()
+	tracker := proxyhealth.New(clock.RealClock{}, proxyhealth.DefaultTimeout, ph.Healthz, ph.Livez)
+	client, dp, ctrl, _ := setupOpts(t, bpf.Config{MaxServices: 1024, MaxBackends: 4096}, m, Options{ProxyHealth: tracker})
+	ctx := context.Background()
+	eventually(t, "readiness", func() bool { ok, _ := ctrl.Ready(); return ok })
+	svc := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
+		Spec: v1.ServiceSpec{ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"},
+			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}},
+	}
+	if _, err := client.CoreV1().Services("ns").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	name, port, proto := "http", int32(8080), v1.ProtocolTCP
+	trigger := time.Now().Add(-3 * time.Second).Truncate(time.Second)
+	slice := &discovery.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-1", Labels: map[string]string{discovery.LabelServiceName: "web"},
+			Annotations: map[string]string{v1.EndpointsLastChangeTriggerTime: trigger.Format(time.RFC3339)}},
+		AddressType: discovery.AddressTypeIPv4,
+		Ports:       []discovery.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
+		Endpoints:   []discovery.Endpoint{{Addresses: []string{"10.244.1.5"}}},
+	}
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "one backend", func() bool { n, _ := backendCount(dp, "10.96.0.10:80"); return n == 1 })
+	eventually(t, "the change measured", func() bool {
+		return histogram(t, m, "kubeproxy_network_programming_duration_seconds").GetSampleCount() == 1
+	})
+	if h := histogram(t, m, "kubeproxy_network_programming_duration_seconds"); h.GetSampleSum() < 3 || h.GetSampleSum() > 60 {
+		t.Errorf("network programming time %.2fs, want from the trigger time 3s ago", h.GetSampleSum())
+	}
+	if n := histogram(t, m, "kubeproxy_sync_proxy_rules_duration_seconds").GetSampleCount(); n == 0 {
+		t.Error("no sync measured as kubeproxy_sync_proxy_rules_duration_seconds")
+	}
+	rec := httptest.NewRecorder()
+	tracker.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+	if rec.Code != http.StatusOK {
+		t.Errorf("/healthz after the sync: %d %s", rec.Code, rec.Body)
+	}
+}
+
+// histogram reads one histogram of m by name.
+func histogram(t *testing.T, m *metrics.Metrics, name string) *dto.Histogram {
+	t.Helper()
+	fams, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() == name && len(f.GetMetric()) == 1 {
+			return f.GetMetric()[0].GetHistogram()
+		}
+	}
+	t.Fatalf("no histogram %s", name)
+	return nil
 }
