@@ -71,7 +71,9 @@ type Controller struct {
 	mu    sync.Mutex
 	node  *v1.Node                      // this node, once seen
 	dirty map[types.NamespacedName]bool // Services to recompile
-	full  bool                          // recompile everything
+	// dirtyPods are this node's pods with hostPorts to recompile.
+	dirtyPods map[types.NamespacedName]bool
+	full      bool // recompile everything
 	// triggers are the last-change-trigger-times of the EndpointSlice
 	// changes the next sync programs, for the network programming metric.
 	triggers []time.Time
@@ -80,8 +82,12 @@ type Controller struct {
 	// frontend, the Services whose compiled state has it; desired holds
 	// each frontend's owner's entry (the oldest claimant's), and conflicts
 	// the frontends claimed more than once. Only sync touches them.
-	perService   map[types.NamespacedName]compile.Desired
-	claims       map[compile.Frontend][]types.NamespacedName
+	perService map[types.NamespacedName]compile.Desired
+	claims     map[compile.Frontend][]types.NamespacedName
+	// perPod and podClaims are the same for the hostPorts of this node's
+	// pods, which claim frontends on node addresses as Services do.
+	perPod       map[types.NamespacedName]compile.Desired
+	podClaims    map[compile.Frontend][]types.NamespacedName
 	desired      compile.Desired
 	conflicts    map[compile.Frontend]compile.Conflict
 	healthChecks map[types.NamespacedName]compile.HealthCheck
@@ -108,8 +114,10 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *maps
 	c := &Controller{log: log, opts: opts, factory: factory, writer: writer, metrics: m, syncMetrics: m.Controller("service"),
 		svcMetrics: m.RegisterService(),
 		dirty:      map[types.NamespacedName]bool{}, full: true, perService: map[types.NamespacedName]compile.Desired{},
-		claims:  map[compile.Frontend][]types.NamespacedName{},
-		desired: compile.Desired{}, conflicts: map[compile.Frontend]compile.Conflict{},
+		claims:    map[compile.Frontend][]types.NamespacedName{},
+		dirtyPods: map[types.NamespacedName]bool{}, perPod: map[types.NamespacedName]compile.Desired{},
+		podClaims: map[compile.Frontend][]types.NamespacedName{},
+		desired:   compile.Desired{}, conflicts: map[compile.Frontend]compile.Conflict{},
 		healthChecks: map[types.NamespacedName]compile.HealthCheck{},
 		fullReported: map[fullKey]bool{}, conflictReported: map[conflictKey]types.NamespacedName{}}
 	err := factory.Discovery().V1().EndpointSlices().Informer().AddIndexers(cache.Indexers{sliceIndex: func(obj any) ([]string, error) {
@@ -139,6 +147,7 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer *maps
 		{"Service", factory.Core().V1().Services().Informer()},
 		{"EndpointSlice", factory.Discovery().V1().EndpointSlices().Informer()},
 		{"Node", factory.Core().V1().Nodes().Informer()},
+		{"Pod", factory.Core().V1().Pods().Informer()},
 	} {
 		reg, err := inf.i.AddEventHandler(handler(inf.kind))
 		if err != nil {
@@ -180,6 +189,12 @@ func (c *Controller) changed(kind, what string, obj any) {
 		c.full = true
 	case *v1.Service:
 		c.dirty[types.NamespacedName{Namespace: o.Namespace, Name: o.Name}] = true
+	case *v1.Pod:
+		if o.Spec.NodeName != c.opts.NodeName || !hasHostPorts(o) {
+			c.mu.Unlock()
+			return // pods matter here only for the hostPorts of this node's
+		}
+		c.dirtyPods[types.NamespacedName{Namespace: o.Namespace, Name: o.Name}] = true
 	case *discovery.EndpointSlice:
 		if name := o.Labels[discovery.LabelServiceName]; name != "" {
 			c.dirty[types.NamespacedName{Namespace: o.Namespace, Name: name}] = true
@@ -213,7 +228,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		return fmt.Errorf("informer caches for Services did not sync")
 	}
 	c.mu.Lock()
-	c.dirty, c.full, c.triggers = map[types.NamespacedName]bool{}, true, nil
+	c.dirty, c.dirtyPods, c.full, c.triggers = map[types.NamespacedName]bool{}, map[types.NamespacedName]bool{}, true, nil
 	c.mu.Unlock()
 	c.log.Info("informer caches synced; programming the datapath")
 	c.runner.Run()
@@ -450,8 +465,8 @@ const freeMemoryAfterTables = 100
 // all of them).
 func (c *Controller) compile(node compile.Node) (touched []compile.Frontend, full bool, err error) {
 	c.mu.Lock()
-	dirty, full := c.dirty, c.full
-	c.dirty, c.full = map[types.NamespacedName]bool{}, false
+	dirty, dirtyPods, full := c.dirty, c.dirtyPods, c.full
+	c.dirty, c.dirtyPods, c.full = map[types.NamespacedName]bool{}, map[types.NamespacedName]bool{}, false
 	c.mu.Unlock()
 	// The periodic sync (MaxSync) recompiles every Service from the
 	// caches, so a lost dirty mark cannot leave a Service stale for long.
@@ -478,9 +493,22 @@ func (c *Controller) compile(node compile.Node) (touched []compile.Frontend, ful
 		c.claims = map[compile.Frontend][]types.NamespacedName{}
 		c.conflicts = map[compile.Frontend]compile.Conflict{}
 		c.healthChecks = map[types.NamespacedName]compile.HealthCheck{}
+		c.perPod = map[types.NamespacedName]compile.Desired{}
+		c.podClaims = map[compile.Frontend][]types.NamespacedName{}
 		dirty = map[types.NamespacedName]bool{}
 		for _, s := range all {
 			dirty[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = true
+		}
+		pods, err := c.factory.Core().V1().Pods().Lister().List(labels.Everything())
+		if err != nil {
+			restore()
+			return nil, false, err
+		}
+		dirtyPods = map[types.NamespacedName]bool{}
+		for _, p := range pods {
+			if p.Spec.NodeName == c.opts.NodeName && hasHostPorts(p) {
+				dirtyPods[types.NamespacedName{Namespace: p.Namespace, Name: p.Name}] = true
+			}
 		}
 	}
 	index := c.factory.Discovery().V1().EndpointSlices().Informer().GetIndexer()
@@ -527,6 +555,10 @@ func (c *Controller) compile(node compile.Node) (touched []compile.Frontend, ful
 			delete(c.healthChecks, key)
 		}
 	}
+	if err := c.compileHostPorts(dirtyPods, node, recheck); err != nil {
+		restore()
+		return nil, false, err
+	}
 	for f := range recheck {
 		c.resolve(f)
 		touched = append(touched, f)
@@ -534,20 +566,73 @@ func (c *Controller) compile(node compile.Node) (touched []compile.Frontend, ful
 	return touched, full, nil
 }
 
-// resolve gives frontend f to the oldest Service claiming it, or drops it
-// when none does, and records whether it is contested. A Service that
-// loses a frontend, or stops claiming it, never touches the owner's entry.
+// compileHostPorts recompiles the hostPorts of the dirty pods, marking the
+// frontends whose claims changed in recheck.
+func (c *Controller) compileHostPorts(dirty map[types.NamespacedName]bool, node compile.Node, recheck map[compile.Frontend]bool) error {
+	pods := c.factory.Core().V1().Pods().Lister()
+	for key := range dirty {
+		for f := range c.perPod[key] {
+			c.podClaims[f] = slices.DeleteFunc(c.podClaims[f], func(k types.NamespacedName) bool { return k == key })
+			recheck[f] = true
+		}
+		delete(c.perPod, key)
+		pod, err := pods.Pods(key.Namespace).Get(key.Name)
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		d, errs := compile.HostPorts(pod, node)
+		for _, e := range errs {
+			c.syncMetrics.ObjectErrors.Inc()
+			c.log.Warn("object partly ignored", "err", e)
+		}
+		if len(d) > 0 {
+			c.perPod[key] = d
+		}
+		for f := range d {
+			c.podClaims[f] = append(c.podClaims[f], key)
+			recheck[f] = true
+		}
+	}
+	return nil
+}
+
+// hasHostPorts says whether a pod asks for any hostPort.
+func hasHostPorts(p *v1.Pod) bool {
+	for _, c := range p.Spec.Containers {
+		for _, port := range c.Ports {
+			if port.HostPort != 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// resolve gives frontend f to the oldest Service (or pod's hostPort)
+// claiming it, or drops it when none does, and records whether it is
+// contested. A claimant that loses a frontend, or stops claiming it, never
+// touches the owner's entry.
 func (c *Controller) resolve(f compile.Frontend) {
-	names := c.claims[f]
-	if len(names) == 0 {
+	if len(c.claims[f]) == 0 {
 		delete(c.claims, f)
+	}
+	if len(c.podClaims[f]) == 0 {
+		delete(c.podClaims, f)
+	}
+	var entries []compile.Entry
+	for _, k := range c.claims[f] {
+		entries = append(entries, c.perService[k][f])
+	}
+	for _, k := range c.podClaims[f] {
+		entries = append(entries, c.perPod[k][f])
+	}
+	if len(entries) == 0 {
 		delete(c.desired, f)
 		delete(c.conflicts, f)
 		return
-	}
-	entries := make([]compile.Entry, len(names))
-	for i, k := range names {
-		entries[i] = c.perService[k][f]
 	}
 	owner, conflict := compile.Resolve(f, entries)
 	c.desired[f] = owner

@@ -442,3 +442,54 @@ func histogram(t *testing.T, m *metrics.Metrics, name string) *dto.Histogram {
 	t.Fatalf("no histogram %s", name)
 	return nil
 }
+
+// TestHostPortsFollowPods: a pod of this node with a hostPort gets its
+// frontends on the node's address once it has an address, from outside
+// and inside; a pod of another node gets none here; deleting the pod
+// removes them.
+func TestHostPortsFollowPods(t *testing.T) {
+	client, dp, ctrl, _ := setup(t)
+	ctx := context.Background()
+	eventually(t, "readiness", func() bool { ok, _ := ctrl.Ready(); return ok })
+	pod := func(name, node string) *v1.Pod {
+		return &v1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
+			Spec: v1.PodSpec{NodeName: node, Containers: []v1.Container{{Name: "c", Ports: []v1.ContainerPort{
+				{ContainerPort: 8080, HostPort: 8443, Protocol: v1.ProtocolTCP}}}}},
+		}
+	}
+	for _, p := range []*v1.Pod{pod("here", "node-a"), pod("elsewhere", "node-b")} {
+		if _, err := client.CoreV1().Pods("ns").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	here := pod("here", "node-a")
+	here.Status = v1.PodStatus{Phase: v1.PodRunning, PodIP: "10.244.0.7", PodIPs: []v1.PodIP{{IP: "10.244.0.7"}}}
+	if _, err := client.CoreV1().Pods("ns").UpdateStatus(ctx, here, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var v bpf.ServiceValue
+	for _, scope := range []uint8{bpf.ScopeInternal, bpf.ScopeExternal} {
+		key := bpf.ServiceKey{Addr: bpf.Addr(netip.MustParseAddr("192.168.1.10")), Port: bpf.Port(8443), Proto: bpf.ProtoTCP, Scope: scope}
+		eventually(t, "the hostPort's frontend", func() bool { return dp.Services.Lookup(key, &v) == nil && v.BackendCount == 1 })
+	}
+	var be bpf.BackendValue
+	it := dp.Backends.Iterate()
+	var id uint32
+	found := false
+	for it.Next(&id, &be) {
+		if be.SvcId == v.Id && bpf.AddrFrom(be.Addr).String() == "10.244.0.7" && bpf.PortFrom(be.Port) == 8080 && be.Flags&bpf.BackendLocal != 0 {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("the hostPort's backend is not the pod's 10.244.0.7:8080 on this node")
+	}
+	if n := len(ctrl.Programmed()); n != 2 {
+		t.Errorf("%d frontends programmed, want the pod's 2 (none for the pod of another node)", n)
+	}
+	if err := client.CoreV1().Pods("ns").Delete(ctx, "here", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the hostPort's frontends to go", func() bool { return len(ctrl.Programmed()) == 0 })
+}
