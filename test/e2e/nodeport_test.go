@@ -131,3 +131,30 @@ func exitCode(err error) int {
 	}
 	return -1
 }
+
+// TestNodePortFromInside: a NodePort answers on every node's address from
+// inside the cluster too, as under kube-proxy: from a pod on socket LB, a
+// pod on the tc path and a hostNetwork pod (the node's own sockets), to
+// the client's own node and to the other.
+func TestNodePortFromInside(t *testing.T) {
+	t.Parallel()
+	f := newTestNS(t)
+	a, b := f.nodes[0], f.nodes[1]
+	tc := netexecPod("client-tc", a, nil)
+	tc.Annotations = map[string]string{socketLBAnnotation: "disabled"}
+	f.runPods(netexecPod("web-b", b, map[string]string{"app": "web"}), netexecPod("client", a, nil), tc,
+		hostNetworkPod("host-client", a))
+	port := f.nodePortService("web", map[string]string{"app": "web"}, v1.ServiceExternalTrafficPolicyCluster, 1)
+	for _, ip := range []string{f.nodeIP(a), f.nodeIP(b)} {
+		url := "http://" + net.JoinHostPort(ip, strconv.Itoa(port)) + "/hostname"
+		for _, client := range []string{"client", "client-tc", "host-client"} {
+			f.eventually(fmt.Sprintf("%s reaching NodePort %s", client, url), datapathTimeout, func(context.Context) error {
+				got, err := f.exec(client, "curl", "-s", "--max-time", "3", url)
+				if err == nil && strings.TrimSpace(got) != "web-b" {
+					err = fmt.Errorf("answered %q", got)
+				}
+				return err
+			})
+		}
+	}
+}
