@@ -39,21 +39,68 @@ static __always_inline int hairpin_reply(struct __sk_buff *skb, struct pkt *p)
 /* ---- reverse NAT ----------------------------------------------------------- */
 
 /*
- * icmp_error_revnat translates an ICMP error about a service flow: the quoted
- * packet went from the client to the backend, and the client only knows it
- * as going to the service. The quoted destination becomes the service
- * address and port again, and so does the outer source when the backend
- * itself sent the error. The inner L4 checksum is left alone (it is
- * truncated and no stack checks it); the ICMP and IP checksums are kept
- * exact.
+ * icmp_quote_nat rewrites one end of the packet an ICMP error quotes (its
+ * source when quoted_src, else its destination) to addr:port, and the
+ * outer address that is the same host (the error's addressee for a quoted
+ * source, its sender for a quoted destination) when it was that address.
+ * The inner L4 checksum is left alone (it is truncated and no stack checks
+ * it); the ICMP and IP checksums are kept exact.
  */
-static __always_inline int icmp_error_revnat(struct __sk_buff *skb, struct pkt *p)
+static __always_inline int icmp_quote_nat(struct __sk_buff *skb, const struct pkt *p, const struct pkt *in,
+					  int quoted_src, const __u8 *addr, __be16 port)
+{
+	const __u8 *old = quoted_src ? in->src : in->dst;
+	const __u8 *outer = quoted_src ? p->dst : p->src;
+	__u32 outer_off = quoted_src ? daddr_off(p) : saddr_off(p);
+	__u32 inner_off = quoted_src ? saddr_off(in) : daddr_off(in);
+	/* ICMPv4's checksum covers only the ICMP message; ICMPv6's also the
+	 * pseudo header, so an outer address change counts there too. */
+	int icmp_csum = p->l4_off + 2;
+
+	if (addr_eq(outer, old) && store_addr(skb, p->family, outer_off, outer, addr, ip_csum_off(p),
+					      p->family == 6 ? icmp_csum : -1, BPF_F_PSEUDO_HDR) < 0)
+		return -1;
+	if (p->family == 4) {
+		__u32 inner_csum = in->l3_off + offsetof(struct iphdr, check);
+		__be16 before, after;
+
+		if (bpf_skb_load_bytes(skb, inner_csum, &before, 2) < 0 ||
+		    store_addr(skb, 4, inner_off, old, addr, inner_csum, icmp_csum, 0) < 0 ||
+		    bpf_skb_load_bytes(skb, inner_csum, &after, 2) < 0 ||
+		    bpf_l4_csum_replace(skb, icmp_csum, before, after, 2) < 0)
+			return -1;
+	} else if (store_addr(skb, 6, inner_off, old, addr, -1, icmp_csum, 0) < 0) {
+		return -1;
+	}
+	return store_port(skb, in->l4_off + (quoted_src ? 0 : 2), quoted_src ? in->sport : in->dport, port,
+			  icmp_csum, 0);
+}
+
+/* icmp_quoted reads the packet an ICMP error quotes into in: 0 when it is
+ * one with ports, a service flow's candidate. */
+static __always_inline int icmp_quoted(struct __sk_buff *skb, const struct pkt *p, struct pkt *in)
 {
 	if (p->frag || !is_icmp_error(p))
-		return TC_ACT_OK;
+		return -1;
+	if (parse_l3(skb, p->l4_off + 8, p->family, in) < 0 || in->frag || !has_ports(in->proto))
+		return -1;
+	return 0;
+}
 
+/*
+ * icmp_error_revnat translates an ICMP error on its way to a client about
+ * a service flow: the quoted packet went from the client to the backend,
+ * and the client only knows it as going to the service. The quoted
+ * destination becomes the service address and port again, and so does the
+ * outer source when the backend itself sent the error. At to_pod, and at
+ * to_netdev for clients outside (hook). Out of line, as icmp_error_nat:
+ * the quoted packet's parse would not fit on the hooks' stacks.
+ */
+static __always_inline int icmp_error_revnat(struct __sk_buff *skb, struct pkt *p, __u8 hook)
+{
 	struct pkt in = {};
-	if (parse_l3(skb, p->l4_off + 8, p->family, &in) < 0 || in.frag || !has_ports(in.proto))
+
+	if (icmp_quoted(skb, p, &in) < 0)
 		return TC_ACT_OK;
 
 	struct ct_key rk;
@@ -64,38 +111,44 @@ static __always_inline int icmp_error_revnat(struct __sk_buff *skb, struct pkt *
 		return TC_ACT_OK;
 
 	__u8 vip[SLUICE_ADDR_LEN];
-	__be16 vport = ct->nat_port;
 	__builtin_memcpy(vip, ct->nat_addr, SLUICE_ADDR_LEN);
-
-	/* ICMPv4's checksum covers only the ICMP message; ICMPv6's also the
-	 * pseudo header, so the outer source change counts there too. */
-	int icmp_csum = p->l4_off + 2;
-	int outer_ok = 0;
-
-	if (addr_eq(p->src, in.dst))
-		outer_ok = store_addr(skb, p->family, saddr_off(p), p->src, vip, ip_csum_off(p),
-				      p->family == 6 ? icmp_csum : -1, BPF_F_PSEUDO_HDR);
-	if (outer_ok < 0)
-		goto fail;
-
-	if (p->family == 4) {
-		__u32 inner_csum = in.l3_off + offsetof(struct iphdr, check);
-		__be16 before, after;
-
-		if (bpf_skb_load_bytes(skb, inner_csum, &before, 2) < 0 ||
-		    store_addr(skb, 4, daddr_off(&in), in.dst, vip, inner_csum, icmp_csum, 0) < 0 ||
-		    bpf_skb_load_bytes(skb, inner_csum, &after, 2) < 0 ||
-		    bpf_l4_csum_replace(skb, icmp_csum, before, after, 2) < 0)
-			goto fail;
-	} else if (store_addr(skb, 6, daddr_off(&in), in.dst, vip, -1, icmp_csum, 0) < 0) {
-		goto fail;
+	if (icmp_quote_nat(skb, p, &in, 0, vip, ct->nat_port) < 0) {
+		record_drop(skb, p, DROP_NAT_FAILED, ct->svc_id, hook);
+		return TC_ACT_SHOT;
 	}
-	if (store_port(skb, in.l4_off + 2, in.dport, vport, icmp_csum, 0) < 0)
-		goto fail;
 	return TC_ACT_OK;
-fail:
-	record_drop(skb, p, DROP_NAT_FAILED, ct->svc_id, HOOK_TO_POD);
-	return TC_ACT_SHOT;
+}
+
+/*
+ * icmp_error_nat translates an ICMP error arriving from outside about the
+ * reply of a service flow (a router's "fragmentation needed" or "time
+ * exceeded", the client's "port unreachable"): the quoted packet went from
+ * the service address to the client, and the backend must hear of it as
+ * its own. The quoted source becomes the backend again, and so does the
+ * outer destination when the error was sent to the service address; the
+ * kernel then routes it to the backend, and its conntrack undoes the
+ * masquerade of a flow to another node as for any related packet.
+ */
+static __noinline int icmp_error_nat(struct __sk_buff *skb, struct pkt *p)
+{
+	/* The quoted packet and the key live in the scratch: from_netdev's
+	 * stack has no room left for them. */
+	struct key_scratch *s = key_scratch();
+
+	if (!s)
+		return TC_ACT_OK;
+	__builtin_memset(&s->inner, 0, sizeof(s->inner));
+	if (icmp_quoted(skb, p, &s->inner) < 0)
+		return TC_ACT_OK;
+	ct_key_of(&s->ct, &s->inner, 1, CT_DIR_SERVICE);
+	struct ct_value *ct = bpf_map_lookup_elem(ct_map(s->inner.proto), &s->ct);
+	if (!ct || ct->expires_ns <= ct_now())
+		return TC_ACT_OK;
+	if (icmp_quote_nat(skb, p, &s->inner, 1, ct->nat_addr, ct->nat_port) < 0) {
+		record_drop(skb, p, DROP_NAT_FAILED, ct->svc_id, HOOK_FROM_NETDEV);
+		return TC_ACT_SHOT;
+	}
+	return TC_ACT_OK;
 }
 
 /* service_reply rewrites a backend's reply to come from the service

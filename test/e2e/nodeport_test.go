@@ -158,3 +158,64 @@ func TestNodePortFromInside(t *testing.T) {
 		}
 	}
 }
+
+// udpNodePort returns the UDP node port of a Service nodePortService made.
+func (f *testNS) udpNodePort(name string) int {
+	f.t.Helper()
+	got, err := f.client.CoreV1().Services(f.name).Get(f.t.Context(), name, metav1.GetOptions{})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	for _, p := range got.Spec.Ports {
+		if p.Protocol == v1.ProtocolUDP {
+			return int(p.NodePort)
+		}
+	}
+	f.t.Fatalf("service %s has no UDP node port", name)
+	return 0
+}
+
+// udpEchoFromOutside sends netexec's "echo" of size bytes to host:port from
+// the outside host, in one datagram, and returns the reply's length and
+// its source as the client saw it. python3 on the node network's outside
+// host sends it; the test skips where there is none.
+const udpEchoClient = `import socket, sys
+host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(b"echo " + b"x" * size, (host, port))
+data, src = s.recvfrom(65535)
+print(len(data), src[0], src[1])`
+
+// TestLargeUDPThroughNodePort: a UDP request and reply larger than the
+// MTU (fragmented on the way in and on the way back) pass a NodePort from
+// outside, to a backend on the node and on another node, and the reply
+// comes from the NodePort the client sent to.
+func TestLargeUDPThroughNodePort(t *testing.T) {
+	t.Parallel()
+	f := newTestNS(t)
+	a, b := f.nodes[0], f.nodes[1]
+	if _, err := f.driverRun(execTimeout, "outside", "--", "python3", "-c", "pass"); err != nil {
+		t.Skipf("no python3 on the outside host: %v", err)
+	}
+	f.runPods(netexecPod("local-a", a, map[string]string{"app": "local"}), netexecPod("remote-b", b, map[string]string{"app": "remote"}))
+	f.nodePortService("local", map[string]string{"app": "local"}, v1.ServiceExternalTrafficPolicyLocal, 1)
+	f.nodePortService("remote", map[string]string{"app": "remote"}, v1.ServiceExternalTrafficPolicyCluster, 1)
+	ipA := f.nodeIP(a)
+	const size = 2000 // netexec reads up to 2048 bytes; the MTU is 1500
+	for _, svc := range []string{"local", "remote"} {
+		port := f.udpNodePort(svc)
+		f.eventually(fmt.Sprintf("a %d-byte UDP echo through NodePort %s:%d (%s backend)", size, ipA, port, svc), datapathTimeout,
+			func(context.Context) error {
+				out, err := f.driverRun(execTimeout, "outside", "--", "python3", "-c", udpEchoClient, ipA, strconv.Itoa(port), strconv.Itoa(size))
+				if err != nil {
+					return err
+				}
+				want := fmt.Sprintf("%d %s %d", size, ipA, port)
+				if got := strings.TrimSpace(out); got != want {
+					return fmt.Errorf("reply %q, want %q (length, source address and port)", got, want)
+				}
+				return nil
+			})
+	}
+}
