@@ -135,7 +135,7 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	factory := informers.NewSharedInformerFactory(client, 0)
 	ph := m.RegisterProxyHealth()
 	proxyHealth := proxyhealth.New(clock.RealClock{}, proxyhealth.DefaultTimeout, ph.Healthz, ph.Livez)
-	ctrls, err := newControllers(log, cfg, client, factory, dp, m, hc, proxyHealth)
+	ctrls, err := newControllers(log, cfg, client, factory, dp, m, hc, proxyHealth, podMTU(log, devices))
 	if err != nil {
 		return err
 	}
@@ -390,7 +390,7 @@ func (a endpointAgent) EnsureEndpoint(ctx context.Context, ep endpointapi.Endpoi
 // newControllers builds every controller, each registering its informers
 // on factory.
 func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Interface, factory informers.SharedInformerFactory,
-	dp *bpf.Datapath, m *metrics.Metrics, hc *healthcheck.Server, proxyHealth *proxyhealth.Tracker) (*controllers, error) {
+	dp *bpf.Datapath, m *metrics.Metrics, hc *healthcheck.Server, proxyHealth *proxyhealth.Tracker, podMTU int) (*controllers, error) {
 	var c controllers
 	serviceMaps, err := servicemapsync.New(dp)
 	if err != nil {
@@ -407,7 +407,7 @@ func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Inter
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "sluice-agent", Host: cfg.NodeName})
 	c.services, err = service.New(log, factory, serviceMaps, m, service.Options{
-		NodeName: cfg.NodeName, NodePortCIDRs: nodePortCIDRs, NodeStateFile: cfg.NodeStateFile,
+		NodeName: cfg.NodeName, NodePortCIDRs: nodePortCIDRs, NodeStateFile: cfg.NodeStateFile, PodMTU: podMTU,
 		MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration, HealthChecks: hc,
 		ProxyHealth: proxyHealth, Recorder: recorder,
 	})
@@ -513,6 +513,28 @@ func (o *observerAPI) run(ctx context.Context, log *slog.Logger, errs chan<- err
 	go func() {
 		errs <- observe.Serve(ctx, log, observe.Options{Socket: o.cfg.ObserverSocket, Addr: o.cfg.ObserverAddr, Review: o.review}, o.src)
 	}()
+}
+
+// podMTU is the MTU pods get: the smallest of the uplinks', since pod
+// traffic to other nodes leaves through them as it is (native routing
+// adds no header). 0 when no uplink can be read: the CNI plugin then uses
+// its default.
+func podMTU(log *slog.Logger, devices []string) int {
+	mtu := 0
+	for _, dev := range devices {
+		l, err := netlink.LinkByName(dev)
+		if err != nil {
+			log.Warn("cannot read the uplink's MTU for the pods'", "device", dev, "err", err)
+			continue
+		}
+		if m := l.Attrs().MTU; m > 0 && (mtu == 0 || m < mtu) {
+			mtu = m
+		}
+	}
+	if mtu > 0 {
+		log.Info("pods get their uplinks' MTU unless the CNI configuration sets one", "podMTU", mtu)
+	}
+	return mtu
 }
 
 // uplinks are the configured devices, or every interface with a global

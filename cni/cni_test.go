@@ -68,6 +68,7 @@ type node struct {
 	raw       []byte
 	cni       *libcni.CNIConfig
 	agent     *standInAgent // nil with nodeOpts.noAgent
+	podMTU    int
 }
 
 type nodeOpts struct {
@@ -75,6 +76,7 @@ type nodeOpts struct {
 	notReady   bool     // no state file
 	attachMode string
 	noAgent    bool // nothing answers on the agent's endpoint API socket
+	podMTU     int  // the agent's published pod MTU (its uplinks'), 0: none
 }
 
 // standInAgent answers the agent's endpoint API for the plugin under test,
@@ -117,7 +119,7 @@ func (a *standInAgent) asked() []endpointapi.Endpoint {
 
 func newNode(t testing.TB, o nodeOpts) *node {
 	t.Helper()
-	n := &node{t: t, dp: bpftest.Load(t, bpf.Config{}), ns: netnstest.New(t, "sl-node"), dir: t.TempDir()}
+	n := &node{t: t, dp: bpftest.Load(t, bpf.Config{}), ns: netnstest.New(t, "sl-node"), dir: t.TempDir(), podMTU: o.podMTU}
 	root := n.dp.PinRoot()
 	n.stateFile = filepath.Join(n.dir, "node.json")
 	if !o.notReady {
@@ -175,7 +177,7 @@ func newNode(t testing.TB, o nodeOpts) *node {
 
 func (n *node) setReady(ready bool) {
 	n.t.Helper()
-	if err := nodestate.Write(n.stateFile, nodestate.State{Ready: ready, PodCIDRs: []string{podCIDR4, podCIDR6}}); err != nil {
+	if err := nodestate.Write(n.stateFile, nodestate.State{Ready: ready, PodCIDRs: []string{podCIDR4, podCIDR6}, PodMTU: n.podMTU}); err != nil {
 		n.t.Fatal(err)
 	}
 }
@@ -562,6 +564,61 @@ func TestErrors(t *testing.T) {
 		})
 	}
 	n.assertClean(t)
+}
+
+// TestPodMTU: the shipped configuration sets no MTU, so a pod gets the
+// one the agent publishes (its uplinks'), or 1500 when it publishes none;
+// an mtu in the configuration wins.
+func TestPodMTU(t *testing.T) {
+	for _, c := range []struct {
+		name           string
+		published, set int
+		want           int
+	}{
+		{"the agent's", 1450, 0, 1450},
+		{"none published", 0, 0, 1500},
+		{"the configuration's", 1450, 1400, 1400},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			n := newNode(t, nodeOpts{podMTU: c.published})
+			if c.set != 0 {
+				n.setMTU(c.set)
+			}
+			pod := netnstest.New(t, "sl-pod")
+			res := n.mustAdd("mtu", pod)
+			for _, i := range res.Interfaces {
+				if i.Sandbox != "" && i.Mtu != c.want {
+					t.Errorf("result: %s has MTU %d, want %d", i.Name, i.Mtu, c.want)
+				}
+			}
+			var got int
+			pod.Do(t, func() {
+				l, err := net.InterfaceByName("eth0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = l.MTU
+			})
+			if got != c.want {
+				t.Errorf("the pod's eth0 has MTU %d, want %d", got, c.want)
+			}
+		})
+	}
+}
+
+// setMTU puts mtu into the node's CNI configuration.
+func (n *node) setMTU(mtu int) {
+	n.t.Helper()
+	var list map[string]any
+	if err := json.Unmarshal(n.raw, &list); err != nil {
+		n.t.Fatal(err)
+	}
+	list["plugins"].([]any)[0].(map[string]any)["mtu"] = mtu
+	var err error
+	n.raw, _ = json.Marshal(list)
+	if n.list, err = libcni.ConfListFromBytes(n.raw); err != nil {
+		n.t.Fatal(err)
+	}
 }
 
 // TestPoolExhausted: a full CIDR fails ADD with a clear error and leaves no

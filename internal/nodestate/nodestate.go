@@ -1,6 +1,6 @@
 // Package nodestate is the contract between the agent and the CNI plugin:
 // a small JSON file in which the agent publishes that the node's datapath
-// is programmed, and the node's pod CIDRs for IPAM.
+// is programmed, the node's pod CIDRs for IPAM and the MTU pods get.
 package nodestate
 
 import (
@@ -20,6 +20,10 @@ type State struct {
 	Ready bool `json:"ready"`
 	// PodCIDRs are the node's Node.spec.podCIDRs.
 	PodCIDRs []string `json:"podCIDRs"`
+	// PodMTU is the MTU pods get unless the CNI configuration sets one:
+	// the smallest MTU of the node's uplinks, less any encapsulation
+	// (none with native routing). 0: not known (no uplink).
+	PodMTU int `json:"podMTU,omitempty"`
 }
 
 // ErrNotReady means the agent has not (yet) signalled a ready datapath.

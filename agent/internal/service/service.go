@@ -40,9 +40,12 @@ import (
 
 // Options configure the controller.
 type Options struct {
-	NodeName         string
-	NodePortCIDRs    []netip.Prefix // empty: every node address
-	NodeStateFile    string
+	NodeName      string
+	NodePortCIDRs []netip.Prefix // empty: every node address
+	NodeStateFile string
+	// PodMTU is published in the node state for the CNI plugin: the MTU
+	// pods get unless its configuration sets one; 0: not known.
+	PodMTU           int
 	MinSync, MaxSync time.Duration
 	Clock            clock.Clock
 	// HealthChecks serves healthCheckNodePorts; nil disables them.
@@ -396,7 +399,7 @@ func (c *Controller) syncOnce(start time.Time) error {
 	if err := c.writer.SetNodePodCIDRs(podCIDRs); err != nil {
 		return err
 	}
-	if err := nodestate.Write(c.opts.NodeStateFile, nodestate.State{Ready: true, PodCIDRs: podCIDRs}); err != nil {
+	if err := nodestate.Write(c.opts.NodeStateFile, nodestate.State{Ready: true, PodCIDRs: podCIDRs, PodMTU: c.opts.PodMTU}); err != nil {
 		return err
 	}
 	now := c.opts.Clock.Now()

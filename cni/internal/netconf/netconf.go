@@ -18,6 +18,7 @@ import (
 // Defaults for fields the configuration leaves out.
 const (
 	DefaultMTU           = 1500
+	MinMTU, MaxMTU       = 576, 65535
 	DefaultBPFRoot       = "/sys/fs/bpf/sluice"
 	DefaultNodeStateFile = nodestate.DefaultPath
 	DefaultIPAMDir       = "/var/lib/sluice/ipam"
@@ -29,7 +30,9 @@ const (
 type Config struct {
 	types.PluginConf
 
-	// MTU of the pod interface and its host-side peer.
+	// MTU of the pod interface and its host-side peer; 0 takes the one
+	// the agent publishes in the node state (derived from the uplinks),
+	// else DefaultMTU.
 	MTU int `json:"mtu,omitempty"`
 	// BPFRoot is the bpffs directory the agent pinned the datapath under.
 	BPFRoot string `json:"bpfRoot,omitempty"`
@@ -68,11 +71,8 @@ func Parse(data []byte) (*Config, error) {
 		}
 		return nil, fmt.Errorf("decode network config: %w", err)
 	}
-	if c.MTU == 0 {
-		c.MTU = DefaultMTU
-	}
-	if c.MTU < 576 || c.MTU > 65535 {
-		return nil, &Error{Field: "mtu", Problem: fmt.Sprintf("%d is outside 576..65535", c.MTU)}
+	if c.MTU != 0 && (c.MTU < MinMTU || c.MTU > MaxMTU) {
+		return nil, &Error{Field: "mtu", Problem: fmt.Sprintf("%d is outside %d..%d", c.MTU, MinMTU, MaxMTU)}
 	}
 	if c.Name == "" {
 		return nil, &Error{Field: "name", Problem: "missing; the network needs a name"}

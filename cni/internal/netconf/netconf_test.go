@@ -11,7 +11,7 @@ func TestParseDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.MTU != DefaultMTU || c.BPFRoot != DefaultBPFRoot || c.NodeStateFile != DefaultNodeStateFile ||
+	if c.MTU != 0 || c.BPFRoot != DefaultBPFRoot || c.NodeStateFile != DefaultNodeStateFile ||
 		c.IPAMDir != DefaultIPAMDir || c.LogFile != DefaultLogFile || c.AttachMode != "auto" {
 		t.Errorf("defaults not applied: %+v", c)
 	}

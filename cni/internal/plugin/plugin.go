@@ -116,6 +116,26 @@ func attachMode(s string) bpf.AttachMode {
 	return bpf.AttachAuto
 }
 
+// podMTU returns the configured MTU, else the one the agent published
+// (its uplinks' MTU), else netconf.DefaultMTU.
+func podMTU(conf *netconf.Config) (int, error) {
+	if conf.MTU != 0 {
+		return conf.MTU, nil
+	}
+	state, err := nodestate.Read(conf.NodeStateFile)
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case state.PodMTU == 0:
+		return netconf.DefaultMTU, nil
+	case state.PodMTU < netconf.MinMTU || state.PodMTU > netconf.MaxMTU:
+		return 0, fmt.Errorf("podMTU %d in %s is outside %d..%d: set mtu in the CNI configuration, or the uplinks' MTU",
+			state.PodMTU, conf.NodeStateFile, netconf.MinMTU, netconf.MaxMTU)
+	}
+	return state.PodMTU, nil
+}
+
 // podCIDRs returns the configured CIDRs, else the ones the agent published.
 func podCIDRs(conf *netconf.Config) ([]netip.Prefix, error) {
 	if len(conf.PodCIDRs) > 0 {
@@ -185,7 +205,11 @@ func Add(args *skel.CmdArgs) (err error) {
 		}
 	}()
 
-	pod := netsetup.Pod{NetNS: args.Netns, IfName: args.IfName, HostVeth: hostVeth, MTU: conf.MTU, Addrs: addrs}
+	mtu, err := podMTU(conf)
+	if err != nil {
+		return err
+	}
+	pod := netsetup.Pod{NetNS: args.Netns, IfName: args.IfName, HostVeth: hostVeth, MTU: mtu, Addrs: addrs}
 	wired, err := netsetup.Setup(pod)
 	if err != nil {
 		return err
@@ -220,7 +244,7 @@ func result(conf *netconf.Config, args *skel.CmdArgs, pod netsetup.Pod, w *netse
 		CNIVersion: current.ImplementedSpecVersion,
 		Interfaces: []*current.Interface{
 			{Name: pod.HostVeth, Mac: w.HostMAC.String()},
-			{Name: pod.IfName, Mac: w.PodMAC.String(), Sandbox: args.Netns, Mtu: conf.MTU},
+			{Name: pod.IfName, Mac: w.PodMAC.String(), Sandbox: args.Netns, Mtu: pod.MTU},
 		},
 		DNS: conf.DNS,
 	}
