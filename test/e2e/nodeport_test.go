@@ -46,16 +46,22 @@ func (f *testNS) nodePortService(name string, selector map[string]string, policy
 	svc.Spec.Type = v1.ServiceTypeNodePort
 	svc.Spec.ExternalTrafficPolicy = policy
 	f.createService(svc, endpoints)
+	return f.nodePortOf(name, v1.ProtocolTCP)
+}
+
+// nodePortOf returns the node port the Service got for proto.
+func (f *testNS) nodePortOf(name string, proto v1.Protocol) int {
+	f.t.Helper()
 	got, err := f.client.CoreV1().Services(f.name).Get(f.t.Context(), name, metav1.GetOptions{})
 	if err != nil {
 		f.t.Fatal(err)
 	}
 	for _, p := range got.Spec.Ports {
-		if p.Protocol == v1.ProtocolTCP {
+		if p.Protocol == proto {
 			return int(p.NodePort)
 		}
 	}
-	f.t.Fatalf("service %s has no TCP node port", name)
+	f.t.Fatalf("service %s has no %s node port", name, proto)
 	return 0
 }
 
@@ -159,22 +165,6 @@ func TestNodePortFromInside(t *testing.T) {
 	}
 }
 
-// udpNodePort returns the UDP node port of a Service nodePortService made.
-func (f *testNS) udpNodePort(name string) int {
-	f.t.Helper()
-	got, err := f.client.CoreV1().Services(f.name).Get(f.t.Context(), name, metav1.GetOptions{})
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	for _, p := range got.Spec.Ports {
-		if p.Protocol == v1.ProtocolUDP {
-			return int(p.NodePort)
-		}
-	}
-	f.t.Fatalf("service %s has no UDP node port", name)
-	return 0
-}
-
 // udpEchoFromOutside sends netexec's "echo" of size bytes to host:port from
 // the outside host, in one datagram, and returns the reply's length and
 // its source as the client saw it. python3 on the node network's outside
@@ -204,7 +194,7 @@ func TestLargeUDPThroughNodePort(t *testing.T) {
 	ipA := f.nodeIP(a)
 	const size = 2000 // netexec reads up to 2048 bytes; the MTU is 1500
 	for _, svc := range []string{"local", "remote"} {
-		port := f.udpNodePort(svc)
+		port := f.nodePortOf(svc, v1.ProtocolUDP)
 		f.eventually(fmt.Sprintf("a %d-byte UDP echo through NodePort %s:%d (%s backend)", size, ipA, port, svc), datapathTimeout,
 			func(context.Context) error {
 				out, err := f.driverRun(execTimeout, "outside", "--", "python3", "-c", udpEchoClient, ipA, strconv.Itoa(port), strconv.Itoa(size))

@@ -118,12 +118,7 @@ func TestServicesFollowTheAPI(t *testing.T) {
 		t.Errorf("node pod CIDR in the datapath: %+v, %v; want 10.244.0.0/24", cidr, err)
 	}
 
-	svc := &v1.Service{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
-		Spec: v1.ServiceSpec{ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"},
-			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}},
-	}
-	if _, err := client.CoreV1().Services("ns").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+	if _, err := client.CoreV1().Services("ns").Create(ctx, webService("web", "10.96.0.10", time.Time{}).svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the service to reject (no endpoints yet)", func() bool { n, ok := backendCount(dp, "10.96.0.10:80"); return ok && n == 0 })
@@ -390,12 +385,7 @@ func TestKubeProxyMetrics(t *testing.T) {
 	client, dp, ctrl, _ := setupOpts(t, bpf.Config{MaxServices: 1024, MaxBackends: 4096}, m, Options{ProxyHealth: tracker})
 	ctx := context.Background()
 	eventually(t, "readiness", func() bool { ok, _ := ctrl.Ready(); return ok })
-	svc := &v1.Service{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
-		Spec: v1.ServiceSpec{ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"},
-			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}},
-	}
-	if _, err := client.CoreV1().Services("ns").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+	if _, err := client.CoreV1().Services("ns").Create(ctx, webService("web", "10.96.0.10", time.Time{}).svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	name, port, proto := "http", int32(8080), v1.ProtocolTCP

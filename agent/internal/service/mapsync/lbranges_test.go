@@ -75,15 +75,7 @@ func TestSourceRanges(t *testing.T) {
 		t.Errorf("pod no longer in the ranges: verdict %d, want dropped", ret)
 	}
 
-	dp2, err := bpf.Load(bpf.Config{PinRoot: root, MaglevSize: 251, MaxServices: 1024, MaxBackends: 4096})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp2.Close()
-	w2, err := New(dp2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dp2, w2 := restart(t, root)
 	if st, err := w2.Sync(desired); err != nil || st.Changed() {
 		t.Errorf("after a restart: %+v %v, want nothing written", st, err)
 	}

@@ -22,6 +22,22 @@ import (
 	"github.com/sluice-net/sluice/bpf/bpftest"
 )
 
+// restart loads the datapath again from the pins under root and restores
+// a writer from it, as a restarted agent does.
+func restart(t *testing.T, root string) (*bpf.Datapath, *Writer) {
+	t.Helper()
+	dp, err := bpf.Load(bpf.Config{PinRoot: root, MaglevSize: 251, MaxServices: 1024, MaxBackends: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	w, err := New(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dp, w
+}
+
 func loadDatapath(t *testing.T) (*bpf.Datapath, string) {
 	t.Helper()
 	dp := bpftest.Load(t, bpf.Config{MaxServices: 1024, MaxBackends: 4096})
@@ -154,15 +170,7 @@ func TestRestartRewritesNothing(t *testing.T) {
 	}
 	before := dump(t, dp)
 
-	dp2, err := bpf.Load(bpf.Config{PinRoot: root, MaglevSize: 251, MaxServices: 1024, MaxBackends: 4096})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp2.Close()
-	w2, err := New(dp2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dp2, w2 := restart(t, root)
 	st, err := w2.Sync(desired)
 	if err != nil {
 		t.Fatal(err)
@@ -356,15 +364,7 @@ func TestTerminatingBackendDrains(t *testing.T) {
 
 	// The agent restarts: the draining backend is in no table, and keeps
 	// its ID all the same.
-	dp2, err := bpf.Load(bpf.Config{PinRoot: root, MaglevSize: 251, MaxServices: 1024, MaxBackends: 4096})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp2.Close()
-	w2, err := New(dp2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dp2, w2 := restart(t, root)
 	if st, err := w2.Sync(desired); err != nil || st.Changed() {
 		t.Errorf("sync after restart: %+v %v, want nothing written or deleted", st, err)
 	}
@@ -401,15 +401,7 @@ func TestRestoreByServiceID(t *testing.T) {
 	if err := dp.Backends.Put(uint32(999), orphan); err != nil {
 		t.Fatal(err)
 	}
-	dp2, err := bpf.Load(bpf.Config{PinRoot: root, MaglevSize: 251, MaxServices: 1024, MaxBackends: 4096})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp2.Close()
-	w2, err := New(dp2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dp2, w2 := restart(t, root)
 	st, err := w2.Sync(desired)
 	if err != nil || st.BackendsDeleted != 1 || st.BackendsWritten != 0 || st.Backends != 1 {
 		t.Errorf("after restart: %+v %v, want the orphan deleted and the draining backend kept", st, err)
