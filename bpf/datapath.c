@@ -156,7 +156,7 @@ int to_pod(struct __sk_buff *skb)
 		 * quotes the backend, as the flow was recorded. */
 		if (judge(skb, &p, POLICY_INGRESS, HOOK_TO_POD) != TC_ACT_OK)
 			return TC_ACT_SHOT;
-		return icmp_error_revnat(skb, &p, HOOK_TO_POD);
+		return icmp_error_translate(skb, &p, HOOK_TO_POD);
 	}
 	if (has_ports(p.proto)) {
 		int verdict;
@@ -189,7 +189,7 @@ int from_netdev(struct __sk_buff *skb)
 	if (p.frag)
 		return frag_follow(skb, &p, HOOK_FROM_NETDEV, 0);
 	if (p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6)
-		return icmp_error_nat(skb, &p);
+		return icmp_error_translate(skb, &p, HOOK_FROM_NETDEV);
 	if (!has_ports(p.proto))
 		return TC_ACT_OK;
 	struct svc_value *svc = lookup_service(&p, SVC_SCOPE_EXTERNAL);
@@ -208,7 +208,7 @@ int to_netdev(struct __sk_buff *skb)
 	if (p.frag)
 		return frag_follow(skb, &p, HOOK_TO_NETDEV, 0);
 	if (p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6)
-		return icmp_error_revnat(skb, &p, HOOK_TO_NETDEV);
+		return icmp_error_translate(skb, &p, HOOK_TO_NETDEV);
 	if (!has_ports(p.proto))
 		return TC_ACT_OK;
 	int verdict;

@@ -76,76 +76,42 @@ static __always_inline int icmp_quote_nat(struct __sk_buff *skb, const struct pk
 			  icmp_csum, 0);
 }
 
-/* icmp_quoted reads the packet an ICMP error quotes into in: 0 when it is
- * one with ports, a service flow's candidate. */
-static __always_inline int icmp_quoted(struct __sk_buff *skb, const struct pkt *p, struct pkt *in)
-{
-	if (p->frag || !is_icmp_error(p))
-		return -1;
-	if (parse_l3(skb, p->l4_off + 8, p->family, in) < 0 || in->frag || !has_ports(in->proto))
-		return -1;
-	return 0;
-}
-
 /*
- * icmp_error_revnat translates an ICMP error on its way to a client about
- * a service flow: the quoted packet went from the client to the backend,
- * and the client only knows it as going to the service. The quoted
- * destination becomes the service address and port again, and so does the
- * outer source when the backend itself sent the error. At to_pod, and at
- * to_netdev for clients outside (hook). Out of line, as icmp_error_nat:
- * the quoted packet's parse would not fit on the hooks' stacks.
+ * icmp_error_translate translates an ICMP error about a service flow, found
+ * by the packet it quotes. Outward, to a client (to_pod, to_netdev): the
+ * quoted packet went from the client to the backend, and the client only
+ * knows it as going to the service; the quoted destination becomes the
+ * service address and port again, and so does the outer source when the
+ * backend itself sent the error. Inward, from outside (from_netdev), about
+ * a reply (a router's "fragmentation needed", the client's "port
+ * unreachable"): the quoted packet went from the service address to the
+ * client, and the backend must hear of it as its own; the quoted source
+ * becomes the backend again, and so does the outer destination when the
+ * error was sent to the service address. The kernel then routes it to the
+ * backend, its conntrack undoing the masquerade of a flow to another node
+ * as for any related packet. Out of line, with the quoted packet and the
+ * key in the scratch: from_netdev's stack has no room left for them.
  */
-static __always_inline int icmp_error_revnat(struct __sk_buff *skb, struct pkt *p, __u8 hook)
+static __noinline int icmp_error_translate(struct __sk_buff *skb, struct pkt *p, __u8 hook)
 {
-	struct pkt in = {};
-
-	if (icmp_quoted(skb, p, &in) < 0)
-		return TC_ACT_OK;
-
-	struct ct_key rk;
-
-	ct_key_of(&rk, &in, 1, CT_DIR_REPLY);
-	struct ct_value *ct = bpf_map_lookup_elem(ct_map(in.proto), &rk);
-	if (!ct || ct->expires_ns <= ct_now())
-		return TC_ACT_OK;
-
-	__u8 vip[SLUICE_ADDR_LEN];
-	__builtin_memcpy(vip, ct->nat_addr, SLUICE_ADDR_LEN);
-	if (icmp_quote_nat(skb, p, &in, 0, vip, ct->nat_port) < 0) {
-		record_drop(skb, p, DROP_NAT_FAILED, ct->svc_id, hook);
-		return TC_ACT_SHOT;
-	}
-	return TC_ACT_OK;
-}
-
-/*
- * icmp_error_nat translates an ICMP error arriving from outside about the
- * reply of a service flow (a router's "fragmentation needed" or "time
- * exceeded", the client's "port unreachable"): the quoted packet went from
- * the service address to the client, and the backend must hear of it as
- * its own. The quoted source becomes the backend again, and so does the
- * outer destination when the error was sent to the service address; the
- * kernel then routes it to the backend, and its conntrack undoes the
- * masquerade of a flow to another node as for any related packet.
- */
-static __noinline int icmp_error_nat(struct __sk_buff *skb, struct pkt *p)
-{
-	/* The quoted packet and the key live in the scratch: from_netdev's
-	 * stack has no room left for them. */
+	int inward = hook == HOOK_FROM_NETDEV;
 	struct key_scratch *s = key_scratch();
 
-	if (!s)
+	if (!s || p->frag || !is_icmp_error(p))
 		return TC_ACT_OK;
 	__builtin_memset(&s->inner, 0, sizeof(s->inner));
-	if (icmp_quoted(skb, p, &s->inner) < 0)
+	if (parse_l3(skb, p->l4_off + 8, p->family, &s->inner) < 0 || s->inner.frag ||
+	    !has_ports(s->inner.proto))
 		return TC_ACT_OK;
-	ct_key_of(&s->ct, &s->inner, 1, CT_DIR_SERVICE);
+	/* The quote reversed is the flow's service entry (inward: the client
+	 * to the service) or its reply entry (outward: the backend to the
+	 * client). */
+	ct_key_of(&s->ct, &s->inner, 1, inward ? CT_DIR_SERVICE : CT_DIR_REPLY);
 	struct ct_value *ct = bpf_map_lookup_elem(ct_map(s->inner.proto), &s->ct);
 	if (!ct || ct->expires_ns <= ct_now())
 		return TC_ACT_OK;
-	if (icmp_quote_nat(skb, p, &s->inner, 1, ct->nat_addr, ct->nat_port) < 0) {
-		record_drop(skb, p, DROP_NAT_FAILED, ct->svc_id, HOOK_FROM_NETDEV);
+	if (icmp_quote_nat(skb, p, &s->inner, inward, ct->nat_addr, ct->nat_port) < 0) {
+		record_drop(skb, p, DROP_NAT_FAILED, ct->svc_id, hook);
 		return TC_ACT_SHOT;
 	}
 	return TC_ACT_OK;

@@ -14,6 +14,7 @@ package proxyhealth
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -70,14 +71,8 @@ func (t *Tracker) Updated() {
 
 // SyncNode follows this node's state; nil means it was deleted.
 func (t *Tracker) SyncNode(n *v1.Node) {
-	eligible := n != nil && n.DeletionTimestamp == nil
-	if eligible {
-		for _, taint := range n.Spec.Taints {
-			if taint.Key == ToBeDeletedTaint {
-				eligible = false
-			}
-		}
-	}
+	eligible := n != nil && n.DeletionTimestamp == nil &&
+		!slices.ContainsFunc(n.Spec.Taints, func(taint v1.Taint) bool { return taint.Key == ToBeDeletedTaint })
 	t.mu.Lock()
 	t.nodeEligible = eligible
 	t.mu.Unlock()

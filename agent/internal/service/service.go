@@ -172,14 +172,14 @@ func (c *Controller) changed(kind, what string, obj any) {
 			c.mu.Unlock()
 			return // other nodes matter for routes, not for services
 		}
-		if c.opts.ProxyHealth != nil {
-			if what == "deleted" {
-				c.opts.ProxyHealth.SyncNode(nil)
-			} else {
-				c.opts.ProxyHealth.SyncNode(o)
-			}
-		}
+		live := o // nil once deleted: no longer eligible for load balancers
 		if what == "deleted" {
+			live = nil
+		}
+		if c.opts.ProxyHealth != nil {
+			c.opts.ProxyHealth.SyncNode(live)
+		}
+		if live == nil {
 			c.node = nil
 		} else if c.node != nil && !nodeChangeMatters(c.node, o) {
 			// A status heartbeat: nothing the datapath uses changed, and a
@@ -520,11 +520,7 @@ func (c *Controller) compile(node compile.Node) (touched []compile.Frontend, ful
 	for key := range dirty {
 		svc, err := services.Services(key.Namespace).Get(key.Name)
 		// The Service's old claims leave; its new ones (if any) enter.
-		for f := range c.perService[key] {
-			c.claims[f] = slices.DeleteFunc(c.claims[f], func(k types.NamespacedName) bool { return k == key })
-			recheck[f] = true
-		}
-		delete(c.perService, key)
+		unclaim(c.perService, c.claims, key, recheck)
 		if apierrors.IsNotFound(err) {
 			delete(c.healthChecks, key)
 			continue
@@ -543,15 +539,8 @@ func (c *Controller) compile(node compile.Node) (touched []compile.Frontend, ful
 			slices = append(slices, o.(*discovery.EndpointSlice))
 		}
 		d, errs := compile.Service(svc, slices, node)
-		for _, e := range errs {
-			c.syncMetrics.ObjectErrors.Inc()
-			c.log.Warn("object partly ignored", "err", e)
-		}
-		c.perService[key] = d
-		for f := range d {
-			c.claims[f] = append(c.claims[f], key)
-			recheck[f] = true
-		}
+		c.partlyIgnored(errs)
+		claim(c.perService, c.claims, key, d, recheck)
 		if hc, ok := compile.ServiceHealthCheck(svc, slices, node); ok {
 			c.healthChecks[key] = hc
 		} else {
@@ -574,11 +563,7 @@ func (c *Controller) compile(node compile.Node) (touched []compile.Frontend, ful
 func (c *Controller) compileHostPorts(dirty map[types.NamespacedName]bool, node compile.Node, recheck map[compile.Frontend]bool) error {
 	pods := c.factory.Core().V1().Pods().Lister()
 	for key := range dirty {
-		for f := range c.perPod[key] {
-			c.podClaims[f] = slices.DeleteFunc(c.podClaims[f], func(k types.NamespacedName) bool { return k == key })
-			recheck[f] = true
-		}
-		delete(c.perPod, key)
+		unclaim(c.perPod, c.podClaims, key, recheck)
 		pod, err := pods.Pods(key.Namespace).Get(key.Name)
 		if apierrors.IsNotFound(err) {
 			continue
@@ -587,19 +572,42 @@ func (c *Controller) compileHostPorts(dirty map[types.NamespacedName]bool, node 
 			return err
 		}
 		d, errs := compile.HostPorts(pod, node)
-		for _, e := range errs {
-			c.syncMetrics.ObjectErrors.Inc()
-			c.log.Warn("object partly ignored", "err", e)
-		}
+		c.partlyIgnored(errs)
 		if len(d) > 0 {
-			c.perPod[key] = d
-		}
-		for f := range d {
-			c.podClaims[f] = append(c.podClaims[f], key)
-			recheck[f] = true
+			claim(c.perPod, c.podClaims, key, d, recheck)
 		}
 	}
 	return nil
+}
+
+// unclaim withdraws key's claims (its compiled state in per) from claims,
+// marking the frontends whose claims changed in recheck.
+func unclaim(per map[types.NamespacedName]compile.Desired, claims map[compile.Frontend][]types.NamespacedName,
+	key types.NamespacedName, recheck map[compile.Frontend]bool) {
+	for f := range per[key] {
+		claims[f] = slices.DeleteFunc(claims[f], func(k types.NamespacedName) bool { return k == key })
+		recheck[f] = true
+	}
+	delete(per, key)
+}
+
+// claim records d as key's compiled state in per and its frontends'
+// claims, marking them in recheck.
+func claim(per map[types.NamespacedName]compile.Desired, claims map[compile.Frontend][]types.NamespacedName,
+	key types.NamespacedName, d compile.Desired, recheck map[compile.Frontend]bool) {
+	per[key] = d
+	for f := range d {
+		claims[f] = append(claims[f], key)
+		recheck[f] = true
+	}
+}
+
+// partlyIgnored reports the fields of objects a compile had to leave out.
+func (c *Controller) partlyIgnored(errs []error) {
+	for _, e := range errs {
+		c.syncMetrics.ObjectErrors.Inc()
+		c.log.Warn("object partly ignored", "err", e)
+	}
 }
 
 // hasHostPorts says whether a pod asks for any hostPort.
