@@ -606,6 +606,18 @@ func TestPodMTU(t *testing.T) {
 	}
 }
 
+// TestPodMTUOutOfRange: a node state publishing an MTU no interface can
+// have fails ADD, naming the file and what to set, and leaves nothing
+// behind.
+func TestPodMTUOutOfRange(t *testing.T) {
+	n := newNode(t, nodeOpts{podMTU: 100})
+	_, err := n.add("mtu", netnstest.New(t, "sl-pod"))
+	if err == nil || !strings.Contains(err.Error(), "podMTU 100 in "+n.stateFile+" is outside 576..65535") {
+		t.Fatalf("ADD with podMTU 100: %v, want the MTU refused", err)
+	}
+	n.assertClean(t)
+}
+
 // setMTU puts mtu into the node's CNI configuration.
 func (n *node) setMTU(mtu int) {
 	n.t.Helper()

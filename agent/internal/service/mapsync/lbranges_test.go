@@ -3,10 +3,12 @@ package mapsync
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/sluice-net/sluice/agent/internal/service/compile"
 	"github.com/sluice-net/sluice/bpf"
+	"github.com/sluice-net/sluice/bpf/bpftest"
 )
 
 // TestSourceRanges: a restricted LoadBalancer IP gets its flags and its
@@ -99,5 +101,45 @@ func TestSourceRanges(t *testing.T) {
 	}
 	if st, err := w2.Sync(compile.Desired{}); err != nil || st.RangesDeleted != 1 || len(ranges(t, dp2)) != 0 {
 		t.Errorf("frontend deleted: %+v %v, ranges %v left", st, err, ranges(t, dp2))
+	}
+}
+
+// TestSourceRangesMapFull: ranges that do not fit the map are reported,
+// and their frontend stays restricted: a client whose range is missing is
+// refused (never let in by a half-written set), one whose range fit is
+// served.
+func TestSourceRangesMapFull(t *testing.T) {
+	dp := bpftest.Load(t, bpf.Config{MaxServices: 4, MaxBackends: 64})
+	w, err := New(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dp.RecordEndpoint(1, []netip.Addr{synSource}, bpf.EndpointValue{}); err != nil {
+		t.Fatal(err)
+	}
+	lb := "198.51.100.9:80"
+	var ranges []netip.Prefix
+	for _, r := range []string{"1.0.0.0/8", "2.0.0.0/8", "3.0.0.0/8", "4.0.0.0/8", "5.0.0.0/8", "10.244.0.0/16"} {
+		ranges = append(ranges, netip.MustParsePrefix(r))
+	}
+	e := compile.Entry{Service: web, Kind: compile.KindLoadBalancer, Backends: backends("10.244.1.5:8080"),
+		Restricted: true, SourceRanges: ranges}
+	st, err := w.Sync(compile.Desired{fe(lb): e})
+	if err == nil || st.RangesWritten != 4 {
+		t.Fatalf("6 ranges into a map of 4: %+v %v, want 4 written and an error", st, err)
+	}
+	if !strings.Contains(err.Error(), "sluice_lb_ranges_v1") {
+		t.Errorf("error %q does not name the map", err)
+	}
+	// synSource (10.244.0.2) is in the last range, which did not fit.
+	if ret, _ := synTo(t, dp, lb); ret != 2 {
+		t.Errorf("client whose range is missing: verdict %d, want dropped", ret)
+	}
+	entries, err := dp.LBRangeEntries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := entries[bpf.LBFrontend{Addr: netip.MustParseAddrPort(lb), Proto: bpf.ProtoTCP}]; len(got) != 4 {
+		t.Errorf("ranges in the map: %v, want the 4 that fit", got)
 	}
 }
