@@ -45,7 +45,7 @@ func status(_ []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Println("\nNODE      INTERNAL-IP     POD-CIDR        READY")
+	fmt.Printf("\n%-9s %-24s %-36s %s\n", "NODE", "INTERNAL-IPS", "POD-CIDRS", "READY")
 	for _, n := range s.Nodes {
 		ready := "unknown"
 		if node, err := client.CoreV1().Nodes().Get(context.Background(), n.Name, metav1.GetOptions{}); err == nil {
@@ -54,7 +54,7 @@ func status(_ []string) error {
 		if ready != "true" {
 			down++
 		}
-		fmt.Printf("%-9s %-15s %-15s %s\n", n.Name, n.IP, n.PodCIDR, ready)
+		fmt.Printf("%-9s %-24s %-36s %s\n", n.Name, strings.Join(n.IPs, ","), strings.Join(n.PodCIDRs, ","), ready)
 	}
 	fmt.Printf("\nKUBECONFIG=%s\n", adminKubeconfig())
 	if down > 0 {
@@ -255,7 +255,7 @@ func runShim(args []string) error {
 	var cfg shim.Config
 	kc := fs.String("kubeconfig", "", "kubeconfig")
 	fs.StringVar(&cfg.NodeName, "node", "", "node name")
-	fs.StringVar(&cfg.NodeIP, "node-ip", "", "node InternalIP")
+	nodeIPs := fs.String("node-ip", "", "the node's InternalIPs, comma-separated, IPv4 first")
 	fs.StringVar(&cfg.CNIBinDir, "cni-bin", "", "CNI plugin directory")
 	fs.StringVar(&cfg.CNIConfDir, "cni-conf", "", "CNI configuration directory")
 	fs.StringVar(&cfg.CNICacheDir, "cni-cache", "", "libcni cache directory")
@@ -270,6 +270,7 @@ func runShim(args []string) error {
 		return err
 	}
 	cfg.Client = client
+	cfg.NodeIPs = strings.Split(*nodeIPs, ",")
 	cfg.NetnsPrefix = podNetns
 	cfg.Log = slog.Default().With("node", cfg.NodeName)
 	ctx, cancel := signalContext()

@@ -83,7 +83,8 @@ func installReferenceCNI(n *nodeState) error {
 			"type": "ptp", "mtu": 1500,
 			"ipam": map[string]any{
 				"type": "host-local", "dataDir": n.Host.Map("/var/lib/cni/networks"),
-				"ranges": []any{[]any{map[string]any{"subnet": n.PodCIDR}}},
+				// IPv4 pods only: the benchmarks measure IPv4 Services.
+				"ranges": []any{[]any{map[string]any{"subnet": n.PodCIDRs[0]}}},
 				"routes": []any{map[string]any{"dst": "0.0.0.0/0"}},
 			},
 		}},
@@ -99,7 +100,7 @@ func installReferenceCNI(n *nodeState) error {
 func kubeProxyDaemon(s *state, n *nodeState) *daemon {
 	return &daemon{Name: "kube-proxy-" + n.Name, Argv: []string{
 		filepath.Join(s.K8sBin, "kube-proxy"), "--kubeconfig", path("pki", "node.kubeconfig"),
-		"--hostname-override", n.Name, "--proxy-mode", n.Proxy, "--cluster-cidr", clusterCIDR,
+		"--hostname-override", n.Name, "--proxy-mode", n.Proxy, "--cluster-cidr", clusterCIDRs,
 		// The namespace's conntrack table is the kernel's; leave its sizing alone.
 		"--conntrack-max-per-core", "0",
 		"--metrics-bind-address", "127.0.0.1:10249", "--healthz-bind-address", "127.0.0.1:10256",

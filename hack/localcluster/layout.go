@@ -13,34 +13,49 @@ import (
 // Everything the local cluster makes is named or placed here, so `down`
 // finds it all again.
 const (
-	stateDir     = "/run/sluice-localcluster"
-	netnsPrefix  = "sluicelc-"
-	podNetns     = netnsPrefix + "pod-"
-	underlayNS   = netnsPrefix + "underlay"
-	controlNS    = netnsPrefix + "cp"
-	bpffsDir     = "/sys/fs/bpf/sluice-localcluster"
-	cgroupName   = "sluice-localcluster"
-	bridgeName   = "br-underlay"
-	serviceCIDR  = "10.96.0.0/16"
-	clusterCIDR  = "10.244.0.0/16"
-	apiPortInNS  = 6443
-	underlayCIDR = "192.168.77.0/24"
+	stateDir    = "/run/sluice-localcluster"
+	netnsPrefix = "sluicelc-"
+	podNetns    = netnsPrefix + "pod-"
+	underlayNS  = netnsPrefix + "underlay"
+	controlNS   = netnsPrefix + "cp"
+	bpffsDir    = "/sys/fs/bpf/sluice-localcluster"
+	cgroupName  = "sluice-localcluster"
+	bridgeName  = "br-underlay"
+	apiPortInNS = 6443
+	// The cluster is dual-stack, IPv4 first: Services are IPv4 unless
+	// they ask for IPv6, pods and nodes have one address of each family.
+	// The IPv6 ranges are kind's defaults.
+	serviceCIDRs = "10.96.0.0/16,fd00:10:96::/112"
+	clusterCIDRs = "10.244.0.0/16,fd00:10:244::/56"
 )
 
-// underlay addresses: the bridge (an "outside" client on the node
-// network), the control plane, then one per node.
+// underlay addresses, one of each family: the bridge (an "outside" client
+// on the node network), the control plane, then one per node. The IPv6
+// ones mirror the IPv4 ones (192.168.77.11 is fd77::11).
 var (
-	underlayGateway = netip.MustParseAddr("192.168.77.1")
-	controlPlaneIP  = netip.MustParseAddr("192.168.77.2")
+	underlayGateway  = netip.MustParseAddr("192.168.77.1")
+	underlayGateway6 = netip.MustParseAddr("fd77::1")
+	controlPlaneIP   = netip.MustParseAddr("192.168.77.2")
+	controlPlaneIP6  = netip.MustParseAddr("fd77::2")
+)
+
+const (
+	underlayBits  = 24
+	underlayBits6 = 64
 )
 
 func nodeName(i int) string { return fmt.Sprintf("node-%d", i+1) }
 
-func nodeIP(i int) netip.Addr {
-	return netip.AddrFrom4([4]byte{192, 168, 77, byte(11 + i)})
+// nodeIPs are the node's InternalIPs, IPv4 first.
+func nodeIPs(i int) []string {
+	return []string{fmt.Sprintf("192.168.77.%d", 11+i), fmt.Sprintf("fd77::%d", 11+i)}
 }
 
-func nodePodCIDR(i int) string { return fmt.Sprintf("10.244.%d.0/24", i+1) }
+// nodePodCIDRs are the node's pod CIDRs, IPv4 first, as node IPAM would
+// cut them from clusterCIDRs.
+func nodePodCIDRs(i int) []string {
+	return []string{fmt.Sprintf("10.244.%d.0/24", i+1), fmt.Sprintf("fd00:10:244:%x::/64", i+1)}
+}
 
 // state is what `up` recorded for the other subcommands.
 type state struct {
@@ -51,10 +66,11 @@ type state struct {
 }
 
 type nodeState struct {
-	Name    string `json:"name"`
-	IP      string `json:"ip"`
-	PodCIDR string `json:"podCIDR"`
-	Netns   string `json:"netns"`
+	Name string `json:"name"`
+	// IPs and PodCIDRs list IPv4 first, then IPv6.
+	IPs      []string `json:"ips"`
+	PodCIDRs []string `json:"podCIDRs"`
+	Netns    string   `json:"netns"`
 	// Proxy is what serves Services on the node: sluice (the default),
 	// or kube-proxy in iptables or nftables mode (benchmarks).
 	Proxy string `json:"proxy"`

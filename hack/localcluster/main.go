@@ -32,7 +32,7 @@ const usage = `usage: localcluster COMMAND
   status                          show components and nodes; exit 1 unless all are up
   kubeconfig                      print the admin kubeconfig path
   exec NAMESPACE/POD -- CMD ...   run CMD in the pod's network namespace; exits with its code
-  outside -- CMD ...              run CMD on the underlay (192.168.77.1), outside every node
+  outside -- CMD ...              run CMD on the underlay (192.168.77.1, fd77::1), outside every node
   restart-agent [--no-wait] NODE  restart the Sluice agent on NODE; returns once it is ready
                                   (--no-wait: once it runs)
   stop-apiserver                  stop kube-apiserver (by its PID); the rest keeps running

@@ -146,18 +146,22 @@ func makeNetworks(s *state, proxyOf []string) error {
 	if err := makeUnderlay(); err != nil {
 		return err
 	}
-	if err := attachToUnderlay(controlNS, controlPlaneIP); err != nil {
+	if err := attachToUnderlay(controlNS, controlPlaneIP, controlPlaneIP6); err != nil {
 		return err
 	}
 	for i, proxy := range proxyOf {
 		n := nodeState{
-			Name: nodeName(i), IP: nodeIP(i).String(), PodCIDR: nodePodCIDR(i), Netns: netnsPrefix + nodeName(i), Proxy: proxy,
+			Name: nodeName(i), IPs: nodeIPs(i), PodCIDRs: nodePodCIDRs(i), Netns: netnsPrefix + nodeName(i), Proxy: proxy,
 			Host: hostPaths{
 				Root: path("nodes", nodeName(i), "root"), BPFFS: filepath.Join(bpffsDir, nodeName(i)),
 				Cgroup: filepath.Join(cg2, cgroupName, nodeName(i)),
 			},
 		}
-		if err := attachToUnderlay(n.Netns, nodeIP(i)); err != nil {
+		var addrs []netip.Addr
+		for _, ip := range n.IPs {
+			addrs = append(addrs, netip.MustParseAddr(ip))
+		}
+		if err := attachToUnderlay(n.Netns, addrs...); err != nil {
 			return err
 		}
 		if err := setupNodeNetwork(n); err != nil {
@@ -195,7 +199,8 @@ func installSluice(s *state, client kubernetes.Interface) (*install, string, err
 // daemons, one node after the other, and shows each agent as a mirror Pod.
 func startNodes(s *state, client kubernetes.Interface, in *install, ca *pki.CA, token string) error {
 	for i, n := range s.Nodes {
-		step("%s: Node object (InternalIP %s, podCIDR %s), CNI install, %s and node shim", n.Name, n.IP, n.PodCIDR, n.Proxy)
+		step("%s: Node object (InternalIPs %s, podCIDRs %s), CNI install, %s and node shim", n.Name,
+			strings.Join(n.IPs, ","), strings.Join(n.PodCIDRs, ","), n.Proxy)
 		if err := registerNode(client, i, n); err != nil {
 			return err
 		}
@@ -211,9 +216,9 @@ func startNodes(s *state, client kubernetes.Interface, in *install, ca *pki.CA, 
 	return nil
 }
 
-// registerNode creates the Node object a kubelet would, with its pod CIDR
-// and InternalIP: the agents read both, and there is no node IPAM
-// controller to assign the CIDR.
+// registerNode creates the Node object a kubelet would, with its pod CIDRs
+// and InternalIPs: the agents read both, and there is no node IPAM
+// controller to assign the CIDRs.
 func registerNode(client kubernetes.Interface, i int, n nodeState) error {
 	ctx := context.Background()
 	node := &v1.Node{
@@ -221,9 +226,12 @@ func registerNode(client kubernetes.Interface, i int, n nodeState) error {
 			"kubernetes.io/hostname": n.Name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
 			"topology.kubernetes.io/zone": fmt.Sprintf("zone-%c", 'a'+i%2),
 		}},
-		Spec:   v1.NodeSpec{PodCIDR: n.PodCIDR, PodCIDRs: []string{n.PodCIDR}},
-		Status: v1.NodeStatus{Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: n.IP}, {Type: v1.NodeHostName, Address: n.Name}}},
+		Spec: v1.NodeSpec{PodCIDR: n.PodCIDRs[0], PodCIDRs: n.PodCIDRs},
 	}
+	for _, ip := range n.IPs {
+		node.Status.Addresses = append(node.Status.Addresses, v1.NodeAddress{Type: v1.NodeInternalIP, Address: ip})
+	}
+	node.Status.Addresses = append(node.Status.Addresses, v1.NodeAddress{Type: v1.NodeHostName, Address: n.Name})
 	created, err := client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("create Node %s: %w", n.Name, err)
@@ -302,7 +310,7 @@ func writePKI() (*pki.CA, error) {
 		return nil, err
 	}
 	serving, err := ca.Serving("kube-apiserver",
-		[]net.IP{net.ParseIP("127.0.0.1"), controlPlaneIP.AsSlice(), net.ParseIP("10.96.0.1")},
+		[]net.IP{net.ParseIP("127.0.0.1"), controlPlaneIP.AsSlice(), controlPlaneIP6.AsSlice(), net.ParseIP("10.96.0.1")},
 		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"})
 	if err != nil {
 		return nil, err
@@ -352,30 +360,44 @@ func makeUnderlay() error {
 	return ipCmds(
 		[]string{"-n", underlayNS, "link", "set", "lo", "up"},
 		[]string{"-n", underlayNS, "link", "add", bridgeName, "type", "bridge"},
-		[]string{"-n", underlayNS, "addr", "add", underlayGateway.String() + "/24", "dev", bridgeName},
+		addrCmd(underlayNS, bridgeName, underlayGateway),
+		addrCmd(underlayNS, bridgeName, underlayGateway6),
 		[]string{"-n", underlayNS, "link", "set", bridgeName, "up"},
 	)
 }
 
-// attachToUnderlay creates ns with eth0 on the bridge at addr.
-func attachToUnderlay(ns string, addr netip.Addr) error {
+// attachToUnderlay creates ns with eth0 on the bridge at addrs.
+func attachToUnderlay(ns string, addrs ...netip.Addr) error {
 	if err := nsexec.Create(ns); err != nil {
 		return err
 	}
 	port := "p-" + strings.TrimPrefix(ns, netnsPrefix)
-	return ipCmds(
-		[]string{"-n", underlayNS, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns},
-		[]string{"-n", underlayNS, "link", "set", port, "master", bridgeName, "up"},
-		[]string{"-n", ns, "link", "set", "lo", "up"},
-		[]string{"-n", ns, "addr", "add", addr.String() + "/24", "dev", "eth0"},
-		[]string{"-n", ns, "link", "set", "eth0", "up"},
-	)
+	cmds := [][]string{
+		{"-n", underlayNS, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns},
+		{"-n", underlayNS, "link", "set", port, "master", bridgeName, "up"},
+		{"-n", ns, "link", "set", "lo", "up"},
+	}
+	for _, a := range addrs {
+		cmds = append(cmds, addrCmd(ns, "eth0", a))
+	}
+	return ipCmds(append(cmds, []string{"-n", ns, "link", "set", "eth0", "up"})...)
+}
+
+// addrCmd adds an underlay address to dev in ns. IPv6 addresses skip
+// duplicate address detection: the underlay is ours alone, and DAD would
+// keep them unusable for the first seconds.
+func addrCmd(ns, dev string, a netip.Addr) []string {
+	if a.Is4() {
+		return []string{"-n", ns, "addr", "add", netip.PrefixFrom(a, underlayBits).String(), "dev", dev}
+	}
+	return []string{"-n", ns, "addr", "add", netip.PrefixFrom(a, underlayBits6).String(), "dev", dev, "nodad"}
 }
 
 // setupNodeNetwork makes the namespace a router for its pods, with the
 // underlay as its only way out.
 func setupNodeNetwork(n nodeState) error {
-	if err := ipCmds([]string{"-n", n.Netns, "route", "add", "default", "via", underlayGateway.String()}); err != nil {
+	if err := ipCmds([]string{"-n", n.Netns, "route", "add", "default", "via", underlayGateway.String()},
+		[]string{"-n", n.Netns, "-6", "route", "add", "default", "via", underlayGateway6.String()}); err != nil {
 		return err
 	}
 	return nsexec.Do(nsexec.Path(n.Netns), func() error {
@@ -408,7 +430,7 @@ func startControlPlane(s *state) error {
 			"--initial-cluster", "default=http://127.0.0.1:2380"}},
 		{Name: "kube-apiserver", Netns: cp, Argv: []string{bin("kube-apiserver"),
 			"--etcd-servers", "http://127.0.0.1:2379", "--bind-address", "0.0.0.0", "--secure-port", strconv.Itoa(apiPortInNS),
-			"--advertise-address", controlPlaneIP.String(), "--service-cluster-ip-range", serviceCIDR,
+			"--advertise-address", controlPlaneIP.String(), "--service-cluster-ip-range", serviceCIDRs,
 			"--tls-cert-file", pk("apiserver.crt"), "--tls-private-key-file", pk("apiserver.key"),
 			"--client-ca-file", pk("ca.crt"), "--authorization-mode", "RBAC", "--allow-privileged",
 			"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
@@ -580,7 +602,7 @@ func (s *state) startDaemons(ds ...*daemon) error {
 // shimDaemon is the node's kubelet stand-in.
 func shimDaemon(s *state, n *nodeState, nodeDir string) *daemon {
 	return &daemon{Name: "shim-" + n.Name, Netns: nsexec.Path(n.Netns), Cgroup: n.Host.Cgroup, Argv: []string{
-		path("bin", "localcluster"), "_shim", "--node", n.Name, "--node-ip", n.IP,
+		path("bin", "localcluster"), "_shim", "--node", n.Name, "--node-ip", strings.Join(n.IPs, ","),
 		"--kubeconfig", path("pki", "node.kubeconfig"),
 		"--cni-bin", n.Host.Map("/opt/cni/bin"), "--cni-conf", n.Host.Map("/etc/cni/net.d"),
 		"--cni-cache", n.Host.Map("/var/lib/cni"), "--agnhost", filepath.Join(s.K8sBin, "agnhost"),

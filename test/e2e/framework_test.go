@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -90,11 +91,61 @@ var loadCluster = sync.OnceValues(func() (*cluster, error) {
 })
 
 // testNS is one test's view of the cluster: a namespace of its own,
-// deleted when the test ends.
+// deleted when the test ends, and the IP family its Services, pod
+// addresses and node addresses are of (IPv4 unless the test runs in
+// both families).
 type testNS struct {
 	*cluster
-	t    *testing.T
-	name string
+	t      *testing.T
+	name   string
+	family v1.IPFamily
+}
+
+// inBothFamilies runs test once per IP family, each in a parallel subtest
+// with a namespace of its own. A cluster without IPv6 node addresses
+// skips the IPv6 half, saying so.
+func inBothFamilies(t *testing.T, test func(t *testing.T, f *testNS)) {
+	for _, family := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
+		t.Run(string(family), func(t *testing.T) {
+			t.Parallel()
+			f := newTestNS(t)
+			f.family = family
+			if family == v1.IPv6Protocol && !f.hasIPv6Nodes() {
+				t.Skip("the cluster's nodes have no IPv6 InternalIP: not a dual-stack cluster")
+			}
+			test(t, f)
+		})
+	}
+}
+
+// hasIPv6Nodes reports whether the first node has an IPv6 InternalIP.
+func (f *testNS) hasIPv6Nodes() bool {
+	n, err := f.client.CoreV1().Nodes().Get(f.t.Context(), f.nodes[0], metav1.GetOptions{})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	for _, a := range n.Status.Addresses {
+		if ip, err := netip.ParseAddr(a.Address); err == nil && a.Type == v1.NodeInternalIP && ip.Is6() {
+			return true
+		}
+	}
+	return false
+}
+
+// ofFamily is the first of addrs in the test's family, or "".
+func (f *testNS) ofFamily(addrs ...string) string {
+	for _, a := range addrs {
+		if ip, err := netip.ParseAddr(a); err == nil && ip.Is6() == (f.family == v1.IPv6Protocol) {
+			return a
+		}
+	}
+	return ""
+}
+
+// hostPrefix is addr as a prefix of one address (/32 or /128).
+func hostPrefix(addr string) string {
+	ip := netip.MustParseAddr(addr)
+	return netip.PrefixFrom(ip, ip.BitLen()).String()
 }
 
 func newTestNS(t *testing.T) *testNS {
@@ -111,7 +162,7 @@ func newTestNS(t *testing.T) *testNS {
 	if err != nil {
 		t.Fatalf("create namespace: %v", err)
 	}
-	f := &testNS{cluster: c, t: t, name: ns.Name}
+	f := &testNS{cluster: c, t: t, name: ns.Name, family: v1.IPv4Protocol}
 	t.Logf("namespace %s", f.name)
 	t.Cleanup(func() {
 		// t.Context is already canceled here.
@@ -218,7 +269,7 @@ func netexecSpec(node string, extraArgs ...string) v1.PodSpec {
 }
 
 // runPods creates the pods, waits until all are Ready and returns their
-// IPs in the same order.
+// IPs of the test's family in the same order.
 func (f *testNS) runPods(pods ...*v1.Pod) []string {
 	f.t.Helper()
 	for _, p := range pods {
@@ -236,11 +287,26 @@ func (f *testNS) runPods(pods ...*v1.Pod) []string {
 			if !podReady(got) || got.Status.PodIP == "" {
 				return errors.New(describePod(got))
 			}
-			ips[i] = got.Status.PodIP
+			ips[i] = f.podIP(got)
 			return nil
 		})
 	}
 	return ips
+}
+
+// podIP is the pod's address of the test's family; a pod without one
+// fails the test.
+func (f *testNS) podIP(p *v1.Pod) string {
+	f.t.Helper()
+	var all []string
+	for _, ip := range p.Status.PodIPs {
+		all = append(all, ip.IP)
+	}
+	ip := f.ofFamily(all...)
+	if ip == "" {
+		f.t.Fatalf("pod %s has no %s address: %v", p.Name, f.family, all)
+	}
+	return ip
 }
 
 func podReady(p *v1.Pod) bool {
@@ -280,10 +346,14 @@ func service(name string, selector map[string]string) *v1.Service {
 	}
 }
 
-// createService creates svc, waits until its EndpointSlices list exactly
-// endpoints ready endpoints and returns its ClusterIP.
+// createService creates svc, of the test's family unless it names its
+// own, waits until its EndpointSlices list exactly endpoints ready
+// endpoints and returns its ClusterIP.
 func (f *testNS) createService(svc *v1.Service, endpoints int) string {
 	f.t.Helper()
+	if len(svc.Spec.IPFamilies) == 0 {
+		svc.Spec.IPFamilies = []v1.IPFamily{f.family}
+	}
 	created, err := f.client.CoreV1().Services(f.name).Create(f.t.Context(), svc, metav1.CreateOptions{})
 	if err != nil {
 		f.t.Fatalf("create service %s: %v", svc.Name, err)

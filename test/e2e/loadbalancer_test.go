@@ -50,82 +50,87 @@ func (f *testNS) loadBalancerService(name string, selector map[string]string, po
 // The load balancer IP is node A's own address, as servicelb gives out.
 func TestLoadBalancerSourceRanges(t *testing.T) {
 	t.Parallel()
-	f := newTestNS(t)
-	a, b := f.nodes[0], f.nodes[1]
-	web := map[string]string{"app": "web"}
-	tc := netexecPod("client-tc", a, nil)
-	tc.Annotations = map[string]string{socketLBAnnotation: "disabled"}
-	f.runPods(netexecPod("web-b", b, web), netexecPod("client", a, nil), tc)
-	lbIP := f.nodeIP(a)
-	// The node network holds the outside client: a /16 of a node's
-	// address covers it here and on kind.
-	underlay := netip.PrefixFrom(netip.MustParseAddr(lbIP), 16).Masked().String()
-	const openPort, closedPort = 8481, 8482
-	f.loadBalancerService("open", web, openPort, lbIP, []string{underlay})
-	closedNodePort := f.loadBalancerService("closed", web, closedPort, lbIP, []string{"203.0.113.0/24"})
-	url := func(port int) string { return "http://" + net.JoinHostPort(lbIP, strconv.Itoa(port)) + "/hostname" }
+	inBothFamilies(t, func(t *testing.T, f *testNS) {
+		a, b := f.nodes[0], f.nodes[1]
+		web := map[string]string{"app": "web"}
+		tc := netexecPod("client-tc", a, nil)
+		tc.Annotations = map[string]string{socketLBAnnotation: "disabled"}
+		f.runPods(netexecPod("web-b", b, web), netexecPod("client", a, nil), tc)
+		lbIP := f.nodeIP(a)
+		// The node network holds the outside client: a /16 of a node's
+		// address covers it here and on kind.
+		underlay := netip.PrefixFrom(netip.MustParseAddr(lbIP), 16).Masked().String()
+		const openPort, closedPort = 8481, 8482
+		f.loadBalancerService("open", web, openPort, lbIP, []string{underlay})
+		elsewhere := "203.0.113.0/24" // documentation ranges: nobody here
+		if f.family == v1.IPv6Protocol {
+			elsewhere = "2001:db8::/32"
+		}
+		closedNodePort := f.loadBalancerService("closed", web, closedPort, lbIP, []string{elsewhere})
+		url := func(port int) string { return "http://" + net.JoinHostPort(lbIP, strconv.Itoa(port)) + "/hostname" }
 
-	f.eventually("the open LoadBalancer IP answering from outside", datapathTimeout, func(context.Context) error {
-		got, err := f.fromOutside(url(openPort))
-		if err == nil && got != "web-b" {
-			err = fmt.Errorf("answered %q", got)
-		}
-		return err
-	})
-	// The closed one: dropped from outside (a timeout: kube-proxy drops
-	// too). Until node A has its load balancer IP the node itself refuses
-	// (nothing listens there), so wait for the drop; an answer would mean
-	// the ranges are ignored.
-	f.eventually("the closed LoadBalancer IP dropping the outside client", datapathTimeout, func(context.Context) error {
-		got, err := f.fromOutside(url(closedPort))
-		if code := exitCode(err); code != curlTimedOut {
-			return fmt.Errorf("%q, curl exit %d; want dropped (curl exit %d)", got, code, curlTimedOut)
-		}
-		return nil
-	})
-	if got, err := f.fromOutside(url(closedNodePort)); err != nil || got != "web-b" {
-		t.Errorf("outside -> the closed Service's NodePort: %q, %v; want answered (kube-proxy does not restrict NodePorts)", got, err)
-	}
-	// Node A has programmed the IP now: the pods on it are judged.
-	start := time.Now()
-	got, err := f.curlFrom("client", nextSourcePort(), 3*time.Second, url(closedPort))
-	if exitCode(err) != curlCouldntConnect {
-		t.Errorf("pod on socket LB -> closed LoadBalancer IP: %q, %v after %v; want refused at connect (EPERM, curl exit %d)",
-			got, err, time.Since(start), curlCouldntConnect)
-	}
-	if got, err := f.curlFrom("client-tc", nextSourcePort(), 3*time.Second, url(closedPort)); exitCode(err) != curlTimedOut {
-		t.Errorf("pod on the tc path -> closed LoadBalancer IP: %q, %v; want dropped (curl exit %d)", got, err, curlTimedOut)
-	}
-
-	// Widen the ranges to the outside client and the two pods.
-	svc, err := f.client.CoreV1().Services(f.name).Get(t.Context(), "closed", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, pod := range []string{"client", "client-tc"} {
-		p, err := f.client.CoreV1().Pods(f.name).Get(t.Context(), pod, metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		svc.Spec.LoadBalancerSourceRanges = append(svc.Spec.LoadBalancerSourceRanges, p.Status.PodIP+"/32")
-	}
-	svc.Spec.LoadBalancerSourceRanges = append(svc.Spec.LoadBalancerSourceRanges, underlay)
-	if _, err := f.client.CoreV1().Services(f.name).Update(t.Context(), svc, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	for _, from := range []string{"outside", "client", "client-tc"} {
-		f.eventually(from+" answered by the widened LoadBalancer IP", datapathTimeout, func(context.Context) error {
-			var got string
-			var err error
-			if from == "outside" {
-				got, err = f.fromOutside(url(closedPort))
-			} else {
-				got, err = f.curlFrom(from, nextSourcePort(), 3*time.Second, url(closedPort))
-			}
-			if err == nil && strings.TrimSpace(got) != "web-b" {
+		f.eventually("the open LoadBalancer IP answering from outside", datapathTimeout, func(context.Context) error {
+			got, err := f.fromOutside(url(openPort))
+			if err == nil && got != "web-b" {
 				err = fmt.Errorf("answered %q", got)
 			}
 			return err
 		})
-	}
+		// The closed one: dropped from outside (a timeout: kube-proxy drops
+		// too). Until node A has its load balancer IP the node itself refuses
+		// (nothing listens there), so wait for the drop; an answer would mean
+		// the ranges are ignored.
+		f.eventually("the closed LoadBalancer IP dropping the outside client", datapathTimeout, func(context.Context) error {
+			got, err := f.fromOutside(url(closedPort))
+			if code := exitCode(err); code != curlTimedOut {
+				return fmt.Errorf("%q, curl exit %d; want dropped (curl exit %d)", got, code, curlTimedOut)
+			}
+			return nil
+		})
+		if got, err := f.fromOutside(url(closedNodePort)); err != nil || got != "web-b" {
+			t.Errorf("outside -> the closed Service's NodePort: %q, %v; want answered (kube-proxy does not restrict NodePorts)", got, err)
+		}
+		// Node A has programmed the IP now: the pods on it are judged.
+		start := time.Now()
+		got, err := f.curlFrom("client", nextSourcePort(), 3*time.Second, url(closedPort))
+		if exitCode(err) != curlCouldntConnect {
+			t.Errorf("pod on socket LB -> closed LoadBalancer IP: %q, %v after %v; want refused at connect (EPERM, curl exit %d)",
+				got, err, time.Since(start), curlCouldntConnect)
+		}
+		if got, err := f.curlFrom("client-tc", nextSourcePort(), 3*time.Second, url(closedPort)); exitCode(err) != curlTimedOut {
+			t.Errorf("pod on the tc path -> closed LoadBalancer IP: %q, %v; want dropped (curl exit %d)", got, err, curlTimedOut)
+		}
+
+		// Widen the ranges to the outside client and the two pods.
+		svc, err := f.client.CoreV1().Services(f.name).Get(t.Context(), "closed", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pod := range []string{"client", "client-tc"} {
+			p, err := f.client.CoreV1().Pods(f.name).Get(t.Context(), pod, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			svc.Spec.LoadBalancerSourceRanges = append(svc.Spec.LoadBalancerSourceRanges, hostPrefix(f.podIP(p)))
+		}
+		svc.Spec.LoadBalancerSourceRanges = append(svc.Spec.LoadBalancerSourceRanges, underlay)
+		if _, err := f.client.CoreV1().Services(f.name).Update(t.Context(), svc, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		for _, from := range []string{"outside", "client", "client-tc"} {
+			f.eventually(from+" answered by the widened LoadBalancer IP", datapathTimeout, func(context.Context) error {
+				var got string
+				var err error
+				if from == "outside" {
+					got, err = f.fromOutside(url(closedPort))
+				} else {
+					got, err = f.curlFrom(from, nextSourcePort(), 3*time.Second, url(closedPort))
+				}
+				if err == nil && strings.TrimSpace(got) != "web-b" {
+					err = fmt.Errorf("answered %q", got)
+				}
+				return err
+			})
+		}
+	})
 }

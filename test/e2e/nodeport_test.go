@@ -24,19 +24,24 @@ func (f *testNS) fromOutside(url string) (string, error) {
 	return strings.TrimSpace(out), err
 }
 
+// nodeIP is the node's InternalIP of the test's family.
 func (f *testNS) nodeIP(node string) string {
 	f.t.Helper()
 	n, err := f.client.CoreV1().Nodes().Get(f.t.Context(), node, metav1.GetOptions{})
 	if err != nil {
 		f.t.Fatal(err)
 	}
+	var internal []string
 	for _, a := range n.Status.Addresses {
 		if a.Type == v1.NodeInternalIP {
-			return a.Address
+			internal = append(internal, a.Address)
 		}
 	}
-	f.t.Fatalf("node %s has no InternalIP", node)
-	return ""
+	ip := f.ofFamily(internal...)
+	if ip == "" {
+		f.t.Fatalf("node %s has no %s InternalIP: %v", node, f.family, internal)
+	}
+	return ip
 }
 
 // nodePortService creates a NodePort Service and returns its node port.
@@ -71,53 +76,54 @@ func (f *testNS) nodePortOf(name string, proto v1.Protocol) int {
 // backends answer, and they see the client's real address.
 func TestNodePortFromOutside(t *testing.T) {
 	t.Parallel()
-	f := newTestNS(t)
-	a, b := f.nodes[0], f.nodes[1]
-	f.runPods(
-		netexecPod("cluster-a", a, map[string]string{"app": "cluster"}),
-		netexecPod("cluster-b", b, map[string]string{"app": "cluster"}),
-		netexecPod("local-b", b, map[string]string{"app": "local"}))
-	clusterPort := f.nodePortService("cluster", map[string]string{"app": "cluster"}, v1.ServiceExternalTrafficPolicyCluster, 2)
-	localPort := f.nodePortService("local", map[string]string{"app": "local"}, v1.ServiceExternalTrafficPolicyLocal, 1)
-	ipA, ipB := f.nodeIP(a), f.nodeIP(b)
-	url := func(ip string, port int, path string) string {
-		return "http://" + net.JoinHostPort(ip, strconv.Itoa(port)) + path
-	}
+	inBothFamilies(t, func(t *testing.T, f *testNS) {
+		a, b := f.nodes[0], f.nodes[1]
+		f.runPods(
+			netexecPod("cluster-a", a, map[string]string{"app": "cluster"}),
+			netexecPod("cluster-b", b, map[string]string{"app": "cluster"}),
+			netexecPod("local-b", b, map[string]string{"app": "local"}))
+		clusterPort := f.nodePortService("cluster", map[string]string{"app": "cluster"}, v1.ServiceExternalTrafficPolicyCluster, 2)
+		localPort := f.nodePortService("local", map[string]string{"app": "local"}, v1.ServiceExternalTrafficPolicyLocal, 1)
+		ipA, ipB := f.nodeIP(a), f.nodeIP(b)
+		url := func(ip string, port int, path string) string {
+			return "http://" + net.JoinHostPort(ip, strconv.Itoa(port)) + path
+		}
 
-	for _, ip := range []string{ipA, ipB} {
-		answers := sets.New[string]()
-		f.eventually(fmt.Sprintf("both backends answering on %s:%d", ip, clusterPort), policyTimeout, func(context.Context) error {
-			got, err := f.fromOutside(url(ip, clusterPort, "/hostname"))
-			if err != nil {
-				return err
-			}
-			answers.Insert(got)
-			if !answers.HasAll("cluster-a", "cluster-b") {
-				return fmt.Errorf("answered by %v so far", sets.List(answers))
-			}
-			return nil
+		for _, ip := range []string{ipA, ipB} {
+			answers := sets.New[string]()
+			f.eventually(fmt.Sprintf("both backends answering on %s:%d", ip, clusterPort), policyTimeout, func(context.Context) error {
+				got, err := f.fromOutside(url(ip, clusterPort, "/hostname"))
+				if err != nil {
+					return err
+				}
+				answers.Insert(got)
+				if !answers.HasAll("cluster-a", "cluster-b") {
+					return fmt.Errorf("answered by %v so far", sets.List(answers))
+				}
+				return nil
+			})
+		}
+
+		// Local: the node with the backend answers and the backend sees the
+		// client's own address; the node without one refuses.
+		var clientIP string
+		f.eventually("Local NodePort answering on "+ipB, policyTimeout, func(context.Context) error {
+			got, err := f.fromOutside(url(ipB, localPort, "/clientip"))
+			clientIP = got
+			return err
 		})
-	}
-
-	// Local: the node with the backend answers and the backend sees the
-	// client's own address; the node without one refuses.
-	var clientIP string
-	f.eventually("Local NodePort answering on "+ipB, policyTimeout, func(context.Context) error {
-		got, err := f.fromOutside(url(ipB, localPort, "/clientip"))
-		clientIP = got
-		return err
+		if host, _, err := net.SplitHostPort(clientIP); err != nil || host == ipA || host == ipB {
+			t.Errorf("Local NodePort backend saw the client as %q, want the outside client's own address", clientIP)
+		}
+		// A refusal (a reset, curl's exit 7), at once: a timeout (exit 28) is
+		// what a drop would look like, and a client would wait out every one.
+		start := time.Now()
+		got, err := f.fromOutside(url(ipA, localPort, "/hostname"))
+		if code := exitCode(err); code != curlCouldntConnect {
+			t.Errorf("Local NodePort on %s (no local backend): %q, %v after %v; want a refusal (curl exit %d), not an answer or a timeout",
+				ipA, got, err, time.Since(start), curlCouldntConnect)
+		}
 	})
-	if host, _, err := net.SplitHostPort(clientIP); err != nil || host == ipA || host == ipB {
-		t.Errorf("Local NodePort backend saw the client as %q, want the outside client's own address", clientIP)
-	}
-	// A refusal (a reset, curl's exit 7), at once: a timeout (exit 28) is
-	// what a drop would look like, and a client would wait out every one.
-	start := time.Now()
-	got, err := f.fromOutside(url(ipA, localPort, "/hostname"))
-	if code := exitCode(err); code != curlCouldntConnect {
-		t.Errorf("Local NodePort on %s (no local backend): %q, %v after %v; want a refusal (curl exit %d), not an answer or a timeout",
-			ipA, got, err, time.Since(start), curlCouldntConnect)
-	}
 }
 
 // curlCouldntConnect is curl's exit code when the connection is refused
@@ -144,25 +150,26 @@ func exitCode(err error) int {
 // the client's own node and to the other.
 func TestNodePortFromInside(t *testing.T) {
 	t.Parallel()
-	f := newTestNS(t)
-	a, b := f.nodes[0], f.nodes[1]
-	tc := netexecPod("client-tc", a, nil)
-	tc.Annotations = map[string]string{socketLBAnnotation: "disabled"}
-	f.runPods(netexecPod("web-b", b, map[string]string{"app": "web"}), netexecPod("client", a, nil), tc,
-		hostNetworkPod("host-client", a))
-	port := f.nodePortService("web", map[string]string{"app": "web"}, v1.ServiceExternalTrafficPolicyCluster, 1)
-	for _, ip := range []string{f.nodeIP(a), f.nodeIP(b)} {
-		url := "http://" + net.JoinHostPort(ip, strconv.Itoa(port)) + "/hostname"
-		for _, client := range []string{"client", "client-tc", "host-client"} {
-			f.eventually(fmt.Sprintf("%s reaching NodePort %s", client, url), datapathTimeout, func(context.Context) error {
-				got, err := f.exec(client, "curl", "-s", "--max-time", "3", url)
-				if err == nil && strings.TrimSpace(got) != "web-b" {
-					err = fmt.Errorf("answered %q", got)
-				}
-				return err
-			})
+	inBothFamilies(t, func(t *testing.T, f *testNS) {
+		a, b := f.nodes[0], f.nodes[1]
+		tc := netexecPod("client-tc", a, nil)
+		tc.Annotations = map[string]string{socketLBAnnotation: "disabled"}
+		f.runPods(netexecPod("web-b", b, map[string]string{"app": "web"}), netexecPod("client", a, nil), tc,
+			hostNetworkPod("host-client", a))
+		port := f.nodePortService("web", map[string]string{"app": "web"}, v1.ServiceExternalTrafficPolicyCluster, 1)
+		for _, ip := range []string{f.nodeIP(a), f.nodeIP(b)} {
+			url := "http://" + net.JoinHostPort(ip, strconv.Itoa(port)) + "/hostname"
+			for _, client := range []string{"client", "client-tc", "host-client"} {
+				f.eventually(fmt.Sprintf("%s reaching NodePort %s", client, url), datapathTimeout, func(context.Context) error {
+					got, err := f.exec(client, "curl", "-s", "--max-time", "3", url)
+					if err == nil && strings.TrimSpace(got) != "web-b" {
+						err = fmt.Errorf("answered %q", got)
+					}
+					return err
+				})
+			}
 		}
-	}
+	})
 }
 
 // udpEchoFromOutside sends netexec's "echo" of size bytes to host:port from

@@ -86,121 +86,123 @@ func (f *testNS) applyPolicy(p *networkingv1.NetworkPolicy) {
 // access; deleting the policies restores it all.
 func TestNetworkPolicy(t *testing.T) {
 	t.Parallel()
-	f := newTestNS(t)
-	a, b := f.nodes[0], f.nodes[1]
-	ips := f.runPods(
-		policyServerPod("server", a, map[string]string{"app": "server"}),
-		netexecPod("allowed", b, map[string]string{"role": "allowed"}),
-		netexecPod("other", b, map[string]string{"role": "other"}),
-		netexecPod("neighbour", a, map[string]string{"role": "other"}))
-	server := net.JoinHostPort(ips[0], strconv.Itoa(podHTTPPort))
-	vip := f.createService(service("server", map[string]string{"app": "server"}), 1)
-	viaService := net.JoinHostPort(vip, strconv.Itoa(svcHTTPPort))
-	otherPort := net.JoinHostPort(ips[0], strconv.Itoa(podOtherPort))
-	clients := []string{"allowed", "other", "neighbour"}
-	for _, c := range clients {
-		f.expectReach(c, server)
-	}
-	// The port the allow below leaves closed is open until then.
-	f.expectReach("allowed", otherPort)
-
-	f.applyPolicy(&networkingv1.NetworkPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: "default-deny"},
-		Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}},
-	})
-	for _, c := range clients {
-		f.expectPolicyDrop(c, server)
-	}
-	// The node's own traffic (kubelet probes) still reaches it.
-	f.eventually("server Ready under default deny", policyTimeout, func(ctx context.Context) error {
-		p, err := f.client.CoreV1().Pods(f.name).Get(ctx, "server", metav1.GetOptions{})
-		if err != nil || !podReady(p) {
-			return fmt.Errorf("not ready: %v", err)
+	inBothFamilies(t, func(t *testing.T, f *testNS) {
+		a, b := f.nodes[0], f.nodes[1]
+		ips := f.runPods(
+			policyServerPod("server", a, map[string]string{"app": "server"}),
+			netexecPod("allowed", b, map[string]string{"role": "allowed"}),
+			netexecPod("other", b, map[string]string{"role": "other"}),
+			netexecPod("neighbour", a, map[string]string{"role": "other"}))
+		server := net.JoinHostPort(ips[0], strconv.Itoa(podHTTPPort))
+		vip := f.createService(service("server", map[string]string{"app": "server"}), 1)
+		viaService := net.JoinHostPort(vip, strconv.Itoa(svcHTTPPort))
+		otherPort := net.JoinHostPort(ips[0], strconv.Itoa(podOtherPort))
+		clients := []string{"allowed", "other", "neighbour"}
+		for _, c := range clients {
+			f.expectReach(c, server)
 		}
-		return nil
-	})
+		// The port the allow below leaves closed is open until then.
+		f.expectReach("allowed", otherPort)
 
-	port := intstr.FromInt32(podHTTPPort)
-	f.applyPolicy(&networkingv1.NetworkPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: "allow-role-allowed"},
-		Spec: networkingv1.NetworkPolicySpec{
-			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}},
-			Ingress: []networkingv1.NetworkPolicyIngressRule{{
-				From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "allowed"}}}},
-				Ports: []networkingv1.NetworkPolicyPort{{Port: &port}},
-			}},
-		},
-	})
-	f.expectReach("allowed", server)
-	f.expectReach("allowed", viaService)
-	f.expectPolicyDrop("other", server)
-	f.expectPolicyDrop("other", viaService)
-	f.expectPolicyDrop("neighbour", server)
-	// Another port of the same pod, with a listener, stays closed to the
-	// allowed client.
-	f.expectPolicyDrop("allowed", otherPort)
-	// The isolated server still reaches itself through its Service
-	// (hairpin), and a Service without endpoints still refuses at once
-	// rather than its reset being dropped by the isolated client's policy.
-	f.expectReach("server", viaService)
-	empty := net.JoinHostPort(f.createService(service("empty", map[string]string{"app": "nothing"}), 0), strconv.Itoa(svcHTTPPort))
-	refused := func() error {
-		_, err := f.exec("server", "/agnhost", "connect", empty, "--timeout=3s", "--protocol=tcp")
-		if err == nil || !strings.Contains(err.Error(), "REFUSED") {
-			return fmt.Errorf("got %v, want REFUSED", err)
+		f.applyPolicy(&networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: "default-deny"},
+			Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}},
+		})
+		for _, c := range clients {
+			f.expectPolicyDrop(c, server)
 		}
-		return nil
-	}
-	f.eventually("the isolated server refused by a Service without endpoints", policyTimeout, func(context.Context) error { return refused() })
-	start := time.Now()
-	if err := refused(); err != nil || time.Since(start) > 2500*time.Millisecond {
-		t.Errorf("isolated pod to a Service without endpoints: %v after %v, want REFUSED at once", err, time.Since(start))
-	}
+		// The node's own traffic (kubelet probes) still reaches it.
+		f.eventually("server Ready under default deny", policyTimeout, func(ctx context.Context) error {
+			p, err := f.client.CoreV1().Pods(f.name).Get(ctx, "server", metav1.GetOptions{})
+			if err != nil || !podReady(p) {
+				return fmt.Errorf("not ready: %v", err)
+			}
+			return nil
+		})
 
-	other, err := f.client.CoreV1().Pods(f.name).Get(t.Context(), "other", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	other.Labels["role"] = "allowed"
-	if _, err := f.client.CoreV1().Pods(f.name).Update(t.Context(), other, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	f.expectReach("other", server)
+		port := intstr.FromInt32(podHTTPPort)
+		f.applyPolicy(&networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: "allow-role-allowed"},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}},
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{
+					From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "allowed"}}}},
+					Ports: []networkingv1.NetworkPolicyPort{{Port: &port}},
+				}},
+			},
+		})
+		f.expectReach("allowed", server)
+		f.expectReach("allowed", viaService)
+		f.expectPolicyDrop("other", server)
+		f.expectPolicyDrop("other", viaService)
+		f.expectPolicyDrop("neighbour", server)
+		// Another port of the same pod, with a listener, stays closed to the
+		// allowed client.
+		f.expectPolicyDrop("allowed", otherPort)
+		// The isolated server still reaches itself through its Service
+		// (hairpin), and a Service without endpoints still refuses at once
+		// rather than its reset being dropped by the isolated client's policy.
+		f.expectReach("server", viaService)
+		empty := net.JoinHostPort(f.createService(service("empty", map[string]string{"app": "nothing"}), 0), strconv.Itoa(svcHTTPPort))
+		refused := func() error {
+			_, err := f.exec("server", "/agnhost", "connect", empty, "--timeout=3s", "--protocol=tcp")
+			if err == nil || !strings.Contains(err.Error(), "REFUSED") {
+				return fmt.Errorf("got %v, want REFUSED", err)
+			}
+			return nil
+		}
+		f.eventually("the isolated server refused by a Service without endpoints", policyTimeout, func(context.Context) error { return refused() })
+		start := time.Now()
+		if err := refused(); err != nil || time.Since(start) > 2500*time.Millisecond {
+			t.Errorf("isolated pod to a Service without endpoints: %v after %v, want REFUSED at once", err, time.Since(start))
+		}
 
-	if err := f.client.NetworkingV1().NetworkPolicies(f.name).DeleteCollection(t.Context(), metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	f.expectReach("neighbour", server)
+		other, err := f.client.CoreV1().Pods(f.name).Get(t.Context(), "other", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		other.Labels["role"] = "allowed"
+		if _, err := f.client.CoreV1().Pods(f.name).Update(t.Context(), other, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		f.expectReach("other", server)
+
+		if err := f.client.NetworkingV1().NetworkPolicies(f.name).DeleteCollection(t.Context(), metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		f.expectReach("neighbour", server)
+	})
 }
 
 // TestNetworkPolicyEgress: an egress default deny with one allowed
 // destination; replies to allowed inbound connections still flow.
 func TestNetworkPolicyEgress(t *testing.T) {
 	t.Parallel()
-	f := newTestNS(t)
-	a, b := f.nodes[0], f.nodes[1]
-	ips := f.runPods(
-		netexecPod("client", a, map[string]string{"app": "client"}),
-		netexecPod("db", b, map[string]string{"app": "db"}),
-		netexecPod("web", b, map[string]string{"app": "web"}))
-	db := net.JoinHostPort(ips[1], strconv.Itoa(podHTTPPort))
-	web := net.JoinHostPort(ips[2], strconv.Itoa(podHTTPPort))
-	client := net.JoinHostPort(ips[0], strconv.Itoa(podHTTPPort))
-	f.expectReach("client", web)
+	inBothFamilies(t, func(t *testing.T, f *testNS) {
+		a, b := f.nodes[0], f.nodes[1]
+		ips := f.runPods(
+			netexecPod("client", a, map[string]string{"app": "client"}),
+			netexecPod("db", b, map[string]string{"app": "db"}),
+			netexecPod("web", b, map[string]string{"app": "web"}))
+		db := net.JoinHostPort(ips[1], strconv.Itoa(podHTTPPort))
+		web := net.JoinHostPort(ips[2], strconv.Itoa(podHTTPPort))
+		client := net.JoinHostPort(ips[0], strconv.Itoa(podHTTPPort))
+		f.expectReach("client", web)
 
-	f.applyPolicy(&networkingv1.NetworkPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: "client-egress"},
-		Spec: networkingv1.NetworkPolicySpec{
-			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "client"}},
-			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
-			Egress: []networkingv1.NetworkPolicyEgressRule{{
-				To: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}}},
-			}},
-		},
+		f.applyPolicy(&networkingv1.NetworkPolicy{
+			ObjectMeta: metav1.ObjectMeta{Name: "client-egress"},
+			Spec: networkingv1.NetworkPolicySpec{
+				PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "client"}},
+				PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+				Egress: []networkingv1.NetworkPolicyEgressRule{{
+					To: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}}},
+				}},
+			},
+		})
+		f.expectPolicyDrop("client", web)
+		f.expectReach("client", db)
+		// Inbound connections to the client are not isolated, and their
+		// replies leave through its isolated egress.
+		f.expectReach("web", client)
 	})
-	f.expectPolicyDrop("client", web)
-	f.expectReach("client", db)
-	// Inbound connections to the client are not isolated, and their
-	// replies leave through its isolated egress.
-	f.expectReach("web", client)
 }

@@ -91,7 +91,7 @@ func (m *mirror) run(ctx context.Context) {
 		for i := range m.pod.Spec.Containers {
 			c := &m.pod.Spec.Containers[i]
 			ready[c.Name] = c.ReadinessProbe == nil ||
-				m.s.probe(ctx, c.ReadinessProbe, c, m.s.cfg.NodeIP, nsexec.Target{}) == nil
+				m.s.probe(ctx, c.ReadinessProbe, c, m.s.cfg.NodeIPs[0], nsexec.Target{}) == nil
 		}
 		if ctx.Err() != nil {
 			return
@@ -127,10 +127,10 @@ func (m *mirror) writeStatus(ctx context.Context, ready map[string]bool, started
 		if cur.UID != m.pod.UID {
 			return errors.New("replaced by a pod of the same name")
 		}
-		ip := m.s.cfg.NodeIP
+		ips := m.s.cfg.NodeIPs
 		st := v1.PodStatus{
-			Phase: v1.PodRunning, HostIP: ip, HostIPs: []v1.HostIP{{IP: ip}},
-			PodIP: ip, PodIPs: []v1.PodIP{{IP: ip}}, StartTime: &started,
+			Phase: v1.PodRunning, HostIP: ips[0], HostIPs: hostIPs(ips),
+			PodIP: ips[0], PodIPs: podIPs(ips), StartTime: &started,
 		}
 		allReady := len(m.pod.Spec.Containers) > 0
 		for _, c := range m.pod.Spec.Containers {

@@ -43,7 +43,7 @@ func TestMirrorPodStatus(t *testing.T) {
 		}}},
 	}
 	client := fake.NewClientset(pod)
-	s := &Shim{cfg: Config{NodeName: "node-1", NodeIP: "192.0.2.1", Client: client, Log: slog.Default()},
+	s := &Shim{cfg: Config{NodeName: "node-1", NodeIPs: []string{"192.0.2.1", "2001:db8::1"}, Client: client, Log: slog.Default()},
 		pods: map[types.UID]*runningPod{}, mirrors: map[types.UID]*mirror{}}
 	if !IsMirror(pod) {
 		t.Fatal("IsMirror is false for a pod with the mirror annotation")

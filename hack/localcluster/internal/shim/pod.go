@@ -92,7 +92,7 @@ func (rp *runningPod) sandbox(ctx context.Context) error {
 		rp.updateStatus(ctx, "cgroup: "+err.Error())
 	}
 	if rp.pod.Spec.HostNetwork {
-		rp.ips = []string{rp.s.cfg.NodeIP}
+		rp.ips = rp.s.cfg.NodeIPs
 		return nil
 	}
 	if err := os.MkdirAll(rp.s.podDir(rp.pod.UID), 0o755); err != nil {
@@ -169,7 +169,7 @@ func (rp *runningPod) start(c *v1.Container) (*exec.Cmd, error) {
 		pod.Status.PodIP = rp.ips[0]
 	}
 	rp.mu.Unlock()
-	pod.Status.HostIP = rp.s.cfg.NodeIP
+	pod.Status.HostIP = rp.s.cfg.NodeIPs[0]
 	dir := rp.s.podDir(pod.UID)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err

@@ -28,8 +28,10 @@ import (
 // Config places one node's shim.
 type Config struct {
 	NodeName string
-	NodeIP   string
-	Client   kubernetes.Interface
+	// NodeIPs are the node's InternalIPs, IPv4 first: hostNetwork pods'
+	// addresses and every pod's hostIPs.
+	NodeIPs []string
+	Client  kubernetes.Interface
 	// CNIBinDir and CNIConfDir are the node's installed CNI directories;
 	// CNICacheDir is libcni's result cache.
 	CNIBinDir, CNIConfDir, CNICacheDir string

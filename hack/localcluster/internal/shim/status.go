@@ -18,17 +18,15 @@ func (rp *runningPod) podStatus(message string) v1.PodStatus {
 	defer rp.mu.Unlock()
 	st := v1.PodStatus{
 		Phase:     v1.PodRunning,
-		HostIP:    rp.s.cfg.NodeIP,
-		HostIPs:   []v1.HostIP{{IP: rp.s.cfg.NodeIP}},
+		HostIP:    rp.s.cfg.NodeIPs[0],
+		HostIPs:   hostIPs(rp.s.cfg.NodeIPs),
 		StartTime: &rp.started,
 		Message:   message,
 	}
 	if len(rp.ips) == 0 {
 		st.Phase = v1.PodPending
 	}
-	for _, ip := range rp.ips {
-		st.PodIPs = append(st.PodIPs, v1.PodIP{IP: ip})
-	}
+	st.PodIPs = podIPs(rp.ips)
 	if len(rp.ips) > 0 {
 		st.PodIP = rp.ips[0]
 	}
@@ -127,4 +125,20 @@ func (s *Shim) setNodeReady(ctx context.Context, netErr error) error {
 		_, err = nodes.UpdateStatus(ctx, n, metav1.UpdateOptions{})
 		return err
 	})
+}
+
+func hostIPs(ips []string) []v1.HostIP {
+	var out []v1.HostIP
+	for _, ip := range ips {
+		out = append(out, v1.HostIP{IP: ip})
+	}
+	return out
+}
+
+func podIPs(ips []string) []v1.PodIP {
+	var out []v1.PodIP
+	for _, ip := range ips {
+		out = append(out, v1.PodIP{IP: ip})
+	}
+	return out
 }
