@@ -9,7 +9,7 @@ PKGS    := ./...
 
 export CGO_ENABLED := 0
 
-.PHONY: all build generate check-generate lint test unit e2e demo demo-down deps bench bench-quick bench-datapath fuzz k8s kind-up kind-e2e kind-down kind-node-image kind-conformance
+.PHONY: all build generate check-generate lint test unit e2e e2e-overlay demo demo-down deps bench bench-quick bench-datapath fuzz k8s kind-up kind-e2e kind-down kind-node-image kind-conformance
 
 all: build
 
@@ -64,8 +64,14 @@ unit:
 e2e:
 	./test/e2e/run-local.sh
 
+## e2e-overlay: the Service, NodePort, pod and policy e2e tests on a local
+## cluster in routingMode vxlan whose nodes are on two routed subnets
+## (brought up and removed; refused while another local cluster is up)
+e2e-overlay:
+	./test/e2e/run-overlay.sh
+
 ## test: the README's test command, and what CI runs
-test: deps check-generate lint unit e2e
+test: deps check-generate lint unit e2e e2e-overlay
 
 ## demo: the local cluster with a sample app, probed from every node
 demo: deps

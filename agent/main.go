@@ -50,6 +50,7 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/service"
 	servicemapsync "github.com/sluice-net/sluice/agent/internal/service/mapsync"
 	"github.com/sluice-net/sluice/agent/internal/socklb"
+	"github.com/sluice-net/sluice/agent/internal/tunnel"
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/internal/endpointapi"
 )
@@ -135,7 +136,11 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	factory := informers.NewSharedInformerFactory(client, 0)
 	ph := m.RegisterProxyHealth()
 	proxyHealth := proxyhealth.New(clock.RealClock{}, proxyhealth.DefaultTimeout, ph.Healthz, ph.Livez)
-	ctrls, err := newControllers(log, cfg, client, factory, dp, m, hc, proxyHealth, podMTU(log, devices))
+	nodeNet, err := nodeNetwork(log, cfg, dp, devices)
+	if err != nil {
+		return err
+	}
+	ctrls, err := newControllers(log, cfg, client, factory, dp, m, hc, proxyHealth, nodeNet)
 	if err != nil {
 		return err
 	}
@@ -390,7 +395,7 @@ func (a endpointAgent) EnsureEndpoint(ctx context.Context, ep endpointapi.Endpoi
 // newControllers builds every controller, each registering its informers
 // on factory.
 func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Interface, factory informers.SharedInformerFactory,
-	dp *bpf.Datapath, m *metrics.Metrics, hc *healthcheck.Server, proxyHealth *proxyhealth.Tracker, podMTU int) (*controllers, error) {
+	dp *bpf.Datapath, m *metrics.Metrics, hc *healthcheck.Server, proxyHealth *proxyhealth.Tracker, nodeNet network) (*controllers, error) {
 	var c controllers
 	serviceMaps, err := servicemapsync.New(dp)
 	if err != nil {
@@ -407,7 +412,7 @@ func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Inter
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "sluice-agent", Host: cfg.NodeName})
 	c.services, err = service.New(log, factory, serviceMaps, m, service.Options{
-		NodeName: cfg.NodeName, NodePortCIDRs: nodePortCIDRs, NodeStateFile: cfg.NodeStateFile, PodMTU: podMTU,
+		NodeName: cfg.NodeName, NodePortCIDRs: nodePortCIDRs, NodeStateFile: cfg.NodeStateFile, PodMTU: nodeNet.podMTU,
 		MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration, HealthChecks: hc,
 		ProxyHealth: proxyHealth, Recorder: recorder,
 	})
@@ -430,9 +435,10 @@ func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Inter
 			return nil, err
 		}
 	}
-	if *cfg.NativeRouting {
-		c.routes, err = routes.New(log, factory, routes.MainTable{}, m, routes.Options{
+	if nodeNet.routes != nil {
+		c.routes, err = routes.New(log, factory, nodeNet.routes, m, routes.Options{
 			NodeName: cfg.NodeName, MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration,
+			Tunnel: cfg.Routing() == config.RoutingVXLAN,
 		})
 		if err != nil {
 			return nil, err
@@ -515,11 +521,64 @@ func (o *observerAPI) run(ctx context.Context, log *slog.Logger, errs chan<- err
 	}()
 }
 
-// podMTU is the MTU pods get: the smallest of the uplinks', since pod
-// traffic to other nodes leaves through them as it is (native routing
-// adds no header). 0 when no uplink can be read: the CNI plugin then uses
-// its default.
-func podMTU(log *slog.Logger, devices []string) int {
+// network is how this node reaches other nodes' pods: the writer of its
+// routes (nil: routing mode none) and the MTU its pods get.
+type network struct {
+	routes routes.Writer
+	podMTU int
+}
+
+// nodeNetwork sets up the routing mode: in vxlan mode the overlay device,
+// whose MTU (the uplinks' less VXLAN's overhead) the pods get too.
+func nodeNetwork(log *slog.Logger, cfg config.Config, dp *bpf.Datapath, devices []string) (network, error) {
+	mtu := uplinkMTU(log, devices)
+	switch cfg.Routing() {
+	case config.RoutingNative:
+		return network{routes: routes.MainTable{}, podMTU: mtu}, nil
+	case config.RoutingVXLAN:
+		overhead := tunnel.Overhead(deviceAddrs(devices))
+		if mtu == 0 {
+			mtu = defaultMTU
+		}
+		dev, err := tunnel.Ensure(dp, mtu-overhead, bpf.AttachAuto)
+		if err != nil {
+			return network{}, err
+		}
+		log.Info("pods reach other nodes' pods through the VXLAN overlay", "device", tunnel.DeviceName,
+			"port", tunnel.Port, "mtu", mtu-overhead, "overhead", overhead)
+		return network{routes: tunnel.Table{Datapath: dp, Dev: dev}, podMTU: mtu - overhead}, nil
+	}
+	log.Info("routing to other nodes' pods left to the network (routingMode none)")
+	return network{podMTU: mtu}, nil
+}
+
+// defaultMTU is Ethernet's, for an overlay on uplinks whose MTU cannot be
+// read.
+const defaultMTU = 1500
+
+// deviceAddrs are the addresses of the uplinks (the overlay's underlay).
+func deviceAddrs(devices []string) []netip.Addr {
+	var out []netip.Addr
+	for _, dev := range devices {
+		l, err := netlink.LinkByName(dev)
+		if err != nil {
+			continue
+		}
+		addrs, _ := netlink.AddrList(l, netlink.FAMILY_ALL)
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP); ok && a.IP.IsGlobalUnicast() {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out
+}
+
+// uplinkMTU is the MTU pods get natively: the smallest of the uplinks',
+// since pod traffic to other nodes leaves through them as it is (native
+// routing adds no header). 0 when no uplink can be read: the CNI plugin
+// then uses its default.
+func uplinkMTU(log *slog.Logger, devices []string) int {
 	mtu := 0
 	for _, dev := range devices {
 		l, err := netlink.LinkByName(dev)
@@ -532,7 +591,7 @@ func podMTU(log *slog.Logger, devices []string) int {
 		}
 	}
 	if mtu > 0 {
-		log.Info("pods get their uplinks' MTU unless the CNI configuration sets one", "podMTU", mtu)
+		log.Info("the uplinks' MTU", "mtu", mtu)
 	}
 	return mtu
 }

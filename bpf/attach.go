@@ -277,7 +277,7 @@ func (d *Datapath) Reattach() (ReattachStats, error) {
 	var st ReattachStats
 	byName := map[string]*ebpf.Program{"from_pod": d.FromPod, "to_pod": d.ToPod}
 	if d.FromNetdev != nil {
-		byName["from_netdev"], byName["to_netdev"] = d.FromNetdev, d.ToNetdev
+		byName["from_netdev"], byName["to_netdev"], byName["to_tunnel"] = d.FromNetdev, d.ToNetdev, d.ToTunnel
 	}
 	for name, p := range d.sockProgs {
 		byName[name] = p

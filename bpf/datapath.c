@@ -217,6 +217,53 @@ int to_netdev(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
+/* ---- the overlay device ------------------------------------------------------
+ *
+ * to_tunnel (egress of the collect_md VXLAN device, routingMode vxlan)
+ * picks the outer destination of every packet routed into the overlay:
+ * the node whose pod CIDR holds the inner destination. Nothing else
+ * crosses the overlay (the device has no neighbours to resolve).
+ */
+
+#define TUNNEL_VNI 1
+#define TUNNEL_TTL 64
+
+/* Every node's overlay device has one MAC (the device resolves no
+ * neighbours, so frames leave addressed to it). The VXLAN driver drops a
+ * frame from its own MAC as a loop, so the inner source becomes this. */
+#define TUNNEL_SRC_MAC {0x0e, 0x73, 0x6c, 0x75, 0x69, 0x62}
+
+SEC("tc")
+int to_tunnel(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+
+	if (parse(skb, &p) != PARSE_OK && !p.addrs)
+		return TC_ACT_SHOT;
+	struct cidr_key key = {.prefixlen = 128};
+	__builtin_memcpy(key.addr, p.dst, SLUICE_ADDR_LEN);
+	struct tunnel_endpoint *ep = bpf_map_lookup_elem(&sluice_tunnel_v1, &key);
+	if (!ep) {
+		record_drop(skb, &p, DROP_NO_TUNNEL_ENDPOINT, 0, HOOK_TO_NETDEV);
+		return TC_ACT_SHOT;
+	}
+	struct bpf_tunnel_key tk = {.tunnel_id = TUNNEL_VNI, .tunnel_ttl = TUNNEL_TTL};
+	__u64 flags = 0;
+	if (is_v4_mapped(ep->addr)) {
+		tk.remote_ipv4 = bpf_ntohl(*(__be32 *)&ep->addr[12]);
+	} else {
+		__builtin_memcpy(tk.remote_ipv6, ep->addr, SLUICE_ADDR_LEN);
+		flags = BPF_F_TUNINFO_IPV6;
+	}
+	__u8 src_mac[ETH_ALEN] = TUNNEL_SRC_MAC;
+	if (bpf_skb_store_bytes(skb, offsetof(struct ethhdr, h_source), src_mac, ETH_ALEN, 0) < 0 ||
+	    bpf_skb_set_tunnel_key(skb, &tk, sizeof(tk), flags) < 0) {
+		record_drop(skb, &p, DROP_NO_TUNNEL_ENDPOINT, 0, HOOK_TO_NETDEV);
+		return TC_ACT_SHOT;
+	}
+	return TC_ACT_OK;
+}
+
 SEC("cgroup/connect4")
 int sock4_connect(struct bpf_sock_addr *ctx) { return sock_lb(ctx, 4); }
 

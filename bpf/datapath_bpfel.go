@@ -113,21 +113,22 @@ type datapathDropCounter struct {
 type datapathDropReason uint32
 
 const (
-	datapathDropReasonDROP_UNKNOWN         datapathDropReason = 0
-	datapathDropReasonDROP_NO_BACKEND      datapathDropReason = 1
-	datapathDropReasonDROP_BACKEND_MISSING datapathDropReason = 2
-	datapathDropReasonDROP_SCTP_PORT_NAT   datapathDropReason = 3
-	datapathDropReasonDROP_NAT_FAILED      datapathDropReason = 4
-	datapathDropReasonDROP_REJECT_FAILED   datapathDropReason = 5
-	datapathDropReasonDROP_POLICY_INGRESS  datapathDropReason = 6
-	datapathDropReasonDROP_POLICY_EGRESS   datapathDropReason = 7
-	datapathDropReasonDROP_SPOOFED_SOURCE  datapathDropReason = 8
-	datapathDropReasonDROP_UNPARSEABLE     datapathDropReason = 9
-	datapathDropReasonDROP_FRAG_NO_FLOW    datapathDropReason = 10
-	datapathDropReasonDROP_FRAG_OVERLAP    datapathDropReason = 11
-	datapathDropReasonDROP_SPOOFED_UPLINK  datapathDropReason = 12
-	datapathDropReasonDROP_SOURCE_RANGE    datapathDropReason = 13
-	datapathDropReasonDROP_REASON_MAX      datapathDropReason = 64
+	datapathDropReasonDROP_UNKNOWN            datapathDropReason = 0
+	datapathDropReasonDROP_NO_BACKEND         datapathDropReason = 1
+	datapathDropReasonDROP_BACKEND_MISSING    datapathDropReason = 2
+	datapathDropReasonDROP_SCTP_PORT_NAT      datapathDropReason = 3
+	datapathDropReasonDROP_NAT_FAILED         datapathDropReason = 4
+	datapathDropReasonDROP_REJECT_FAILED      datapathDropReason = 5
+	datapathDropReasonDROP_POLICY_INGRESS     datapathDropReason = 6
+	datapathDropReasonDROP_POLICY_EGRESS      datapathDropReason = 7
+	datapathDropReasonDROP_SPOOFED_SOURCE     datapathDropReason = 8
+	datapathDropReasonDROP_UNPARSEABLE        datapathDropReason = 9
+	datapathDropReasonDROP_FRAG_NO_FLOW       datapathDropReason = 10
+	datapathDropReasonDROP_FRAG_OVERLAP       datapathDropReason = 11
+	datapathDropReasonDROP_SPOOFED_UPLINK     datapathDropReason = 12
+	datapathDropReasonDROP_SOURCE_RANGE       datapathDropReason = 13
+	datapathDropReasonDROP_NO_TUNNEL_ENDPOINT datapathDropReason = 14
+	datapathDropReasonDROP_REASON_MAX         datapathDropReason = 64
 )
 
 type datapathEndpointKey struct {
@@ -431,6 +432,11 @@ const (
 	datapathTracePointTRACE_POLICY  datapathTracePoint = 2
 )
 
+type datapathTunnelEndpoint struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -468,6 +474,7 @@ const (
 	datapathMapSluiceServicesV1          = "sluice_services_v1"
 	datapathMapSluiceSockNetnsV1         = "sluice_sock_netns_v1"
 	datapathMapSluiceSockRevnatV1        = "sluice_sock_revnat_v1"
+	datapathMapSluiceTunnelV1            = "sluice_tunnel_v1"
 	datapathProgFromNetdev               = "from_netdev"
 	datapathProgFromPod                  = "from_pod"
 	datapathProgSock4Connect             = "sock4_connect"
@@ -480,6 +487,7 @@ const (
 	datapathProgSock6Sendmsg             = "sock6_sendmsg"
 	datapathProgToNetdev                 = "to_netdev"
 	datapathProgToPod                    = "to_pod"
+	datapathProgToTunnel                 = "to_tunnel"
 	datapathVarCtTimeoutCloseNs          = "ct_timeout_close_ns"
 	datapathVarCtTimeoutOtherNs          = "ct_timeout_other_ns"
 	datapathVarCtTimeoutSynNs            = "ct_timeout_syn_ns"
@@ -574,6 +582,7 @@ type datapathProgramSpecs struct {
 	Sock6Sendmsg     *ebpf.ProgramSpec `ebpf:"sock6_sendmsg"`
 	ToNetdev         *ebpf.ProgramSpec `ebpf:"to_netdev"`
 	ToPod            *ebpf.ProgramSpec `ebpf:"to_pod"`
+	ToTunnel         *ebpf.ProgramSpec `ebpf:"to_tunnel"`
 }
 
 // datapathMapSpecs contains maps before they are loaded into the kernel.
@@ -613,6 +622,7 @@ type datapathMapSpecs struct {
 	SluiceServicesV1        *ebpf.MapSpec `ebpf:"sluice_services_v1"`
 	SluiceSockNetnsV1       *ebpf.MapSpec `ebpf:"sluice_sock_netns_v1"`
 	SluiceSockRevnatV1      *ebpf.MapSpec `ebpf:"sluice_sock_revnat_v1"`
+	SluiceTunnelV1          *ebpf.MapSpec `ebpf:"sluice_tunnel_v1"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -712,6 +722,7 @@ type datapathMaps struct {
 	SluiceServicesV1        *ebpf.Map `ebpf:"sluice_services_v1"`
 	SluiceSockNetnsV1       *ebpf.Map `ebpf:"sluice_sock_netns_v1"`
 	SluiceSockRevnatV1      *ebpf.Map `ebpf:"sluice_sock_revnat_v1"`
+	SluiceTunnelV1          *ebpf.Map `ebpf:"sluice_tunnel_v1"`
 }
 
 func (m *datapathMaps) Close() error {
@@ -749,6 +760,7 @@ func (m *datapathMaps) Close() error {
 		m.SluiceServicesV1,
 		m.SluiceSockNetnsV1,
 		m.SluiceSockRevnatV1,
+		m.SluiceTunnelV1,
 	)
 }
 
@@ -812,6 +824,7 @@ type datapathPrograms struct {
 	Sock6Sendmsg     *ebpf.Program `ebpf:"sock6_sendmsg"`
 	ToNetdev         *ebpf.Program `ebpf:"to_netdev"`
 	ToPod            *ebpf.Program `ebpf:"to_pod"`
+	ToTunnel         *ebpf.Program `ebpf:"to_tunnel"`
 }
 
 func (p *datapathPrograms) Close() error {
@@ -828,6 +841,7 @@ func (p *datapathPrograms) Close() error {
 		p.Sock6Sendmsg,
 		p.ToNetdev,
 		p.ToPod,
+		p.ToTunnel,
 	)
 }
 

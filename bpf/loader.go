@@ -150,6 +150,9 @@ type Datapath struct {
 	// nil when opened with OpenPinned.
 	FromNetdev *ebpf.Program
 	ToNetdev   *ebpf.Program
+	// ToTunnel serves the overlay device (AttachTunnel); nil when opened
+	// with OpenPinned.
+	ToTunnel *ebpf.Program
 
 	Services *ebpf.Map
 	Backends *ebpf.Map
@@ -178,6 +181,9 @@ type Datapath struct {
 	// LBRanges holds the loadBalancerSourceRanges of restricted frontends
 	// (PutLBRange); nil when opened from pins of a release before them.
 	LBRanges *ebpf.Map
+	// Tunnel holds the overlay's tunnel endpoints (PutTunnelEndpoint); nil
+	// when opened from pins of a release before the overlay.
+	Tunnel *ebpf.Map
 	// Frags holds, per fragmented datagram, what its first fragment got.
 	Frags *ebpf.Map
 	// EndpointSlots holds each pod veth's addresses by ifindex, the fast
@@ -244,7 +250,7 @@ func Load(cfg Config) (*Datapath, error) {
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
 	d := &Datapath{
-		FromPod: objs.FromPod, ToPod: objs.ToPod, FromNetdev: objs.FromNetdev, ToNetdev: objs.ToNetdev,
+		FromPod: objs.FromPod, ToPod: objs.ToPod, FromNetdev: objs.FromNetdev, ToNetdev: objs.ToNetdev, ToTunnel: objs.ToTunnel,
 		Services: objs.SluiceServicesV1, Backends: objs.SluiceBackendsV2,
 		MaglevMaps: [maglevClasses]*ebpf.Map{objs.SluiceMaglevV1, objs.SluiceMaglev251V1, objs.SluiceMaglev509V1,
 			objs.SluiceMaglev1021V1, objs.SluiceMaglev2039V1, objs.SluiceMaglev4093V1, objs.SluiceMaglev8191V1,
@@ -253,7 +259,8 @@ func Load(cfg Config) (*Datapath, error) {
 		Affinity: objs.SluiceAffinityV2, Endpoints: objs.SluiceEndpointsV1,
 		Drops: objs.SluiceDropsV2, Counters: objs.SluiceCountersV1, Events: objs.SluiceEventsV3,
 		SockRevnat: objs.SluiceSockRevnatV1, SockNetns: objs.SluiceSockNetnsV1, LBRanges: objs.SluiceLbRangesV1,
-		Frags: objs.SluiceFragsV1, EndpointSlots: objs.SluiceEndpointSlotsV1, NodeCIDRs: objs.SluiceNodeCidrsV1,
+		Tunnel: objs.SluiceTunnelV1,
+		Frags:  objs.SluiceFragsV1, EndpointSlots: objs.SluiceEndpointSlotsV1, NodeCIDRs: objs.SluiceNodeCidrsV1,
 		IPCache: objs.SluiceIpcacheV1, PolicyCIDRs: objs.SluicePolicyCidrsV1,
 		PolicyEndpoints: objs.SluicePolicyEndpointsV1, Policy: objs.SluicePolicyV1, PolicyState: objs.SluicePolicyStateV1,
 		root: cfg.PinRoot,
@@ -320,6 +327,7 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 		datapathMapSluicePolicyEndpointsV1: cfg.MaxEndpoints,
 		datapathMapSluiceSockNetnsV1:       cfg.MaxEndpoints,
 		datapathMapSluiceLbRangesV1:        cfg.MaxServices,
+		datapathMapSluiceTunnelV1:          maxTunnelEndpoints,
 		datapathMapSluiceIpcacheV1:         cfg.MaxIPCache,
 		datapathMapSluicePolicyCidrsV1:     cfg.MaxPolicyCIDRs,
 		datapathMapSluicePolicyV1:          cfg.MaxPolicyRules,
@@ -424,6 +432,7 @@ func OpenPinned(root string) (*Datapath, error) {
 	if err == nil { // optional, as the Maglev maps: pinned since socket LB served pods
 		d.SockNetns, _ = ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), datapathMapSluiceSockNetnsV1), nil)
 		d.LBRanges, _ = ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), datapathMapSluiceLbRangesV1), nil)
+		d.Tunnel, _ = ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), datapathMapSluiceTunnelV1), nil)
 	}
 	d.IPCache = open(datapathMapSluiceIpcacheV1)
 	d.PolicyCIDRs = open(datapathMapSluicePolicyCidrsV1)
@@ -455,7 +464,7 @@ func (d *Datapath) PinRoot() string { return d.root }
 // Close releases this process's handles; pinned objects stay in the kernel.
 func (d *Datapath) Close() error {
 	var errs []error
-	for _, p := range []*ebpf.Program{d.FromPod, d.ToPod, d.FromNetdev, d.ToNetdev} {
+	for _, p := range []*ebpf.Program{d.FromPod, d.ToPod, d.FromNetdev, d.ToNetdev, d.ToTunnel} {
 		if p != nil {
 			errs = append(errs, p.Close())
 		}
@@ -473,7 +482,7 @@ func (d *Datapath) Close() error {
 	}
 	for _, m := range []*ebpf.Map{d.Services, d.Backends, d.ConntrackTCP, d.ConntrackOther, d.Affinity,
 		d.Endpoints, d.Drops, d.Counters, d.Events,
-		d.SockRevnat, d.SockNetns, d.LBRanges, d.Frags, d.EndpointSlots, d.NodeCIDRs, d.IPCache, d.PolicyCIDRs, d.PolicyEndpoints, d.Policy, d.PolicyState} {
+		d.SockRevnat, d.SockNetns, d.LBRanges, d.Tunnel, d.Frags, d.EndpointSlots, d.NodeCIDRs, d.IPCache, d.PolicyCIDRs, d.PolicyEndpoints, d.Policy, d.PolicyState} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}

@@ -25,6 +25,7 @@ type (
 
 	IPCacheValue        = datapathIpcacheValue
 	CIDRKey             = datapathCidrKey
+	TunnelEndpoint      = datapathTunnelEndpoint
 	PolicyEndpointValue = datapathPolicyEndpointValue
 	PolicyKey           = datapathPolicyKey
 	PolicyValue         = datapathPolicyValue
@@ -115,20 +116,21 @@ const (
 
 // Drop reasons, the index of the drop counters.
 const (
-	DropNoBackend      = datapathDropReasonDROP_NO_BACKEND
-	DropBackendMissing = datapathDropReasonDROP_BACKEND_MISSING
-	DropSCTPPortNAT    = datapathDropReasonDROP_SCTP_PORT_NAT
-	DropNATFailed      = datapathDropReasonDROP_NAT_FAILED
-	DropRejectFailed   = datapathDropReasonDROP_REJECT_FAILED
-	DropPolicyIngress  = datapathDropReasonDROP_POLICY_INGRESS
-	DropPolicyEgress   = datapathDropReasonDROP_POLICY_EGRESS
-	DropSpoofedSource  = datapathDropReasonDROP_SPOOFED_SOURCE
-	DropUnparseable    = datapathDropReasonDROP_UNPARSEABLE
-	DropFragNoFlow     = datapathDropReasonDROP_FRAG_NO_FLOW
-	DropFragOverlap    = datapathDropReasonDROP_FRAG_OVERLAP
-	DropSpoofedUplink  = datapathDropReasonDROP_SPOOFED_UPLINK
-	DropSourceRange    = datapathDropReasonDROP_SOURCE_RANGE
-	dropReasonMax      = datapathDropReasonDROP_REASON_MAX
+	DropNoBackend        = datapathDropReasonDROP_NO_BACKEND
+	DropBackendMissing   = datapathDropReasonDROP_BACKEND_MISSING
+	DropSCTPPortNAT      = datapathDropReasonDROP_SCTP_PORT_NAT
+	DropNATFailed        = datapathDropReasonDROP_NAT_FAILED
+	DropRejectFailed     = datapathDropReasonDROP_REJECT_FAILED
+	DropPolicyIngress    = datapathDropReasonDROP_POLICY_INGRESS
+	DropPolicyEgress     = datapathDropReasonDROP_POLICY_EGRESS
+	DropSpoofedSource    = datapathDropReasonDROP_SPOOFED_SOURCE
+	DropUnparseable      = datapathDropReasonDROP_UNPARSEABLE
+	DropFragNoFlow       = datapathDropReasonDROP_FRAG_NO_FLOW
+	DropFragOverlap      = datapathDropReasonDROP_FRAG_OVERLAP
+	DropSpoofedUplink    = datapathDropReasonDROP_SPOOFED_UPLINK
+	DropSourceRange      = datapathDropReasonDROP_SOURCE_RANGE
+	DropNoTunnelEndpoint = datapathDropReasonDROP_NO_TUNNEL_ENDPOINT
+	dropReasonMax        = datapathDropReasonDROP_REASON_MAX
 )
 
 var dropReasonNames = map[DropReason]string{
@@ -146,6 +148,7 @@ var dropReasonNames = map[DropReason]string{
 	DropFragOverlap:                "frag_overlap",
 	DropSpoofedUplink:              "spoofed_uplink",
 	DropSourceRange:                "source_range",
+	DropNoTunnelEndpoint:           "no_tunnel_endpoint",
 }
 
 // Hook is where in the datapath a packet was seen.

@@ -235,19 +235,20 @@ struct node_cidr {
 /* Why a packet was dropped or rejected; the index of sluice_drops. */
 enum drop_reason {
 	DROP_UNKNOWN = 0,
-	DROP_NO_BACKEND = 1,	  /* service without usable backend: rejected */
-	DROP_BACKEND_MISSING = 2, /* Maglev slot names a backend not in the map */
-	DROP_SCTP_PORT_NAT = 3,	  /* SCTP with port translation: unsupported */
-	DROP_NAT_FAILED = 4,	  /* a rewrite helper failed */
-	DROP_REJECT_FAILED = 5,	  /* could not build the reject reply */
-	DROP_POLICY_INGRESS = 6,  /* NetworkPolicy: not allowed into the pod */
-	DROP_POLICY_EGRESS = 7,	  /* NetworkPolicy: not allowed out of the pod */
-	DROP_SPOOFED_SOURCE = 8,  /* a pod sent from an address that is not its own */
-	DROP_UNPARSEABLE = 9,	  /* an isolated endpoint's packet the parser cannot read */
-	DROP_FRAG_NO_FLOW = 10,	  /* an isolated endpoint's later fragment without its first */
-	DROP_FRAG_OVERLAP = 11,	  /* a fragment that would overwrite the L4 header */
-	DROP_SPOOFED_UPLINK = 12, /* from outside with a local pod's or the hairpin source */
-	DROP_SOURCE_RANGE = 13,	  /* to a LoadBalancer IP from outside its loadBalancerSourceRanges */
+	DROP_NO_BACKEND = 1,	      /* service without usable backend: rejected */
+	DROP_BACKEND_MISSING = 2,     /* Maglev slot names a backend not in the map */
+	DROP_SCTP_PORT_NAT = 3,	      /* SCTP with port translation: unsupported */
+	DROP_NAT_FAILED = 4,	      /* a rewrite helper failed */
+	DROP_REJECT_FAILED = 5,	      /* could not build the reject reply */
+	DROP_POLICY_INGRESS = 6,      /* NetworkPolicy: not allowed into the pod */
+	DROP_POLICY_EGRESS = 7,	      /* NetworkPolicy: not allowed out of the pod */
+	DROP_SPOOFED_SOURCE = 8,      /* a pod sent from an address that is not its own */
+	DROP_UNPARSEABLE = 9,	      /* an isolated endpoint's packet the parser cannot read */
+	DROP_FRAG_NO_FLOW = 10,	      /* an isolated endpoint's later fragment without its first */
+	DROP_FRAG_OVERLAP = 11,	      /* a fragment that would overwrite the L4 header */
+	DROP_SPOOFED_UPLINK = 12,     /* from outside with a local pod's or the hairpin source */
+	DROP_SOURCE_RANGE = 13,	      /* to a LoadBalancer IP from outside its loadBalancerSourceRanges */
+	DROP_NO_TUNNEL_ENDPOINT = 14, /* into the overlay to an address of no node's pod CIDR */
 	DROP_REASON_MAX = 64,
 };
 
@@ -410,6 +411,12 @@ struct lb_range_key {
  * prefix of length L has prefixlen 96 + L). */
 struct cidr_key {
 	__u32 prefixlen;
+	__u8 addr[SLUICE_ADDR_LEN];
+};
+
+/* The node behind a pod CIDR in the overlay (sluice_tunnel_v1): the outer
+ * destination of its encapsulated packets, IPv4-mapped for IPv4. */
+struct tunnel_endpoint {
 	__u8 addr[SLUICE_ADDR_LEN];
 };
 

@@ -106,6 +106,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_lb_ranges_v1 SEC(".maps");
 
+/* routingMode vxlan: other nodes' pod CIDRs -> the node's address, the
+ * tunnel endpoint to_tunnel encapsulates to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, SIZED_BY_LOADER);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct cidr_key);
+	__type(value, struct tunnel_endpoint);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_tunnel_v1 SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, SIZED_BY_LOADER);

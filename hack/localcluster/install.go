@@ -38,8 +38,9 @@ func imageBinaries(binDir string) map[string]string {
 }
 
 // manifestWithAPIServer is manifests/sluice.yaml with the API server
-// setting filled in, as a user edits it before `kubectl apply`.
-func manifestWithAPIServer(host string) (string, error) {
+// setting and the agent settings given filled in, as a user edits it
+// before `kubectl apply`.
+func manifestWithAPIServer(host string, settings map[string]any) (string, error) {
 	docs := manifests.Documents()
 	for i, doc := range docs {
 		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode([]byte(doc), nil, nil)
@@ -57,6 +58,9 @@ func manifestWithAPIServer(host string) (string, error) {
 		agent["k8sServiceHost"] = host
 		agent["k8sServicePort"] = fmt.Sprint(apiPortInNS)
 		agent["maxConntrackTCP"] = localConntrackTCP
+		for k, v := range settings {
+			agent[k] = v
+		}
 		// The observer API on every node, whatever the manifest says: the
 		// e2e suite and the demo ask it. The socket's path is mapped to
 		// the node like every path (writeConfigMap).

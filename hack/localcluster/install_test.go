@@ -39,7 +39,7 @@ func TestHostPathsMap(t *testing.T) {
 // return it after `kubectl apply`.
 func shippedInstall(t *testing.T) *install {
 	t.Helper()
-	doc, err := manifestWithAPIServer("192.168.77.2")
+	doc, err := manifestWithAPIServer("192.168.77.2", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,13 +30,11 @@ const (
 )
 
 // underlay addresses, one of each family: the bridge (an "outside" client
-// on the node network), the control plane, then one per node. The IPv6
-// ones mirror the IPv4 ones (192.168.77.11 is fd77::11).
+// on the node network) is .1, the control plane .2, then one per node.
+// The IPv6 ones mirror the IPv4 ones (192.168.77.11 is fd77::11).
 var (
-	underlayGateway  = netip.MustParseAddr("192.168.77.1")
-	underlayGateway6 = netip.MustParseAddr("fd77::1")
-	controlPlaneIP   = netip.MustParseAddr("192.168.77.2")
-	controlPlaneIP6  = netip.MustParseAddr("fd77::2")
+	controlPlaneIP  = netip.MustParseAddr("192.168.77.2")
+	controlPlaneIP6 = netip.MustParseAddr("fd77::2")
 )
 
 const (
@@ -44,11 +42,41 @@ const (
 	underlayBits6 = 64
 )
 
+// subnet is one segment of the underlay: a bridge in the underlay's
+// namespace, whose addresses are the segment's gateway.
+type subnet struct {
+	bridge string
+	v4, v6 int // 192.168.<v4>.0/24 and fd<v6>::/64
+}
+
+func (s subnet) gateways() []netip.Addr {
+	return []netip.Addr{netip.MustParseAddr(fmt.Sprintf("192.168.%d.1", s.v4)), netip.MustParseAddr(fmt.Sprintf("fd%d::1", s.v6))}
+}
+
+// The underlay's segments: the first holds the control plane and, unless
+// the cluster is routed, every node. A routed cluster (up --overlay) puts
+// every other node on the second: the underlay's namespace routes
+// between them, as a data centre's routers would, and knows nothing of
+// pod CIDRs.
+var (
+	firstSubnet  = subnet{bridge: bridgeName, v4: 77, v6: 77}
+	secondSubnet = subnet{bridge: "br-underlay2", v4: 78, v6: 78}
+)
+
 func nodeName(i int) string { return fmt.Sprintf("node-%d", i+1) }
 
+// nodeSubnet is node i's segment.
+func nodeSubnet(i int, routed bool) subnet {
+	if routed && i%2 == 1 {
+		return secondSubnet
+	}
+	return firstSubnet
+}
+
 // nodeIPs are the node's InternalIPs, IPv4 first.
-func nodeIPs(i int) []string {
-	return []string{fmt.Sprintf("192.168.77.%d", 11+i), fmt.Sprintf("fd77::%d", 11+i)}
+func nodeIPs(i int, routed bool) []string {
+	s := nodeSubnet(i, routed)
+	return []string{fmt.Sprintf("192.168.%d.%d", s.v4, 11+i), fmt.Sprintf("fd%d::%d", s.v6, 11+i)}
 }
 
 // nodePodCIDRs are the node's pod CIDRs, IPv4 first, as node IPAM would
@@ -59,7 +87,10 @@ func nodePodCIDRs(i int) []string {
 
 // state is what `up` recorded for the other subcommands.
 type state struct {
-	APIPort int                `json:"apiPort"`
+	APIPort int `json:"apiPort"`
+	// Overlay: the nodes are on two routed subnets and the agents run
+	// routingMode vxlan (up --overlay).
+	Overlay bool               `json:"overlay,omitempty"`
 	K8sBin  string             `json:"k8sBin"`
 	Nodes   []nodeState        `json:"nodes"`
 	Daemons map[string]*daemon `json:"daemons"`

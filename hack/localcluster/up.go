@@ -34,6 +34,7 @@ func up(args []string) error {
 	proxies := fs.String("proxies", "", "what serves Services on each node, comma-separated: sluice, iptables or nftables (kube-proxy; for benchmarks); default sluice everywhere")
 	apiPort := fs.Int("api-port", 16443, "loopback port in this machine's namespace that forwards to the API server")
 	keep := fs.Bool("keep-on-failure", false, "leave everything in place when up fails, for debugging")
+	overlay := fs.Bool("overlay", false, "put every other node on a second subnet, routed by the underlay, and run the agents in routingMode vxlan")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -50,7 +51,7 @@ func up(args []string) error {
 	if err != nil {
 		return err
 	}
-	s := &state{APIPort: *apiPort, Daemons: map[string]*daemon{}}
+	s := &state{APIPort: *apiPort, Overlay: *overlay, Daemons: map[string]*daemon{}}
 	err = bringUp(s, proxyOf)
 	if err != nil && !*keep {
 		fmt.Fprintf(os.Stderr, "localcluster: up failed: %v\nlocalcluster: cleaning up (pass --keep-on-failure to keep it for debugging)\n", err)
@@ -80,7 +81,11 @@ func bringUp(s *state, proxyOf []string) error {
 	if err != nil {
 		return err
 	}
-	step("creating the underlay bridge and %d node network namespaces", len(proxyOf))
+	if s.Overlay {
+		step("creating two routed underlay subnets and %d node network namespaces (overlay)", len(proxyOf))
+	} else {
+		step("creating the underlay bridge and %d node network namespaces", len(proxyOf))
+	}
 	if err := makeNetworks(s, proxyOf); err != nil {
 		return err
 	}
@@ -143,15 +148,22 @@ func makeNetworks(s *state, proxyOf []string) error {
 	if err != nil {
 		return err
 	}
-	if err := makeUnderlay(); err != nil {
+	if err := makeUnderlay(s.Overlay); err != nil {
 		return err
 	}
-	if err := attachToUnderlay(controlNS, controlPlaneIP, controlPlaneIP6); err != nil {
+	if err := attachToUnderlay(controlNS, firstSubnet.bridge, controlPlaneIP, controlPlaneIP6); err != nil {
+		return err
+	}
+	// Nodes on the second subnet reach the control plane through the
+	// underlay's routing.
+	gw := firstSubnet.gateways()
+	if err := ipCmds([]string{"-n", controlNS, "route", "add", "default", "via", gw[0].String()},
+		[]string{"-n", controlNS, "-6", "route", "add", "default", "via", gw[1].String()}); err != nil {
 		return err
 	}
 	for i, proxy := range proxyOf {
 		n := nodeState{
-			Name: nodeName(i), IPs: nodeIPs(i), PodCIDRs: nodePodCIDRs(i), Netns: netnsPrefix + nodeName(i), Proxy: proxy,
+			Name: nodeName(i), IPs: nodeIPs(i, s.Overlay), PodCIDRs: nodePodCIDRs(i), Netns: netnsPrefix + nodeName(i), Proxy: proxy,
 			Host: hostPaths{
 				Root: path("nodes", nodeName(i), "root"), BPFFS: filepath.Join(bpffsDir, nodeName(i)),
 				Cgroup: filepath.Join(cg2, cgroupName, nodeName(i)),
@@ -161,10 +173,11 @@ func makeNetworks(s *state, proxyOf []string) error {
 		for _, ip := range n.IPs {
 			addrs = append(addrs, netip.MustParseAddr(ip))
 		}
-		if err := attachToUnderlay(n.Netns, addrs...); err != nil {
+		sub := nodeSubnet(i, s.Overlay)
+		if err := attachToUnderlay(n.Netns, sub.bridge, addrs...); err != nil {
 			return err
 		}
-		if err := setupNodeNetwork(n); err != nil {
+		if err := setupNodeNetwork(n, sub); err != nil {
 			return err
 		}
 		for _, d := range []string{n.Host.Root, n.Host.BPFFS, n.Host.Cgroup} {
@@ -351,30 +364,53 @@ func writePKI() (*pki.CA, error) {
 	return ca, nil
 }
 
-// makeUnderlay creates the namespace holding the bridge every node hangs
-// off. It has no link to anything else: the cluster's whole "network".
-func makeUnderlay() error {
+// makeUnderlay creates the namespace holding the bridges every node hangs
+// off, and with routed, the second subnet and forwarding between the two.
+// It has no link to anything else: the cluster's whole "network".
+func makeUnderlay(routed bool) error {
 	if err := nsexec.Create(underlayNS); err != nil {
 		return err
 	}
-	return ipCmds(
-		[]string{"-n", underlayNS, "link", "set", "lo", "up"},
-		[]string{"-n", underlayNS, "link", "add", bridgeName, "type", "bridge"},
-		addrCmd(underlayNS, bridgeName, underlayGateway),
-		addrCmd(underlayNS, bridgeName, underlayGateway6),
-		[]string{"-n", underlayNS, "link", "set", bridgeName, "up"},
-	)
+	subnets := []subnet{firstSubnet}
+	if routed {
+		subnets = append(subnets, secondSubnet)
+	}
+	cmds := [][]string{{"-n", underlayNS, "link", "set", "lo", "up"}}
+	for _, sub := range subnets {
+		cmds = append(cmds, []string{"-n", underlayNS, "link", "add", sub.bridge, "type", "bridge"})
+		for _, gw := range sub.gateways() {
+			cmds = append(cmds, addrCmd(underlayNS, sub.bridge, gw))
+		}
+		cmds = append(cmds, []string{"-n", underlayNS, "link", "set", sub.bridge, "up"})
+	}
+	if err := ipCmds(cmds...); err != nil {
+		return err
+	}
+	if !routed {
+		return nil
+	}
+	return nsexec.Do(nsexec.Path(underlayNS), func() error { return enableForwarding(underlayNS) })
 }
 
-// attachToUnderlay creates ns with eth0 on the bridge at addrs.
-func attachToUnderlay(ns string, addrs ...netip.Addr) error {
+// enableForwarding makes the calling thread's namespace, ns, a router.
+func enableForwarding(ns string) error {
+	for _, kv := range [][2]string{{"net/ipv4/ip_forward", "1"}, {"net/ipv6/conf/all/forwarding", "1"}} {
+		if err := os.WriteFile("/proc/sys/"+kv[0], []byte(kv[1]), 0o644); err != nil {
+			return fmt.Errorf("sysctl %s in %s: %w", kv[0], ns, err)
+		}
+	}
+	return nil
+}
+
+// attachToUnderlay creates ns with eth0 on bridge at addrs.
+func attachToUnderlay(ns, bridge string, addrs ...netip.Addr) error {
 	if err := nsexec.Create(ns); err != nil {
 		return err
 	}
 	port := "p-" + strings.TrimPrefix(ns, netnsPrefix)
 	cmds := [][]string{
 		{"-n", underlayNS, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns},
-		{"-n", underlayNS, "link", "set", port, "master", bridgeName, "up"},
+		{"-n", underlayNS, "link", "set", port, "master", bridge, "up"},
 		{"-n", ns, "link", "set", "lo", "up"},
 	}
 	for _, a := range addrs {
@@ -393,21 +429,15 @@ func addrCmd(ns, dev string, a netip.Addr) []string {
 	return []string{"-n", ns, "addr", "add", netip.PrefixFrom(a, underlayBits6).String(), "dev", dev, "nodad"}
 }
 
-// setupNodeNetwork makes the namespace a router for its pods, with the
-// underlay as its only way out.
-func setupNodeNetwork(n nodeState) error {
-	if err := ipCmds([]string{"-n", n.Netns, "route", "add", "default", "via", underlayGateway.String()},
-		[]string{"-n", n.Netns, "-6", "route", "add", "default", "via", underlayGateway6.String()}); err != nil {
+// setupNodeNetwork makes the namespace a router for its pods, with its
+// subnet's gateway as its only way out.
+func setupNodeNetwork(n nodeState, sub subnet) error {
+	gw := sub.gateways()
+	if err := ipCmds([]string{"-n", n.Netns, "route", "add", "default", "via", gw[0].String()},
+		[]string{"-n", n.Netns, "-6", "route", "add", "default", "via", gw[1].String()}); err != nil {
 		return err
 	}
-	return nsexec.Do(nsexec.Path(n.Netns), func() error {
-		for _, kv := range [][2]string{{"net/ipv4/ip_forward", "1"}, {"net/ipv6/conf/all/forwarding", "1"}} {
-			if err := os.WriteFile("/proc/sys/"+kv[0], []byte(kv[1]), 0o644); err != nil {
-				return fmt.Errorf("sysctl %s in %s: %w", kv[0], n.Netns, err)
-			}
-		}
-		return nil
-	})
+	return nsexec.Do(nsexec.Path(n.Netns), func() error { return enableForwarding(n.Netns) })
 }
 
 func ipCmds(cmds ...[]string) error {
@@ -503,7 +533,11 @@ func waitAPI(s *state) (*kubernetes.Clientset, error) {
 }
 
 func applyManifest(s *state) error {
-	doc, err := manifestWithAPIServer(controlPlaneIP.String())
+	var settings map[string]any
+	if s.Overlay {
+		settings = map[string]any{"routingMode": "vxlan"}
+	}
+	doc, err := manifestWithAPIServer(controlPlaneIP.String(), settings)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sluice-net/sluice/agent/internal/masq"
 	"github.com/sluice-net/sluice/agent/internal/routes"
+	"github.com/sluice-net/sluice/agent/internal/tunnel"
 	"github.com/sluice-net/sluice/bpf"
 )
 
@@ -41,9 +42,9 @@ type Result struct {
 // Sluice's network), the node state file and the endpoint socket, the
 // socket-level load balancing hooks, Sluice's tc programs on every
 // interface of the current network namespace (tcx links and legacy
-// filters), every pin under BPFRoot, the nftables table, and the routes
-// the routes controller added. Pods already running lose their
-// connectivity: drain the node first.
+// filters), every pin under BPFRoot, the nftables table, the routes the
+// routes controller added and the overlay device. Pods already running
+// lose their connectivity: drain the node first.
 func Run(o Options) []Result {
 	steps := []struct {
 		name string
@@ -57,6 +58,7 @@ func Run(o Options) []Result {
 		{"bpffs pins under " + o.BPFRoot, func() (string, error) { return removePins(o.BPFRoot) }},
 		{"nftables table inet " + masq.TableName, removeTable},
 		{"routes (proto 92)", removeRoutes},
+		{"overlay device " + tunnel.DeviceName, tunnel.Remove},
 	}
 	var out []Result
 	for _, s := range steps {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sluice-net/sluice/agent/internal/masq"
 	"github.com/sluice-net/sluice/agent/internal/routes"
+	"github.com/sluice-net/sluice/agent/internal/tunnel"
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/bpf/bpftest"
 	"github.com/sluice-net/sluice/internal/testutil/cgrouptest"
@@ -24,7 +25,8 @@ import (
 
 // TestCleanup: a node as the agent and the CNI leave it (pins, a tcx link
 // and a legacy filter on interfaces, socket LB on a cgroup, the nftables
-// table, a route of the routes controller, the files) is left with none
+// table, a route of the routes controller, the overlay device, the
+// files) is left with none
 // of it after Run; a route of another owner stays; a second Run succeeds
 // with nothing to do.
 func TestCleanup(t *testing.T) {
@@ -45,6 +47,9 @@ func TestCleanup(t *testing.T) {
 			return
 		}
 		if err = dp.AttachDevice("legacy0", bpf.AttachLegacy); err != nil {
+			return
+		}
+		if _, err = tunnel.Ensure(dp, 1450, bpf.AttachTCX); err != nil {
 			return
 		}
 		err = masq.Apply([]netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, 0x534c, masq.PortRange{Min: 32768, Max: 65535})
@@ -99,6 +104,9 @@ func TestCleanup(t *testing.T) {
 		t.Errorf("%d programs still attached to the cgroup", n)
 	}
 	ns.Do(t, func() {
+		if _, err := netlink.LinkByName(tunnel.DeviceName); err == nil {
+			t.Errorf("the overlay device %s is still there", tunnel.DeviceName)
+		}
 		for _, dev := range []string{"uplink0", "legacy0"} {
 			l, err := netlink.LinkByName(dev)
 			if err != nil {

@@ -80,8 +80,15 @@ type Config struct {
 	// every interface with a global unicast address.
 	Devices []string `json:"devices,omitempty"`
 
-	// NativeRouting adds a route to every other node's pod CIDRs via its
-	// InternalIP (nodes on one L2 network or a routed underlay).
+	// RoutingMode is how pod traffic reaches other nodes' pods: "native"
+	// routes every other node's pod CIDRs via its InternalIP (nodes on one
+	// L2 network, or an underlay that routes pod CIDRs); "vxlan"
+	// encapsulates it to the node's InternalIP (nodes need only reach each
+	// other); "none" leaves routing to someone else. Empty: native, or
+	// none when the older nativeRouting is false.
+	RoutingMode string `json:"routingMode,omitempty"`
+	// NativeRouting is the older switch for routing (routingMode native or
+	// none); kept so that configurations written for it still work.
 	NativeRouting *bool `json:"nativeRouting,omitempty"`
 
 	// SocketLBCgroup is the cgroup v2 directory whose processes get
@@ -311,7 +318,8 @@ func bind(fs *flag.FlagSet, c *Config) {
 		c.Devices = splitComma(s)
 		return nil
 	})
-	fs.BoolFunc("nativeRouting", "route other nodes' pod CIDRs via their InternalIP (default true)", setBool(&c.NativeRouting))
+	fs.StringVar(&c.RoutingMode, "routingMode", "", "how pods reach other nodes' pods: native, vxlan or none (default native)")
+	fs.BoolFunc("nativeRouting", "older form of routingMode: true is native, false is none (default true)", setBool(&c.NativeRouting))
 	fs.StringVar(&c.NodePortRange, "nodePortRange", "", "the cluster's Service NodePort range; masqueraded flows get source ports outside it")
 	fs.StringVar(&c.SocketLBCgroup, "socketLBCgroup", "", "cgroup v2 directory for socket-level load balancing (empty: off)")
 	fs.BoolFunc("socketLBPods", "socket-level load balancing serves pods too, unless annotated sluice.dev/socket-lb: disabled (default true)", setBool(&c.SocketLBPods))
@@ -367,6 +375,7 @@ func overlay(dst, src *Config, set map[string]bool) {
 	pick("socketLBCgroup", func() { dst.SocketLBCgroup = src.SocketLBCgroup })
 	pick("socketLBPods", func() { dst.SocketLBPods = src.SocketLBPods })
 	pick("clusterCIDRs", func() { dst.ClusterCIDRs = src.ClusterCIDRs })
+	pick("routingMode", func() { dst.RoutingMode = src.RoutingMode })
 	pick("nodePortRange", func() { dst.NodePortRange = src.NodePortRange })
 	pick("metricsAddr", func() { dst.MetricsAddr = src.MetricsAddr })
 	pick("healthAddr", func() { dst.HealthAddr = src.HealthAddr })
@@ -379,6 +388,25 @@ func overlay(dst, src *Config, set map[string]bool) {
 	pick("flowBufferSize", func() { dst.FlowBufferSize = src.FlowBufferSize })
 	pick("flowEventRate", func() { dst.FlowEventRate = src.FlowEventRate })
 	pick("flowEventBurst", func() { dst.FlowEventBurst = src.FlowEventBurst })
+}
+
+// Routing modes (RoutingMode).
+const (
+	RoutingNative = "native"
+	RoutingVXLAN  = "vxlan"
+	RoutingNone   = "none"
+)
+
+// Routing is the routing mode in effect: RoutingMode, or what the older
+// nativeRouting says when it is unset.
+func (c Config) Routing() string {
+	switch {
+	case c.RoutingMode != "":
+		return c.RoutingMode
+	case c.NativeRouting != nil && !*c.NativeRouting:
+		return RoutingNone
+	}
+	return RoutingNative
 }
 
 // Validate names the first wrong setting.
@@ -401,6 +429,15 @@ func (c Config) Validate() error {
 	}
 	if _, err := c.MasqueradePorts(); err != nil {
 		return err
+	}
+	switch c.RoutingMode {
+	case "", RoutingNone:
+	case RoutingNative, RoutingVXLAN:
+		if c.NativeRouting != nil && !*c.NativeRouting {
+			return fmt.Errorf("routingMode: %q conflicts with nativeRouting: false; remove nativeRouting (routingMode replaces it)", c.RoutingMode)
+		}
+	default:
+		return fmt.Errorf("routingMode: %q is not native, vxlan or none", c.RoutingMode)
 	}
 	if err := c.validateDatapath(); err != nil {
 		return err

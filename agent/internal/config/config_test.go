@@ -45,6 +45,8 @@ func TestErrorsNameTheSetting(t *testing.T) {
 		{[]string{"--nodeName", "a", "--k8sServiceHost", "10.0.0.1"}, "k8sServiceHost and k8sServicePort"},
 		{[]string{"--nodeName", "a", "--syncMinInterval", "2h"}, "syncMinInterval/syncMaxInterval"},
 		{[]string{"--nodeName", "a", "--logFormat", "xml"}, `logFormat: "xml"`},
+		{[]string{"--nodeName", "a", "--routingMode", "geneve"}, `routingMode: "geneve" is not native, vxlan or none`},
+		{[]string{"--nodeName", "a", "--routingMode", "vxlan", "--nativeRouting=false"}, `routingMode: "vxlan" conflicts with nativeRouting: false`},
 		{[]string{"--config", unknown}, `unknown field "maglevSize"`},
 		{[]string{"--config", badDur}, `"soon" is not a duration`},
 		{[]string{"--nodeName", "a", "--maxServices", "-1"}, `"-1" is not a number`},
@@ -53,6 +55,28 @@ func TestErrorsNameTheSetting(t *testing.T) {
 		_, err := Load(c.args)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: got %v, want %q", c.args, err, c.want)
+		}
+	}
+}
+
+// TestRoutingMode: routingMode wins; the older nativeRouting: false still
+// means no routes.
+func TestRoutingMode(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, RoutingNative},
+		{[]string{"--nativeRouting=false"}, RoutingNone},
+		{[]string{"--routingMode", "vxlan"}, RoutingVXLAN},
+		{[]string{"--routingMode", "none"}, RoutingNone},
+	} {
+		cfg, err := Load(append([]string{"--nodeName", "a"}, c.args...))
+		if err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		if got := cfg.Routing(); got != c.want {
+			t.Errorf("%v: routing %q, want %q", c.args, got, c.want)
 		}
 	}
 }

@@ -1,10 +1,12 @@
-// Package routes routes pod traffic natively between nodes: a route to
-// every other node's pod CIDR via that node's InternalIP, kept in step with
-// the Node objects. Routes Sluice owns carry their own routing protocol
-// number, so it never touches anyone else's.
+// Package routes routes pod traffic between nodes: a route to every other
+// node's pod CIDR, via that node's InternalIP (native routing) or into the
+// overlay device (package tunnel), kept in step with the Node objects.
+// Routes Sluice owns carry their own routing protocol number, so it never
+// touches anyone else's.
 package routes
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -32,17 +34,20 @@ import (
 // as "proto 92").
 const Protocol netlink.RouteProtocol = 92
 
-// Route is one desired route.
+// Route is one desired route: to Dst, via the node at Via (the next hop
+// natively, the tunnel endpoint in the overlay).
 type Route struct {
 	Dst netip.Prefix
 	Via netip.Addr
 }
 
 // Desired computes the routes this node needs: for every other Node, each
-// pod CIDR via its InternalIP of the same family. Nodes without an
-// InternalIP of that family, or with malformed fields, are skipped and
+// pod CIDR via its InternalIP of the same family. In the overlay (tunnel)
+// every pod CIDR goes to the node's IPv4 InternalIP if it has one, else
+// its IPv6 one: the underlay is one family, whatever the pods'. Nodes
+// without a usable InternalIP, or with malformed fields, are skipped and
 // reported.
-func Desired(nodes []*v1.Node, self string) ([]Route, []error) {
+func Desired(nodes []*v1.Node, self string, tunnel bool) ([]Route, []error) {
 	var out []Route
 	var errs []error
 	for _, n := range nodes {
@@ -75,6 +80,9 @@ func Desired(nodes []*v1.Node, self string) ([]Route, []error) {
 			if p.Addr().Is6() {
 				via = via6
 			}
+			if tunnel {
+				via = cmp.Or(via4, via6)
+			}
 			if !via.IsValid() {
 				errs = append(errs, fmt.Errorf("node %s: no InternalIP of the family of pod CIDR %s", n.Name, p))
 				continue
@@ -93,18 +101,26 @@ type Writer interface {
 }
 
 // MainTable is the main routing table of the current network namespace.
-type MainTable struct{}
+// Dev, when set, is the ifindex every route goes out of with no gateway
+// (the overlay device); unset, routes go via their Via.
+type MainTable struct {
+	Dev int
+}
 
 // Sync makes the table hold exactly the desired Sluice routes: missing
 // ones added, changed ones replaced, stale ones (ours only) deleted. It
 // returns how many it changed.
-func (MainTable) Sync(desired []Route) (int, error) {
+func (t MainTable) Sync(desired []Route) (int, error) {
 	have, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: Protocol, Table: unix.RT_TABLE_MAIN},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return 0, fmt.Errorf("list routes: %w", err)
 	}
-	current := map[netip.Prefix]netip.Addr{}
+	type nextHop struct {
+		gw  netip.Addr
+		dev int
+	}
+	current := map[netip.Prefix]nextHop{}
 	for _, r := range have {
 		if r.Dst == nil {
 			continue
@@ -112,20 +128,25 @@ func (MainTable) Sync(desired []Route) (int, error) {
 		dst, _ := netip.AddrFromSlice(r.Dst.IP)
 		ones, _ := r.Dst.Mask.Size()
 		gw, _ := netip.AddrFromSlice(r.Gw)
-		current[netip.PrefixFrom(dst.Unmap(), ones)] = gw.Unmap()
+		current[netip.PrefixFrom(dst.Unmap(), ones)] = nextHop{gw.Unmap(), r.LinkIndex}
 	}
 	changed := 0
 	var errs []error
 	want := map[netip.Prefix]bool{}
 	for _, r := range desired {
 		want[r.Dst] = true
-		if gw, ok := current[r.Dst]; ok && gw == r.Via {
-			continue
-		}
 		nr := &netlink.Route{
 			Dst:      &net.IPNet{IP: r.Dst.Addr().AsSlice(), Mask: net.CIDRMask(r.Dst.Bits(), r.Dst.Addr().BitLen())},
 			Gw:       r.Via.AsSlice(),
 			Protocol: Protocol,
+		}
+		next := nextHop{gw: r.Via}
+		if t.Dev != 0 {
+			nr.Gw, nr.LinkIndex, nr.Scope = nil, t.Dev, netlink.SCOPE_LINK
+			next = nextHop{dev: t.Dev}
+		}
+		if cur, ok := current[r.Dst]; ok && cur.gw == next.gw && (next.dev == 0 || cur.dev == next.dev) {
+			continue
 		}
 		if err := netlink.RouteReplace(nr); err != nil {
 			errs = append(errs, fmt.Errorf("route %s via %s: %w", r.Dst, r.Via, err))
@@ -133,17 +154,21 @@ func (MainTable) Sync(desired []Route) (int, error) {
 		}
 		changed++
 	}
-	for dst, gw := range current {
+	for dst, hop := range current {
 		if want[dst] {
 			continue
 		}
 		old := &netlink.Route{
-			Dst:      &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())},
-			Gw:       gw.AsSlice(),
-			Protocol: Protocol,
+			Dst:       &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())},
+			Gw:        hop.gw.AsSlice(),
+			LinkIndex: hop.dev,
+			Protocol:  Protocol,
+			// Any scope: the overlay's routes are scope link, and IPv4
+			// deletes only what matches the scope given.
+			Scope: netlink.SCOPE_NOWHERE,
 		}
 		if err := netlink.RouteDel(old); err != nil && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("delete stale route %s via %s: %w", dst, gw, err))
+			errs = append(errs, fmt.Errorf("delete stale route %s via %s: %w", dst, hop.gw, err))
 			continue
 		}
 		changed++
@@ -153,7 +178,9 @@ func (MainTable) Sync(desired []Route) (int, error) {
 
 // Options configure the controller.
 type Options struct {
-	NodeName         string
+	NodeName string
+	// Tunnel: the writer sends routes into the overlay (see Desired).
+	Tunnel           bool
 	MinSync, MaxSync time.Duration
 	Clock            clock.Clock // nil: the real one
 }
@@ -229,7 +256,7 @@ func (c *Controller) syncOnce() error {
 	if err != nil {
 		return err
 	}
-	desired, errs := Desired(nodes, c.opts.NodeName)
+	desired, errs := Desired(nodes, c.opts.NodeName, c.opts.Tunnel)
 	for _, e := range errs {
 		c.syncMetrics.ObjectErrors.Inc()
 		c.log.Warn("node not routed", "err", e)

@@ -31,14 +31,24 @@ func TestDesired(t *testing.T) {
 		node("bad", []string{"nope"}, "192.168.1.14"),
 		node("no-cidr", nil, "192.168.1.15"),
 	}
-	got, errs := Desired(nodes, "self")
-	var lines []string
-	for _, r := range got {
-		lines = append(lines, fmt.Sprintf("%s via %s", r.Dst, r.Via))
+	show := func(rs []Route) string {
+		var lines []string
+		for _, r := range rs {
+			lines = append(lines, fmt.Sprintf("%s via %s", r.Dst, r.Via))
+		}
+		return strings.Join(lines, "\n")
 	}
+	got, errs := Desired(nodes, "self", false)
 	want := "10.244.1.0/24 via 192.168.1.11\n10.244.2.0/24 via 192.168.1.12\nfd00:10:244:1::/64 via fd00:1::11"
-	if g := strings.Join(lines, "\n"); g != want {
+	if g := show(got); g != want {
 		t.Errorf("got:\n%s\nwant:\n%s", g, want)
+	}
+	// The overlay's underlay is IPv4 where a node has it, whatever the
+	// pod CIDR's family.
+	tunnelled, _ := Desired(nodes, "self", true)
+	want = "10.244.1.0/24 via 192.168.1.11\n10.244.2.0/24 via 192.168.1.12\nfd00:10:244:1::/64 via 192.168.1.11\nfd00:10:244:3::/64 via 192.168.1.13"
+	if g := show(tunnelled); g != want {
+		t.Errorf("tunnelled, got:\n%s\nwant:\n%s", g, want)
 	}
 	msgs := fmt.Sprint(errs)
 	for _, w := range []string{`node bad: spec.podCIDRs[0]: "nope" is not a CIDR`, "node no-v6-address: no InternalIP of the family of pod CIDR fd00:10:244:3::/64"} {
