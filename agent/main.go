@@ -35,6 +35,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/sluice-net/sluice/agent/internal/cleanup"
+	"github.com/sluice-net/sluice/agent/internal/clustercidrs"
 	"github.com/sluice-net/sluice/agent/internal/config"
 	"github.com/sluice-net/sluice/agent/internal/ctgc"
 	"github.com/sluice-net/sluice/agent/internal/flows"
@@ -43,6 +44,7 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/agent/internal/netpol"
 	netpolmapsync "github.com/sluice-net/sluice/agent/internal/netpol/mapsync"
+	"github.com/sluice-net/sluice/agent/internal/nodewatch"
 	"github.com/sluice-net/sluice/agent/internal/observe"
 	"github.com/sluice-net/sluice/agent/internal/observer"
 	"github.com/sluice-net/sluice/agent/internal/proxyhealth"
@@ -126,7 +128,8 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
-	if err := masquerade(log, cfg); err != nil {
+	remasquerade, err := masquerade(log, cfg)
+	if err != nil {
 		return err
 	}
 	m := metrics.New()
@@ -140,6 +143,7 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
+	nodeNet.masquerade = remasquerade
 	ctrls, err := newControllers(log, cfg, client, factory, dp, m, hc, proxyHealth, nodeNet)
 	if err != nil {
 		return err
@@ -343,31 +347,37 @@ func takeOver(log *slog.Logger, dp *bpf.Datapath) error {
 }
 
 // masquerade programs the node's nftables masquerade: pod traffic leaving
-// the cluster, and NodePort traffic the datapath marked for SNAT, with
-// source ports outside the NodePort range.
-func masquerade(log *slog.Logger, cfg config.Config) error {
-	var clusterCIDRs []netip.Prefix
-	for _, s := range cfg.ClusterCIDRs {
-		clusterCIDRs = append(clusterCIDRs, netip.MustParsePrefix(s)) // validated by config
+// the configured cluster CIDRs, and NodePort traffic the datapath marked
+// for SNAT, with source ports outside the NodePort range. It returns what
+// reprograms it for other cluster CIDRs: with "nodes" in clusterCIDRs,
+// the clustercidrs controller adds the Nodes' pod CIDRs once it knows them.
+func masquerade(log *slog.Logger, cfg config.Config) (func([]netip.Prefix) error, error) {
+	static, _, err := clustercidrs.Parse(cfg.ClusterCIDRs)
+	if err != nil {
+		return nil, err
 	}
 	ports, err := cfg.MasqueradePorts()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := masq.Apply(clusterCIDRs, bpf.MarkSNAT, ports); err != nil {
-		return err
+	apply := func(cidrs []netip.Prefix) error { return masq.Apply(cidrs, bpf.MarkSNAT, ports) }
+	if err := apply(static); err != nil {
+		return nil, err
 	}
 	log.Info("masquerade of traffic leaving the cluster CIDRs", "clusterCIDRs", cfg.ClusterCIDRs, "table", "inet "+masq.TableName,
 		"nodePortRange", cfg.NodePortRange, "sourcePorts", ports.String())
-	return nil
+	return apply, nil
 }
 
 // controllers are the agent's controllers, sharing one informer factory.
 type controllers struct {
 	services *service.Controller
 	policies *netpol.Controller
-	routes   *routes.Controller // nil without native routing
-	sockets  *socklb.Controller // nil unless socket LB serves pods
+	routes   *nodewatch.Watcher // nil with routingMode none
+	// clusterCIDRs follows the Nodes' pod CIDRs; nil unless clusterCIDRs
+	// says "nodes".
+	clusterCIDRs *nodewatch.Watcher
+	sockets      *socklb.Controller // nil unless socket LB serves pods
 }
 
 // endpointAgent answers the CNI plugin: a new pod's policy first (which
@@ -435,6 +445,14 @@ func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Inter
 			return nil, err
 		}
 	}
+	if static, fromNodes, _ := clustercidrs.Parse(cfg.ClusterCIDRs); fromNodes {
+		c.clusterCIDRs, err = clustercidrs.New(log, factory, static, nodeNet.masquerade, m, clustercidrs.Options{
+			MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration,
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
 	if nodeNet.routes != nil {
 		c.routes, err = routes.New(log, factory, nodeNet.routes, m, routes.Options{
 			NodeName: cfg.NodeName, MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration,
@@ -452,6 +470,9 @@ func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Inter
 func (c *controllers) run(ctx context.Context, log *slog.Logger, errs chan error) error {
 	if c.routes != nil {
 		go func() { errs <- c.routes.Run(ctx) }()
+	}
+	if c.clusterCIDRs != nil {
+		go func() { errs <- c.clusterCIDRs.Run(ctx) }()
 	}
 	if c.sockets != nil {
 		go func() { errs <- c.sockets.Run(ctx) }()
@@ -521,11 +542,13 @@ func (o *observerAPI) run(ctx context.Context, log *slog.Logger, errs chan<- err
 	}()
 }
 
-// network is how this node reaches other nodes' pods: the writer of its
-// routes (nil: routing mode none) and the MTU its pods get.
+// network is how this node reaches other nodes' pods and the world: the
+// writer of its routes (nil: routing mode none), the MTU its pods get and
+// what reprograms the masquerade for a new set of cluster CIDRs.
 type network struct {
-	routes routes.Writer
-	podMTU int
+	routes     routes.Writer
+	podMTU     int
+	masquerade func([]netip.Prefix) error
 }
 
 // nodeNetwork sets up the routing mode: in vxlan mode the overlay device,

@@ -494,7 +494,14 @@ func (f *testNS) serviceListAgrees(list []observeapi.Service, vip string, backen
 // the returned func tells how it is doing, for messages.
 func (f *testNS) background(pod string, args ...string) func() string {
 	f.t.Helper()
-	cmd := exec.Command(f.driver, append([]string{"exec", f.name + "/" + pod, "--"}, args...)...)
+	return f.driverBackground(append([]string{"exec", f.name + "/" + pod, "--"}, args...)...)
+}
+
+// driverBackground runs the driver with args in the background, as
+// background does for a pod's command.
+func (f *testNS) driverBackground(args ...string) func() string {
+	f.t.Helper()
+	cmd := exec.Command(f.driver, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

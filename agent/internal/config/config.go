@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
+	"github.com/sluice-net/sluice/agent/internal/clustercidrs"
 	"github.com/sluice-net/sluice/agent/internal/masq"
 	"github.com/sluice-net/sluice/bpf"
 	"github.com/sluice-net/sluice/internal/endpointapi"
@@ -103,8 +104,9 @@ type Config struct {
 	SocketLBPods *bool `json:"socketLBPods,omitempty"`
 
 	// ClusterCIDRs are the pod CIDRs of the whole cluster; pod traffic to
-	// anywhere outside them is masqueraded to the node's address. Empty:
-	// no masquerade.
+	// anywhere outside them is masqueraded to the node's address. The
+	// element "nodes" adds every Node's spec.podCIDRs, kept current.
+	// Empty: no masquerade.
 	ClusterCIDRs []string `json:"clusterCIDRs,omitempty"`
 	// NodePortRange is the cluster's Service NodePort range (the API
 	// server's --service-node-port-range). Masqueraded flows get source
@@ -422,10 +424,8 @@ func (c Config) Validate() error {
 			return fmt.Errorf("nodePortAddresses[%d]: %q is not a CIDR", i, s)
 		}
 	}
-	for i, s := range c.ClusterCIDRs {
-		if _, err := netip.ParsePrefix(s); err != nil {
-			return fmt.Errorf("clusterCIDRs[%d]: %q is not a CIDR", i, s)
-		}
+	if _, _, err := clustercidrs.Parse(c.ClusterCIDRs); err != nil {
+		return err
 	}
 	if _, err := c.MasqueradePorts(); err != nil {
 		return err

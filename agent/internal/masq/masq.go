@@ -84,11 +84,17 @@ func PortsOutside(nodePorts PortRange) (PortRange, error) {
 	return best, nil
 }
 
-// Apply replaces Sluice's table with one masquerading traffic from each
-// cluster CIDR to any address outside it, and packets carrying snatMark,
-// mapping TCP, UDP and SCTP source ports into ports (the zero PortRange
-// keeps them where the kernel can). It runs in one netlink batch: the
-// table is never half-written. No CIDRs and no mark removes the table.
+// Apply replaces Sluice's table with one masquerading packets carrying
+// snatMark, and traffic from the cluster CIDRs to any address outside all
+// of them, mapping TCP, UDP and SCTP source ports into ports (the zero
+// PortRange keeps them where the kernel can):
+//
+//	meta mark snatMark masquerade
+//	ip daddr CIDR return          (one per cluster CIDR)
+//	ip saddr CIDR masquerade      (one per cluster CIDR)
+//
+// It runs in one netlink batch: the table is never half-written. No
+// CIDRs and no mark removes the table.
 func Apply(clusterCIDRs []netip.Prefix, snatMark uint32, ports PortRange) error {
 	if ports != (PortRange{}) && (ports.Min == 0 || ports.Min > ports.Max) {
 		return fmt.Errorf("masquerade port range %v is empty", ports)
@@ -109,19 +115,23 @@ func Apply(clusterCIDRs []netip.Prefix, snatMark uint32, ports PortRange) error 
 			Name: "postrouting", Table: table, Type: nftables.ChainTypeNAT,
 			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
 		})
-		var conds [][]expr.Any
-		for _, c := range clusterCIDRs {
-			conds = append(conds, leaving(c.Masked()))
-		}
+		// The mark first: its packets go to a pod on another node, whose
+		// address the returns below would spare.
 		if snatMark != 0 {
 			// meta mark == snatMark
-			conds = append(conds, []expr.Any{
+			if err := addMasquerade(conn, table, chain, []expr.Any{
 				&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(snatMark)},
-			})
+			}, ports); err != nil {
+				return err
+			}
 		}
-		for _, cond := range conds {
-			if err := addMasquerade(conn, table, chain, cond, ports); err != nil {
+		for _, c := range clusterCIDRs {
+			exprs := append(addressIn(c.Masked(), false), &expr.Verdict{Kind: expr.VerdictReturn})
+			conn.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: exprs})
+		}
+		for _, c := range clusterCIDRs {
+			if err := addMasquerade(conn, table, chain, addressIn(c.Masked(), true), ports); err != nil {
 				return err
 			}
 		}
@@ -319,29 +329,26 @@ func addMasquerade(conn *nftables.Conn, table *nftables.Table, chain *nftables.C
 	return nil
 }
 
-// leaving matches `ip saddr CIDR ip daddr != CIDR` (ip6 for an IPv6
+// addressIn matches `ip daddr CIDR`, or `ip saddr CIDR` (ip6 for an IPv6
 // CIDR).
-func leaving(cidr netip.Prefix) []expr.Any {
-	proto, saddr, daddr, alen := byte(unix.NFPROTO_IPV4), uint32(12), uint32(16), uint32(4)
+func addressIn(cidr netip.Prefix, source bool) []expr.Any {
+	proto, offset, alen := byte(unix.NFPROTO_IPV4), uint32(16), uint32(4)
 	if cidr.Addr().Is6() {
-		proto, saddr, daddr, alen = unix.NFPROTO_IPV6, 8, 24, 16
+		proto, offset, alen = unix.NFPROTO_IPV6, 24, 16
+	}
+	if source {
+		offset -= alen
 	}
 	mask := make([]byte, alen)
 	for i := range cidr.Bits() {
 		mask[i/8] |= 0x80 >> (i % 8)
 	}
 	network := cidr.Addr().AsSlice()
-	match := func(offset uint32, op expr.CmpOp) []expr.Any {
-		return []expr.Any{
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: alen},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: alen, Mask: mask, Xor: make([]byte, alen)},
-			&expr.Cmp{Op: op, Register: 1, Data: network},
-		}
-	}
-	exprs := []expr.Any{
+	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: alen},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: alen, Mask: mask, Xor: make([]byte, alen)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: network},
 	}
-	exprs = append(exprs, match(saddr, expr.CmpOpEq)...)
-	return append(exprs, match(daddr, expr.CmpOpNeq)...)
 }

@@ -59,7 +59,10 @@ func TestMasquerade(t *testing.T) {
 	outside.IP(t, "addr", "add", "2001:db8::5/64", "dev", "eth0", "nodad")
 	// outside has no route to the pods: without masquerade no reply returns.
 
-	cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/48")}
+	// The cluster CIDRs as Sluice takes them from the Nodes: one per node
+	// and family (here the pod's and the peer's), one whole together.
+	cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.0.2/32"), netip.MustParsePrefix("10.244.0.3/32"),
+		netip.MustParsePrefix("fd00:10:244::2/128"), netip.MustParsePrefix("fd00:10:244::3/128")}
 	nodePorts := PortRange{30000, 32767}
 	masqPorts, err := PortsOutside(nodePorts)
 	if err != nil {
@@ -74,9 +77,9 @@ func TestMasquerade(t *testing.T) {
 	}
 	out, err := exec.Command("ip", "netns", "exec", node.Name, "nft", "list", "table", "inet", TableName).CombinedOutput()
 	// Per CIDR and for the mark: one rule mapping TCP, UDP and SCTP ports,
-	// one for the rest.
-	if err != nil || strings.Count(string(out), "masquerade to :32768-65535") != 3 || strings.Count(string(out), "masquerade") != 6 ||
-		strings.Count(string(out), "meta l4proto { tcp, udp, sctp }") != 3 {
+	// one for the rest; per CIDR a return for traffic to it.
+	if err != nil || strings.Count(string(out), "masquerade to :32768-65535") != 5 || strings.Count(string(out), "masquerade") != 10 ||
+		strings.Count(string(out), "meta l4proto { tcp, udp, sctp }") != 5 || strings.Count(string(out), "return") != 4 {
 		t.Fatalf("nft list table:\n%s%v", out, err)
 	}
 

@@ -7,7 +7,6 @@ package routes
 
 import (
 	"cmp"
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,15 +18,12 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
-	corelisters "k8s.io/client-go/listers/core/v1"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 
 	"github.com/sluice-net/sluice/agent/internal/apiobj"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
-	"github.com/sluice-net/sluice/agent/internal/runner"
+	"github.com/sluice-net/sluice/agent/internal/nodewatch"
 )
 
 // Protocol marks Sluice's routes (rtnetlink protocol; shown by `ip route`
@@ -185,85 +181,19 @@ type Options struct {
 	Clock            clock.Clock // nil: the real one
 }
 
-// Controller keeps the routes in step with the Nodes.
-type Controller struct {
-	log         *slog.Logger
-	opts        Options
-	nodes       corelisters.NodeLister
-	writer      Writer
-	syncMetrics metrics.Controller
-	runner      *runner.Runner
-	synced      cache.InformerSynced // our handler has seen the initial list
-}
-
-// New registers the controller's informer and handler on factory; the
-// caller starts the factory.
-func New(log *slog.Logger, factory informers.SharedInformerFactory, writer Writer, m *metrics.Metrics, opts Options) (*Controller, error) {
-	if opts.Clock == nil {
-		opts.Clock = clock.RealClock{}
+// New returns the controller keeping writer's routes in step with the
+// Nodes; it registers on factory, which the caller starts.
+func New(log *slog.Logger, factory informers.SharedInformerFactory, writer Writer, m *metrics.Metrics, opts Options) (*nodewatch.Watcher, error) {
+	sync := func(nodes []*v1.Node) (int, error) {
+		desired, errs := Desired(nodes, opts.NodeName, opts.Tunnel)
+		for _, e := range errs {
+			log.Warn("node not routed", "err", e)
+		}
+		n, err := writer.Sync(desired)
+		if n > 0 {
+			log.Info("routes to other nodes' pod CIDRs updated", "changed", n, "routes", len(desired))
+		}
+		return len(errs), err
 	}
-	inf := factory.Core().V1().Nodes()
-	c := &Controller{log: log, opts: opts, nodes: inf.Lister(), writer: writer, syncMetrics: m.Controller("routes")}
-	c.runner = runner.New(c.sync, opts.MinSync, opts.MaxSync, opts.MinSync, opts.Clock)
-	reg, err := inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { c.changed("added", obj) },
-		UpdateFunc: func(_, cur any) { c.changed("updated", cur) },
-		DeleteFunc: func(obj any) { c.changed("deleted", obj) },
-	})
-	if err != nil {
-		return nil, fmt.Errorf("watch Nodes: %w", err)
-	}
-	c.synced = reg.HasSynced
-	return c, nil
-}
-
-// changed requests a sync: every sync routes all Nodes, so there is
-// nothing to mark per object.
-func (c *Controller) changed(what string, obj any) {
-	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = d.Obj
-	}
-	if n, ok := obj.(*v1.Node); ok {
-		c.log.Debug("Node "+what, "object", n.Name)
-	}
-	c.runner.Run()
-}
-
-// Run waits until the handler has seen the informer's initial list, then
-// syncs until ctx ends.
-func (c *Controller) Run(ctx context.Context) error {
-	if !cache.WaitForCacheSync(ctx.Done(), c.synced) {
-		return fmt.Errorf("informer cache for Nodes did not sync")
-	}
-	c.runner.Run()
-	c.runner.Loop(ctx)
-	return nil
-}
-
-func (c *Controller) sync() error {
-	start := c.opts.Clock.Now()
-	err := c.syncOnce()
-	c.syncMetrics.SyncDuration.Observe(c.opts.Clock.Since(start).Seconds())
-	if err != nil {
-		c.syncMetrics.SyncErrors.Inc()
-		c.log.Error("route sync failed; will retry", "err", err)
-	}
-	return err
-}
-
-func (c *Controller) syncOnce() error {
-	nodes, err := c.nodes.List(labels.Everything())
-	if err != nil {
-		return err
-	}
-	desired, errs := Desired(nodes, c.opts.NodeName, c.opts.Tunnel)
-	for _, e := range errs {
-		c.syncMetrics.ObjectErrors.Inc()
-		c.log.Warn("node not routed", "err", e)
-	}
-	n, err := c.writer.Sync(desired)
-	if n > 0 {
-		c.log.Info("routes to other nodes' pod CIDRs updated", "changed", n, "routes", len(desired))
-	}
-	return err
+	return nodewatch.New(log, factory, sync, m, nodewatch.Options{Name: "routes", MinSync: opts.MinSync, MaxSync: opts.MaxSync, Clock: opts.Clock})
 }
