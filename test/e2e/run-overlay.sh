@@ -3,7 +3,8 @@
 # local cluster in routingMode vxlan whose nodes sit on two subnets the
 # underlay routes between (it knows no pod CIDR): only the overlay carries
 # pods' traffic between nodes. The cluster is brought up for the run and
-# removed afterwards, pass or fail. Extra arguments go to `go test`.
+# removed afterwards, pass or fail. An agent restart is among the tests.
+# Extra arguments go to `go test`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -18,4 +19,4 @@ export SLUICE_E2E_KUBECONFIG=/run/sluice-localcluster/admin.kubeconfig
 export SLUICE_E2E_DRIVER=/run/sluice-localcluster/bin/localcluster
 export SLUICE_E2E_OVERLAY=1
 go test -tags e2e -count=1 -v -timeout 20m ./test/e2e/ \
-	-run 'TestOverlayNetwork|TestPodToPod|TestPodToOutsideMasqueraded|TestClusterIPFromEveryNode|TestSessionAffinity|TestServiceWithoutEndpointsRejects|TestHairpin|TestHostNetworkToClusterIP|TestNodePortFromOutside|TestNodePortFromInside|TestLargeUDPThroughNodePort|TestLoadBalancerSourceRanges|TestHostPort|TestNetworkPolicy$|TestNetworkPolicyEgress' "$@"
+	-run 'TestOverlayNetwork|TestPodToPod|TestPodToOutsideMasqueraded|TestClusterIPFromEveryNode|TestSessionAffinity|TestServiceWithoutEndpointsRejects|TestHairpin|TestHostNetworkToClusterIP|TestNodePortFromOutside|TestNodePortFromInside|TestLargeUDPThroughNodePort|TestLoadBalancerSourceRanges|TestHostPort|TestNetworkPolicy$|TestNetworkPolicyEgress|TestAgentRestartKeepsConnections' "$@"
