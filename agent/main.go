@@ -446,7 +446,7 @@ func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Inter
 		}
 	}
 	if static, fromNodes, _ := clustercidrs.Parse(cfg.ClusterCIDRs); fromNodes {
-		c.clusterCIDRs, err = clustercidrs.New(log, factory, static, nodeNet.masquerade, m, clustercidrs.Options{
+		c.clusterCIDRs, err = clustercidrs.New(log, factory, static, nodeNet.masquerade, m, nodewatch.Options{
 			MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration,
 		})
 		if err != nil {

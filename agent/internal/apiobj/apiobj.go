@@ -5,6 +5,7 @@ package apiobj
 
 import (
 	"fmt"
+	"net/netip"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -19,6 +20,22 @@ func PodCIDRs(n *v1.Node) []string {
 		return []string{n.Spec.PodCIDR}
 	}
 	return n.Spec.PodCIDRs
+}
+
+// ParsePodCIDRs parses the node's pod CIDRs (PodCIDRs), masked; one that
+// does not parse is left out and named in an error.
+func ParsePodCIDRs(n *v1.Node) ([]netip.Prefix, []error) {
+	var out []netip.Prefix
+	var errs []error
+	for i, c := range PodCIDRs(n) {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("node %s: spec.podCIDRs[%d]: %q is not a CIDR", n.Name, i, c))
+			continue
+		}
+		out = append(out, p.Masked())
+	}
+	return out, errs
 }
 
 // Protocol maps a Kubernetes protocol to the datapath's protocol number;

@@ -9,11 +9,9 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
-	"time"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/informers"
-	"k8s.io/utils/clock"
 
 	"github.com/sluice-net/sluice/agent/internal/apiobj"
 	"github.com/sluice-net/sluice/agent/internal/metrics"
@@ -47,14 +45,9 @@ func Desired(nodes []*v1.Node, static []netip.Prefix) ([]netip.Prefix, []error) 
 	out := slices.Clone(static)
 	var errs []error
 	for _, n := range nodes {
-		for i, c := range apiobj.PodCIDRs(n) {
-			p, err := netip.ParsePrefix(c)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("node %s: spec.podCIDRs[%d]: %q is not a CIDR", n.Name, i, c))
-				continue
-			}
-			out = append(out, p.Masked())
-		}
+		cidrs, cidrErrs := apiobj.ParsePodCIDRs(n)
+		out = append(out, cidrs...)
+		errs = append(errs, cidrErrs...)
 	}
 	slices.SortFunc(out, func(a, b netip.Prefix) int {
 		if c := a.Addr().Compare(b.Addr()); c != 0 {
@@ -65,17 +58,11 @@ func Desired(nodes []*v1.Node, static []netip.Prefix) ([]netip.Prefix, []error) 
 	return slices.Compact(out), errs
 }
 
-// Options configure the controller.
-type Options struct {
-	MinSync, MaxSync time.Duration
-	Clock            clock.Clock // nil: the real one
-}
-
 // New returns the controller applying static and the Nodes' pod CIDRs
 // with apply (the masquerade) whenever the Nodes change them; it registers
-// on factory, which the caller starts.
+// on factory, which the caller starts. opts.Name is set here.
 func New(log *slog.Logger, factory informers.SharedInformerFactory, static []netip.Prefix, apply func([]netip.Prefix) error,
-	m *metrics.Metrics, opts Options) (*nodewatch.Watcher, error) {
+	m *metrics.Metrics, opts nodewatch.Options) (*nodewatch.Watcher, error) {
 	var applied []netip.Prefix
 	sync := func(nodes []*v1.Node) (int, error) {
 		desired, errs := Desired(nodes, static)
@@ -92,5 +79,6 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, static []net
 		log.Info("cluster CIDRs taken from the Nodes", "clusterCIDRs", desired)
 		return len(errs), nil
 	}
-	return nodewatch.New(log, factory, sync, m, nodewatch.Options{Name: "clustercidrs", MinSync: opts.MinSync, MaxSync: opts.MaxSync, Clock: opts.Clock})
+	opts.Name = "clustercidrs"
+	return nodewatch.New(log, factory, sync, m, opts)
 }

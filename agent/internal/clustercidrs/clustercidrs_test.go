@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/sluice-net/sluice/agent/internal/metrics"
+	"github.com/sluice-net/sluice/agent/internal/nodewatch"
 )
 
 func node(name string, cidrs ...string) *v1.Node {
@@ -67,7 +68,7 @@ func TestController(t *testing.T) {
 		applied = append(applied, c)
 		return nil
 	}
-	c, err := New(slog.Default(), factory, nil, apply, metrics.New(), Options{MinSync: 10 * time.Millisecond, MaxSync: time.Hour})
+	c, err := New(slog.Default(), factory, nil, apply, metrics.New(), nodewatch.Options{MinSync: 10 * time.Millisecond, MaxSync: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

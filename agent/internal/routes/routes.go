@@ -66,12 +66,9 @@ func Desired(nodes []*v1.Node, self string, tunnel bool) ([]Route, []error) {
 				via6 = ip
 			}
 		}
-		for i, c := range apiobj.PodCIDRs(n) {
-			p, err := netip.ParsePrefix(c)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("node %s: spec.podCIDRs[%d]: %q is not a CIDR", n.Name, i, c))
-				continue
-			}
+		cidrs, cidrErrs := apiobj.ParsePodCIDRs(n)
+		errs = append(errs, cidrErrs...)
+		for _, p := range cidrs {
 			via := via4
 			if p.Addr().Is6() {
 				via = via6
