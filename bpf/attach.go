@@ -278,6 +278,7 @@ func (d *Datapath) Reattach() (ReattachStats, error) {
 	byName := map[string]*ebpf.Program{"from_pod": d.FromPod, "to_pod": d.ToPod}
 	if d.FromNetdev != nil {
 		byName["from_netdev"], byName["to_netdev"], byName["to_tunnel"] = d.FromNetdev, d.ToNetdev, d.ToTunnel
+		byName["xdp_netdev"] = d.XDPNetdev
 	}
 	for name, p := range d.sockProgs {
 		byName[name] = p
@@ -319,6 +320,10 @@ func reattachLink(pin string, byName map[string]*ebpf.Program, st *ReattachStats
 			return 0, l.Unpin()
 		}
 		ifindex = tcx.Ifindex
+	}
+	if x := info.XDP(); x != nil && x.Ifindex == 0 {
+		st.Stale++
+		return 0, l.Unpin()
 	}
 	cur, err := ebpf.NewProgramFromID(info.Program)
 	if err != nil {

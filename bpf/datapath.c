@@ -11,6 +11,8 @@
  *                reverse NAT of replies and ICMP errors, ingress policy.
  *   from_netdev  tcx ingress of the node's uplinks: NodePort, ExternalIP and
  *   to_netdev    LoadBalancer traffic from outside, and its replies.
+ *   xdp_netdev   XDP on the same uplinks, ahead of from_netdev: early drops,
+ *                and direct server return (lib/xdp.h).
  *   sock*        cgroup hooks: socket-level load balancing of the node's
  *                own sockets.
  *
@@ -34,6 +36,7 @@
 #include "lib/lb.h"
 #include "lib/revnat.h"
 #include "lib/sock.h"
+#include "lib/xdp.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -196,6 +199,54 @@ int from_netdev(struct __sk_buff *skb)
 	if (!svc)
 		return TC_ACT_OK;
 	return lb_service(skb, &p, svc, HOOK_FROM_NETDEV);
+}
+
+/* xdp_netdev (acceleration native or generic) sees what arrives on an
+ * uplink before the kernel allocates anything for it. It drops what must
+ * never reach the stack (sources outside a frontend's
+ * loadBalancerSourceRanges), and under loadBalancerMode dsr sends flows
+ * for remote backends on to the backend's node and takes those sent to
+ * this node. Everything else passes to from_netdev unchanged. */
+SEC("xdp")
+int xdp_netdev(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct pkt p = {};
+	__u8 family;
+
+	if ((void *)(eth + 1) > end)
+		return XDP_PASS;
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		family = 4;
+	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		family = 6;
+	else
+		return XDP_PASS;
+	if (parse_frame(data, end, family, &p) < 0 || p.frag || !has_ports(p.proto) ||
+	    uplink_source_spoofed(&p))
+		return XDP_PASS;
+	if (dsr_enabled) {
+		int verdict = dsr_receive(ctx, &p);
+
+		if (verdict >= 0)
+			return verdict;
+	}
+	struct svc_value *svc = lookup_service(&p, SVC_SCOPE_EXTERNAL);
+	if (!svc)
+		return XDP_PASS;
+	if ((svc->flags & SVC_F_SOURCE_RANGES) && !source_in_ranges(&p)) {
+		xdp_count_drop(ctx, DROP_SOURCE_RANGE);
+		return XDP_DROP;
+	}
+	if (dsr_enabled) {
+		int verdict = dsr_forward(ctx, &p, svc);
+
+		if (verdict >= 0)
+			return verdict;
+	}
+	return XDP_PASS;
 }
 
 SEC("tc")

@@ -60,6 +60,9 @@ const (
 	datapathCounterCOUNTER_CT_INSERT_FAILED    datapathCounter = 4
 	datapathCounterCOUNTER_EVENTS_SUPPRESSED   datapathCounter = 5
 	datapathCounterCOUNTER_EVENTS_LOST         datapathCounter = 6
+	datapathCounterCOUNTER_DSR_SENT            datapathCounter = 7
+	datapathCounterCOUNTER_DSR_RECEIVED        datapathCounter = 8
+	datapathCounterCOUNTER_DSR_REPLIES         datapathCounter = 9
 	datapathCounterCOUNTER_MAX                 datapathCounter = 16
 )
 
@@ -79,6 +82,7 @@ const (
 	datapathCtFlagsCT_F_CLOSING     datapathCtFlags = 2
 	datapathCtFlagsCT_F_HAIRPIN     datapathCtFlags = 4
 	datapathCtFlagsCT_F_REPLIED     datapathCtFlags = 8
+	datapathCtFlagsCT_F_DSR         datapathCtFlags = 16
 )
 
 type datapathCtKey struct {
@@ -128,6 +132,8 @@ const (
 	datapathDropReasonDROP_SPOOFED_UPLINK     datapathDropReason = 12
 	datapathDropReasonDROP_SOURCE_RANGE       datapathDropReason = 13
 	datapathDropReasonDROP_NO_TUNNEL_ENDPOINT datapathDropReason = 14
+	datapathDropReasonDROP_DSR_INVALID        datapathDropReason = 15
+	datapathDropReasonDROP_DSR_TOO_BIG        datapathDropReason = 16
 	datapathDropReasonDROP_REASON_MAX         datapathDropReason = 64
 )
 
@@ -314,6 +320,16 @@ type datapathNodeCidr struct {
 	Pad       uint32
 }
 
+type datapathNodeKey struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+}
+
+type datapathNodeValue struct {
+	_     structs.HostLayout
+	Flags uint32
+}
+
 type datapathPolicyDir uint32
 
 const (
@@ -466,7 +482,9 @@ const (
 	datapathMapSluiceMaglev65521V1       = "sluice_maglev_65521_v1"
 	datapathMapSluiceMaglev8191V1        = "sluice_maglev_8191_v1"
 	datapathMapSluiceMaglevV1            = "sluice_maglev_v1"
+	datapathMapSluiceNodeAddrsV1         = "sluice_node_addrs_v1"
 	datapathMapSluiceNodeCidrsV1         = "sluice_node_cidrs_v1"
+	datapathMapSluiceNodesV1             = "sluice_nodes_v1"
 	datapathMapSluicePolicyCidrsV1       = "sluice_policy_cidrs_v1"
 	datapathMapSluicePolicyEndpointsV1   = "sluice_policy_endpoints_v1"
 	datapathMapSluicePolicyStateV1       = "sluice_policy_state_v1"
@@ -488,11 +506,15 @@ const (
 	datapathProgToNetdev                 = "to_netdev"
 	datapathProgToPod                    = "to_pod"
 	datapathProgToTunnel                 = "to_tunnel"
+	datapathProgXdpNetdev                = "xdp_netdev"
 	datapathVarCtTimeoutCloseNs          = "ct_timeout_close_ns"
 	datapathVarCtTimeoutOtherNs          = "ct_timeout_other_ns"
 	datapathVarCtTimeoutSynNs            = "ct_timeout_syn_ns"
 	datapathVarCtTimeoutTcpNs            = "ct_timeout_tcp_ns"
 	datapathVarCtTimeoutUnrepliedNs      = "ct_timeout_unreplied_ns"
+	datapathVarDsrEnabled                = "dsr_enabled"
+	datapathVarDsrMaxInner               = "dsr_max_inner"
+	datapathVarDsrPort                   = "dsr_port"
 	datapathVarEventBurst                = "event_burst"
 	datapathVarEventIntervalNs           = "event_interval_ns"
 	datapathVarEventRate                 = "event_rate"
@@ -583,6 +605,7 @@ type datapathProgramSpecs struct {
 	ToNetdev         *ebpf.ProgramSpec `ebpf:"to_netdev"`
 	ToPod            *ebpf.ProgramSpec `ebpf:"to_pod"`
 	ToTunnel         *ebpf.ProgramSpec `ebpf:"to_tunnel"`
+	XdpNetdev        *ebpf.ProgramSpec `ebpf:"xdp_netdev"`
 }
 
 // datapathMapSpecs contains maps before they are loaded into the kernel.
@@ -614,7 +637,9 @@ type datapathMapSpecs struct {
 	SluiceMaglev65521V1     *ebpf.MapSpec `ebpf:"sluice_maglev_65521_v1"`
 	SluiceMaglev8191V1      *ebpf.MapSpec `ebpf:"sluice_maglev_8191_v1"`
 	SluiceMaglevV1          *ebpf.MapSpec `ebpf:"sluice_maglev_v1"`
+	SluiceNodeAddrsV1       *ebpf.MapSpec `ebpf:"sluice_node_addrs_v1"`
 	SluiceNodeCidrsV1       *ebpf.MapSpec `ebpf:"sluice_node_cidrs_v1"`
+	SluiceNodesV1           *ebpf.MapSpec `ebpf:"sluice_nodes_v1"`
 	SluicePolicyCidrsV1     *ebpf.MapSpec `ebpf:"sluice_policy_cidrs_v1"`
 	SluicePolicyEndpointsV1 *ebpf.MapSpec `ebpf:"sluice_policy_endpoints_v1"`
 	SluicePolicyStateV1     *ebpf.MapSpec `ebpf:"sluice_policy_state_v1"`
@@ -634,6 +659,9 @@ type datapathVariableSpecs struct {
 	CtTimeoutSynNs            *ebpf.VariableSpec `ebpf:"ct_timeout_syn_ns"`
 	CtTimeoutTcpNs            *ebpf.VariableSpec `ebpf:"ct_timeout_tcp_ns"`
 	CtTimeoutUnrepliedNs      *ebpf.VariableSpec `ebpf:"ct_timeout_unreplied_ns"`
+	DsrEnabled                *ebpf.VariableSpec `ebpf:"dsr_enabled"`
+	DsrMaxInner               *ebpf.VariableSpec `ebpf:"dsr_max_inner"`
+	DsrPort                   *ebpf.VariableSpec `ebpf:"dsr_port"`
 	EventBurst                *ebpf.VariableSpec `ebpf:"event_burst"`
 	EventIntervalNs           *ebpf.VariableSpec `ebpf:"event_interval_ns"`
 	EventRate                 *ebpf.VariableSpec `ebpf:"event_rate"`
@@ -714,7 +742,9 @@ type datapathMaps struct {
 	SluiceMaglev65521V1     *ebpf.Map `ebpf:"sluice_maglev_65521_v1"`
 	SluiceMaglev8191V1      *ebpf.Map `ebpf:"sluice_maglev_8191_v1"`
 	SluiceMaglevV1          *ebpf.Map `ebpf:"sluice_maglev_v1"`
+	SluiceNodeAddrsV1       *ebpf.Map `ebpf:"sluice_node_addrs_v1"`
 	SluiceNodeCidrsV1       *ebpf.Map `ebpf:"sluice_node_cidrs_v1"`
+	SluiceNodesV1           *ebpf.Map `ebpf:"sluice_nodes_v1"`
 	SluicePolicyCidrsV1     *ebpf.Map `ebpf:"sluice_policy_cidrs_v1"`
 	SluicePolicyEndpointsV1 *ebpf.Map `ebpf:"sluice_policy_endpoints_v1"`
 	SluicePolicyStateV1     *ebpf.Map `ebpf:"sluice_policy_state_v1"`
@@ -752,7 +782,9 @@ func (m *datapathMaps) Close() error {
 		m.SluiceMaglev65521V1,
 		m.SluiceMaglev8191V1,
 		m.SluiceMaglevV1,
+		m.SluiceNodeAddrsV1,
 		m.SluiceNodeCidrsV1,
+		m.SluiceNodesV1,
 		m.SluicePolicyCidrsV1,
 		m.SluicePolicyEndpointsV1,
 		m.SluicePolicyStateV1,
@@ -773,6 +805,9 @@ type datapathVariables struct {
 	CtTimeoutSynNs            *ebpf.Variable `ebpf:"ct_timeout_syn_ns"`
 	CtTimeoutTcpNs            *ebpf.Variable `ebpf:"ct_timeout_tcp_ns"`
 	CtTimeoutUnrepliedNs      *ebpf.Variable `ebpf:"ct_timeout_unreplied_ns"`
+	DsrEnabled                *ebpf.Variable `ebpf:"dsr_enabled"`
+	DsrMaxInner               *ebpf.Variable `ebpf:"dsr_max_inner"`
+	DsrPort                   *ebpf.Variable `ebpf:"dsr_port"`
 	EventBurst                *ebpf.Variable `ebpf:"event_burst"`
 	EventIntervalNs           *ebpf.Variable `ebpf:"event_interval_ns"`
 	EventRate                 *ebpf.Variable `ebpf:"event_rate"`
@@ -825,6 +860,7 @@ type datapathPrograms struct {
 	ToNetdev         *ebpf.Program `ebpf:"to_netdev"`
 	ToPod            *ebpf.Program `ebpf:"to_pod"`
 	ToTunnel         *ebpf.Program `ebpf:"to_tunnel"`
+	XdpNetdev        *ebpf.Program `ebpf:"xdp_netdev"`
 }
 
 func (p *datapathPrograms) Close() error {
@@ -842,6 +878,7 @@ func (p *datapathPrograms) Close() error {
 		p.ToNetdev,
 		p.ToPod,
 		p.ToTunnel,
+		p.XdpNetdev,
 	)
 }
 

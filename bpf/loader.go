@@ -58,7 +58,22 @@ type Config struct {
 	// other field).
 	EventRate, EventBurst uint32
 	EventsOff             bool
+	// DSR turns on direct server return in xdp_netdev (AttachXDP): flows
+	// from outside to a remote backend are sent on to the backend's node
+	// in Geneve over UDP port DSRPort, and the backend's node replies to
+	// the client itself. DSRMaxInner is the largest packet such a flow may
+	// carry: the uplink MTU less DSROverhead (the default assumes 1500).
+	DSR         bool
+	DSRPort     uint16
+	DSRMaxInner uint32
 }
+
+// DefaultDSRPort is Geneve's port (RFC 8926), the default of Config.DSRPort.
+const DefaultDSRPort = 6081
+
+// DSROverhead is what direct server return adds to a packet over an IPv4
+// underlay (outer IPv4, UDP, Geneve with its option); over IPv6, 20 more.
+const DSROverhead = 60
 
 // DefaultConfig returns the configuration used for zero Config fields.
 func DefaultConfig() Config {
@@ -81,6 +96,8 @@ func DefaultConfig() Config {
 		CTTimeoutUnreplied: 10 * time.Second,
 		EventRate:          1000,
 		EventBurst:         1000,
+		DSRPort:            DefaultDSRPort,
+		DSRMaxInner:        1500 - DSROverhead,
 	}
 }
 
@@ -111,6 +128,10 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.MaxPolicyRules, d.MaxPolicyRules)
 	setDefault(&c.EventRate, d.EventRate)
 	setDefault(&c.EventBurst, d.EventBurst)
+	setDefault(&c.DSRMaxInner, d.DSRMaxInner)
+	if c.DSRPort == 0 {
+		c.DSRPort = d.DSRPort
+	}
 	setDefaultDur(&c.CTTimeoutSYN, d.CTTimeoutSYN)
 	setDefaultDur(&c.CTTimeoutTCP, d.CTTimeoutTCP)
 	setDefaultDur(&c.CTTimeoutClose, d.CTTimeoutClose)
@@ -153,6 +174,9 @@ type Datapath struct {
 	// ToTunnel serves the overlay device (AttachTunnel); nil when opened
 	// with OpenPinned.
 	ToTunnel *ebpf.Program
+	// XDPNetdev is the uplinks' XDP program (AttachXDP); nil when opened
+	// with OpenPinned.
+	XDPNetdev *ebpf.Program
 
 	Services *ebpf.Map
 	Backends *ebpf.Map
@@ -184,6 +208,9 @@ type Datapath struct {
 	// Tunnel holds the overlay's tunnel endpoints (PutTunnelEndpoint); nil
 	// when opened from pins of a release before the overlay.
 	Tunnel *ebpf.Map
+	// Nodes holds the cluster's node addresses and NodeAddrs this node's
+	// (SetNodeAddrs), for direct server return; nil when opened read-only.
+	Nodes, NodeAddrs *ebpf.Map
 	// Frags holds, per fragmented datagram, what its first fragment got.
 	Frags *ebpf.Map
 	// EndpointSlots holds each pod veth's addresses by ifindex, the fast
@@ -251,7 +278,8 @@ func Load(cfg Config) (*Datapath, error) {
 	}
 	d := &Datapath{
 		FromPod: objs.FromPod, ToPod: objs.ToPod, FromNetdev: objs.FromNetdev, ToNetdev: objs.ToNetdev, ToTunnel: objs.ToTunnel,
-		Services: objs.SluiceServicesV1, Backends: objs.SluiceBackendsV2,
+		XDPNetdev: objs.XdpNetdev,
+		Services:  objs.SluiceServicesV1, Backends: objs.SluiceBackendsV2,
 		MaglevMaps: [maglevClasses]*ebpf.Map{objs.SluiceMaglevV1, objs.SluiceMaglev251V1, objs.SluiceMaglev509V1,
 			objs.SluiceMaglev1021V1, objs.SluiceMaglev2039V1, objs.SluiceMaglev4093V1, objs.SluiceMaglev8191V1,
 			objs.SluiceMaglev16381V1, objs.SluiceMaglev32749V1, objs.SluiceMaglev65521V1, objs.SluiceMaglev131071V1},
@@ -259,8 +287,8 @@ func Load(cfg Config) (*Datapath, error) {
 		Affinity: objs.SluiceAffinityV2, Endpoints: objs.SluiceEndpointsV1,
 		Drops: objs.SluiceDropsV2, Counters: objs.SluiceCountersV1, Events: objs.SluiceEventsV3,
 		SockRevnat: objs.SluiceSockRevnatV1, SockNetns: objs.SluiceSockNetnsV1, LBRanges: objs.SluiceLbRangesV1,
-		Tunnel: objs.SluiceTunnelV1,
-		Frags:  objs.SluiceFragsV1, EndpointSlots: objs.SluiceEndpointSlotsV1, NodeCIDRs: objs.SluiceNodeCidrsV1,
+		Tunnel: objs.SluiceTunnelV1, Nodes: objs.SluiceNodesV1, NodeAddrs: objs.SluiceNodeAddrsV1,
+		Frags: objs.SluiceFragsV1, EndpointSlots: objs.SluiceEndpointSlotsV1, NodeCIDRs: objs.SluiceNodeCidrsV1,
 		IPCache: objs.SluiceIpcacheV1, PolicyCIDRs: objs.SluicePolicyCidrsV1,
 		PolicyEndpoints: objs.SluicePolicyEndpointsV1, Policy: objs.SluicePolicyV1, PolicyState: objs.SluicePolicyStateV1,
 		root: cfg.PinRoot,
@@ -310,6 +338,9 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 		"event_interval_ns":       eventInterval,
 		"hairpin_addr4":           Addr(HairpinAddr4),
 		"hairpin_addr6":           Addr(HairpinAddr6),
+		"dsr_enabled":             boolU32(cfg.DSR),
+		"dsr_port":                uint32(cfg.DSRPort),
+		"dsr_max_inner":           cfg.DSRMaxInner,
 	}
 	for name, v := range consts {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -328,6 +359,7 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 		datapathMapSluiceSockNetnsV1:       cfg.MaxEndpoints,
 		datapathMapSluiceLbRangesV1:        cfg.MaxServices,
 		datapathMapSluiceTunnelV1:          maxTunnelEndpoints,
+		datapathMapSluiceNodesV1:           maxTunnelEndpoints,
 		datapathMapSluiceIpcacheV1:         cfg.MaxIPCache,
 		datapathMapSluicePolicyCidrsV1:     cfg.MaxPolicyCIDRs,
 		datapathMapSluicePolicyV1:          cfg.MaxPolicyRules,
@@ -344,6 +376,13 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 		spec.Maps[maglevMapName(size)].MaxEntries = n
 	}
 	return nil
+}
+
+func boolU32(b bool) uint32 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func maglevMapName(size uint32) string { return fmt.Sprintf("sluice_maglev_%d_v1", size) }
@@ -464,7 +503,7 @@ func (d *Datapath) PinRoot() string { return d.root }
 // Close releases this process's handles; pinned objects stay in the kernel.
 func (d *Datapath) Close() error {
 	var errs []error
-	for _, p := range []*ebpf.Program{d.FromPod, d.ToPod, d.FromNetdev, d.ToNetdev, d.ToTunnel} {
+	for _, p := range []*ebpf.Program{d.FromPod, d.ToPod, d.FromNetdev, d.ToNetdev, d.ToTunnel, d.XDPNetdev} {
 		if p != nil {
 			errs = append(errs, p.Close())
 		}
@@ -482,7 +521,7 @@ func (d *Datapath) Close() error {
 	}
 	for _, m := range []*ebpf.Map{d.Services, d.Backends, d.ConntrackTCP, d.ConntrackOther, d.Affinity,
 		d.Endpoints, d.Drops, d.Counters, d.Events,
-		d.SockRevnat, d.SockNetns, d.LBRanges, d.Tunnel, d.Frags, d.EndpointSlots, d.NodeCIDRs, d.IPCache, d.PolicyCIDRs, d.PolicyEndpoints, d.Policy, d.PolicyState} {
+		d.SockRevnat, d.SockNetns, d.LBRanges, d.Tunnel, d.Nodes, d.NodeAddrs, d.Frags, d.EndpointSlots, d.NodeCIDRs, d.IPCache, d.PolicyCIDRs, d.PolicyEndpoints, d.Policy, d.PolicyState} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}

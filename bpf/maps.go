@@ -286,6 +286,12 @@ const (
 	// CounterEventsLost counts flow events lost because the ring was full
 	// (the reader fell behind).
 	CounterEventsLost = datapathCounterCOUNTER_EVENTS_LOST
+	// Direct server return: packets sent on to a backend's node, packets
+	// received for a local backend, and backends' replies sent straight
+	// to the client.
+	CounterDSRSent     = datapathCounterCOUNTER_DSR_SENT
+	CounterDSRReceived = datapathCounterCOUNTER_DSR_RECEIVED
+	CounterDSRReplies  = datapathCounterCOUNTER_DSR_REPLIES
 )
 
 // CounterValues sums the per-CPU event counters, by counter.
@@ -293,7 +299,8 @@ func (d *Datapath) CounterValues() (map[Counter]uint64, error) {
 	out := map[Counter]uint64{}
 	var perCPU []uint64
 	for _, c := range []Counter{CounterCTReplyRestored, CounterCTForwardRestored, CounterCTReopened,
-		CounterAffinityStale, CounterCTInsertFailed, CounterEventsSuppressed, CounterEventsLost} {
+		CounterAffinityStale, CounterCTInsertFailed, CounterEventsSuppressed, CounterEventsLost,
+		CounterDSRSent, CounterDSRReceived, CounterDSRReplies} {
 		if err := d.Counters.Lookup(uint32(c), &perCPU); err != nil {
 			return nil, fmt.Errorf("read datapath counter %d: %w", c, err)
 		}

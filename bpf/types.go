@@ -26,6 +26,8 @@ type (
 	IPCacheValue        = datapathIpcacheValue
 	CIDRKey             = datapathCidrKey
 	TunnelEndpoint      = datapathTunnelEndpoint
+	NodeKey             = datapathNodeKey
+	NodeValue           = datapathNodeValue
 	PolicyEndpointValue = datapathPolicyEndpointValue
 	PolicyKey           = datapathPolicyKey
 	PolicyValue         = datapathPolicyValue
@@ -130,6 +132,8 @@ const (
 	DropSpoofedUplink    = datapathDropReasonDROP_SPOOFED_UPLINK
 	DropSourceRange      = datapathDropReasonDROP_SOURCE_RANGE
 	DropNoTunnelEndpoint = datapathDropReasonDROP_NO_TUNNEL_ENDPOINT
+	DropDSRInvalid       = datapathDropReasonDROP_DSR_INVALID
+	DropDSRTooBig        = datapathDropReasonDROP_DSR_TOO_BIG
 	dropReasonMax        = datapathDropReasonDROP_REASON_MAX
 )
 
@@ -149,6 +153,8 @@ var dropReasonNames = map[DropReason]string{
 	DropSpoofedUplink:              "spoofed_uplink",
 	DropSourceRange:                "source_range",
 	DropNoTunnelEndpoint:           "no_tunnel_endpoint",
+	DropDSRInvalid:                 "dsr_invalid",
+	DropDSRTooBig:                  "dsr_too_big",
 }
 
 // Hook is where in the datapath a packet was seen.

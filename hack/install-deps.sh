@@ -3,7 +3,7 @@
 # bpffs. Idempotent: packages already present are not reinstalled.
 set -euo pipefail
 
-packages=(clang-19 llvm-19 libbpf-dev bpftool iproute2 iptables nftables iperf3 curl make git shellcheck clang-format-19)
+packages=(clang-19 llvm-19 libbpf-dev bpftool iproute2 iptables nftables iperf3 curl make git shellcheck clang-format-19 ethtool)
 
 if [ "$(id -u)" -ne 0 ]; then
 	echo "install-deps: run as root (apt-get and mount need it)" >&2

@@ -138,6 +138,11 @@ enum ct_flags {
 	/* A reply was seen. Until then a flow other than TCP lives only
 	 * ct_timeout_unreplied_ns, so one-way floods age out fast. */
 	CT_F_REPLIED = 1 << 3,
+	/* Direct server return: on the node that received the flow, the
+	 * forward entry of a flow sent on to the backend's node; on the
+	 * backend's node, the reply entry that turns replies back into the
+	 * service's. */
+	CT_F_DSR = 1 << 4,
 };
 
 struct ct_key {
@@ -249,6 +254,8 @@ enum drop_reason {
 	DROP_SPOOFED_UPLINK = 12,     /* from outside with a local pod's or the hairpin source */
 	DROP_SOURCE_RANGE = 13,	      /* to a LoadBalancer IP from outside its loadBalancerSourceRanges */
 	DROP_NO_TUNNEL_ENDPOINT = 14, /* into the overlay to an address of no node's pod CIDR */
+	DROP_DSR_INVALID = 15, /* a DSR packet not from a node, or not for a local backend of a service */
+	DROP_DSR_TOO_BIG = 16, /* a DSR flow's packet that would not fit the uplink once encapsulated */
 	DROP_REASON_MAX = 64,
 };
 
@@ -354,6 +361,12 @@ enum counter {
 	COUNTER_EVENTS_SUPPRESSED = 5,
 	/* A flow event lost because the ring was full. */
 	COUNTER_EVENTS_LOST = 6,
+	/* Direct server return: a packet sent on to the backend's node
+	 * (xdp_netdev), one received for a local backend, and a backend's
+	 * reply sent straight to the client (to_netdev). */
+	COUNTER_DSR_SENT = 7,
+	COUNTER_DSR_RECEIVED = 8,
+	COUNTER_DSR_REPLIES = 9,
 	COUNTER_MAX = 16,
 };
 
@@ -418,6 +431,42 @@ struct cidr_key {
  * destination of its encapsulated packets, IPv4-mapped for IPv4. */
 struct tunnel_endpoint {
 	__u8 addr[SLUICE_ADDR_LEN];
+};
+
+/* The cluster's node addresses (sluice_nodes_v1): a packet sent on by
+ * direct server return is accepted only from one of them. */
+struct node_key {
+	__u8 addr[SLUICE_ADDR_LEN];
+};
+
+struct node_value {
+	__u32 flags; /* reserved */
+};
+
+/* Direct server return (xdp_netdev): the packet, its destination already
+ * translated to the backend, travels to the backend's node in Geneve (RFC
+ * 8926, UDP, protocol type = the inner packet's EtherType) with one option
+ * naming the service address the client used, which the backend's node
+ * restores on the replies. */
+#define DSR_OPT_CLASS 0xfff5 /* Geneve's experimental range */
+#define DSR_OPT_TYPE  0x01
+
+struct dsr_opt {
+	__be16 opt_class;
+	__u8 type;
+	__u8 len; /* 4-byte words after this header: 5 */
+	__u8 vip[SLUICE_ADDR_LEN];
+	__be16 vport;
+	__u16 pad;
+};
+
+struct geneve_dsr {
+	__u8 ver_optlen; /* version 0; option length in 4-byte words: 6 */
+	__u8 flags;
+	__be16 proto;
+	__u8 vni[3];
+	__u8 reserved;
+	struct dsr_opt opt;
 };
 
 enum policy_endpoint_flags {

@@ -31,6 +31,15 @@ volatile const __u64 host_netns_cookie = 0;
 volatile const __u32 event_rate;
 volatile const __u32 event_burst;
 volatile const __u64 event_interval_ns;
+/* loadBalancerMode dsr (bpf.Config.DSR): xdp_netdev sends flows from
+ * outside to remote backends on to the backend's node, Geneve over UDP
+ * port dsr_port, whose replies go straight back to the client. Their
+ * packets may be at most dsr_max_inner bytes (the uplink MTU less the
+ * encapsulation): larger ones are dropped, and the backend's node lowers
+ * the MSS of a DSR flow's SYN-ACK to fit. */
+volatile const __u32 dsr_enabled;
+volatile const __u32 dsr_port;
+volatile const __u32 dsr_max_inner;
 /* Source address used when a pod is load-balanced to itself (hairpin):
  * bpf.HairpinAddr4 and bpf.HairpinAddr6, written by the loader. */
 volatile const __u8 hairpin_addr4[SLUICE_ADDR_LEN];

@@ -149,12 +149,14 @@ static __noinline __u8 ct_keep_reply(const struct pkt *p, const struct ct_value 
  * reply entry of a live service flow (rk and ct: that entry): a forward entry
  * gone from the map is made again, so the client's next packet keeps its
  * backend rather than being balanced afresh (perhaps elsewhere). Hairpin
- * flows are left alone: their reply entry does not name the client. */
+ * flows are left alone: their reply entry does not name the client; so
+ * are flows received by direct server return, whose forward entry is on
+ * the node the client sent to. */
 static __noinline void ct_keep_forward(const struct ct_key *rk, const struct ct_value *ct, __u64 now)
 {
 	struct key_scratch *s = key_scratch();
 
-	if (!s || (ct->flags & CT_F_HAIRPIN))
+	if (!s || (ct->flags & (CT_F_HAIRPIN | CT_F_DSR)))
 		return;
 	struct ct_key *k = &s->ct;
 

@@ -106,8 +106,9 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_lb_ranges_v1 SEC(".maps");
 
-/* routingMode vxlan: other nodes' pod CIDRs -> the node's address, the
- * tunnel endpoint to_tunnel encapsulates to. */
+/* Other nodes' pod CIDRs -> the node's address: the tunnel endpoint
+ * to_tunnel encapsulates to (routingMode vxlan), and the node xdp_netdev
+ * sends a backend's packets on to (loadBalancerMode dsr). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, SIZED_BY_LOADER);
@@ -116,6 +117,27 @@ struct {
 	__type(value, struct tunnel_endpoint);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_tunnel_v1 SEC(".maps");
+
+/* Direct server return: every node address of the cluster (the senders
+ * xdp_netdev accepts sent-on packets from), and this node's own, IPv4 at
+ * index 0 and IPv6 at 1 (the outer source of what it sends on; zero:
+ * none). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SIZED_BY_LOADER);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct node_key);
+	__type(value, struct node_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_nodes_v1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct node_key);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_node_addrs_v1 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

@@ -131,15 +131,13 @@ static __always_inline __u32 l4_min_len(__u8 proto)
 }
 
 /*
- * parse_l3 reads the IP header at off and, when present, the L4 ports, by
- * direct packet access: helper calls cost more than the whole parse. The
- * caller makes sure the headers are in the linear area (parse_direct).
+ * parse_l3_at reads the IP header at off (from data, the packet ending at
+ * end) and, when present, the L4 ports, by direct packet access: helper
+ * calls cost more than the whole parse. The caller makes sure the headers
+ * are in the linear area (parse_direct).
  */
-static __always_inline int parse_l3(struct __sk_buff *skb, __u32 off, __u8 family, struct pkt *p)
+static __always_inline int parse_l3_at(void *data, void *end, __u32 off, __u8 family, struct pkt *p)
 {
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-
 	if (off > PARSE_MAX_OFF)
 		return -1;
 	p->family = family;
@@ -241,13 +239,20 @@ static __always_inline int parse_l3(struct __sk_buff *skb, __u32 off, __u8 famil
 	return 0;
 }
 
-static __noinline int parse_direct(struct __sk_buff *skb, __u8 family, struct pkt *p)
+/* parse_l3 is parse_l3_at over an skb's linear area. */
+static __always_inline int parse_l3(struct __sk_buff *skb, __u32 off, __u8 family, struct pkt *p)
 {
-	if (parse_l3(skb, ETH_HLEN, family, p) < 0)
+	return parse_l3_at((void *)(long)skb->data, (void *)(long)skb->data_end, off, family, p);
+}
+
+/* parse_frame reads the IP and L4 headers after the Ethernet header of a
+ * frame from data to end, and the TCP flags: parse_direct's work for any
+ * program type (tc and XDP). */
+static __always_inline int parse_frame(void *data, void *end, __u8 family, struct pkt *p)
+{
+	if (parse_l3_at(data, end, ETH_HLEN, family, p) < 0)
 		return -1;
 	if (p->proto == IPPROTO_TCP && !p->frag) {
-		void *data = (void *)(long)skb->data;
-		void *end = (void *)(long)skb->data_end;
 		__u32 off = p->l4_off + 13;
 
 		if (off > PARSE_MAX_OFF)
@@ -258,6 +263,11 @@ static __noinline int parse_direct(struct __sk_buff *skb, __u8 family, struct pk
 		p->tcp_flags = *flags;
 	}
 	return 0;
+}
+
+static __noinline int parse_direct(struct __sk_buff *skb, __u8 family, struct pkt *p)
+{
+	return parse_frame((void *)(long)skb->data, (void *)(long)skb->data_end, family, p);
 }
 
 /* parse reads the Ethernet, IP and L4 headers of the packet (enum

@@ -117,6 +117,49 @@ static __noinline int icmp_error_translate(struct __sk_buff *skb, struct pkt *p,
 	return TC_ACT_OK;
 }
 
+/* tcp_clamp_mss lowers the MSS option of a SYN (p) to at most max: the
+ * backend of a flow received by direct server return tells the client a
+ * segment size that still fits once the node the client sends to
+ * encapsulates it. */
+static __noinline int tcp_clamp_mss(struct __sk_buff *skb, const struct pkt *p, __u32 max)
+{
+	__u8 doff;
+
+	if (bpf_skb_load_bytes(skb, p->l4_off + 12, &doff, 1) < 0)
+		return -1;
+	__u32 off = p->l4_off + sizeof(struct tcphdr);
+	__u32 opts_end = p->l4_off + (doff >> 4) * 4;
+	for (int i = 0; i < 40 && off + 4 <= opts_end; i++) {
+		__u8 opt[2];
+
+		if (bpf_skb_load_bytes(skb, off, opt, 2) < 0)
+			return -1;
+		if (opt[0] == 0) /* end of options */
+			return 0;
+		if (opt[0] == 1) { /* no-op */
+			off++;
+			continue;
+		}
+		if (opt[1] < 2)
+			return 0; /* malformed: left to the client */
+		if (opt[0] == 2 && opt[1] == 4) {
+			__be16 mss, clamped = bpf_htons(max);
+
+			if (bpf_skb_load_bytes(skb, off + 2, &mss, 2) < 0)
+				return -1;
+			if (bpf_ntohs(mss) <= max)
+				return 0;
+			if (bpf_l4_csum_replace(skb, p->l4_off + offsetof(struct tcphdr, check), mss, clamped,
+						2) < 0 ||
+			    bpf_skb_store_bytes(skb, off + 2, &clamped, 2, 0) < 0)
+				return -1;
+			return 0;
+		}
+		off += opt[1];
+	}
+	return 0;
+}
+
 /* service_reply rewrites a backend's reply to come from the service
  * address the client used. It returns 1, with the verdict, when p was such
  * a reply. Hairpin replies are handled in from_pod. */
@@ -136,6 +179,15 @@ static __always_inline int service_reply(struct __sk_buff *skb, struct pkt *p, _
 	if (ct_refresh(ct, p, now, CT_F_REPLIED))
 		ct_keep_forward(&rk, ct, now);
 
+	if (ct->flags & CT_F_DSR) {
+		count(COUNTER_DSR_REPLIES);
+		if (p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_SYN) &&
+		    tcp_clamp_mss(skb, p, dsr_max_inner - (p->family == 4 ? 40 : 60)) < 0) {
+			record_drop(skb, p, DROP_NAT_FAILED, ct->svc_id, hook);
+			*verdict = TC_ACT_SHOT;
+			return 1;
+		}
+	}
 	__u8 vip[SLUICE_ADDR_LEN];
 	__builtin_memcpy(vip, ct->nat_addr, SLUICE_ADDR_LEN);
 	if (nat_src(skb, p, vip, ct->nat_port) < 0) {
