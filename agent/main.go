@@ -8,6 +8,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -38,6 +39,7 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/clustercidrs"
 	"github.com/sluice-net/sluice/agent/internal/config"
 	"github.com/sluice-net/sluice/agent/internal/ctgc"
+	"github.com/sluice-net/sluice/agent/internal/dsr"
 	"github.com/sluice-net/sluice/agent/internal/flows"
 	"github.com/sluice-net/sluice/agent/internal/healthcheck"
 	"github.com/sluice-net/sluice/agent/internal/masq"
@@ -119,20 +121,23 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
-	dp, err := loadDatapath(log, cfg)
+	devices, err := uplinks(cfg.Devices)
+	if err != nil {
+		return err
+	}
+	dp, err := loadDatapath(log, cfg, devices)
 	if err != nil {
 		return err
 	}
 	defer dp.Close() // the pins stay: the datapath outlives the agent
-	devices, err := attachDatapath(log, cfg, dp)
-	if err != nil {
+	m := metrics.New()
+	if err := attachDatapath(log, cfg, dp, devices, m); err != nil {
 		return err
 	}
 	remasquerade, err := masquerade(log, cfg)
 	if err != nil {
 		return err
 	}
-	m := metrics.New()
 	m.RegisterDatapath(dp)
 	hc := healthcheck.New(log, "")
 	defer hc.Close()
@@ -154,7 +159,7 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	}
 	// One slot for each goroutine that reports, so none blocks once run
 	// has returned.
-	errs := make(chan error, 11)
+	errs := make(chan error, 12)
 	go func() { errs <- serve(ctx, log, "metrics", cfg.MetricsAddr, metricsMux(m)) }()
 	go func() {
 		errs <- endpointapi.Serve(ctx, log, cfg.EndpointSocket, endpointAgent{Controller: ctrls.policies, log: log, sockets: ctrls.sockets})
@@ -217,8 +222,9 @@ func apiClient(cfg config.Config) (*kubernetes.Clientset, error) {
 	return client, nil
 }
 
-// loadDatapath loads (or reuses, when pinned) this node's datapath.
-func loadDatapath(log *slog.Logger, cfg config.Config) (*bpf.Datapath, error) {
+// loadDatapath loads (or reuses, when pinned) this node's datapath for
+// the uplinks devices.
+func loadDatapath(log *slog.Logger, cfg config.Config, devices []string) (*bpf.Datapath, error) {
 	// The agent runs in the node's network namespace (hostNetwork): socket
 	// LB serves exactly the sockets of that namespace.
 	hostNetns, err := bpf.NetnsCookie()
@@ -240,6 +246,7 @@ func loadDatapath(log *slog.Logger, cfg config.Config) (*bpf.Datapath, error) {
 		CTTimeoutUnreplied: cfg.CTTimeoutUnreplied.Duration,
 		HostNetnsCookie:    hostNetns,
 		EventRate:          cfg.FlowEventRate, EventBurst: cfg.FlowEventBurst, EventsOff: cfg.FlowEventRate == 0,
+		DSR: cfg.DSR(), DSRMaxInner: dsrMaxInner(log, devices),
 	})
 	if err != nil {
 		return nil, err
@@ -293,29 +300,67 @@ func conntrackSizes(cfg config.Config) (tcp, other uint32, sizedBy string, err e
 
 // attachDatapath hooks the datapath where traffic other than the pods'
 // enters it: host sockets (socket-level load balancing) and the node's
-// uplinks (NodePorts and external addresses), which it returns.
-func attachDatapath(log *slog.Logger, cfg config.Config, dp *bpf.Datapath) ([]string, error) {
+// uplinks devices (NodePorts and external addresses), with XDP ahead of
+// tc there when acceleration is on.
+func attachDatapath(log *slog.Logger, cfg config.Config, dp *bpf.Datapath, devices []string, m *metrics.Metrics) error {
 	if cfg.SocketLBCgroup != "" {
 		if err := dp.AttachSocketLB(cfg.SocketLBCgroup); err != nil {
-			return nil, err
+			return err
 		}
 		log.Info("socket-level load balancing attached", "cgroup", cfg.SocketLBCgroup)
 	}
-	devices, err := uplinks(cfg.Devices)
-	if err != nil {
-		return nil, err
-	}
 	for _, dev := range devices {
 		if err := dp.AttachDevice(dev, bpf.AttachAuto); err != nil {
-			return nil, err
+			return err
+		}
+		if err := attachXDP(log, cfg, dp, dev, m); err != nil {
+			return err
 		}
 	}
 	if len(devices) == 0 {
 		log.Warn("no interface has a global address: NodePort, ExternalIP and LoadBalancer traffic from outside is not served (set devices)")
 	} else {
-		log.Info("NodePort, ExternalIP and LoadBalancer traffic served on the node's uplinks", "devices", devices)
+		log.Info("NodePort, ExternalIP and LoadBalancer traffic served on the node's uplinks", "devices", devices,
+			"acceleration", cfg.XDP(), "loadBalancerMode", cmp.Or(cfg.LoadBalancerMode, config.LoadBalancerSNAT))
 	}
-	return devices, takeOver(log, dp)
+	return takeOver(log, dp)
+}
+
+// attachXDP runs xdp_netdev on an uplink in the configured mode, or
+// removes it (acceleration off, perhaps after being on).
+func attachXDP(log *slog.Logger, cfg config.Config, dp *bpf.Datapath, dev string, m *metrics.Metrics) error {
+	want := cfg.XDP()
+	if want == config.AccelerationOff {
+		return dp.DetachXDP(dev)
+	}
+	got, err := dp.AttachXDP(dev, bpf.XDPMode(want))
+	if err != nil {
+		return err
+	}
+	if string(got) != want {
+		log.Warn("the uplink's driver has no native XDP: it runs in generic mode, without the speed", "device", dev, "acceleration", want)
+	} else {
+		log.Info("XDP attached", "device", dev, "mode", got)
+	}
+	m.XDPMode.WithLabelValues(dev, string(got)).Set(1)
+	return nil
+}
+
+// dsrMaxInner is the largest packet direct server return can send on over
+// the uplinks: their MTU less the encapsulation (20 bytes more over an
+// IPv6-only underlay).
+func dsrMaxInner(log *slog.Logger, devices []string) uint32 {
+	mtu := uplinkMTU(log, devices)
+	if mtu == 0 {
+		mtu = defaultMTU
+	}
+	overhead := bpf.DSROverhead + 20
+	for _, a := range deviceAddrs(devices) {
+		if a.Is4() {
+			overhead = bpf.DSROverhead
+		}
+	}
+	return uint32(mtu - overhead)
 }
 
 // takeOver makes this agent's programs run everywhere the datapath is
@@ -378,6 +423,7 @@ type controllers struct {
 	// says "nodes".
 	clusterCIDRs *nodewatch.Watcher
 	sockets      *socklb.Controller // nil unless socket LB serves pods
+	dsr          *nodewatch.Watcher // nil unless loadBalancerMode is dsr
 }
 
 // endpointAgent answers the CNI plugin: a new pod's policy first (which
@@ -453,6 +499,15 @@ func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Inter
 			return nil, err
 		}
 	}
+	if cfg.DSR() {
+		writer := &dsr.Kernel{Datapath: dp, Endpoints: cfg.Routing() != config.RoutingVXLAN}
+		c.dsr, err = dsr.New(log, factory, writer, cfg.NodeName, m, nodewatch.Options{
+			MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration,
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
 	if nodeNet.routes != nil {
 		c.routes, err = routes.New(log, factory, nodeNet.routes, m, routes.Options{
 			NodeName: cfg.NodeName, MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration,
@@ -473,6 +528,9 @@ func (c *controllers) run(ctx context.Context, log *slog.Logger, errs chan error
 	}
 	if c.clusterCIDRs != nil {
 		go func() { errs <- c.clusterCIDRs.Run(ctx) }()
+	}
+	if c.dsr != nil {
+		go func() { errs <- c.dsr.Run(ctx) }()
 	}
 	if c.sockets != nil {
 		go func() { errs <- c.sockets.Run(ctx) }()

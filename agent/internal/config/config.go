@@ -92,6 +92,16 @@ type Config struct {
 	// none); kept so that configurations written for it still work.
 	NativeRouting *bool `json:"nativeRouting,omitempty"`
 
+	// Acceleration runs the datapath's XDP program on the uplinks ahead of
+	// tc: "native" in the driver (generic where the driver has no XDP),
+	// "generic" in the kernel's receive path, "off" (the default) not at
+	// all. LoadBalancerMode is how traffic from outside reaches a backend
+	// on another node: "snat" (the default) through this node, masqueraded;
+	// "dsr" sent on to the backend's node, which answers the client
+	// directly with the client's address kept (needs acceleration).
+	Acceleration     string `json:"acceleration,omitempty"`
+	LoadBalancerMode string `json:"loadBalancerMode,omitempty"`
+
 	// SocketLBCgroup is the cgroup v2 directory whose processes get
 	// socket-level load balancing (host processes, hostNetwork pods; pods
 	// too when it is the root). Empty disables it.
@@ -322,6 +332,8 @@ func bind(fs *flag.FlagSet, c *Config) {
 	})
 	fs.StringVar(&c.RoutingMode, "routingMode", "", "how pods reach other nodes' pods: native, vxlan or none (default native)")
 	fs.BoolFunc("nativeRouting", "older form of routingMode: true is native, false is none (default true)", setBool(&c.NativeRouting))
+	fs.StringVar(&c.Acceleration, "acceleration", "", "XDP on the uplinks: native, generic or off (default off)")
+	fs.StringVar(&c.LoadBalancerMode, "loadBalancerMode", "", "traffic from outside to remote backends: snat or dsr (default snat; dsr needs acceleration)")
 	fs.StringVar(&c.NodePortRange, "nodePortRange", "", "the cluster's Service NodePort range; masqueraded flows get source ports outside it")
 	fs.StringVar(&c.SocketLBCgroup, "socketLBCgroup", "", "cgroup v2 directory for socket-level load balancing (empty: off)")
 	fs.BoolFunc("socketLBPods", "socket-level load balancing serves pods too, unless annotated sluice.dev/socket-lb: disabled (default true)", setBool(&c.SocketLBPods))
@@ -378,6 +390,8 @@ func overlay(dst, src *Config, set map[string]bool) {
 	pick("socketLBPods", func() { dst.SocketLBPods = src.SocketLBPods })
 	pick("clusterCIDRs", func() { dst.ClusterCIDRs = src.ClusterCIDRs })
 	pick("routingMode", func() { dst.RoutingMode = src.RoutingMode })
+	pick("acceleration", func() { dst.Acceleration = src.Acceleration })
+	pick("loadBalancerMode", func() { dst.LoadBalancerMode = src.LoadBalancerMode })
 	pick("nodePortRange", func() { dst.NodePortRange = src.NodePortRange })
 	pick("metricsAddr", func() { dst.MetricsAddr = src.MetricsAddr })
 	pick("healthAddr", func() { dst.HealthAddr = src.HealthAddr })
@@ -398,6 +412,27 @@ const (
 	RoutingVXLAN  = "vxlan"
 	RoutingNone   = "none"
 )
+
+// Acceleration modes (Acceleration) and load balancer modes
+// (LoadBalancerMode).
+const (
+	AccelerationNative  = "native"
+	AccelerationGeneric = "generic"
+	AccelerationOff     = "off"
+	LoadBalancerSNAT    = "snat"
+	LoadBalancerDSR     = "dsr"
+)
+
+// XDP is the acceleration in effect ("" or off: none).
+func (c Config) XDP() string {
+	if c.Acceleration == "" {
+		return AccelerationOff
+	}
+	return c.Acceleration
+}
+
+// DSR reports whether loadBalancerMode is dsr.
+func (c Config) DSR() bool { return c.LoadBalancerMode == LoadBalancerDSR }
 
 // Routing is the routing mode in effect: RoutingMode, or what the older
 // nativeRouting says when it is unset.
@@ -438,6 +473,23 @@ func (c Config) Validate() error {
 		}
 	default:
 		return fmt.Errorf("routingMode: %q is not native, vxlan or none", c.RoutingMode)
+	}
+	switch c.Acceleration {
+	case "", AccelerationNative, AccelerationGeneric, AccelerationOff:
+	default:
+		return fmt.Errorf("acceleration: %q is not native, generic or off", c.Acceleration)
+	}
+	switch c.LoadBalancerMode {
+	case "", LoadBalancerSNAT:
+	case LoadBalancerDSR:
+		if c.XDP() == AccelerationOff {
+			return errors.New("loadBalancerMode: dsr needs acceleration native or generic (direct server return runs in XDP)")
+		}
+		if c.Routing() == RoutingNone {
+			return errors.New("loadBalancerMode: dsr needs routingMode native or vxlan (it sends flows to the node of the backend's pod CIDR)")
+		}
+	default:
+		return fmt.Errorf("loadBalancerMode: %q is not snat or dsr", c.LoadBalancerMode)
 	}
 	if err := c.validateDatapath(); err != nil {
 		return err

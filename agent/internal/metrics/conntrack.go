@@ -102,6 +102,10 @@ var (
 		"Flow events the datapath could not put on its ring because it was full (the agent fell behind).", nil, nil)
 	eventsSuppressed = prometheus.NewDesc("sluice_flow_events_suppressed_total",
 		"Flow events the datapath's per-CPU rate limit held back (flowEventRate, flowEventBurst).", nil, nil)
+	dsrPackets = prometheus.NewDesc("sluice_dsr_packets_total",
+		"Direct server return (loadBalancerMode dsr), by direction: sent (a packet from outside sent on to its backend's node), "+
+			"received (one sent on here, for a local backend) and replied (a backend's reply sent straight to the client).",
+		[]string{"direction"}, nil)
 )
 
 // counterCollector reads the per-CPU event counters at scrape time.
@@ -114,12 +118,13 @@ func (c *counterCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- ctInsertFailed
 	ch <- eventsLost
 	ch <- eventsSuppressed
+	ch <- dsrPackets
 }
 
 func (c *counterCollector) Collect(ch chan<- prometheus.Metric) {
 	v, err := c.dp.CounterValues()
 	if err != nil {
-		for _, d := range []*prometheus.Desc{ctRestored, ctReopened, affinityStale, ctInsertFailed, eventsLost, eventsSuppressed} {
+		for _, d := range []*prometheus.Desc{ctRestored, ctReopened, affinityStale, ctInsertFailed, eventsLost, eventsSuppressed, dsrPackets} {
 			ch <- prometheus.NewInvalidMetric(d, err)
 		}
 		return
@@ -134,4 +139,7 @@ func (c *counterCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(ctInsertFailed, v[bpf.CounterCTInsertFailed])
 	counter(eventsLost, v[bpf.CounterEventsLost])
 	counter(eventsSuppressed, v[bpf.CounterEventsSuppressed])
+	counter(dsrPackets, v[bpf.CounterDSRSent], "sent")
+	counter(dsrPackets, v[bpf.CounterDSRReceived], "received")
+	counter(dsrPackets, v[bpf.CounterDSRReplies], "replied")
 }

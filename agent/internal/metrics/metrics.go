@@ -28,6 +28,9 @@ type Metrics struct {
 	ct      conntrackMetrics
 
 	PolicyEndpointsIsolated prometheus.Gauge
+	// XDPMode is 1 for the mode xdp_netdev runs in on each uplink
+	// (acceleration native or generic).
+	XDPMode *prometheus.GaugeVec
 }
 
 // Controller is what every controller reports about its syncs, labelled
@@ -79,9 +82,13 @@ func New() *Metrics {
 		PolicyEndpointsIsolated: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sluice_policy_endpoints_isolated", Help: "Local pods isolated by NetworkPolicy (ingress, egress or both).",
 		}),
+		XDPMode: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sluice_xdp_mode",
+			Help: "1 for the mode (native, generic) the XDP program runs in on an uplink; no series with acceleration off.",
+		}, []string{"device", "mode"}),
 	}
 	m.Registry.MustRegister(m.syncDuration, m.syncErrors, m.objectErrors, m.ServicesProgrammed, m.BackendsProgrammed,
-		m.MapCapacity, m.MapEntries, m.MapFull, m.PolicyEndpointsIsolated,
+		m.MapCapacity, m.MapEntries, m.MapFull, m.PolicyEndpointsIsolated, m.XDPMode,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.Registry.MustRegister(m.ct.collectors()...)
 	return m

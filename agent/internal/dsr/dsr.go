@@ -1,0 +1,226 @@
+// Package dsr keeps what direct server return (loadBalancerMode dsr) needs
+// from the Node list: in the datapath, the node serving each other pod
+// CIDR (where a flow for a backend there is sent on), every node address
+// (the only senders whose sent-on flows are accepted) and this node's own
+// (the outer source); in the kernel, resolved neighbours for the other
+// nodes, because XDP forwards only to a neighbour the kernel has resolved
+// and nothing else on a node need ever talk to another.
+package dsr
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/vishvananda/netlink"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/informers"
+
+	"github.com/sluice-net/sluice/agent/internal/metrics"
+	"github.com/sluice-net/sluice/agent/internal/nodewatch"
+	"github.com/sluice-net/sluice/agent/internal/routes"
+	"github.com/sluice-net/sluice/bpf"
+)
+
+// State is what the datapath and the kernel should hold.
+type State struct {
+	// Endpoints: each other node's pod CIDRs, to the node's IPv4
+	// InternalIP where it has one (the underlay the flow is sent over),
+	// else its IPv6 one.
+	Endpoints []routes.Route
+	// Nodes: every InternalIP of every Node, this one's included.
+	Nodes []netip.Addr
+	// Self: this node's InternalIPs.
+	Self []netip.Addr
+}
+
+// Desired computes State from the Nodes; malformed fields are skipped
+// and reported.
+func Desired(nodes []*v1.Node, self string) (State, []error) {
+	var s State
+	eps, errs := routes.Desired(nodes, self, true)
+	s.Endpoints = eps
+	for _, n := range nodes {
+		for _, a := range n.Status.Addresses {
+			if a.Type != v1.NodeInternalIP {
+				continue
+			}
+			ip, err := netip.ParseAddr(a.Address)
+			if err != nil {
+				continue // routes.Desired reported it
+			}
+			s.Nodes = append(s.Nodes, ip.Unmap())
+			if n.Name == self {
+				s.Self = append(s.Self, ip.Unmap())
+			}
+		}
+	}
+	slices.SortFunc(s.Nodes, netip.Addr.Compare)
+	s.Nodes = slices.Compact(s.Nodes)
+	return s, errs
+}
+
+// Writer puts a State into the datapath and the kernel.
+type Writer interface {
+	Sync(State) (changed int, err error)
+}
+
+// Kernel is the real Writer. With Endpoints unset the pod CIDR endpoints
+// are left to the overlay's writer (tunnel.Table), which keeps the same
+// map with the same contents.
+type Kernel struct {
+	Datapath  *bpf.Datapath
+	Endpoints bool
+	neighbors map[netip.Addr]netlink.Neigh // the managed entries this process made
+}
+
+// Sync makes the datapath's node maps and the managed neighbours match s.
+func (k *Kernel) Sync(s State) (int, error) {
+	var errs []error
+	changed, err := k.syncNodes(s)
+	errs = append(errs, err)
+	if k.Endpoints {
+		n, err := k.syncEndpoints(s.Endpoints)
+		changed += n
+		errs = append(errs, err)
+	}
+	n, err := k.syncNeighbors(s.Endpoints)
+	changed += n
+	errs = append(errs, err)
+	return changed, errors.Join(errs...)
+}
+
+func (k *Kernel) syncNodes(s State) (int, error) {
+	if err := k.Datapath.SetNodeAddrs(s.Self); err != nil {
+		return 0, err
+	}
+	have, err := k.Datapath.NodeAddrList()
+	if err != nil {
+		return 0, err
+	}
+	changed := 0
+	var errs []error
+	for _, a := range s.Nodes {
+		if !slices.Contains(have, a) {
+			errs = append(errs, k.Datapath.PutNode(a))
+			changed++
+		}
+	}
+	for _, a := range have {
+		if !slices.Contains(s.Nodes, a) {
+			errs = append(errs, k.Datapath.DeleteNode(a))
+			changed++
+		}
+	}
+	return changed, errors.Join(errs...)
+}
+
+func (k *Kernel) syncEndpoints(want []routes.Route) (int, error) {
+	have, err := k.Datapath.TunnelEndpoints()
+	if err != nil {
+		return 0, err
+	}
+	changed := 0
+	var errs []error
+	for _, r := range want {
+		if have[r.Dst] != r.Via {
+			errs = append(errs, k.Datapath.PutTunnelEndpoint(r.Dst, r.Via))
+			changed++
+		}
+		delete(have, r.Dst)
+	}
+	for dst := range have {
+		errs = append(errs, k.Datapath.DeleteTunnelEndpoint(dst))
+		changed++
+	}
+	return changed, errors.Join(errs...)
+}
+
+// syncNeighbors keeps a managed neighbour entry (the kernel resolves and
+// refreshes it on its own) for the next hop towards every other node.
+func (k *Kernel) syncNeighbors(eps []routes.Route) (int, error) {
+	if k.neighbors == nil {
+		k.neighbors = map[netip.Addr]netlink.Neigh{}
+	}
+	want := map[netip.Addr]netlink.Neigh{}
+	var errs []error
+	for _, r := range eps {
+		if _, ok := want[r.Via]; ok {
+			continue
+		}
+		n, err := nextHop(r.Via)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		want[r.Via] = n
+	}
+	changed := 0
+	for via, n := range want {
+		if old, ok := k.neighbors[via]; ok && old.LinkIndex == n.LinkIndex && old.IP.Equal(n.IP) {
+			continue
+		}
+		if err := netlink.NeighSet(&n); err != nil {
+			errs = append(errs, fmt.Errorf("managed neighbour %s for node %s: %w", n.IP, via, err))
+			continue
+		}
+		k.neighbors[via] = n
+		changed++
+	}
+	for via, n := range k.neighbors {
+		if _, ok := want[via]; ok {
+			continue
+		}
+		if err := netlink.NeighDel(&n); err != nil {
+			errs = append(errs, fmt.Errorf("remove managed neighbour %s: %w", n.IP, err))
+			continue
+		}
+		delete(k.neighbors, via)
+		changed++
+	}
+	return changed, errors.Join(errs...)
+}
+
+// nextHop is the managed neighbour entry for the next hop towards addr:
+// its gateway, or addr itself on a link.
+func nextHop(addr netip.Addr) (netlink.Neigh, error) {
+	rs, err := netlink.RouteGet(net.IP(addr.AsSlice()))
+	if err != nil || len(rs) == 0 {
+		return netlink.Neigh{}, fmt.Errorf("route to node %s: %w", addr, err)
+	}
+	hop := net.IP(addr.AsSlice())
+	if rs[0].Gw != nil {
+		hop = rs[0].Gw
+	}
+	family := netlink.FAMILY_V4
+	if hop.To4() == nil {
+		family = netlink.FAMILY_V6
+	}
+	return netlink.Neigh{LinkIndex: rs[0].LinkIndex, Family: family, IP: hop, State: netlink.NUD_NONE,
+		FlagsExt: netlink.NTF_EXT_MANAGED}, nil
+}
+
+// New returns the controller keeping writer in step with the Nodes; it
+// registers on factory, which the caller starts.
+func New(log *slog.Logger, factory informers.SharedInformerFactory, writer Writer, self string, m *metrics.Metrics,
+	opts nodewatch.Options) (*nodewatch.Watcher, error) {
+	sync := func(nodes []*v1.Node) (int, error) {
+		s, errs := Desired(nodes, self)
+		for _, e := range errs {
+			log.Warn("node not reachable by direct server return", "err", e)
+		}
+		if len(s.Self) == 0 {
+			log.Warn("this node has no InternalIP yet: it sends no flow on and accepts none", "node", self)
+		}
+		n, err := writer.Sync(s)
+		if n > 0 {
+			log.Info("direct server return: nodes updated", "changed", n, "nodes", len(s.Nodes), "podCIDRs", len(s.Endpoints))
+		}
+		return len(errs), err
+	}
+	opts.Name = "dsr"
+	return nodewatch.New(log, factory, sync, m, opts)
+}
