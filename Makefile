@@ -9,7 +9,7 @@ PKGS    := ./...
 
 export CGO_ENABLED := 0
 
-.PHONY: all build generate check-generate lint test unit e2e e2e-overlay demo demo-down deps bench bench-quick bench-datapath fuzz k8s kind-up kind-e2e kind-down kind-node-image kind-conformance
+.PHONY: all build generate check-generate lint test unit e2e e2e-overlay e2e-dsr demo demo-down deps bench bench-quick bench-datapath fuzz k8s kind-up kind-e2e kind-down kind-node-image kind-conformance
 
 all: build
 
@@ -70,8 +70,13 @@ e2e:
 e2e-overlay:
 	./test/e2e/run-overlay.sh
 
+## e2e-dsr: traffic from outside, pod and policy e2e tests on a local
+## cluster with XDP and direct server return (brought up and removed)
+e2e-dsr:
+	./test/e2e/run-dsr.sh
+
 ## test: the README's test command, and what CI runs
-test: deps check-generate lint unit e2e e2e-overlay
+test: deps check-generate lint unit e2e e2e-overlay e2e-dsr
 
 ## demo: the local cluster with a sample app, probed from every node
 demo: deps

@@ -224,7 +224,9 @@ int xdp_netdev(struct xdp_md *ctx)
 		family = 6;
 	else
 		return XDP_PASS;
-	if (parse_frame(data, end, family, &p) < 0 || p.frag || !has_ports(p.proto) ||
+	/* Fragments (the first one too) take the tc path, which follows a
+	 * datagram's fragments. */
+	if (parse_frame(data, end, family, &p) < 0 || p.frag || p.frag_first || !has_ports(p.proto) ||
 	    uplink_source_spoofed(&p))
 		return XDP_PASS;
 	if (dsr_enabled) {

@@ -90,7 +90,10 @@ type state struct {
 	APIPort int `json:"apiPort"`
 	// Overlay: the nodes are on two routed subnets and the agents run
 	// routingMode vxlan (up --overlay).
-	Overlay bool               `json:"overlay,omitempty"`
+	Overlay bool `json:"overlay,omitempty"`
+	// DSR: the agents run acceleration native and loadBalancerMode dsr
+	// (up --dsr).
+	DSR     bool               `json:"dsr,omitempty"`
 	K8sBin  string             `json:"k8sBin"`
 	Nodes   []nodeState        `json:"nodes"`
 	Daemons map[string]*daemon `json:"daemons"`

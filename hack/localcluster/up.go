@@ -35,6 +35,7 @@ func up(args []string) error {
 	apiPort := fs.Int("api-port", 16443, "loopback port in this machine's namespace that forwards to the API server")
 	keep := fs.Bool("keep-on-failure", false, "leave everything in place when up fails, for debugging")
 	overlay := fs.Bool("overlay", false, "put every other node on a second subnet, routed by the underlay, and run the agents in routingMode vxlan")
+	dsr := fs.Bool("dsr", false, "run the agents with acceleration native and loadBalancerMode dsr (XDP on the uplinks, direct server return)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -51,7 +52,7 @@ func up(args []string) error {
 	if err != nil {
 		return err
 	}
-	s := &state{APIPort: *apiPort, Overlay: *overlay, Daemons: map[string]*daemon{}}
+	s := &state{APIPort: *apiPort, Overlay: *overlay, DSR: *dsr, Daemons: map[string]*daemon{}}
 	err = bringUp(s, proxyOf)
 	if err != nil && !*keep {
 		fmt.Fprintf(os.Stderr, "localcluster: up failed: %v\nlocalcluster: cleaning up (pass --keep-on-failure to keep it for debugging)\n", err)
@@ -151,6 +152,14 @@ func makeNetworks(s *state, proxyOf []string) error {
 	if err := makeUnderlay(s.Overlay); err != nil {
 		return err
 	}
+	if s.DSR {
+		// The outside host is a wire's far end: what it sends carries full
+		// checksums, which a veth's sender otherwise leaves to an offload
+		// that XDP (given no socket buffer) cannot tell is pending.
+		if err := ethtool(underlayNS, "-K", firstSubnet.bridge, "tx", "off"); err != nil {
+			return err
+		}
+	}
 	if err := attachToUnderlay(controlNS, firstSubnet.bridge, controlPlaneIP, controlPlaneIP6); err != nil {
 		return err
 	}
@@ -176,6 +185,11 @@ func makeNetworks(s *state, proxyOf []string) error {
 		sub := nodeSubnet(i, s.Overlay)
 		if err := attachToUnderlay(n.Netns, sub.bridge, addrs...); err != nil {
 			return err
+		}
+		if s.DSR {
+			if err := xdpPass(underlayPort(n.Netns)); err != nil {
+				return err
+			}
 		}
 		if err := setupNodeNetwork(n, sub); err != nil {
 			return err
@@ -407,7 +421,7 @@ func attachToUnderlay(ns, bridge string, addrs ...netip.Addr) error {
 	if err := nsexec.Create(ns); err != nil {
 		return err
 	}
-	port := "p-" + strings.TrimPrefix(ns, netnsPrefix)
+	port := underlayPort(ns)
 	cmds := [][]string{
 		{"-n", underlayNS, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns},
 		{"-n", underlayNS, "link", "set", port, "master", bridge, "up"},
@@ -417,6 +431,18 @@ func attachToUnderlay(ns, bridge string, addrs ...netip.Addr) error {
 		cmds = append(cmds, addrCmd(ns, "eth0", a))
 	}
 	return ipCmds(append(cmds, []string{"-n", ns, "link", "set", "eth0", "up"})...)
+}
+
+// underlayPort is the underlay's end of ns's veth.
+func underlayPort(ns string) string { return "p-" + strings.TrimPrefix(ns, netnsPrefix) }
+
+// ethtool runs ethtool in the namespace ns.
+func ethtool(ns string, args ...string) error {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, "ethtool"}, args...)...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("ethtool %s in %s (hack/install-deps.sh installs it): %w: %s", strings.Join(args, " "), ns, err, bytes.TrimSpace(out))
+	}
+	return nil
 }
 
 // addrCmd adds an underlay address to dev in ns. IPv6 addresses skip
@@ -533,9 +559,13 @@ func waitAPI(s *state) (*kubernetes.Clientset, error) {
 }
 
 func applyManifest(s *state) error {
-	var settings map[string]any
+	settings := map[string]any{}
 	if s.Overlay {
-		settings = map[string]any{"routingMode": "vxlan"}
+		settings["routingMode"] = "vxlan"
+	}
+	if s.DSR {
+		settings["acceleration"] = "native"
+		settings["loadBalancerMode"] = "dsr"
 	}
 	doc, err := manifestWithAPIServer(controlPlaneIP.String(), settings)
 	if err != nil {

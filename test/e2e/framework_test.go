@@ -105,9 +105,21 @@ type testNS struct {
 // with a namespace of its own. A cluster without IPv6 node addresses
 // skips the IPv6 half, saying so.
 func inBothFamilies(t *testing.T, test func(t *testing.T, f *testNS)) {
+	inFamilies(t, true, test)
+}
+
+// inBothFamiliesInTurn is inBothFamilies for tests that disturb the
+// cluster (an agent restart): one family after the other.
+func inBothFamiliesInTurn(t *testing.T, test func(t *testing.T, f *testNS)) {
+	inFamilies(t, false, test)
+}
+
+func inFamilies(t *testing.T, parallel bool, test func(t *testing.T, f *testNS)) {
 	for _, family := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
 		t.Run(string(family), func(t *testing.T) {
-			t.Parallel()
+			if parallel {
+				t.Parallel()
+			}
 			f := newTestNS(t)
 			f.family = family
 			if family == v1.IPv6Protocol && !f.hasIPv6Nodes() {

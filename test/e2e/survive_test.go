@@ -344,18 +344,26 @@ func (f *testNS) waitForEndpointsServing(service, pod string) {
 // agent's metrics (sluice_map_capacity), read from the outside host.
 func (f *testNS) conntrackCapacity(node string) int {
 	f.t.Helper()
-	port := f.agentPort("metricsAddr")
-	out, err := f.driverRun(execTimeout, "outside", "--", "curl", "-sS", "--max-time", "5",
-		"http://"+net.JoinHostPort(f.nodeIP(node), port)+"/metrics")
-	if err != nil {
-		f.t.Fatalf("metrics of the agent on %s: %v", node, err)
-	}
+	out := f.agentMetrics(node)
 	m := regexp.MustCompile(`(?m)^sluice_map_capacity\{map="conntrack_tcp"\} (\d+)$`).FindStringSubmatch(out)
 	if m == nil {
 		f.t.Fatalf("the agent on %s reports no sluice_map_capacity{map=\"conntrack_tcp\"}", node)
 	}
 	n, _ := strconv.Atoi(m[1])
 	return n
+}
+
+// agentMetrics is node's agent's metrics page, read from the outside host
+// as a scraper would.
+func (f *testNS) agentMetrics(node string) string {
+	f.t.Helper()
+	port := f.agentPort("metricsAddr")
+	out, err := f.driverRun(execTimeout, "outside", "--", "curl", "-sS", "--max-time", "5",
+		"http://"+net.JoinHostPort(f.nodeIP(node), port)+"/metrics")
+	if err != nil {
+		f.t.Fatalf("metrics of the agent on %s: %v", node, err)
+	}
+	return out
 }
 
 // conntrackEntries is the number of entries in node's TCP conntrack map
