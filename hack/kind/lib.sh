@@ -13,6 +13,7 @@ state=/run/sluice-kind # kubeconfig, rendered manifest
 # shellcheck disable=SC2034 # read by the scripts that source this file
 outside=sluice-kind-outside
 kind_bridge=br-sluice-kind
+kind_subnet6=fd00:172:31:250::/64 # the IPv6 half of the kind network
 
 log() { echo "==> $*" >&2; }
 die() {
@@ -83,36 +84,51 @@ use_unprivileged_docker() {
 	export PATH="$kind_dir/docker-unprivileged:$PATH"
 }
 
-# ensure_network creates kind's Docker network "kind" so that the nodes
-# reach each other and this machine, and nothing beyond it: no masquerade,
-# and DOCKER-USER rules that forward frames between the nodes (pod traffic,
-# pod addresses on the wire) and drop everything else they send through
-# this machine. (An --internal network would do the same, but Docker then
-# publishes no ports, and kind needs the API server's.)
+# ensure_network creates kind's Docker network "kind", dual-stack, so that
+# the nodes reach each other and this machine, and nothing beyond it: no
+# masquerade, and forwarding rules that pass frames between the nodes (pod
+# traffic, pod addresses on the wire) and drop everything else crossing
+# this machine to or from them. (An --internal network would do the same,
+# but Docker then publishes no ports, and kind needs the API server's.)
 ensure_network() {
 	if ! docker network inspect kind >/dev/null 2>&1; then
 		docker network create --driver bridge --subnet 172.31.250.0/24 \
+			--ipv6 --subnet "$kind_subnet6" \
 			-o com.docker.network.bridge.name="$kind_bridge" \
 			-o com.docker.network.bridge.enable_ip_masquerade=false kind >/dev/null
 	fi
 	[ "$(docker network inspect -f '{{index .Options "com.docker.network.bridge.name"}}' kind)" = "$kind_bridge" ] ||
 		die "Docker network \"kind\" exists and is not this project's: remove it (docker network rm kind), make kind-up makes one without a route out of this machine"
+	[ "$(docker network inspect -f '{{.EnableIPv6}}' kind)" = true ] ||
+		die "Docker network \"kind\" has no IPv6 (made by an older kind-up): make kind-down, then make kind-up"
 	network_rules -C 2>/dev/null || network_rules -I
 }
 
-# network_rules -I|-C|-D: the DOCKER-USER rules of the kind network, in
-# evaluation order (inserted last to first).
+# network_rules -I|-C|-D: the forwarding rules of the kind network, in
+# evaluation order (inserted last to first). IPv4 goes in Docker's
+# DOCKER-USER chain; Docker 20.10 leaves ip6tables alone (and turns on IPv6
+# forwarding for an IPv6 network), so IPv6 gets the same rules in FORWARD,
+# plus one for frames towards the nodes.
 network_rules() {
 	local op=$1
 	if [ "$op" = -I ]; then
 		iptables -I DOCKER-USER -i "$kind_bridge" -j DROP
 		iptables -I DOCKER-USER -i "$kind_bridge" -o "$kind_bridge" -j ACCEPT
+		ip6tables -I FORWARD -o "$kind_bridge" -j DROP
+		ip6tables -I FORWARD -i "$kind_bridge" -j DROP
+		ip6tables -I FORWARD -i "$kind_bridge" -o "$kind_bridge" -j ACCEPT
 	elif [ "$op" = -C ]; then
 		iptables -C DOCKER-USER -i "$kind_bridge" -o "$kind_bridge" -j ACCEPT &&
-			iptables -C DOCKER-USER -i "$kind_bridge" -j DROP
+			iptables -C DOCKER-USER -i "$kind_bridge" -j DROP &&
+			ip6tables -C FORWARD -i "$kind_bridge" -o "$kind_bridge" -j ACCEPT &&
+			ip6tables -C FORWARD -i "$kind_bridge" -j DROP &&
+			ip6tables -C FORWARD -o "$kind_bridge" -j DROP
 	else
 		iptables -D DOCKER-USER -i "$kind_bridge" -o "$kind_bridge" -j ACCEPT || true
 		iptables -D DOCKER-USER -i "$kind_bridge" -j DROP || true
+		ip6tables -D FORWARD -i "$kind_bridge" -o "$kind_bridge" -j ACCEPT || true
+		ip6tables -D FORWARD -i "$kind_bridge" -j DROP || true
+		ip6tables -D FORWARD -o "$kind_bridge" -j DROP || true
 	fi
 }
 
