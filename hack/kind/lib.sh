@@ -92,6 +92,9 @@ use_unprivileged_docker() {
 # but Docker then publishes no ports, and kind needs the API server's.)
 ensure_network() {
 	if ! docker network inspect kind >/dev/null 2>&1; then
+		# Docker turns IPv6 forwarding on for an IPv6 network; kind-down
+		# puts back what was there.
+		[ -e "$state/ipv6-forwarding" ] || sysctl -n net.ipv6.conf.all.forwarding >"$state/ipv6-forwarding"
 		docker network create --driver bridge --subnet 172.31.250.0/24 \
 			--ipv6 --subnet "$kind_subnet6" \
 			-o com.docker.network.bridge.name="$kind_bridge" \
