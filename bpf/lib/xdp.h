@@ -24,7 +24,7 @@
 #define DSR_HDR6      (sizeof(struct ipv6hdr) + sizeof(struct udphdr) + sizeof(struct geneve_dsr))
 #define DSR_OUTER_TTL 64
 
-/* xdp_count_drop is count_drop for a frame of len bytes. */
+/* xdp_count_drop is count_drop for XDP: a drop by reason, at the uplink. */
 static __always_inline void xdp_count_drop(struct xdp_md *ctx, __u16 reason)
 {
 	__u32 key = (__u32)HOOK_FROM_NETDEV * DROP_REASON_MAX + reason;
