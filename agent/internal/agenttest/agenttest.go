@@ -1,14 +1,26 @@
-// Package agenttest holds what the agent's controller tests share: reading
-// back the Events a controller posted and the metrics it set.
+// Package agenttest holds what the agent's controller tests share: Node
+// objects to feed them, and reading back the Events a controller posted
+// and the metrics it set.
 package agenttest
 
 import (
 	"testing"
 
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 )
+
+// Node is a Node with pod CIDRs cidrs and InternalIPs addrs.
+func Node(name string, cidrs []string, addrs ...string) *v1.Node {
+	n := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1.NodeSpec{PodCIDRs: cidrs}}
+	for _, a := range addrs {
+		n.Status.Addresses = append(n.Status.Addresses, v1.NodeAddress{Type: v1.NodeInternalIP, Address: a})
+	}
+	return n
+}
 
 // Events drains the Events recorded so far ("Warning Reason message").
 func Events(rec *record.FakeRecorder) []string {

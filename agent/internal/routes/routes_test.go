@@ -9,27 +9,19 @@ import (
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/sluice-net/sluice/agent/internal/agenttest"
 	"github.com/sluice-net/sluice/internal/testutil/netnstest"
 )
 
-func node(name string, cidrs []string, addrs ...string) *v1.Node {
-	n := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1.NodeSpec{PodCIDRs: cidrs}}
-	for _, a := range addrs {
-		n.Status.Addresses = append(n.Status.Addresses, v1.NodeAddress{Type: v1.NodeInternalIP, Address: a})
-	}
-	return n
-}
-
 func TestDesired(t *testing.T) {
 	nodes := []*v1.Node{
-		node("self", []string{"10.244.0.0/24"}, "192.168.1.10"),
-		node("b", []string{"10.244.1.0/24", "fd00:10:244:1::/64"}, "192.168.1.11", "fd00:1::11"),
-		node("c", []string{"10.244.2.0/24"}, "192.168.1.12"),
-		node("no-v6-address", []string{"fd00:10:244:3::/64"}, "192.168.1.13"),
-		node("bad", []string{"nope"}, "192.168.1.14"),
-		node("no-cidr", nil, "192.168.1.15"),
+		agenttest.Node("self", []string{"10.244.0.0/24"}, "192.168.1.10"),
+		agenttest.Node("b", []string{"10.244.1.0/24", "fd00:10:244:1::/64"}, "192.168.1.11", "fd00:1::11"),
+		agenttest.Node("c", []string{"10.244.2.0/24"}, "192.168.1.12"),
+		agenttest.Node("no-v6-address", []string{"fd00:10:244:3::/64"}, "192.168.1.13"),
+		agenttest.Node("bad", []string{"nope"}, "192.168.1.14"),
+		agenttest.Node("no-cidr", nil, "192.168.1.15"),
 	}
 	show := func(rs []Route) string {
 		var lines []string
