@@ -101,19 +101,22 @@ func (k *Kernel) syncNodes(s State) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	stale := make(map[netip.Addr]bool, len(have))
+	for _, a := range have {
+		stale[a] = true
+	}
 	changed := 0
 	var errs []error
 	for _, a := range s.Nodes {
-		if !slices.Contains(have, a) {
+		if !stale[a] {
 			errs = append(errs, k.Datapath.PutNode(a))
 			changed++
 		}
+		delete(stale, a)
 	}
-	for _, a := range have {
-		if !slices.Contains(s.Nodes, a) {
-			errs = append(errs, k.Datapath.DeleteNode(a))
-			changed++
-		}
+	for a := range stale {
+		errs = append(errs, k.Datapath.DeleteNode(a))
+		changed++
 	}
 	return changed, errors.Join(errs...)
 }
