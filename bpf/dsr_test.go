@@ -84,6 +84,11 @@ func newDSRCluster(t *testing.T, dsr bool) *dsrCluster {
 	c.pod.IP(t, "route", "add", "default", "via", "10.244.1.1")
 	c.pod.IP(t, "-6", "route", "add", "default", "via", "fd00:10:244:1::1")
 
+	// A node forwards, as Kubernetes requires; bpf_fib_lookup, which XDP
+	// asks for the way on, answers nothing where forwarding is off (the
+	// default of a new namespace, unless the kernel copies the host's).
+	c.a.Sysctl(t, "net.ipv4.ip_forward=1")
+	c.a.Sysctl(t, "net.ipv6.conf.all.forwarding=1")
 	// XDP cannot resolve a neighbour: the agent keeps the other nodes'
 	// resolved with managed entries, as here.
 	c.a.IP(t, "neigh", "replace", dsrB4.String(), "dev", "eth0", "managed")
