@@ -196,15 +196,21 @@ int from_netdev(struct __sk_buff *skb)
 	if (!has_ports(p.proto))
 		return TC_ACT_OK;
 	struct svc_value *svc = lookup_service(&p, SVC_SCOPE_EXTERNAL);
-	if (!svc)
+	if (!svc) {
+		if (frontend_addr(p.dst)) {
+			record_drop(skb, &p, DROP_NO_FRONTEND_PORT, 0, HOOK_FROM_NETDEV);
+			return TC_ACT_SHOT;
+		}
 		return TC_ACT_OK;
+	}
 	return lb_service(skb, &p, svc, HOOK_FROM_NETDEV);
 }
 
 /* xdp_netdev (acceleration native or generic) sees what arrives on an
  * uplink before the kernel allocates anything for it. It drops what must
  * never reach the stack (sources outside a frontend's
- * loadBalancerSourceRanges), and under loadBalancerMode dsr sends flows
+ * loadBalancerSourceRanges, ports of a frontend address no Service
+ * serves), and under loadBalancerMode dsr sends flows
  * for remote backends on to the backend's node and takes those sent to
  * this node. Everything else passes to from_netdev unchanged. */
 SEC("xdp")
@@ -236,8 +242,13 @@ int xdp_netdev(struct xdp_md *ctx)
 			return verdict;
 	}
 	struct svc_value *svc = lookup_service(&p, SVC_SCOPE_EXTERNAL);
-	if (!svc)
+	if (!svc) {
+		if (frontend_addr(p.dst)) {
+			xdp_count_drop(ctx, DROP_NO_FRONTEND_PORT);
+			return XDP_DROP;
+		}
 		return XDP_PASS;
+	}
 	if ((svc->flags & SVC_F_SOURCE_RANGES) && !source_in_ranges(&p)) {
 		xdp_count_drop(ctx, DROP_SOURCE_RANGE);
 		return XDP_DROP;

@@ -134,6 +134,7 @@ const (
 	datapathDropReasonDROP_NO_TUNNEL_ENDPOINT datapathDropReason = 14
 	datapathDropReasonDROP_DSR_INVALID        datapathDropReason = 15
 	datapathDropReasonDROP_DSR_TOO_BIG        datapathDropReason = 16
+	datapathDropReasonDROP_NO_FRONTEND_PORT   datapathDropReason = 17
 	datapathDropReasonDROP_REASON_MAX         datapathDropReason = 64
 )
 
@@ -468,6 +469,7 @@ const (
 	datapathMapSluiceEventBucket         = "sluice_event_bucket"
 	datapathMapSluiceEventsV3            = "sluice_events_v3"
 	datapathMapSluiceFragsV1             = "sluice_frags_v1"
+	datapathMapSluiceFrontendAddrsV1     = "sluice_frontend_addrs_v1"
 	datapathMapSluiceIpcacheV1           = "sluice_ipcache_v1"
 	datapathMapSluiceKeyScratch          = "sluice_key_scratch"
 	datapathMapSluiceLbRangesV1          = "sluice_lb_ranges_v1"
@@ -623,6 +625,7 @@ type datapathMapSpecs struct {
 	SluiceEventBucket       *ebpf.MapSpec `ebpf:"sluice_event_bucket"`
 	SluiceEventsV3          *ebpf.MapSpec `ebpf:"sluice_events_v3"`
 	SluiceFragsV1           *ebpf.MapSpec `ebpf:"sluice_frags_v1"`
+	SluiceFrontendAddrsV1   *ebpf.MapSpec `ebpf:"sluice_frontend_addrs_v1"`
 	SluiceIpcacheV1         *ebpf.MapSpec `ebpf:"sluice_ipcache_v1"`
 	SluiceKeyScratch        *ebpf.MapSpec `ebpf:"sluice_key_scratch"`
 	SluiceLbRangesV1        *ebpf.MapSpec `ebpf:"sluice_lb_ranges_v1"`
@@ -728,6 +731,7 @@ type datapathMaps struct {
 	SluiceEventBucket       *ebpf.Map `ebpf:"sluice_event_bucket"`
 	SluiceEventsV3          *ebpf.Map `ebpf:"sluice_events_v3"`
 	SluiceFragsV1           *ebpf.Map `ebpf:"sluice_frags_v1"`
+	SluiceFrontendAddrsV1   *ebpf.Map `ebpf:"sluice_frontend_addrs_v1"`
 	SluiceIpcacheV1         *ebpf.Map `ebpf:"sluice_ipcache_v1"`
 	SluiceKeyScratch        *ebpf.Map `ebpf:"sluice_key_scratch"`
 	SluiceLbRangesV1        *ebpf.Map `ebpf:"sluice_lb_ranges_v1"`
@@ -768,6 +772,7 @@ func (m *datapathMaps) Close() error {
 		m.SluiceEventBucket,
 		m.SluiceEventsV3,
 		m.SluiceFragsV1,
+		m.SluiceFrontendAddrsV1,
 		m.SluiceIpcacheV1,
 		m.SluiceKeyScratch,
 		m.SluiceLbRangesV1,

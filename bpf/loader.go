@@ -205,6 +205,9 @@ type Datapath struct {
 	// LBRanges holds the loadBalancerSourceRanges of restricted frontends
 	// (PutLBRange); nil when opened from pins of a release before them.
 	LBRanges *ebpf.Map
+	// FrontendAddrs holds the addresses that serve Services only
+	// (PutFrontendAddr); nil when opened from pins of a release before it.
+	FrontendAddrs *ebpf.Map
 	// Tunnel holds the overlay's tunnel endpoints (PutTunnelEndpoint); nil
 	// when opened from pins of a release before the overlay.
 	Tunnel *ebpf.Map
@@ -287,7 +290,7 @@ func Load(cfg Config) (*Datapath, error) {
 		Affinity: objs.SluiceAffinityV2, Endpoints: objs.SluiceEndpointsV1,
 		Drops: objs.SluiceDropsV2, Counters: objs.SluiceCountersV1, Events: objs.SluiceEventsV3,
 		SockRevnat: objs.SluiceSockRevnatV1, SockNetns: objs.SluiceSockNetnsV1, LBRanges: objs.SluiceLbRangesV1,
-		Tunnel: objs.SluiceTunnelV1, Nodes: objs.SluiceNodesV1, NodeAddrs: objs.SluiceNodeAddrsV1,
+		FrontendAddrs: objs.SluiceFrontendAddrsV1, Tunnel: objs.SluiceTunnelV1, Nodes: objs.SluiceNodesV1, NodeAddrs: objs.SluiceNodeAddrsV1,
 		Frags: objs.SluiceFragsV1, EndpointSlots: objs.SluiceEndpointSlotsV1, NodeCIDRs: objs.SluiceNodeCidrsV1,
 		IPCache: objs.SluiceIpcacheV1, PolicyCIDRs: objs.SluicePolicyCidrsV1,
 		PolicyEndpoints: objs.SluicePolicyEndpointsV1, Policy: objs.SluicePolicyV1, PolicyState: objs.SluicePolicyStateV1,
@@ -358,6 +361,7 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 		datapathMapSluicePolicyEndpointsV1: cfg.MaxEndpoints,
 		datapathMapSluiceSockNetnsV1:       cfg.MaxEndpoints,
 		datapathMapSluiceLbRangesV1:        cfg.MaxServices,
+		datapathMapSluiceFrontendAddrsV1:   cfg.MaxServices, // every address has a frontend
 		datapathMapSluiceTunnelV1:          maxTunnelEndpoints,
 		datapathMapSluiceNodesV1:           maxTunnelEndpoints,
 		datapathMapSluiceIpcacheV1:         cfg.MaxIPCache,
@@ -471,6 +475,7 @@ func OpenPinned(root string) (*Datapath, error) {
 	if err == nil { // optional, as the Maglev maps: pinned since socket LB served pods
 		d.SockNetns, _ = ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), datapathMapSluiceSockNetnsV1), nil)
 		d.LBRanges, _ = ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), datapathMapSluiceLbRangesV1), nil)
+		d.FrontendAddrs, _ = ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), datapathMapSluiceFrontendAddrsV1), nil)
 		d.Tunnel, _ = ebpf.LoadPinnedMap(filepath.Join(mapsDir(root), datapathMapSluiceTunnelV1), nil)
 	}
 	d.IPCache = open(datapathMapSluiceIpcacheV1)
@@ -521,7 +526,7 @@ func (d *Datapath) Close() error {
 	}
 	for _, m := range []*ebpf.Map{d.Services, d.Backends, d.ConntrackTCP, d.ConntrackOther, d.Affinity,
 		d.Endpoints, d.Drops, d.Counters, d.Events,
-		d.SockRevnat, d.SockNetns, d.LBRanges, d.Tunnel, d.Nodes, d.NodeAddrs, d.Frags, d.EndpointSlots, d.NodeCIDRs, d.IPCache, d.PolicyCIDRs, d.PolicyEndpoints, d.Policy, d.PolicyState} {
+		d.SockRevnat, d.SockNetns, d.LBRanges, d.FrontendAddrs, d.Tunnel, d.Nodes, d.NodeAddrs, d.Frags, d.EndpointSlots, d.NodeCIDRs, d.IPCache, d.PolicyCIDRs, d.PolicyEndpoints, d.Policy, d.PolicyState} {
 		if m != nil {
 			errs = append(errs, m.Close())
 		}

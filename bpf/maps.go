@@ -506,7 +506,7 @@ func (d *Datapath) Maps() map[string]*ebpf.Map {
 		datapathMapSluiceAffinityV2: d.Affinity, datapathMapSluiceEndpointsV1: d.Endpoints,
 		datapathMapSluiceDropsV2: d.Drops, datapathMapSluiceCountersV1: d.Counters, datapathMapSluiceEventsV3: d.Events,
 		datapathMapSluiceSockRevnatV1: d.SockRevnat, datapathMapSluiceSockNetnsV1: d.SockNetns, datapathMapSluiceFragsV1: d.Frags,
-		datapathMapSluiceLbRangesV1: d.LBRanges, datapathMapSluiceTunnelV1: d.Tunnel,
+		datapathMapSluiceLbRangesV1: d.LBRanges, datapathMapSluiceFrontendAddrsV1: d.FrontendAddrs, datapathMapSluiceTunnelV1: d.Tunnel,
 		datapathMapSluiceEndpointSlotsV1: d.EndpointSlots, datapathMapSluiceNodeCidrsV1: d.NodeCIDRs,
 		datapathMapSluiceIpcacheV1: d.IPCache, datapathMapSluicePolicyCidrsV1: d.PolicyCIDRs,
 		datapathMapSluicePolicyEndpointsV1: d.PolicyEndpoints, datapathMapSluicePolicyV1: d.Policy,

@@ -134,6 +134,7 @@ const (
 	DropNoTunnelEndpoint = datapathDropReasonDROP_NO_TUNNEL_ENDPOINT
 	DropDSRInvalid       = datapathDropReasonDROP_DSR_INVALID
 	DropDSRTooBig        = datapathDropReasonDROP_DSR_TOO_BIG
+	DropNoFrontendPort   = datapathDropReasonDROP_NO_FRONTEND_PORT
 	dropReasonMax        = datapathDropReasonDROP_REASON_MAX
 )
 
@@ -155,6 +156,7 @@ var dropReasonNames = map[DropReason]string{
 	DropNoTunnelEndpoint:           "no_tunnel_endpoint",
 	DropDSRInvalid:                 "dsr_invalid",
 	DropDSRTooBig:                  "dsr_too_big",
+	DropNoFrontendPort:             "no_frontend_port",
 }
 
 // Hook is where in the datapath a packet was seen.

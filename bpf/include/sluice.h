@@ -256,6 +256,7 @@ enum drop_reason {
 	DROP_NO_TUNNEL_ENDPOINT = 14, /* into the overlay to an address of no node's pod CIDR */
 	DROP_DSR_INVALID = 15, /* a DSR packet not from a node, or not for a local backend of a service */
 	DROP_DSR_TOO_BIG = 16, /* a DSR flow's packet that would not fit the uplink once encapsulated */
+	DROP_NO_FRONTEND_PORT = 17, /* from outside to a frontend address's port no Service serves */
 	DROP_REASON_MAX = 64,
 };
 

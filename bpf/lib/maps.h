@@ -106,6 +106,25 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_lb_ranges_v1 SEC(".maps");
 
+/* LoadBalancer IPs and ExternalIPs that are none of this node's
+ * addresses: they serve Services only, so traffic from outside to one of
+ * their ports that no Service serves is dropped (DROP_NO_FRONTEND_PORT)
+ * instead of going up the stack, to be routed on or answered by the node. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SIZED_BY_LOADER);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct node_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_frontend_addrs_v1 SEC(".maps");
+
+/* frontend_addr reports whether addr is one of those addresses. */
+static __always_inline int frontend_addr(const __u8 *addr)
+{
+	return bpf_map_lookup_elem(&sluice_frontend_addrs_v1, addr) != NULL;
+}
+
 /* Other nodes' pod CIDRs -> the node's address: the tunnel endpoint
  * to_tunnel encapsulates to (routingMode vxlan), and the node xdp_netdev
  * sends a backend's packets on to (loadBalancerMode dsr). */

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -133,4 +134,64 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 			})
 		}
 	})
+}
+
+// TestUnservedFrontendPortsDropped: an ExternalIP that is none of the
+// nodes' addresses serves its Service's port to the outside client, and a
+// packet to any other port of it is dropped at the node the client sent it
+// to (counted as no_frontend_port) instead of being routed on by that
+// node's stack. The outside host routes the address via node A, as a
+// router in front of the cluster would.
+func TestUnservedFrontendPortsDropped(t *testing.T) {
+	t.Parallel()
+	inBothFamilies(t, func(t *testing.T, f *testNS) {
+		a, b := f.nodes[0], f.nodes[1]
+		web := map[string]string{"app": "web"}
+		f.runPods(netexecPod("web-b", b, web))
+		extIP, hostLen := "198.51.100.77", "/32" // documentation range: no one else's
+		if f.family == v1.IPv6Protocol {
+			extIP, hostLen = "2001:db8:77::77", "/128"
+		}
+		if _, err := f.driverRun(execTimeout, "outside", "--", "ip", "route", "replace", extIP+hostLen, "via", f.nodeIP(a)); err != nil {
+			t.Skipf("skipped: cannot route %s via %s on the outside host: %v", extIP, a, err)
+		}
+		t.Cleanup(func() { _, _ = f.driverRun(execTimeout, "outside", "--", "ip", "route", "del", extIP+hostLen) })
+		const servedPort, unservedPort = 8493, 8494
+		svc := service("ext", web)
+		svc.Spec.Ports = svc.Spec.Ports[:1]
+		svc.Spec.Ports[0].Port = servedPort
+		svc.Spec.ExternalIPs = []string{extIP}
+		f.createService(svc, 1)
+		url := func(port int) string { return "http://" + net.JoinHostPort(extIP, strconv.Itoa(port)) + "/hostname" }
+
+		f.eventually("the ExternalIP answering from outside", datapathTimeout, func(context.Context) error {
+			got, err := f.fromOutside(url(servedPort))
+			if err == nil && got != "web-b" {
+				err = fmt.Errorf("answered %q", got)
+			}
+			return err
+		})
+		before := f.drops(a, "no_frontend_port")
+		if got, err := f.fromOutside(url(unservedPort)); exitCode(err) != curlTimedOut {
+			t.Errorf("outside -> the ExternalIP's unserved port %d: %q, %v; want dropped (curl exit %d)", unservedPort, got, err, curlTimedOut)
+		}
+		if n := f.drops(a, "no_frontend_port") - before; n == 0 {
+			t.Errorf("node %s counted no no_frontend_port drop for the unserved port", a)
+		}
+	})
+}
+
+// drops sums node's sluice_drops_total for reason over every direction.
+func (f *testNS) drops(node, reason string) int {
+	f.t.Helper()
+	sum := 0.0
+	re := regexp.MustCompile(`(?m)^sluice_drops_total\{[^}]*reason="` + reason + `"[^}]*\} (\S+)`)
+	for _, m := range re.FindAllStringSubmatch(f.agentMetrics(node), -1) {
+		n, err := strconv.ParseFloat(m[1], 64)
+		if err != nil {
+			f.t.Fatalf("sluice_drops_total on %s: %v", node, err)
+		}
+		sum += n
+	}
+	return int(sum)
 }

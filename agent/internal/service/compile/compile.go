@@ -113,6 +113,11 @@ type Entry struct {
 	// NodeInRanges: a node address is in SourceRanges, so the node's own
 	// sockets, whose source address is chosen later, may use it.
 	NodeInRanges bool
+	// ServicesOnly (scope external only): the address is a LoadBalancer
+	// IP or an ExternalIP that is none of the node's addresses, so it
+	// serves Services only, and traffic from outside to any of its ports
+	// that no Service serves is dropped rather than handed to the stack.
+	ServicesOnly bool
 }
 
 // Kinds of frontend (Entry.Kind).
@@ -460,6 +465,7 @@ func (s *serviceSettings) addPort(out Desired, sp v1.ServicePort, proto uint8, f
 		if kind == KindLoadBalancer {
 			internal, external = s.restrict(internal, a, node), s.restrict(external, a, node)
 		}
+		external.ServicesOnly = kind != KindNodePort && !slices.Contains(node.Addrs, a) && !slices.Contains(node.NodePortAddrs, a)
 		out[Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeInternal}] = internal
 		out[Frontend{Addr: netip.AddrPortFrom(a, port), Proto: proto, Scope: ScopeExternal}] = external
 	}

@@ -116,6 +116,9 @@ func render(d Desired) string {
 		if e.NodeInRanges {
 			flags += " node-in-ranges"
 		}
+		if e.ServicesOnly {
+			flags += " services-only"
+		}
 		lines = append(lines, fmt.Sprintf("%s -> [%s]%s", f, names(e.Backends), flags))
 	}
 	sort.Strings(lines)
@@ -269,10 +272,21 @@ func TestCompile(t *testing.T) {
 			want: "10.96.0.10:80/6/internal -> [10.244.0.7:8080(local) 10.244.1.5:8080]\n" +
 				"192.168.1.10:30080/6/external -> [10.244.0.7:8080(local)] local-only\n" +
 				"192.168.1.10:30080/6/internal -> [10.244.0.7:8080(local) 10.244.1.5:8080]\n" +
-				"198.51.100.9:80/6/external -> [10.244.0.7:8080(local)] local-only\n" +
+				"198.51.100.9:80/6/external -> [10.244.0.7:8080(local)] local-only services-only\n" +
 				"198.51.100.9:80/6/internal -> [10.244.0.7:8080(local) 10.244.1.5:8080]\n" +
-				"203.0.113.7:80/6/external -> [10.244.0.7:8080(local)] local-only\n" +
+				"203.0.113.7:80/6/external -> [10.244.0.7:8080(local)] local-only services-only\n" +
 				"203.0.113.7:80/6/internal -> [10.244.0.7:8080(local) 10.244.1.5:8080]",
+		},
+		{
+			name:     "an ExternalIP that is a node address serves the node too: not services-only",
+			services: []*v1.Service{svc("web", func(s *v1.Service) { s.Spec.ExternalIPs = []string{"192.168.1.10", "203.0.113.7"} })},
+			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
+				ep{addr: "10.244.1.5", node: "node-b"})},
+			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080]\n" +
+				"192.168.1.10:80/6/external -> [10.244.1.5:8080]\n" +
+				"192.168.1.10:80/6/internal -> [10.244.1.5:8080]\n" +
+				"203.0.113.7:80/6/external -> [10.244.1.5:8080] services-only\n" +
+				"203.0.113.7:80/6/internal -> [10.244.1.5:8080]",
 		},
 		{
 			name: "loadBalancerSourceRanges restrict the LoadBalancer IP, from outside and inside, not the NodePort",
@@ -287,9 +301,9 @@ func TestCompile(t *testing.T) {
 			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080]\n" +
 				"192.168.1.10:30080/6/external -> [10.244.1.5:8080]\n" +
 				"192.168.1.10:30080/6/internal -> [10.244.1.5:8080]\n" +
-				"198.51.100.9:80/6/external -> [10.244.1.5:8080] ranges=[192.168.1.0/24 203.0.113.0/24] node-in-ranges\n" +
+				"198.51.100.9:80/6/external -> [10.244.1.5:8080] ranges=[192.168.1.0/24 203.0.113.0/24] node-in-ranges services-only\n" +
 				"198.51.100.9:80/6/internal -> [10.244.1.5:8080] ranges=[192.168.1.0/24 203.0.113.0/24] node-in-ranges\n" +
-				"203.0.113.7:80/6/external -> [10.244.1.5:8080]\n" +
+				"203.0.113.7:80/6/external -> [10.244.1.5:8080] services-only\n" +
 				"203.0.113.7:80/6/internal -> [10.244.1.5:8080]",
 		},
 		{
@@ -303,7 +317,7 @@ func TestCompile(t *testing.T) {
 			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
 				ep{addr: "10.244.1.5", node: "node-b"})},
 			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080]\n" +
-				"198.51.100.9:80/6/external -> [10.244.1.5:8080] ranges=[10.0.0.0/8 203.0.113.5/32]\n" +
+				"198.51.100.9:80/6/external -> [10.244.1.5:8080] ranges=[10.0.0.0/8 203.0.113.5/32] services-only\n" +
 				"198.51.100.9:80/6/internal -> [10.244.1.5:8080] ranges=[10.0.0.0/8 203.0.113.5/32]",
 		},
 		{
@@ -316,7 +330,7 @@ func TestCompile(t *testing.T) {
 			slices: []*discovery.EndpointSlice{slice("web", discovery.AddressTypeIPv4, map[string]int32{"http": 8080},
 				ep{addr: "10.244.1.5", node: "node-b"})},
 			want: "10.96.0.10:80/6/internal -> [10.244.1.5:8080]\n" +
-				"198.51.100.9:80/6/external -> [10.244.1.5:8080] ranges=[]\n" +
+				"198.51.100.9:80/6/external -> [10.244.1.5:8080] ranges=[] services-only\n" +
 				"198.51.100.9:80/6/internal -> [10.244.1.5:8080] ranges=[]",
 		},
 		{
@@ -404,7 +418,7 @@ func TestCompileMalformed(t *testing.T) {
 		}
 	}
 	want := "10.96.0.12:80/6/internal -> []\n10.96.0.13:80/6/internal -> []\n10.96.0.14:80/6/internal -> []\n" +
-		"198.51.100.9:80/6/external -> [] ranges=[]\n198.51.100.9:80/6/internal -> [] ranges=[]"
+		"198.51.100.9:80/6/external -> [] ranges=[] services-only\n198.51.100.9:80/6/internal -> [] ranges=[]"
 	if r := render(got); r != want {
 		t.Errorf("got:\n%s\nwant:\n%s", r, want)
 	}
@@ -442,7 +456,7 @@ func TestFrontendConflicts(t *testing.T) {
 				svc("new", at(time.Hour), clusterIP("10.96.0.20"), externalIP("10.96.0.10")),
 				svc("old", at(0), clusterIP("10.96.0.10")),
 			},
-			want: "10.96.0.10:80/6/external -> [10.244.2.2:8080]\n" +
+			want: "10.96.0.10:80/6/external -> [10.244.2.2:8080] services-only\n" +
 				"10.96.0.10:80/6/internal -> [10.244.1.1:8080]\n" +
 				"10.96.0.20:80/6/internal -> [10.244.2.2:8080]",
 			conflicts: "10.96.0.10:80/6/internal: owned by ns/old, also claimed by [ns/new]",
@@ -453,7 +467,7 @@ func TestFrontendConflicts(t *testing.T) {
 				svc("new", at(0), clusterIP("10.96.0.20"), externalIP("10.96.0.10")),
 				svc("old", at(time.Hour), clusterIP("10.96.0.10")),
 			},
-			want: "10.96.0.10:80/6/external -> [10.244.2.2:8080]\n" +
+			want: "10.96.0.10:80/6/external -> [10.244.2.2:8080] services-only\n" +
 				"10.96.0.10:80/6/internal -> [10.244.2.2:8080]\n" +
 				"10.96.0.20:80/6/internal -> [10.244.2.2:8080]",
 			conflicts: "10.96.0.10:80/6/internal: owned by ns/new, also claimed by [ns/old]",
@@ -465,7 +479,7 @@ func TestFrontendConflicts(t *testing.T) {
 				svc("b", at(0), clusterIP("10.96.0.10")),
 				svc("a", at(0), clusterIP("10.96.0.40"), externalIP("10.96.0.10")),
 			},
-			want: "10.96.0.10:80/6/external -> [10.244.4.4:8080]\n" +
+			want: "10.96.0.10:80/6/external -> [10.244.4.4:8080] services-only\n" +
 				"10.96.0.10:80/6/internal -> [10.244.4.4:8080]\n" +
 				"10.96.0.30:80/6/internal -> [10.244.3.3:8080]\n" +
 				"10.96.0.40:80/6/internal -> [10.244.4.4:8080]",
@@ -478,7 +492,7 @@ func TestFrontendConflicts(t *testing.T) {
 				svc("new", at(time.Hour), clusterIP("10.96.0.20"), externalIP("10.96.0.10"), udp),
 				svc("old", at(0), clusterIP("10.96.0.10")),
 			},
-			want: "10.96.0.10:80/17/external -> [10.244.2.2:8080]\n" +
+			want: "10.96.0.10:80/17/external -> [10.244.2.2:8080] services-only\n" +
 				"10.96.0.10:80/17/internal -> [10.244.2.2:8080]\n" +
 				"10.96.0.10:80/6/internal -> [10.244.1.1:8080]\n" +
 				"10.96.0.20:80/17/internal -> [10.244.2.2:8080]",

@@ -122,7 +122,13 @@ type Writer struct {
 	// ranges are the loadBalancerSourceRanges entries the map holds, by
 	// frontend (lbranges.go).
 	ranges map[bpf.LBFrontend]map[netip.Prefix]bool
-	now    func() time.Time
+	// addrUsers are the services-only frontends of each address,
+	// addrsInMap the addresses the map holds, addrsPending those a failed
+	// write left to compare again (frontendaddrs.go).
+	addrUsers    map[netip.Addr]map[compile.Frontend]bool
+	addrsInMap   map[netip.Addr]bool
+	addrsPending map[netip.Addr]bool
+	now          func() time.Time
 }
 
 // retiredTable is a table left in its class when its service moved.
@@ -143,13 +149,16 @@ type Stats struct {
 	BackendsWritten, BackendsDeleted int
 	TablesWritten                    int
 	RangesWritten, RangesDeleted     int // loadBalancerSourceRanges entries
-	Services, Backends               int // programmed after the sync
+	// FrontendAddrsWritten and FrontendAddrsDeleted count services-only
+	// addresses marked and unmarked.
+	FrontendAddrsWritten, FrontendAddrsDeleted int
+	Services, Backends                         int // programmed after the sync
 }
 
 // Changed says whether the sync touched the maps at all.
 func (s Stats) Changed() bool {
 	return s.ServicesWritten+s.ServicesDeleted+s.BackendsWritten+s.BackendsDeleted+s.TablesWritten+
-		s.RangesWritten+s.RangesDeleted > 0
+		s.RangesWritten+s.RangesDeleted+s.FrontendAddrsWritten+s.FrontendAddrsDeleted > 0
 }
 
 // New restores the writer's view from the datapath's (possibly pinned and
@@ -157,12 +166,14 @@ func (s Stats) Changed() bool {
 func New(dp *bpf.Datapath) (*Writer, error) {
 	w := &Writer{
 		dp: dp, maglevMax: dp.MaglevMaxSize(), now: time.Now,
-		services: map[bpf.ServiceKey]*service{},
-		byID:     map[uint32]bpf.ServiceKey{},
-		backends: map[uint32]bpf.BackendValue{},
-		ranges:   map[bpf.LBFrontend]map[netip.Prefix]bool{},
-		svcIDs:   newIDPool(dp.Services.MaxEntries() - 1),
-		beIDs:    newIDPool(dp.Backends.MaxEntries()),
+		services:  map[bpf.ServiceKey]*service{},
+		byID:      map[uint32]bpf.ServiceKey{},
+		backends:  map[uint32]bpf.BackendValue{},
+		ranges:    map[bpf.LBFrontend]map[netip.Prefix]bool{},
+		addrUsers: map[netip.Addr]map[compile.Frontend]bool{}, addrsInMap: map[netip.Addr]bool{},
+		addrsPending: map[netip.Addr]bool{},
+		svcIDs:       newIDPool(dp.Services.MaxEntries() - 1),
+		beIDs:        newIDPool(dp.Backends.MaxEntries()),
 	}
 	if err := w.restore(); err != nil {
 		return nil, fmt.Errorf("restore state from pinned maps: %w", err)
@@ -213,6 +224,9 @@ func (w *Writer) restore() error {
 	}
 	slices.Sort(w.orphans)
 	if err := w.restoreRanges(); err != nil {
+		return err
+	}
+	if err := w.restoreFrontendAddrs(); err != nil {
 		return err
 	}
 	return w.pruneOrphanTables()
@@ -426,6 +440,8 @@ func (w *Writer) apply(desired compile.Desired, touched []compile.Frontend) (Sta
 	plans = w.writeServices(plans, &st, &errs)
 	w.deleteBackends(w.adopt(plans, &errs), &st, &errs)
 	w.deleteRanges(deleteRanges, &st, &errs)
+	addAddrs, deleteAddrs := w.frontendAddrChanges(desired, touched)
+	w.writeFrontendAddrs(addAddrs, deleteAddrs, &st, &errs)
 	w.deleteRetired(&errs)
 	w.retireLegacy(&errs)
 	st.Services, st.Backends = len(w.services), len(w.backends)
