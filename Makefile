@@ -9,7 +9,7 @@ PKGS    := ./...
 
 export CGO_ENABLED := 0
 
-.PHONY: all build generate check-generate lint test unit e2e e2e-overlay e2e-dsr demo demo-down deps bench bench-quick bench-datapath fuzz k8s kind-up kind-e2e kind-down kind-node-image kind-conformance
+.PHONY: all build generate check-generate lint test unit e2e e2e-overlay e2e-dsr demo demo-down deps bench bench-quick bench-packet-rate bench-datapath fuzz k8s kind-up kind-e2e kind-down kind-node-image kind-conformance
 
 all: build
 
@@ -117,6 +117,12 @@ bench: deps
 ## bench-quick: the 1,000-Service point only, printing the ratios (a few minutes)
 bench-quick: deps
 	$(GO) run ./hack/bench -quick
+
+## bench-packet-rate: a small-packet flood to a NodePort from outside, forwarded
+## by XDP, tc and kube-proxy nftables; regenerates that section of docs/benchmarks.md
+bench-packet-rate: deps
+	@bin="$$(./hack/build-k8s.sh | tail -n 1)"; \
+	SLUICE_K8S_BIN="$$bin" $(GO) test -count=1 -timeout 30m -run '^$$' -bench PacketRate -benchtime 1x ./agent/ | tee bench-packet-rate.out | $(GO) run ./hack/bench/packetrate
 
 ## bench-datapath: per-packet figures of the BPF programs (BPF_PROG_TEST_RUN)
 bench-datapath:
