@@ -6,4 +6,4 @@
 # is brought up for the run and removed afterwards, pass or fail. Agent
 # restarts are among the tests. Extra arguments go to `go test`.
 exec "$(dirname "$0")/run-fresh.sh" --dsr SLUICE_E2E_DSR \
-	'TestDirectServerReturn|TestPodToPod|TestClusterIPFromEveryNode|TestNodePortFromOutside|TestNodePortFromInside|TestLargeUDPThroughNodePort|TestLoadBalancerSourceRanges|TestHostPort|TestNetworkPolicy$|TestAgentRestartKeepsConnections' "$@"
+	'TestDirectServerReturn|TestPodToPod|TestClusterIPFromEveryNode|TestNodePortFromOutside|TestNodePortFromInside|TestLargeUDPThroughNodePort|TestLoadBalancerSourceRanges|TestUnservedFrontendPortsDropped|TestHostPort|TestNetworkPolicy$|TestAgentRestartKeepsConnections' "$@"
