@@ -238,8 +238,13 @@ func sluiceMode(acceleration, lbMode string) func(*packetRate, *testing.B) func(
 			})
 		}
 		if lbMode == "dsr" {
-			// Flows that begin before XDP can reach node-b's neighbour stay
-			// on the tc path, as they should: let the managed entry resolve.
+			// A flow that begins before XDP knows node-b (its pod CIDR, a
+			// resolved neighbour) stays on the tc path, as it should: let
+			// the dsr controller sync and the managed entry resolve first.
+			eventually(b, "the agent's dsr controller synced", func() bool {
+				log, _ := os.ReadFile(filepath.Join(dir, "sluice-agent.log"))
+				return strings.Contains(string(log), "direct server return: nodes updated")
+			})
 			eventually(b, "node-b's neighbour entry resolved", func() bool {
 				out, _ := exec.Command("ip", "-n", pr.nodeA.Name, "neigh", "show", prNodeB.String()).CombinedOutput()
 				return strings.Contains(string(out), "lladdr")
