@@ -22,6 +22,7 @@ import (
 	"github.com/sluice-net/sluice/agent/internal/metrics"
 	"github.com/sluice-net/sluice/agent/internal/nodewatch"
 	"github.com/sluice-net/sluice/agent/internal/routes"
+	"github.com/sluice-net/sluice/agent/internal/tunnel"
 	"github.com/sluice-net/sluice/bpf"
 )
 
@@ -83,8 +84,10 @@ func (k *Kernel) Sync(s State) (int, error) {
 	changed, err := k.syncNodes(s)
 	errs = append(errs, err)
 	if k.Endpoints {
-		n, err := k.syncEndpoints(s.Endpoints)
-		changed += n
+		n, stale, err := tunnel.PutEndpoints(k.Datapath, s.Endpoints)
+		errs = append(errs, err)
+		m, err := tunnel.RemoveEndpoints(k.Datapath, stale)
+		changed += n + m
 		errs = append(errs, err)
 	}
 	n, err := k.syncNeighbors(s.Endpoints)
@@ -116,27 +119,6 @@ func (k *Kernel) syncNodes(s State) (int, error) {
 	}
 	for a := range stale {
 		errs = append(errs, k.Datapath.DeleteNode(a))
-		changed++
-	}
-	return changed, errors.Join(errs...)
-}
-
-func (k *Kernel) syncEndpoints(want []routes.Route) (int, error) {
-	have, err := k.Datapath.TunnelEndpoints()
-	if err != nil {
-		return 0, err
-	}
-	changed := 0
-	var errs []error
-	for _, r := range want {
-		if have[r.Dst] != r.Via {
-			errs = append(errs, k.Datapath.PutTunnelEndpoint(r.Dst, r.Via))
-			changed++
-		}
-		delete(have, r.Dst)
-	}
-	for dst := range have {
-		errs = append(errs, k.Datapath.DeleteTunnelEndpoint(dst))
 		changed++
 	}
 	return changed, errors.Join(errs...)

@@ -144,32 +144,51 @@ type Table struct {
 
 // Sync implements routes.Writer.
 func (t Table) Sync(desired []routes.Route) (int, error) {
-	have, err := t.Datapath.TunnelEndpoints()
-	if err != nil {
-		return 0, err
-	}
-	changed := 0
-	var errs []error
-	want := map[netip.Prefix]bool{}
-	for _, r := range desired {
-		want[r.Dst] = true
-		if have[r.Dst] == r.Via {
-			continue
-		}
-		if err := t.Datapath.PutTunnelEndpoint(r.Dst, r.Via); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		changed++
-	}
+	changed, stale, err := PutEndpoints(t.Datapath, desired)
+	errs := []error{err}
 	n, err := routes.MainTable{Dev: t.Dev}.Sync(desired)
 	changed += n
 	errs = append(errs, err)
-	for dst := range have {
-		if want[dst] {
-			continue
+	n, err = RemoveEndpoints(t.Datapath, stale)
+	changed += n
+	errs = append(errs, err)
+	return changed, errors.Join(errs...)
+}
+
+// PutEndpoints writes the tunnel endpoint (the route's Via) of every
+// desired route's pod CIDR that the map lacks or holds another for, and
+// returns the pod CIDRs the map holds beyond the desired ones, for
+// RemoveEndpoints once nothing routes to them. The overlay (Table) and
+// direct server return over native routing (package dsr) keep the map
+// this way.
+func PutEndpoints(dp *bpf.Datapath, desired []routes.Route) (changed int, stale []netip.Prefix, err error) {
+	have, err := dp.TunnelEndpoints()
+	if err != nil {
+		return 0, nil, err
+	}
+	var errs []error
+	for _, r := range desired {
+		if have[r.Dst] != r.Via {
+			if err := dp.PutTunnelEndpoint(r.Dst, r.Via); err != nil {
+				errs = append(errs, err)
+			} else {
+				changed++
+			}
 		}
-		if err := t.Datapath.DeleteTunnelEndpoint(dst); err != nil {
+		delete(have, r.Dst)
+	}
+	for dst := range have {
+		stale = append(stale, dst)
+	}
+	return changed, stale, errors.Join(errs...)
+}
+
+// RemoveEndpoints deletes the endpoints of the stale pod CIDRs.
+func RemoveEndpoints(dp *bpf.Datapath, stale []netip.Prefix) (int, error) {
+	changed := 0
+	var errs []error
+	for _, dst := range stale {
+		if err := dp.DeleteTunnelEndpoint(dst); err != nil {
 			errs = append(errs, err)
 			continue
 		}
