@@ -16,6 +16,7 @@ import (
 	"slices"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/informers"
 
@@ -75,7 +76,7 @@ type Writer interface {
 type Kernel struct {
 	Datapath  *bpf.Datapath
 	Endpoints bool
-	neighbors map[netip.Addr]netlink.Neigh // the managed entries this process made
+	neighbors map[neighbourKey]netlink.Neigh // the managed entries kept, made or adopted
 }
 
 // Sync makes the datapath's node maps and the managed neighbours match s.
@@ -124,49 +125,85 @@ func (k *Kernel) syncNodes(s State) (int, error) {
 	return changed, errors.Join(errs...)
 }
 
+// A neighbourKey names a neighbour entry: the next hop on a link. Nodes
+// behind one router share theirs.
+type neighbourKey struct {
+	link int
+	addr netip.Addr
+}
+
+func keyOf(n netlink.Neigh) neighbourKey {
+	a, _ := netip.AddrFromSlice(n.IP)
+	return neighbourKey{n.LinkIndex, a.Unmap()}
+}
+
 // syncNeighbors keeps a managed neighbour entry (the kernel resolves and
-// refreshes it on its own) for the next hop towards every other node.
+// refreshes it on its own) for the next hop towards every other node, and
+// removes those no node needs any more.
 func (k *Kernel) syncNeighbors(eps []routes.Route) (int, error) {
 	if k.neighbors == nil {
-		k.neighbors = map[netip.Addr]netlink.Neigh{}
+		adopted, err := managedNeighbors()
+		if err != nil {
+			return 0, err
+		}
+		k.neighbors = adopted
 	}
-	want := map[netip.Addr]netlink.Neigh{}
+	want := map[neighbourKey]netlink.Neigh{}
 	var errs []error
 	for _, r := range eps {
-		if _, ok := want[r.Via]; ok {
-			continue
-		}
 		n, err := nextHop(r.Via)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		want[r.Via] = n
+		want[keyOf(n)] = n
 	}
 	changed := 0
-	for via, n := range want {
-		if old, ok := k.neighbors[via]; ok && old.LinkIndex == n.LinkIndex && old.IP.Equal(n.IP) {
+	for key, n := range want {
+		if _, ok := k.neighbors[key]; ok {
 			continue
 		}
 		if err := netlink.NeighSet(&n); err != nil {
-			errs = append(errs, fmt.Errorf("managed neighbour %s for node %s: %w", n.IP, via, err))
+			errs = append(errs, fmt.Errorf("managed neighbour %s: %w", n.IP, err))
 			continue
 		}
-		k.neighbors[via] = n
+		k.neighbors[key] = n
 		changed++
 	}
-	for via, n := range k.neighbors {
-		if _, ok := want[via]; ok {
+	for key, n := range k.neighbors {
+		if _, ok := want[key]; ok {
 			continue
 		}
-		if err := netlink.NeighDel(&n); err != nil {
+		if err := netlink.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("remove managed neighbour %s: %w", n.IP, err))
 			continue
 		}
-		delete(k.neighbors, via)
+		delete(k.neighbors, key)
 		changed++
 	}
 	return changed, errors.Join(errs...)
+}
+
+// managedNeighbors lists the node's managed neighbour entries: an agent
+// that starts adopts those an earlier one made, so that the entries of
+// nodes that left while no agent ran are removed (the kernel would
+// refresh them for ever). Nothing else on a Kubernetes node makes managed
+// entries; a datapath that did would not run beside Sluice.
+func managedNeighbors() (map[neighbourKey]netlink.Neigh, error) {
+	out := map[neighbourKey]netlink.Neigh{}
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		list, err := netlink.NeighList(0, family)
+		if err != nil {
+			return nil, fmt.Errorf("list neighbours: %w", err)
+		}
+		for _, n := range list {
+			if n.FlagsExt&netlink.NTF_EXT_MANAGED != 0 {
+				out[keyOf(n)] = netlink.Neigh{LinkIndex: n.LinkIndex, Family: n.Family, IP: n.IP,
+					State: netlink.NUD_NONE, FlagsExt: netlink.NTF_EXT_MANAGED}
+			}
+		}
+	}
+	return out, nil
 }
 
 // nextHop is the managed neighbour entry for the next hop towards addr:

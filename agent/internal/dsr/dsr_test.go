@@ -103,3 +103,62 @@ func TestKernel(t *testing.T) {
 		t.Errorf("after b left, neighbours %q", got)
 	}
 }
+
+// TestKernelNeighbours: a starting writer removes the managed entries an
+// earlier agent left for nodes that are gone, and nodes behind one router
+// share its entry, which stays while any of them does.
+func TestKernelNeighbours(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces and BPF")
+	}
+	bpffs.Require(t)
+	ns := netnstest.New(t, "sl-dsr-neigh")
+	ns.VethPair(t, "eth0", nil, "peer0")
+	ns.IP(t, "addr", "add", "192.168.1.10/24", "dev", "eth0")
+	ns.IP(t, "route", "add", "10.99.0.0/16", "via", "192.168.1.1")
+	// Left by an agent before a restart, for a node that has left since.
+	ns.IP(t, "neigh", "replace", "192.168.1.99", "dev", "eth0", "managed")
+	dp, err := bpf.Load(bpf.Config{PinRoot: bpffs.Root(t), MaglevSize: 251, DSR: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	k := &Kernel{Datapath: dp, Endpoints: true}
+	sync := func(nodes ...*v1.Node) {
+		t.Helper()
+		s, _ := Desired(nodes, "self")
+		ns.Do(t, func() { _, err = k.Sync(s) })
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	managed := func() []string {
+		out, err := exec.Command("ip", "-n", ns.Name, "neigh", "show", "dev", "eth0").CombinedOutput()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var addrs []string
+		for _, line := range strings.Split(string(out), "\n") {
+			if f := strings.Fields(line); len(f) > 0 && strings.Contains(line, "managed") {
+				addrs = append(addrs, f[0])
+			}
+		}
+		slices.Sort(addrs)
+		return addrs
+	}
+	self := agenttest.Node("self", []string{"10.244.0.0/24"}, "192.168.1.10")
+	c := agenttest.Node("c", []string{"10.244.3.0/24"}, "10.99.0.3")
+	d := agenttest.Node("d", []string{"10.244.4.0/24"}, "10.99.0.4")
+	sync(self, c, d)
+	if got := managed(); fmt.Sprint(got) != "[192.168.1.1]" {
+		t.Errorf("managed entries %v; want only the router's, shared by c and d (the one left for 192.168.1.99 removed)", got)
+	}
+	sync(self, d) // c leaves; d still needs the router
+	if got := managed(); fmt.Sprint(got) != "[192.168.1.1]" {
+		t.Errorf("after c left: managed entries %v; want the router's kept for d", got)
+	}
+	sync(self)
+	if got := managed(); len(got) != 0 {
+		t.Errorf("after every node left: managed entries %v", got)
+	}
+}
