@@ -14,6 +14,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 
+	"github.com/sluice-net/sluice/agent/internal/dsr"
 	"github.com/sluice-net/sluice/agent/internal/masq"
 	"github.com/sluice-net/sluice/agent/internal/routes"
 	"github.com/sluice-net/sluice/agent/internal/tunnel"
@@ -43,7 +44,8 @@ type Result struct {
 // socket-level load balancing hooks, Sluice's tc programs on every
 // interface of the current network namespace (tcx links and legacy
 // filters), every pin under BPFRoot, the nftables table, the routes the
-// routes controller added and the overlay device. Pods already running
+// routes controller added, the overlay device and the managed neighbour
+// entries of direct server return. Pods already running
 // lose their connectivity: drain the node first.
 func Run(o Options) []Result {
 	steps := []struct {
@@ -59,6 +61,7 @@ func Run(o Options) []Result {
 		{"nftables table inet " + masq.TableName, removeTable},
 		{"routes (proto 92)", removeRoutes},
 		{"overlay device " + tunnel.DeviceName, tunnel.Remove},
+		{"managed neighbours (direct server return)", dsr.RemoveNeighbours},
 	}
 	var out []Result
 	for _, s := range steps {

@@ -25,8 +25,8 @@ import (
 
 // TestCleanup: a node as the agent and the CNI leave it (pins, a tcx link
 // and a legacy filter on interfaces, socket LB on a cgroup, the nftables
-// table, a route of the routes controller, the overlay device, the
-// files) is left with none
+// table, a route of the routes controller, the overlay device, a managed
+// neighbour, the files) is left with none
 // of it after Run; a route of another owner stays; a second Run succeeds
 // with nothing to do.
 func TestCleanup(t *testing.T) {
@@ -39,6 +39,8 @@ func TestCleanup(t *testing.T) {
 	// A route of the routes controller (proto 92), and one of another owner.
 	ns.IP(t, "route", "add", "10.244.7.0/24", "via", "192.0.2.7", "proto", "92")
 	ns.IP(t, "route", "add", "10.244.8.0/24", "via", "192.0.2.8")
+	// Direct server return's managed neighbour for another node.
+	ns.IP(t, "neigh", "replace", "192.0.2.7", "dev", "uplink0", "managed")
 
 	cgroup := cgrouptest.New(t)
 	var err error
@@ -135,6 +137,10 @@ func TestCleanup(t *testing.T) {
 	out, err = exec.Command("ip", "-n", ns.Name, "route", "show", "10.244.8.0/24").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "via 192.0.2.8") {
 		t.Errorf("another owner's route: %q %v, want it kept", out, err)
+	}
+	out, err = exec.Command("ip", "-n", ns.Name, "neigh", "show", "dev", "uplink0").CombinedOutput()
+	if err != nil || strings.Contains(string(out), "managed") {
+		t.Errorf("neighbours: %q %v, want no managed entry left", out, err)
 	}
 
 	// Again: nothing to do, no error.

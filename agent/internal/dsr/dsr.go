@@ -206,6 +206,28 @@ func managedNeighbors() (map[neighbourKey]netlink.Neigh, error) {
 	return out, nil
 }
 
+// RemoveNeighbours deletes every managed neighbour entry (`sluice-agent
+// cleanup`): Sluice is gone, and nothing else needs them.
+func RemoveNeighbours() (string, error) {
+	have, err := managedNeighbors()
+	if err != nil {
+		return "", err
+	}
+	removed := 0
+	var errs []error
+	for _, n := range have {
+		if err := netlink.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("remove managed neighbour %s: %w", n.IP, err))
+			continue
+		}
+		removed++
+	}
+	if removed == 0 {
+		return "", errors.Join(errs...)
+	}
+	return fmt.Sprintf("removed %d", removed), errors.Join(errs...)
+}
+
 // nextHop is the managed neighbour entry for the next hop towards addr:
 // its gateway, or addr itself on a link.
 func nextHop(addr netip.Addr) (netlink.Neigh, error) {
