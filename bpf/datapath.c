@@ -244,13 +244,13 @@ int xdp_netdev(struct xdp_md *ctx)
 	struct svc_value *svc = lookup_service(&p, SVC_SCOPE_EXTERNAL);
 	if (!svc) {
 		if (frontend_addr(p.dst)) {
-			xdp_count_drop(ctx, DROP_NO_FRONTEND_PORT);
+			xdp_record_drop(ctx, &p, DROP_NO_FRONTEND_PORT);
 			return XDP_DROP;
 		}
 		return XDP_PASS;
 	}
 	if ((svc->flags & SVC_F_SOURCE_RANGES) && !source_in_ranges(&p)) {
-		xdp_count_drop(ctx, DROP_SOURCE_RANGE);
+		xdp_record_drop(ctx, &p, DROP_SOURCE_RANGE);
 		return XDP_DROP;
 	}
 	if (dsr_enabled) {

@@ -273,6 +273,7 @@ func serveSink(t *testing.T, ns *netnstest.NS, port int) {
 func TestDirectServerReturn(t *testing.T) {
 	c := newDSRCluster(t, true)
 	serveSink(t, c.pod, 9000)
+	events := eventReader(t, c.dpA)
 	for _, fam := range []struct {
 		vip, client netip.Addr
 	}{{dsrA4, dsrClient4}, {dsrA6, dsrClient6}} {
@@ -290,6 +291,19 @@ func TestDirectServerReturn(t *testing.T) {
 	}
 	if a[CounterDSRReplies] != 0 {
 		t.Errorf("node A translated %d replies: the replies went through it", a[CounterDSRReplies])
+	}
+	// Node A reports the flows XDP sent on as from_netdev would have: a
+	// TRACE_SERVICE event each, with the backend chosen.
+	traced := map[string]bool{}
+	for _, ev := range drainEvents(t, events) {
+		if ev.Type == EventTrace && ev.Reason == TraceService && Hook(ev.Hook) == HookFromNetdev {
+			traced[fmt.Sprintf("%s/%d", AddrFrom(ev.NatAddr), ev.Proto)] = true
+		}
+	}
+	for _, want := range []string{"10.244.1.2/6", "10.244.1.2/17", "fd00:10:244:1::2/6", "fd00:10:244:1::2/17"} {
+		if !traced[want] {
+			t.Errorf("node A sent no TRACE_SERVICE event for its flow to %s (got %v)", want, traced)
+		}
 	}
 
 	// A large upload: full-size segments from the client would not fit

@@ -410,3 +410,25 @@ func TestFinishMigrationUnpinsOldRing(t *testing.T) {
 		t.Errorf("after FinishMigration: %+v, stat %v; want sluice_events_v2 unpinned", st, err)
 	}
 }
+
+// TestEventXDPDrop: a packet xdp_netdev drops is reported as from_netdev's
+// drops are, with the packet as it arrived.
+func TestEventXDPDrop(t *testing.T) {
+	d := loadTest(t, Config{})
+	events := eventReader(t, d)
+	lb := ap("198.51.100.9:80")
+	install(t, d, testService{id: 90, vip: lb, proto: unix.IPPROTO_TCP, scope: ScopeExternal,
+		backends: []testBackend{{id: 9000, addr: be4a, flags: BackendLocal}}})
+	if err := d.PutFrontendAddr(lb.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	src, dst := ap("192.0.2.1:40000"), ap("198.51.100.9:81")
+	if ret, _ := run(t, d.XDPNetdev, build(t, flow{src: src, dst: dst, proto: unix.IPPROTO_TCP, tcpFlags: "S", seq: 1})); ret != 1 {
+		t.Fatalf("xdp_netdev verdict %d, want XDP_DROP", ret)
+	}
+	ev := onlyEvent(t, events, "the drop in XDP")
+	if ev.Type != EventDrop || DropReason(ev.Reason) != DropNoFrontendPort || Hook(ev.Hook) != HookFromNetdev || ev.Flags != 0 || ev.SvcId != 0 {
+		t.Errorf("event %+v, want a no_frontend_port drop at from_netdev", ev)
+	}
+	wantTuple(t, ev, src, dst, unix.IPPROTO_TCP)
+}

@@ -24,8 +24,24 @@
 #define DSR_HDR6      (sizeof(struct ipv6hdr) + sizeof(struct udphdr) + sizeof(struct geneve_dsr))
 #define DSR_OUTER_TTL 64
 
-/* xdp_count_drop is count_drop for XDP: a drop by reason, at the uplink. */
-static __always_inline void xdp_count_drop(struct xdp_md *ctx, __u16 reason)
+/* xdp_event_drop is event_drop for XDP: a drop event at the uplink,
+ * reported as from_netdev's. */
+static __noinline void xdp_event_drop(struct xdp_md *ctx, const struct pkt *p, __u16 reason)
+{
+	struct key_scratch *s = key_scratch();
+
+	if (!s || !event_rate)
+		return;
+	event_no_service(&s->ev);
+	event_no_policy(&s->ev);
+	s->ev.type = EVENT_DROP;
+	s->ev.reason = reason;
+	event_emit(s, ctx->ingress_ifindex, p, HOOK_FROM_NETDEV);
+}
+
+/* xdp_record_drop is record_drop for XDP: a drop by reason, counted and
+ * reported at the uplink (HOOK_FROM_NETDEV, the hook XDP runs ahead of). */
+static __always_inline void xdp_record_drop(struct xdp_md *ctx, const struct pkt *p, __u16 reason)
 {
 	__u32 key = (__u32)HOOK_FROM_NETDEV * DROP_REASON_MAX + reason;
 	struct drop_counter *c = bpf_map_lookup_elem(&sluice_drops_v2, &key);
@@ -34,6 +50,28 @@ static __always_inline void xdp_count_drop(struct xdp_md *ctx, __u16 reason)
 		c->packets++;
 		c->bytes += ctx->data_end - ctx->data;
 	}
+	if (events_on())
+		xdp_event_drop(ctx, p, reason);
+}
+
+/* xdp_event_service reports a new flow XDP sent on to its backend's node:
+ * the TRACE_SERVICE event from_netdev would have sent for it. */
+static __noinline void xdp_event_service(struct xdp_md *ctx, const struct pkt *p, __u32 svc_id,
+					 __u32 backend_id, const struct backend_value *be)
+{
+	struct key_scratch *s = key_scratch();
+
+	if (!s || !event_rate)
+		return;
+	event_no_policy(&s->ev);
+	s->ev.type = EVENT_TRACE;
+	s->ev.reason = TRACE_SERVICE;
+	s->ev.svc_id = svc_id;
+	s->ev.backend_id = backend_id;
+	__builtin_memcpy(s->ev.nat_addr, be->addr, SLUICE_ADDR_LEN);
+	s->ev.nat_port = be->port;
+	s->ev.pad = 0;
+	event_emit(s, ctx->ingress_ifindex, p, HOOK_FROM_NETDEV);
 }
 
 /* ---- checksums by direct packet access (RFC 1624) ---- */
@@ -297,7 +335,7 @@ static __always_inline int dsr_forward(struct xdp_md *ctx, struct pkt *p, const 
 	if (!ep || dsr_route(ctx, ep->addr, &fib, self) < 0)
 		return -1;
 	if (p->l4_off - ETH_HLEN + p->l4_len > dsr_max_inner) {
-		xdp_count_drop(ctx, DROP_DSR_TOO_BIG);
+		xdp_record_drop(ctx, p, DROP_DSR_TOO_BIG);
 		return XDP_DROP;
 	}
 	if (fresh) {
@@ -321,10 +359,12 @@ static __always_inline int dsr_forward(struct xdp_md *ctx, struct pkt *p, const 
 	__builtin_memcpy(vip, p->dst, SLUICE_ADDR_LEN);
 	if (xdp_nat_dst((void *)(long)ctx->data, (void *)(long)ctx->data_end, p, be->addr, be->port) < 0 ||
 	    dsr_encap(ctx, p, ep->addr, self, &fib, vip, vport, hash) < 0) {
-		xdp_count_drop(ctx, DROP_NAT_FAILED);
+		xdp_record_drop(ctx, p, DROP_NAT_FAILED);
 		return XDP_DROP;
 	}
 	count(COUNTER_DSR_SENT);
+	if (fresh && events_on())
+		xdp_event_service(ctx, p, svc->id, backend_id, be);
 	if (fib.ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	return bpf_redirect(fib.ifindex, 0);
@@ -448,7 +488,7 @@ static __always_inline int dsr_receive(struct xdp_md *ctx, const struct pkt *p)
 	count(COUNTER_DSR_RECEIVED);
 	return XDP_PASS;
 invalid:
-	xdp_count_drop(ctx, DROP_DSR_INVALID);
+	xdp_record_drop(ctx, p, DROP_DSR_INVALID);
 	return XDP_DROP;
 }
 
