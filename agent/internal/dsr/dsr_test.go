@@ -45,31 +45,43 @@ func TestDesired(t *testing.T) {
 	}
 }
 
-// TestKernel: the writer fills the datapath's node maps and endpoints and
-// keeps a managed (kernel-resolved) neighbour entry for each other node,
-// and undoes each when the node leaves.
-func TestKernel(t *testing.T) {
+// kernelNode is a node (192.168.1.10 on eth0, in a namespace of its own,
+// after prepare) with a DSR datapath, and a sync that runs a Kernel writer
+// there for the given Nodes.
+func kernelNode(t *testing.T, prefix string, prepare func(*netnstest.NS)) (*netnstest.NS, *bpf.Datapath, func(...*v1.Node)) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces and BPF")
 	}
 	bpffs.Require(t)
-	ns := netnstest.New(t, "sl-dsr-nodes")
+	ns := netnstest.New(t, prefix)
 	ns.VethPair(t, "eth0", nil, "peer0")
 	ns.IP(t, "addr", "add", "192.168.1.10/24", "dev", "eth0")
+	if prepare != nil {
+		prepare(ns)
+	}
 	dp, err := bpf.Load(bpf.Config{PinRoot: bpffs.Root(t), MaglevSize: 251, DSR: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dp.Close()
+	t.Cleanup(func() { dp.Close() })
 	k := &Kernel{Datapath: dp, Endpoints: true}
-	sync := func(nodes ...*v1.Node) {
+	return ns, dp, func(nodes ...*v1.Node) {
 		t.Helper()
 		s, _ := Desired(nodes, "self")
+		var err error
 		ns.Do(t, func() { _, err = k.Sync(s) })
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestKernel: the writer fills the datapath's node maps and endpoints and
+// keeps a managed (kernel-resolved) neighbour entry for each other node,
+// and undoes each when the node leaves.
+func TestKernel(t *testing.T) {
+	ns, dp, sync := kernelNode(t, "sl-dsr-nodes", nil)
 	self := agenttest.Node("self", []string{"10.244.0.0/24"}, "192.168.1.10")
 	b := agenttest.Node("b", []string{"10.244.1.0/24"}, "192.168.1.11")
 	sync(self, b)
@@ -108,30 +120,11 @@ func TestKernel(t *testing.T) {
 // earlier agent left for nodes that are gone, and nodes behind one router
 // share its entry, which stays while any of them does.
 func TestKernelNeighbours(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces and BPF")
-	}
-	bpffs.Require(t)
-	ns := netnstest.New(t, "sl-dsr-neigh")
-	ns.VethPair(t, "eth0", nil, "peer0")
-	ns.IP(t, "addr", "add", "192.168.1.10/24", "dev", "eth0")
-	ns.IP(t, "route", "add", "10.99.0.0/16", "via", "192.168.1.1")
-	// Left by an agent before a restart, for a node that has left since.
-	ns.IP(t, "neigh", "replace", "192.168.1.99", "dev", "eth0", "managed")
-	dp, err := bpf.Load(bpf.Config{PinRoot: bpffs.Root(t), MaglevSize: 251, DSR: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	k := &Kernel{Datapath: dp, Endpoints: true}
-	sync := func(nodes ...*v1.Node) {
-		t.Helper()
-		s, _ := Desired(nodes, "self")
-		ns.Do(t, func() { _, err = k.Sync(s) })
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	ns, _, sync := kernelNode(t, "sl-dsr-neigh", func(ns *netnstest.NS) {
+		ns.IP(t, "route", "add", "10.99.0.0/16", "via", "192.168.1.1")
+		// Left by an agent before a restart, for a node that has left since.
+		ns.IP(t, "neigh", "replace", "192.168.1.99", "dev", "eth0", "managed")
+	})
 	managed := func() []string {
 		out, err := exec.Command("ip", "-n", ns.Name, "neigh", "show", "dev", "eth0").CombinedOutput()
 		if err != nil {
