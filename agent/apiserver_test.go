@@ -155,6 +155,10 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	bpffs.Require(t)
 	ns := netnstest.New(t, "sl-agent")
 	ns.IP(t, "link", "set", "lo", "up")
+	// A managed neighbour entry an agent under loadBalancerMode dsr left:
+	// this one, under snat, removes it.
+	ns.VethPair(t, "v0", nil, "v0p")
+	ns.IP(t, "neigh", "replace", "192.0.2.50", "dev", "v0", "managed")
 	cp := startControlPlane(t, ns)
 	ctx := context.Background()
 
@@ -203,6 +207,9 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 		return resp.StatusCode, string(b)
 	}
 	eventually(t, "agent ready", func() bool { c, _ := httpGet(":9963/readyz"); return c == 200 })
+	if out, err := exec.Command("ip", "-n", ns.Name, "neigh", "show", "dev", "v0").CombinedOutput(); err != nil || strings.Contains(string(out), "managed") {
+		t.Errorf("neighbours on v0: %q %v; want the managed entry of an earlier dsr agent removed", out, err)
+	}
 	if s, err := nodestate.Read(state); err != nil || s.PodCIDRs[0] != "10.244.0.0/24" {
 		t.Fatalf("node state for the CNI: %+v, %v", s, err)
 	}

@@ -507,6 +507,12 @@ func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Inter
 		if err != nil {
 			return nil, err
 		}
+	} else if did, err := dsr.RemoveNeighbours(); err != nil {
+		// An earlier agent ran under dsr: its managed entries would be
+		// refreshed for ever. Not fatal: they cost ARP, not correctness.
+		log.Warn("remove the managed neighbour entries of an earlier loadBalancerMode dsr", "err", err)
+	} else if did != "" {
+		log.Info("managed neighbour entries of an earlier loadBalancerMode dsr removed", "did", did)
 	}
 	if nodeNet.routes != nil {
 		c.routes, err = routes.New(log, factory, nodeNet.routes, m, routes.Options{
