@@ -451,7 +451,9 @@ func (c Config) Validate() error {
 	if c.NodeName == "" && c.Command != "cleanup" {
 		return errors.New("nodeName: missing; set --nodeName or $NODE_NAME (the DaemonSet passes spec.nodeName)")
 	}
-	if c.K8sAPIServer == "" && c.Kubeconfig == "" && (c.K8sServiceHost == "") != (c.K8sServicePort == "") {
+	// Cleanup never talks to the API server: the shipped config (a port,
+	// and the host the install fills in) must not stop it.
+	if c.Command != "cleanup" && c.K8sAPIServer == "" && c.Kubeconfig == "" && (c.K8sServiceHost == "") != (c.K8sServicePort == "") {
 		return errors.New("k8sServiceHost and k8sServicePort: set both, or neither")
 	}
 	for i, s := range c.NodePortAddresses {

@@ -218,7 +218,7 @@ func TestMasqueradePorts(t *testing.T) {
 }
 
 // TestCleanupCommand: `sluice-agent cleanup` takes the agent's flags and
-// config file, and needs no node name.
+// config file, and needs no node name and no API server settings.
 func TestCleanupCommand(t *testing.T) {
 	t.Setenv("NODE_NAME", "")
 	c, err := Load([]string{"cleanup", "--bpfRoot", "/sys/fs/bpf/x", "--cniConfFile", "/etc/cni/net.d/x.conflist"})
@@ -233,6 +233,14 @@ func TestCleanupCommand(t *testing.T) {
 	}
 	if _, err := Load([]string{"cleanup", "--maglevTableSize", "1000"}); err == nil {
 		t.Error("cleanup with a wrong setting: no error")
+	}
+	// The shipped config before the install fills in the API server's
+	// host: the agent refuses it, cleanup does not need it.
+	if _, err := Load([]string{"cleanup", "--k8sServicePort", "6443"}); err != nil {
+		t.Errorf("cleanup with half the API settings: %v", err)
+	}
+	if _, err := Load([]string{"--nodeName", "n", "--k8sServicePort", "6443"}); err == nil {
+		t.Error("agent with half the API settings: no error")
 	}
 }
 
