@@ -197,7 +197,7 @@ int from_netdev(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	struct svc_value *svc = lookup_service(&p, SVC_SCOPE_EXTERNAL);
 	if (!svc) {
-		if (frontend_addr(p.dst)) {
+		if (frontend_unserved(skb, skb->ifindex, &p)) {
 			record_drop(skb, &p, DROP_NO_FRONTEND_PORT, 0, HOOK_FROM_NETDEV);
 			return TC_ACT_SHOT;
 		}
@@ -243,14 +243,14 @@ int xdp_netdev(struct xdp_md *ctx)
 	}
 	struct svc_value *svc = lookup_service(&p, SVC_SCOPE_EXTERNAL);
 	if (!svc) {
-		if (frontend_addr(p.dst)) {
-			xdp_record_drop(ctx, &p, DROP_NO_FRONTEND_PORT);
+		if (frontend_unserved(ctx, ctx->ingress_ifindex, &p)) {
+			xdp_record_drop(ctx, &p, DROP_NO_FRONTEND_PORT, 0);
 			return XDP_DROP;
 		}
 		return XDP_PASS;
 	}
 	if ((svc->flags & SVC_F_SOURCE_RANGES) && !source_in_ranges(&p)) {
-		xdp_record_drop(ctx, &p, DROP_SOURCE_RANGE);
+		xdp_record_drop(ctx, &p, DROP_SOURCE_RANGE, svc->id);
 		return XDP_DROP;
 	}
 	if (dsr_enabled) {

@@ -415,6 +415,7 @@ func TestFinishMigrationUnpinsOldRing(t *testing.T) {
 // drops are, with the packet as it arrived.
 func TestEventXDPDrop(t *testing.T) {
 	d := loadTest(t, Config{})
+	runIn := frontendNode(t)
 	events := eventReader(t, d)
 	lb := ap("198.51.100.9:80")
 	install(t, d, testService{id: 90, vip: lb, proto: unix.IPPROTO_TCP, scope: ScopeExternal,
@@ -423,7 +424,7 @@ func TestEventXDPDrop(t *testing.T) {
 		t.Fatal(err)
 	}
 	src, dst := ap("192.0.2.1:40000"), ap("198.51.100.9:81")
-	if ret, _ := run(t, d.XDPNetdev, build(t, flow{src: src, dst: dst, proto: unix.IPPROTO_TCP, tcpFlags: "S", seq: 1})); ret != 1 {
+	if ret := runIn(d.XDPNetdev, build(t, flow{src: src, dst: dst, proto: unix.IPPROTO_TCP, tcpFlags: "S", seq: 1})); ret != 1 {
 		t.Fatalf("xdp_netdev verdict %d, want XDP_DROP", ret)
 	}
 	ev := onlyEvent(t, events, "the drop in XDP")

@@ -119,10 +119,40 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_frontend_addrs_v1 SEC(".maps");
 
-/* frontend_addr reports whether addr is one of those addresses. */
-static __always_inline int frontend_addr(const __u8 *addr)
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
+/* frontend_unserved reports a packet from outside, which no Service entry
+ * matched, to one of those addresses that the node would route on: it is
+ * dropped. One the FIB delivers locally goes up the stack, as before: the
+ * node holds that address too (a VIP kube-vip or keepalived added, a
+ * cloud's local route for its load balancer, a health check on it). So
+ * does what the FIB would not forward at all. ctx is the program's
+ * context (xdp_md or __sk_buff), ifindex the device the packet came in on. */
+static __always_inline int frontend_unserved(void *ctx, __u32 ifindex, const struct pkt *p)
 {
-	return bpf_map_lookup_elem(&sluice_frontend_addrs_v1, addr) != NULL;
+	if (!bpf_map_lookup_elem(&sluice_frontend_addrs_v1, p->dst))
+		return 0;
+	struct bpf_fib_lookup fib = {};
+
+	fib.ifindex = ifindex;
+	fib.l4_protocol = p->proto;
+	if (p->family == 4) {
+		fib.family = AF_INET;
+		__builtin_memcpy(&fib.ipv4_src, p->src + 12, 4);
+		__builtin_memcpy(&fib.ipv4_dst, p->dst + 12, 4);
+	} else {
+		fib.family = AF_INET6;
+		__builtin_memcpy(fib.ipv6_src, p->src, 16);
+		__builtin_memcpy(fib.ipv6_dst, p->dst, 16);
+	}
+	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+
+	return rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH;
 }
 
 /* Other nodes' pod CIDRs -> the node's address: the tunnel endpoint

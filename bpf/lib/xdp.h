@@ -12,13 +12,6 @@
 #include "maps.h"
 #include "parse.h"
 
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-#ifndef AF_INET6
-#define AF_INET6 10
-#endif
-
 /* Outer headers of a DSR packet after the Ethernet header. */
 #define DSR_HDR4      (sizeof(struct iphdr) + sizeof(struct udphdr) + sizeof(struct geneve_dsr))
 #define DSR_HDR6      (sizeof(struct ipv6hdr) + sizeof(struct udphdr) + sizeof(struct geneve_dsr))
@@ -26,7 +19,7 @@
 
 /* xdp_event_drop is event_drop for XDP: a drop event at the uplink,
  * reported as from_netdev's. */
-static __noinline void xdp_event_drop(struct xdp_md *ctx, const struct pkt *p, __u16 reason)
+static __noinline void xdp_event_drop(struct xdp_md *ctx, const struct pkt *p, __u16 reason, __u32 svc_id)
 {
 	struct key_scratch *s = key_scratch();
 
@@ -34,14 +27,17 @@ static __noinline void xdp_event_drop(struct xdp_md *ctx, const struct pkt *p, _
 		return;
 	event_no_service(&s->ev);
 	event_no_policy(&s->ev);
+	s->ev.svc_id = svc_id;
 	s->ev.type = EVENT_DROP;
 	s->ev.reason = reason;
 	event_emit(s, ctx->ingress_ifindex, p, HOOK_FROM_NETDEV);
 }
 
-/* xdp_record_drop is record_drop for XDP: a drop by reason, counted and
- * reported at the uplink (HOOK_FROM_NETDEV, the hook XDP runs ahead of). */
-static __always_inline void xdp_record_drop(struct xdp_md *ctx, const struct pkt *p, __u16 reason)
+/* xdp_record_drop is record_drop for XDP: a drop by reason, of the service
+ * svc_id or of none, counted and reported at the uplink (HOOK_FROM_NETDEV,
+ * the hook XDP runs ahead of). */
+static __always_inline void xdp_record_drop(struct xdp_md *ctx, const struct pkt *p, __u16 reason,
+					    __u32 svc_id)
 {
 	__u32 key = (__u32)HOOK_FROM_NETDEV * DROP_REASON_MAX + reason;
 	struct drop_counter *c = bpf_map_lookup_elem(&sluice_drops_v2, &key);
@@ -51,7 +47,7 @@ static __always_inline void xdp_record_drop(struct xdp_md *ctx, const struct pkt
 		c->bytes += ctx->data_end - ctx->data;
 	}
 	if (events_on())
-		xdp_event_drop(ctx, p, reason);
+		xdp_event_drop(ctx, p, reason, svc_id);
 }
 
 /* xdp_event_service reports a new flow XDP sent on to its backend's node:
@@ -335,7 +331,7 @@ static __always_inline int dsr_forward(struct xdp_md *ctx, struct pkt *p, const 
 	if (!ep || dsr_route(ctx, ep->addr, &fib, self) < 0)
 		return -1;
 	if (p->l4_off - ETH_HLEN + p->l4_len > dsr_max_inner) {
-		xdp_record_drop(ctx, p, DROP_DSR_TOO_BIG);
+		xdp_record_drop(ctx, p, DROP_DSR_TOO_BIG, svc->id);
 		return XDP_DROP;
 	}
 	if (fresh) {
@@ -359,7 +355,7 @@ static __always_inline int dsr_forward(struct xdp_md *ctx, struct pkt *p, const 
 	__builtin_memcpy(vip, p->dst, SLUICE_ADDR_LEN);
 	if (xdp_nat_dst((void *)(long)ctx->data, (void *)(long)ctx->data_end, p, be->addr, be->port) < 0 ||
 	    dsr_encap(ctx, p, ep->addr, self, &fib, vip, vport, hash) < 0) {
-		xdp_record_drop(ctx, p, DROP_NAT_FAILED);
+		xdp_record_drop(ctx, p, DROP_NAT_FAILED, svc->id);
 		return XDP_DROP;
 	}
 	count(COUNTER_DSR_SENT);
@@ -488,7 +484,7 @@ static __always_inline int dsr_receive(struct xdp_md *ctx, const struct pkt *p)
 	count(COUNTER_DSR_RECEIVED);
 	return XDP_PASS;
 invalid:
-	xdp_record_drop(ctx, p, DROP_DSR_INVALID);
+	xdp_record_drop(ctx, p, DROP_DSR_INVALID, 0);
 	return XDP_DROP;
 }
 

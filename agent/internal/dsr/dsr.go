@@ -150,7 +150,12 @@ func (k *Kernel) syncNeighbors(eps []routes.Route) (int, error) {
 	}
 	want := map[neighbourKey]netlink.Neigh{}
 	var errs []error
+	looked := map[netip.Addr]bool{} // a node with several pod CIDRs is looked up once
 	for _, r := range eps {
+		if looked[r.Via] {
+			continue
+		}
+		looked[r.Via] = true
 		n, err := nextHop(r.Via)
 		if err != nil {
 			errs = append(errs, err)

@@ -19,11 +19,12 @@ func (w *Writer) restoreFrontendAddrs() error {
 	return nil
 }
 
-// frontendAddrChanges updates which frontends make each address a
+// frontendAddrChanges updates which written frontends make each address a
 // services-only one (compile.Entry.ServicesOnly), for the frontends a
 // sync considers (all, or the touched ones), and compares the addresses
-// that have any with those the map holds. Addresses a failed write left
-// behind are compared again on every sync.
+// that have any with those the map holds. It runs once the sync has
+// written its entries. Addresses a failed write left behind are compared
+// again on every sync.
 func (w *Writer) frontendAddrChanges(desired compile.Desired, touched []compile.Frontend) (add, del []netip.Addr) {
 	considered := touched
 	if touched == nil {
@@ -50,7 +51,9 @@ func (w *Writer) frontendAddrChanges(desired compile.Desired, touched []compile.
 		}
 		a := f.Addr.Addr()
 		check[a] = true
-		if e, ok := desired[f]; ok && e.ServicesOnly {
+		// Only a frontend whose entry is written counts: an address is
+		// never marked ahead of the Service it serves.
+		if e, ok := desired[f]; ok && e.ServicesOnly && w.services[serviceKey(f)] != nil {
 			if w.addrUsers[a] == nil {
 				w.addrUsers[a] = map[compile.Frontend]bool{}
 			}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/sluice-net/sluice/agent/internal/service/compile"
 	"github.com/sluice-net/sluice/bpf"
+	"github.com/sluice-net/sluice/bpf/bpftest"
 )
 
 // TestFrontendAddrs: an address is marked services-only while any of its
@@ -78,5 +79,41 @@ func TestFrontendAddrs(t *testing.T) {
 	desired[lbTCP] = entry(false) // the address became one of the node's
 	if st, err := w2.Sync(desired); err != nil || st.FrontendAddrsDeleted != 1 || len(addrs(t, dp2)) != 0 {
 		t.Errorf("no longer services-only: %+v %v, marked %v", st, err, addrs(t, dp2))
+	}
+}
+
+// TestFrontendAddrsFollowWrites: an address is marked only once a
+// frontend of it is written: one whose entry did not fit a full service
+// map stays unmarked, or its own Service port would be dropped.
+func TestFrontendAddrsFollowWrites(t *testing.T) {
+	dp := bpftest.Load(t, bpf.Config{MaxServices: 4, MaxBackends: 64})
+	w, err := New(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desired := compile.Desired{}
+	for i := range 6 { // more than the map holds
+		f := compile.Frontend{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + i)}), 80),
+			Proto: bpf.ProtoTCP, Scope: compile.ScopeExternal}
+		desired[f] = compile.Entry{Service: web, Kind: compile.KindLoadBalancer, Backends: backends("10.244.1.5:8080"), ServicesOnly: true}
+	}
+	if _, err := w.Sync(desired); err == nil {
+		t.Fatal("six frontends in a map of four: no error")
+	}
+	marked, err := dp.FrontendAddrList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	written := 0
+	for f := range desired {
+		var v bpf.ServiceValue
+		if dp.Services.Lookup(serviceKey(f), &v) == nil {
+			written++
+		} else if slices.Contains(marked, f.Addr.Addr()) {
+			t.Errorf("%s is marked, but its frontend %s is not written", f.Addr.Addr(), f)
+		}
+	}
+	if len(marked) != written || written == 0 {
+		t.Errorf("%d addresses marked for %d frontends written", len(marked), written)
 	}
 }
