@@ -191,6 +191,7 @@ func TestAgentAgainstAPIServer(t *testing.T) {
 	}
 	start(t, ns, dir, "sluice-agent", agentBin, "--config", agentConfig, "--kubeconfig", agentKubeconfig, "--nodeName", "node-a",
 		"--bpfRoot", root, "--maglevTableSize", "251", "--nodeStateFile", state,
+		"--endpointSocket", filepath.Join(dir, "agent.sock"),
 		"--metricsAddr", "127.0.0.1:9962", "--healthAddr", "127.0.0.1:9963", "--syncMinInterval", "50ms",
 		"--logFormat", "text", "--observerSocket", filepath.Join(dir, "observer.sock"),
 		// Never the machine's cgroups: socket LB is tested on a cgroup of
