@@ -7,16 +7,22 @@
 #include "maps.h"
 #include "parse.h"
 
-/* count_drop counts a drop by reason and hook. */
-static __always_inline void count_drop(struct __sk_buff *skb, __u16 reason, __u8 hook)
+/* count_drop_len counts a drop of len bytes by reason and hook. */
+static __always_inline void count_drop_len(__u32 len, __u16 reason, __u8 hook)
 {
 	__u32 key = (__u32)hook * DROP_REASON_MAX + reason;
 	struct drop_counter *c = bpf_map_lookup_elem(&sluice_drops_v2, &key);
 
 	if (c) {
 		c->packets++;
-		c->bytes += skb->len;
+		c->bytes += len;
 	}
+}
+
+/* count_drop counts a drop by reason and hook. */
+static __always_inline void count_drop(struct __sk_buff *skb, __u16 reason, __u8 hook)
+{
+	count_drop_len(skb->len, reason, hook);
 }
 
 /* record_drop counts a drop and reports it on the event ring, with the

@@ -100,9 +100,10 @@ static __noinline void event_send(struct __sk_buff *skb, const struct pkt *p, __
 		event_emit(s, skb->ifindex, p, hook);
 }
 
-/* event_drop sends a drop event, of the service svc_id or of none. */
-static __noinline void event_drop(struct __sk_buff *skb, const struct pkt *p, __u16 reason, __u32 svc_id,
-				  __u8 hook)
+/* event_drop_at sends a drop event, of the service svc_id or of none, of a
+ * packet seen at hook on device ifindex (tc's and XDP's callers). */
+static __always_inline void event_drop_at(__u32 ifindex, const struct pkt *p, __u16 reason, __u32 svc_id,
+					  __u8 hook)
 {
 	struct key_scratch *s = key_scratch();
 
@@ -113,7 +114,14 @@ static __noinline void event_drop(struct __sk_buff *skb, const struct pkt *p, __
 	s->ev.svc_id = svc_id;
 	s->ev.type = EVENT_DROP;
 	s->ev.reason = reason;
-	event_emit(s, skb->ifindex, p, hook);
+	event_emit(s, ifindex, p, hook);
+}
+
+/* event_drop sends a drop event, of the service svc_id or of none. */
+static __noinline void event_drop(struct __sk_buff *skb, const struct pkt *p, __u16 reason, __u32 svc_id,
+				  __u8 hook)
+{
+	event_drop_at(skb->ifindex, p, reason, svc_id, hook);
 }
 
 #endif

@@ -8,6 +8,7 @@
 #include <linux/udp.h>
 
 #include "conntrack.h"
+#include "drop.h"
 #include "lb.h"
 #include "maps.h"
 #include "parse.h"
@@ -21,16 +22,7 @@
  * reported as from_netdev's. */
 static __noinline void xdp_event_drop(struct xdp_md *ctx, const struct pkt *p, __u16 reason, __u32 svc_id)
 {
-	struct key_scratch *s = key_scratch();
-
-	if (!s || !event_rate)
-		return;
-	event_no_service(&s->ev);
-	event_no_policy(&s->ev);
-	s->ev.svc_id = svc_id;
-	s->ev.type = EVENT_DROP;
-	s->ev.reason = reason;
-	event_emit(s, ctx->ingress_ifindex, p, HOOK_FROM_NETDEV);
+	event_drop_at(ctx->ingress_ifindex, p, reason, svc_id, HOOK_FROM_NETDEV);
 }
 
 /* xdp_record_drop is record_drop for XDP: a drop by reason, of the service
@@ -39,13 +31,7 @@ static __noinline void xdp_event_drop(struct xdp_md *ctx, const struct pkt *p, _
 static __always_inline void xdp_record_drop(struct xdp_md *ctx, const struct pkt *p, __u16 reason,
 					    __u32 svc_id)
 {
-	__u32 key = (__u32)HOOK_FROM_NETDEV * DROP_REASON_MAX + reason;
-	struct drop_counter *c = bpf_map_lookup_elem(&sluice_drops_v2, &key);
-
-	if (c) {
-		c->packets++;
-		c->bytes += ctx->data_end - ctx->data;
-	}
+	count_drop_len(ctx->data_end - ctx->data, reason, HOOK_FROM_NETDEV);
 	if (events_on())
 		xdp_event_drop(ctx, p, reason, svc_id);
 }
