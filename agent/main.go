@@ -125,7 +125,11 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	if err != nil {
 		return err
 	}
-	dp, err := loadDatapath(log, cfg, devices)
+	nfPorts, xdpPorts, err := masqueradePorts(log, cfg)
+	if err != nil {
+		return err
+	}
+	dp, err := loadDatapath(log, cfg, devices, xdpPorts)
 	if err != nil {
 		return err
 	}
@@ -134,7 +138,7 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 	if err := attachDatapath(log, cfg, dp, devices, m); err != nil {
 		return err
 	}
-	remasquerade, err := masquerade(log, cfg)
+	remasquerade, err := masquerade(log, cfg, nfPorts)
 	if err != nil {
 		return err
 	}
@@ -149,6 +153,7 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 		return err
 	}
 	nodeNet.masquerade = remasquerade
+	nodeNet.xdpMasquerade = xdpPorts != (masq.PortRange{})
 	ctrls, err := newControllers(log, cfg, client, factory, dp, m, hc, proxyHealth, nodeNet)
 	if err != nil {
 		return err
@@ -224,7 +229,7 @@ func apiClient(cfg config.Config) (*kubernetes.Clientset, error) {
 
 // loadDatapath loads (or reuses, when pinned) this node's datapath for
 // the uplinks devices.
-func loadDatapath(log *slog.Logger, cfg config.Config, devices []string) (*bpf.Datapath, error) {
+func loadDatapath(log *slog.Logger, cfg config.Config, devices []string, xdpMasq masq.PortRange) (*bpf.Datapath, error) {
 	// The agent runs in the node's network namespace (hostNetwork): socket
 	// LB serves exactly the sockets of that namespace.
 	hostNetns, err := bpf.NetnsCookie()
@@ -247,6 +252,7 @@ func loadDatapath(log *slog.Logger, cfg config.Config, devices []string) (*bpf.D
 		HostNetnsCookie:    hostNetns,
 		EventRate:          cfg.FlowEventRate, EventBurst: cfg.FlowEventBurst, EventsOff: cfg.FlowEventRate == 0,
 		DSR: cfg.DSR(), DSRMaxInner: dsrMaxInner(log, devices),
+		MasqPortMin: xdpMasq.Min, MasqPortMax: xdpMasq.Max,
 	})
 	if err != nil {
 		return nil, err
@@ -396,12 +402,8 @@ func takeOver(log *slog.Logger, dp *bpf.Datapath) error {
 // for SNAT, with source ports outside the NodePort range. It returns what
 // reprograms it for other cluster CIDRs: with "nodes" in clusterCIDRs,
 // the clustercidrs controller adds the Nodes' pod CIDRs once it knows them.
-func masquerade(log *slog.Logger, cfg config.Config) (func([]netip.Prefix) error, error) {
+func masquerade(log *slog.Logger, cfg config.Config, ports masq.PortRange) (func([]netip.Prefix) error, error) {
 	static, _, err := clustercidrs.Parse(cfg.ClusterCIDRs)
-	if err != nil {
-		return nil, err
-	}
-	ports, err := cfg.MasqueradePorts()
 	if err != nil {
 		return nil, err
 	}
@@ -412,6 +414,32 @@ func masquerade(log *slog.Logger, cfg config.Config) (func([]netip.Prefix) error
 	log.Info("masquerade of traffic leaving the cluster CIDRs", "clusterCIDRs", cfg.ClusterCIDRs, "table", "inet "+masq.TableName,
 		"nodePortRange", cfg.NodePortRange, "sourcePorts", ports.String())
 	return apply, nil
+}
+
+// masqueradePorts are the source ports of netfilter's masquerade and of
+// the XDP masquerade (the zero range: off). XDP masquerades flows from
+// outside to remote backends under loadBalancerMode snat with
+// acceleration on, where the way to a backend is an uplink (not the
+// overlay's device, to which XDP cannot send); it takes the part of the
+// range above the node's ephemeral ports.
+func masqueradePorts(log *slog.Logger, cfg config.Config) (netfilter, xdp masq.PortRange, err error) {
+	ports, err := cfg.MasqueradePorts()
+	if err != nil {
+		return ports, xdp, err
+	}
+	if cfg.XDP() == config.AccelerationOff || cfg.DSR() || cfg.Routing() == config.RoutingVXLAN {
+		return ports, xdp, nil
+	}
+	local, err := masq.EphemeralPorts()
+	if err == nil {
+		netfilter, xdp, err = masq.SplitForXDP(ports, local)
+	}
+	if err != nil {
+		log.Warn("XDP masquerade off: flows from outside to remote backends take tc and netfilter's masquerade", "err", err)
+		return ports, masq.PortRange{}, nil
+	}
+	log.Info("XDP masquerade of flows from outside to remote backends", "sourcePorts", xdp.String(), "ephemeralPorts", local.String())
+	return netfilter, xdp, nil
 }
 
 // controllers are the agent's controllers, sharing one informer factory.
@@ -499,8 +527,10 @@ func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Inter
 			return nil, err
 		}
 	}
-	if cfg.DSR() {
-		writer := &dsr.Kernel{Datapath: dp, Endpoints: cfg.Routing() != config.RoutingVXLAN}
+	// XDP sends flows on to other nodes (direct server return, or the XDP
+	// masquerade to their pods): it needs their neighbours resolved.
+	if cfg.DSR() || nodeNet.xdpMasquerade {
+		writer := &dsr.Kernel{Datapath: dp, Endpoints: cfg.DSR() && cfg.Routing() != config.RoutingVXLAN}
 		c.dsr, err = dsr.New(log, factory, writer, cfg.NodeName, m, nodewatch.Options{
 			MinSync: cfg.SyncMinInterval.Duration, MaxSync: cfg.SyncMaxInterval.Duration,
 		})
@@ -508,11 +538,11 @@ func newControllers(log *slog.Logger, cfg config.Config, client kubernetes.Inter
 			return nil, err
 		}
 	} else if did, err := dsr.RemoveNeighbours(); err != nil {
-		// An earlier agent ran under dsr: its managed entries would be
+		// An earlier agent sent from XDP: its managed entries would be
 		// refreshed for ever. Not fatal: they cost ARP, not correctness.
-		log.Warn("remove the managed neighbour entries of an earlier loadBalancerMode dsr", "err", err)
+		log.Warn("remove the managed neighbour entries of an earlier agent with acceleration", "err", err)
 	} else if did != "" {
-		log.Info("managed neighbour entries of an earlier loadBalancerMode dsr removed", "did", did)
+		log.Info("managed neighbour entries of an earlier agent with acceleration removed", "did", did)
 	}
 	if nodeNet.routes != nil {
 		c.routes, err = routes.New(log, factory, nodeNet.routes, m, routes.Options{
@@ -607,12 +637,14 @@ func (o *observerAPI) run(ctx context.Context, log *slog.Logger, errs chan<- err
 }
 
 // network is how this node reaches other nodes' pods and the world: the
-// writer of its routes (nil: routing mode none), the MTU its pods get and
-// what reprograms the masquerade for a new set of cluster CIDRs.
+// writer of its routes (nil: routing mode none), the MTU its pods get,
+// what reprograms the masquerade for a new set of cluster CIDRs, and
+// whether XDP masquerades flows from outside (and so sends to other nodes).
 type network struct {
-	routes     routes.Writer
-	podMTU     int
-	masquerade func([]netip.Prefix) error
+	routes        routes.Writer
+	podMTU        int
+	masquerade    func([]netip.Prefix) error
+	xdpMasquerade bool
 }
 
 // nodeNetwork sets up the routing mode: in vxlan mode the overlay device,

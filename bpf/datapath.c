@@ -12,7 +12,8 @@
  *   from_netdev  tcx ingress of the node's uplinks: NodePort, ExternalIP and
  *   to_netdev    LoadBalancer traffic from outside, and its replies.
  *   xdp_netdev   XDP on the same uplinks, ahead of from_netdev: early drops,
- *                and direct server return (lib/xdp.h).
+ *                direct server return (lib/xdp.h) and the masquerade of
+ *                flows to remote backends (lib/masq.h).
  *   sock*        cgroup hooks: socket-level load balancing of the node's
  *                own sockets.
  *
@@ -37,6 +38,7 @@
 #include "lib/revnat.h"
 #include "lib/sock.h"
 #include "lib/xdp.h"
+#include "lib/masq.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -240,6 +242,11 @@ int xdp_netdev(struct xdp_md *ctx)
 
 		if (verdict >= 0)
 			return verdict;
+	} else if (masq_on()) {
+		int verdict = masq_reply(ctx, &p);
+
+		if (verdict >= 0)
+			return verdict;
 	}
 	struct svc_value *svc = lookup_service(&p, SVC_SCOPE_EXTERNAL);
 	if (!svc) {
@@ -253,13 +260,12 @@ int xdp_netdev(struct xdp_md *ctx)
 		xdp_record_drop(ctx, &p, DROP_SOURCE_RANGE, svc->id);
 		return XDP_DROP;
 	}
-	if (dsr_enabled) {
-		int verdict = dsr_forward(ctx, &p, svc);
-
-		if (verdict >= 0)
-			return verdict;
-	}
-	return XDP_PASS;
+	int verdict = -1;
+	if (dsr_enabled)
+		verdict = dsr_forward(ctx, &p, svc);
+	else if (masq_on())
+		verdict = masq_forward(ctx, &p, svc);
+	return verdict >= 0 ? verdict : XDP_PASS;
 }
 
 SEC("tc")

@@ -63,6 +63,9 @@ const (
 	datapathCounterCOUNTER_DSR_SENT            datapathCounter = 7
 	datapathCounterCOUNTER_DSR_RECEIVED        datapathCounter = 8
 	datapathCounterCOUNTER_DSR_REPLIES         datapathCounter = 9
+	datapathCounterCOUNTER_MASQ_FORWARD        datapathCounter = 10
+	datapathCounterCOUNTER_MASQ_REPLY          datapathCounter = 11
+	datapathCounterCOUNTER_MASQ_PORTS_BUSY     datapathCounter = 12
 	datapathCounterCOUNTER_MAX                 datapathCounter = 16
 )
 
@@ -73,6 +76,7 @@ const (
 	datapathCtDirCT_DIR_REPLY          datapathCtDir = 1
 	datapathCtDirCT_DIR_POLICY_EGRESS  datapathCtDir = 2
 	datapathCtDirCT_DIR_POLICY_INGRESS datapathCtDir = 3
+	datapathCtDirCT_DIR_MASQ           datapathCtDir = 4
 )
 
 type datapathCtFlags uint32
@@ -83,6 +87,7 @@ const (
 	datapathCtFlagsCT_F_HAIRPIN     datapathCtFlags = 4
 	datapathCtFlagsCT_F_REPLIED     datapathCtFlags = 8
 	datapathCtFlagsCT_F_DSR         datapathCtFlags = 16
+	datapathCtFlagsCT_F_MASQ        datapathCtFlags = 32
 )
 
 type datapathCtKey struct {
@@ -104,7 +109,8 @@ type datapathCtValue struct {
 	Pad       uint8
 	BackendId uint32
 	SvcId     uint32
-	Pad2      uint32
+	MasqPort  uint16
+	Pad2      uint16
 	ExpiresNs uint64
 }
 
@@ -524,6 +530,8 @@ const (
 	datapathVarHairpinAddr6              = "hairpin_addr6"
 	datapathVarHostNetnsCookie           = "host_netns_cookie"
 	datapathVarMaglevSize                = "maglev_size"
+	datapathVarMasqPortMax               = "masq_port_max"
+	datapathVarMasqPortMin               = "masq_port_min"
 	datapathVarUnusedBackendFlags        = "unused_backend_flags"
 	datapathVarUnusedCounter             = "unused_counter"
 	datapathVarUnusedCtDir               = "unused_ct_dir"
@@ -672,6 +680,8 @@ type datapathVariableSpecs struct {
 	HairpinAddr6              *ebpf.VariableSpec `ebpf:"hairpin_addr6"`
 	HostNetnsCookie           *ebpf.VariableSpec `ebpf:"host_netns_cookie"`
 	MaglevSize                *ebpf.VariableSpec `ebpf:"maglev_size"`
+	MasqPortMax               *ebpf.VariableSpec `ebpf:"masq_port_max"`
+	MasqPortMin               *ebpf.VariableSpec `ebpf:"masq_port_min"`
 	UnusedBackendFlags        *ebpf.VariableSpec `ebpf:"unused_backend_flags"`
 	UnusedCounter             *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedCtDir               *ebpf.VariableSpec `ebpf:"unused_ct_dir"`
@@ -820,6 +830,8 @@ type datapathVariables struct {
 	HairpinAddr6              *ebpf.Variable `ebpf:"hairpin_addr6"`
 	HostNetnsCookie           *ebpf.Variable `ebpf:"host_netns_cookie"`
 	MaglevSize                *ebpf.Variable `ebpf:"maglev_size"`
+	MasqPortMax               *ebpf.Variable `ebpf:"masq_port_max"`
+	MasqPortMin               *ebpf.Variable `ebpf:"masq_port_min"`
 	UnusedBackendFlags        *ebpf.Variable `ebpf:"unused_backend_flags"`
 	UnusedCounter             *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedCtDir               *ebpf.Variable `ebpf:"unused_ct_dir"`

@@ -24,10 +24,12 @@ import (
 // dsrCluster: a client and two nodes on one underlay bridge, and a pod
 // behind node B. Node A serves a NodePort (TCP and UDP, both families) on
 // its own addresses whose only backend is the pod; the client has no route
-// to the pod CIDR. Both nodes run xdp_netdev in native mode with DSR on.
+// to the pod CIDR. Both nodes run xdp_netdev in native mode, with what the
+// test's Config turns on (DSR, the XDP masquerade).
 type dsrCluster struct {
 	client, a, b, pod, underlay *netnstest.NS
 	dpA, dpB                    *Datapath
+	cfg                         Config // as loaded on both nodes
 	root                        string // node A's pin root, to load it again
 }
 
@@ -41,12 +43,13 @@ var (
 
 const dsrNodePort = 30080
 
-func newDSRCluster(t *testing.T, dsr bool) *dsrCluster {
+func newDSRCluster(t *testing.T, cfg Config) *dsrCluster {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces, XDP and BPF")
 	}
 	c := &dsrCluster{
+		cfg:      cfg,
 		underlay: netnstest.New(t, "sl-dsr-u"), client: netnstest.New(t, "sl-dsr-c"),
 		a: netnstest.New(t, "sl-dsr-a"), b: netnstest.New(t, "sl-dsr-b"), pod: netnstest.New(t, "sl-dsr-pod"),
 	}
@@ -92,9 +95,9 @@ func newDSRCluster(t *testing.T, dsr bool) *dsrCluster {
 	// XDP cannot resolve a neighbour: the agent keeps the other nodes'
 	// resolved with managed entries, as here.
 	c.a.IP(t, "neigh", "replace", dsrB4.String(), "dev", "eth0", "managed")
-	c.dpA = loadTest(t, Config{DSR: dsr})
+	c.dpA = loadTest(t, cfg)
 	c.root = c.dpA.PinRoot()
-	c.dpB = loadTest(t, Config{DSR: dsr})
+	c.dpB = loadTest(t, cfg)
 	c.attachA(t)
 	c.b.Do(t, func() {
 		if err := c.dpB.AttachDevice("eth0", AttachTCX); err != nil {
@@ -162,6 +165,21 @@ func (c *dsrCluster) attachA(t *testing.T) {
 			t.Fatalf("attach XDP on node A: %v %v, want native", mode, err)
 		}
 	})
+}
+
+// restartA is an agent restart on node A: its datapath is loaded again
+// from its pins, with the same Config, and attached anew.
+func (c *dsrCluster) restartA(t *testing.T) {
+	t.Helper()
+	c.dpA.Close()
+	cfg := c.cfg
+	cfg.PinRoot, cfg.MaglevSize = c.root, 251
+	var err error
+	if c.dpA, err = Load(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.dpA.Close() })
+	c.attachA(t)
 }
 
 // xdpPass attaches a program that passes everything to dev in ns, for as
@@ -271,7 +289,7 @@ func serveSink(t *testing.T, ns *netnstest.NS, port int) {
 // A's datapath being loaded again (an agent restart), and a forged
 // sent-on packet from a host that is not a node is dropped.
 func TestDirectServerReturn(t *testing.T) {
-	c := newDSRCluster(t, true)
+	c := newDSRCluster(t, Config{DSR: true})
 	serveSink(t, c.pod, 9000)
 	events := eventReader(t, c.dpA)
 	for _, fam := range []struct {
@@ -311,7 +329,7 @@ func TestDirectServerReturn(t *testing.T) {
 	const size = 2 << 20
 	for _, vip := range []netip.Addr{dsrA6, dsrA4} {
 		// The sink is a second port of the same pod: give it a NodePort.
-		c.addNodePort(t, vip, 30090, 9000)
+		c.addService(t, vip, 30090, 9000, 6)
 		if got, err := upload(t, c.client, netip.AddrPortFrom(vip, 30090), size); err != nil || got != strconv.Itoa(size) {
 			t.Errorf("upload of %d bytes through NodePort %s:30090: sink counted %q (%v)", size, vip, got, err)
 		}
@@ -335,12 +353,7 @@ func TestDirectServerReturn(t *testing.T) {
 	if _, err := conn.Write(make([]byte, 1000)); err != nil {
 		t.Fatal(err)
 	}
-	c.dpA.Close()
-	if c.dpA, err = Load(Config{PinRoot: c.root, MaglevSize: 251, DSR: true}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.dpA.Close() })
-	c.attachA(t)
+	c.restartA(t)
 	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := conn.Write(make([]byte, 100000)); err != nil {
 		t.Fatal(err)
@@ -382,7 +395,7 @@ func TestDirectServerReturn(t *testing.T) {
 // never comes back translated, so the client gets no answer. This is what
 // TestDirectServerReturn relies on DSR to fix.
 func TestDirectServerReturnOff(t *testing.T) {
-	c := newDSRCluster(t, false)
+	c := newDSRCluster(t, Config{})
 	c.a.Sysctl(t, "net.ipv4.ip_forward=1")
 	c.a.IP(t, "route", "add", "10.244.1.0/24", "via", dsrB4.String())
 	if got := c.client.WhoAmI(t, "udp", netip.AddrPortFrom(dsrA4, dsrNodePort)); got == dsrClient4.String() {
@@ -391,22 +404,6 @@ func TestDirectServerReturnOff(t *testing.T) {
 	if n := c.counters(t, c.dpA)[CounterDSRSent]; n != 0 {
 		t.Errorf("with DSR off node A sent %d packets on", n)
 	}
-}
-
-// addNodePort adds a TCP NodePort on node A's vip (and node B's address of
-// its family) to the pod's port.
-func (c *dsrCluster) addNodePort(t *testing.T, vip netip.Addr, nodePort, podPort uint16) {
-	t.Helper()
-	pod, vipB := dsrPod4, dsrB4
-	if vip.Is6() {
-		pod, vipB = dsrPod6, dsrB6
-	}
-	id := uint32(nodePort)*10 + uint32(len(vip.AsSlice()))
-	be := netip.AddrPortFrom(pod, podPort)
-	install(t, c.dpA, testService{id: id, vip: netip.AddrPortFrom(vip, nodePort), proto: 6, scope: ScopeExternal,
-		backends: []testBackend{{id: id, addr: be}}})
-	install(t, c.dpB, testService{id: id, vip: netip.AddrPortFrom(vipB, nodePort), proto: 6, scope: ScopeExternal,
-		backends: []testBackend{{id: id, addr: be, flags: BackendLocal}}})
 }
 
 // forgedDSR is the UDP payload of a Geneve packet with Sluice's DSR option

@@ -66,6 +66,12 @@ type Config struct {
 	DSR         bool
 	DSRPort     uint16
 	DSRMaxInner uint32
+	// MasqPortMin..MasqPortMax (both zero: off) turns on the XDP
+	// masquerade when DSR is off: xdp_netdev sends flows from outside to
+	// a remote backend on from the node's address and a source port of
+	// this range, which no socket of the node and no netfilter
+	// masquerade may use, and sends the replies back to the client.
+	MasqPortMin, MasqPortMax uint16
 }
 
 // DefaultDSRPort is Geneve's port (RFC 8926), the default of Config.DSRPort.
@@ -146,6 +152,9 @@ func (c Config) validate() error {
 	}
 	if c.MaglevSize < MaglevSizes[0] {
 		return fmt.Errorf("MaglevSize: %d is below the smallest table size, %d", c.MaglevSize, MaglevSizes[0])
+	}
+	if (c.MasqPortMin == 0) != (c.MasqPortMax == 0) || c.MasqPortMin > c.MasqPortMax {
+		return fmt.Errorf("MasqPortMin, MasqPortMax: %d-%d is not a port range (both zero turns the XDP masquerade off)", c.MasqPortMin, c.MasqPortMax)
 	}
 	return nil
 }
@@ -344,6 +353,8 @@ func configureSpec(spec *ebpf.CollectionSpec, cfg Config) error {
 		"dsr_enabled":             boolU32(cfg.DSR),
 		"dsr_port":                uint32(cfg.DSRPort),
 		"dsr_max_inner":           cfg.DSRMaxInner,
+		"masq_port_min":           uint32(cfg.MasqPortMin),
+		"masq_port_max":           uint32(cfg.MasqPortMax),
 	}
 	for name, v := range consts {
 		if err := spec.Variables[name].Set(v); err != nil {

@@ -292,6 +292,12 @@ const (
 	CounterDSRSent     = datapathCounterCOUNTER_DSR_SENT
 	CounterDSRReceived = datapathCounterCOUNTER_DSR_RECEIVED
 	CounterDSRReplies  = datapathCounterCOUNTER_DSR_REPLIES
+	// XDP masquerade: packets sent on to a remote backend from the node's
+	// address, backends' replies sent back to the client, and new flows
+	// left to netfilter because no port of the range was free.
+	CounterMasqForward   = datapathCounterCOUNTER_MASQ_FORWARD
+	CounterMasqReply     = datapathCounterCOUNTER_MASQ_REPLY
+	CounterMasqPortsBusy = datapathCounterCOUNTER_MASQ_PORTS_BUSY
 )
 
 // CounterValues sums the per-CPU event counters, by counter.
@@ -300,7 +306,7 @@ func (d *Datapath) CounterValues() (map[Counter]uint64, error) {
 	var perCPU []uint64
 	for _, c := range []Counter{CounterCTReplyRestored, CounterCTForwardRestored, CounterCTReopened,
 		CounterAffinityStale, CounterCTInsertFailed, CounterEventsSuppressed, CounterEventsLost,
-		CounterDSRSent, CounterDSRReceived, CounterDSRReplies} {
+		CounterDSRSent, CounterDSRReceived, CounterDSRReplies, CounterMasqForward, CounterMasqReply, CounterMasqPortsBusy} {
 		if err := d.Counters.Lookup(uint32(c), &perCPU); err != nil {
 			return nil, fmt.Errorf("read datapath counter %d: %w", c, err)
 		}

@@ -128,6 +128,10 @@ enum ct_dir {
 	 * the entry matters: two pods of one node share the map. */
 	CT_DIR_POLICY_EGRESS = 2,
 	CT_DIR_POLICY_INGRESS = 3,
+	/* XDP masquerade: backend -> this node's address and the flow's
+	 * masquerade port, as the backend replies; its value names the client
+	 * (nat_addr, nat_port) the reply goes back to. */
+	CT_DIR_MASQ = 4,
 };
 
 /* ct_value.flags */
@@ -143,6 +147,11 @@ enum ct_flags {
 	 * backend's node, the reply entry that turns replies back into the
 	 * service's. */
 	CT_F_DSR = 1 << 4,
+	/* XDP masquerade (loadBalancerMode snat with acceleration): the
+	 * forward entry of a flow from outside that xdp_netdev sends on to a
+	 * remote backend from this node's address and masq_port, where
+	 * netfilter's masquerade would otherwise have taken it. */
+	CT_F_MASQ = 1 << 5,
 };
 
 struct ct_key {
@@ -164,7 +173,8 @@ struct ct_value {
 	__u8 pad;
 	__u32 backend_id;
 	__u32 svc_id;
-	__u32 pad2;
+	__be16 masq_port; /* CT_F_MASQ entries (forward, reply): the flow's source port */
+	__u16 pad2;
 	/* bpf_ktime_get_ns() after which the entry is dead. The datapath
 	 * ignores dead entries; the agent's GC deletes them. */
 	__u64 expires_ns;
@@ -368,6 +378,13 @@ enum counter {
 	COUNTER_DSR_SENT = 7,
 	COUNTER_DSR_RECEIVED = 8,
 	COUNTER_DSR_REPLIES = 9,
+	/* XDP masquerade: a packet from outside sent on to a remote backend
+	 * from this node's address, a backend's reply sent back to its
+	 * client, and a new flow left to netfilter's masquerade because none
+	 * of the ports it tried was free. */
+	COUNTER_MASQ_FORWARD = 10,
+	COUNTER_MASQ_REPLY = 11,
+	COUNTER_MASQ_PORTS_BUSY = 12,
 	COUNTER_MAX = 16,
 };
 

@@ -40,6 +40,13 @@ volatile const __u64 event_interval_ns;
 volatile const __u32 dsr_enabled;
 volatile const __u32 dsr_port;
 volatile const __u32 dsr_max_inner;
+/* XDP masquerade (bpf.Config.MasqPorts): under loadBalancerMode snat,
+ * xdp_netdev sends flows from outside to remote backends on from this
+ * node's address and a source port of masq_port_min..masq_port_max (host
+ * order), a range no socket of the node and no netfilter masquerade uses,
+ * and sends the replies back. 0 leaves such flows to tc and netfilter. */
+volatile const __u32 masq_port_min;
+volatile const __u32 masq_port_max;
 /* Source address used when a pod is load-balanced to itself (hairpin):
  * bpf.HairpinAddr4 and bpf.HairpinAddr6, written by the loader. */
 volatile const __u8 hairpin_addr4[SLUICE_ADDR_LEN];

@@ -135,10 +135,11 @@ static __noinline __u8 ct_keep_reply(const struct pkt *p, const struct ct_value 
 	struct ct_value *v = &s->ctv;
 
 	__builtin_memset(v, 0, sizeof(*v));
-	v->flags = fwd->flags & (CT_F_HAIRPIN | CT_F_ESTABLISHED | CT_F_REPLIED);
+	v->flags = fwd->flags & (CT_F_HAIRPIN | CT_F_ESTABLISHED | CT_F_REPLIED | CT_F_MASQ);
 	v->expires_ns = now + ct_update(p, &v->flags);
 	v->backend_id = fwd->backend_id;
 	v->svc_id = fwd->svc_id;
+	v->masq_port = fwd->masq_port;
 	__builtin_memcpy(v->nat_addr, p->dst, SLUICE_ADDR_LEN);
 	v->nat_port = p->dport;
 	ct_put(&s->ct, v);
@@ -181,6 +182,7 @@ static __noinline void ct_keep_forward(const struct ct_key *rk, const struct ct_
 	v->expires_ns = ct->expires_ns;
 	v->backend_id = ct->backend_id;
 	v->svc_id = ct->svc_id;
+	v->masq_port = ct->masq_port;
 	__builtin_memcpy(v->nat_addr, rk->src, SLUICE_ADDR_LEN);
 	v->nat_port = rk->sport;
 	ct_put(k, v);

@@ -91,10 +91,12 @@ static __always_inline void csum_replace2(__sum16 *sum, __be16 from, __be16 to)
 	*sum = csum_fold32(c);
 }
 
-/* xdp_nat_dst rewrites the destination of the TCP or UDP packet p (whose
- * Ethernet header is at data) to addr:port, keeping its checksums exact. */
-static __always_inline int xdp_nat_dst(void *data, void *end, const struct pkt *p, const __u8 *addr,
-				       __be16 port)
+/* xdp_nat rewrites the source (is_src) or destination of the TCP or UDP
+ * packet p (whose Ethernet header is at data) to addr:port, keeping its
+ * checksums exact. It reads the old address and port from the packet, so
+ * p may still describe the packet as it came. */
+static __always_inline int xdp_nat(void *data, void *end, const struct pkt *p, int is_src, const __u8 *addr,
+				   __be16 port)
 {
 	__u64 l4 = p->l4_off;
 
@@ -117,36 +119,88 @@ static __always_inline int xdp_nat_dst(void *data, void *end, const struct pkt *
 	} else {
 		return -1;
 	}
-	__be16 *dport = l4h + 2;
+	__be16 *l4port = is_src ? l4h : l4h + 2;
 	if (p->family == 4) {
 		struct iphdr *ip = data + ETH_HLEN;
 
 		if ((void *)(ip + 1) > end)
 			return -1;
-		__be32 from = ip->daddr, to;
+		__be32 *at = is_src ? &ip->saddr : &ip->daddr;
+		__be32 from = *at, to;
 		__builtin_memcpy(&to, addr + 12, 4);
 		csum_replace_words(&ip->check, &from, &to, 1);
 		if (l4sum)
 			csum_replace_words(l4sum, &from, &to, 1);
-		ip->daddr = to;
+		*at = to;
 	} else {
 		struct ipv6hdr *ip6 = data + ETH_HLEN;
 
 		if ((void *)(ip6 + 1) > end)
 			return -1;
+		void *at = is_src ? (void *)&ip6->saddr : (void *)&ip6->daddr;
 		__be32 from[4], to[4];
-		__builtin_memcpy(from, &ip6->daddr, 16);
+		__builtin_memcpy(from, at, 16);
 		__builtin_memcpy(to, addr, 16);
 		csum_replace_words(l4sum, from, to, 4);
-		__builtin_memcpy(&ip6->daddr, to, 16);
+		__builtin_memcpy(at, to, 16);
 	}
 	if (l4sum) {
-		csum_replace2(l4sum, *dport, port);
+		csum_replace2(l4sum, *l4port, port);
 		if (p->proto == IPPROTO_UDP && *l4sum == 0)
 			*l4sum = 0xffff;
 	}
-	*dport = port;
+	*l4port = port;
 	return 0;
+}
+
+/* xdp_fib asks the kernel's FIB for the way from src to dst (16-byte
+ * addresses of one family) for a packet that came in on ctx's device: 0
+ * when it has a route and a resolved neighbour (fib then holds the
+ * device and the MAC addresses). XDP cannot resolve a neighbour: the
+ * agent keeps the other nodes' resolved (managed entries). */
+static __always_inline int xdp_fib(struct xdp_md *ctx, const __u8 *dst, const __u8 *src,
+				   struct bpf_fib_lookup *fib)
+{
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->ifindex = ctx->ingress_ifindex;
+	if (is_v4_mapped(dst)) {
+		fib->family = AF_INET;
+		__builtin_memcpy(&fib->ipv4_src, src + 12, 4);
+		__builtin_memcpy(&fib->ipv4_dst, dst + 12, 4);
+	} else {
+		fib->family = AF_INET6;
+		__builtin_memcpy(fib->ipv6_src, src, 16);
+		__builtin_memcpy(fib->ipv6_dst, dst, 16);
+	}
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0) == BPF_FIB_LKUP_RET_SUCCESS ? 0 : -1;
+}
+
+/* xdp_send puts the frame on its way as fib found it: the next hop's
+ * Ethernet header, then out of the device it came in on (XDP_TX) or
+ * another. */
+static __always_inline int xdp_send(struct xdp_md *ctx, const struct bpf_fib_lookup *fib)
+{
+	struct ethhdr *eth = (void *)(long)ctx->data;
+
+	if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
+		return XDP_DROP;
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	if (fib->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(fib->ifindex, 0);
+}
+
+/* node_addr is this node's address of family (4 or 6), or 0 before the
+ * agent wrote it. */
+static __always_inline const __u8 *node_addr(__u8 family)
+{
+	__u32 idx = family == 4 ? 0 : 1;
+	struct node_key *own = bpf_map_lookup_elem(&sluice_node_addrs_v1, &idx);
+
+	if (!own || addr_is_zero(own->addr))
+		return 0;
+	return own->addr;
 }
 
 /* ---- sending a flow on (the node that received it) ---- */
@@ -156,25 +210,12 @@ static __always_inline int xdp_nat_dst(void *data, void *end, const struct pkt *
 static __always_inline int dsr_route(struct xdp_md *ctx, const __u8 *ep, struct bpf_fib_lookup *fib,
 				     __u8 *self)
 {
-	__u32 idx = is_v4_mapped(ep) ? 0 : 1;
-	struct node_key *own = bpf_map_lookup_elem(&sluice_node_addrs_v1, &idx);
+	const __u8 *own = node_addr(is_v4_mapped(ep) ? 4 : 6);
 
-	if (!own || addr_is_zero(own->addr) || addr_eq(own->addr, ep))
+	if (!own || addr_eq(own, ep))
 		return -1;
-	__builtin_memcpy(self, own->addr, SLUICE_ADDR_LEN);
-	__builtin_memset(fib, 0, sizeof(*fib));
-	fib->ifindex = ctx->ingress_ifindex;
-	fib->l4_protocol = IPPROTO_UDP;
-	if (idx == 0) {
-		fib->family = AF_INET;
-		__builtin_memcpy(&fib->ipv4_src, self + 12, 4);
-		__builtin_memcpy(&fib->ipv4_dst, ep + 12, 4);
-	} else {
-		fib->family = AF_INET6;
-		__builtin_memcpy(fib->ipv6_src, self, 16);
-		__builtin_memcpy(fib->ipv6_dst, ep, 16);
-	}
-	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0) == BPF_FIB_LKUP_RET_SUCCESS ? 0 : -1;
+	__builtin_memcpy(self, own, SLUICE_ADDR_LEN);
+	return xdp_fib(ctx, ep, self, fib);
 }
 
 /* ipv4_csum is the header checksum of a 20-byte IPv4 header. */
@@ -190,15 +231,14 @@ static __always_inline __u16 ipv4_csum(struct iphdr *ip)
 }
 
 /* dsr_encap wraps the packet (its inner destination translated already)
- * for the backend's node ep: Ethernet to the next hop of fib, outer IP
- * from self, UDP from a port of the flow's hash (so that routers spread
+ * for the backend's node ep (xdp_send writes the Ethernet addresses):
+ * outer IP from self, UDP from a port of the flow's hash (so that routers spread
  * flows, not packets), Geneve with the service address option. The IPv4
  * UDP checksum is zero (none); over IPv6 too, which the receiving
  * xdp_netdev accepts (it takes the packet before any socket would check).
  * On failure the frame is unusable: the caller drops it. */
 static __always_inline int dsr_encap(struct xdp_md *ctx, const struct pkt *p, const __u8 *ep,
-				     const __u8 *self, const struct bpf_fib_lookup *fib, const __u8 *vip,
-				     __be16 vport, __u32 hash)
+				     const __u8 *self, const __u8 *vip, __be16 vport, __u32 hash)
 {
 	int outer4 = is_v4_mapped(ep);
 	__u32 hdr = outer4 ? DSR_HDR4 : DSR_HDR6;
@@ -213,8 +253,6 @@ static __always_inline int dsr_encap(struct xdp_md *ctx, const struct pkt *p, co
 	 * difference. */
 	if (data + ETH_HLEN + DSR_HDR6 > end)
 		return -1;
-	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
 	struct udphdr *udp;
 	if (outer4) {
 		struct iphdr *ip = data + ETH_HLEN;
@@ -339,17 +377,15 @@ static __always_inline int dsr_forward(struct xdp_md *ctx, struct pkt *p, const 
 	__be16 vport = p->dport;
 	__u32 hash = flow_hash(p);
 	__builtin_memcpy(vip, p->dst, SLUICE_ADDR_LEN);
-	if (xdp_nat_dst((void *)(long)ctx->data, (void *)(long)ctx->data_end, p, be->addr, be->port) < 0 ||
-	    dsr_encap(ctx, p, ep->addr, self, &fib, vip, vport, hash) < 0) {
+	if (xdp_nat((void *)(long)ctx->data, (void *)(long)ctx->data_end, p, 0, be->addr, be->port) < 0 ||
+	    dsr_encap(ctx, p, ep->addr, self, vip, vport, hash) < 0) {
 		xdp_record_drop(ctx, p, DROP_NAT_FAILED, svc->id);
 		return XDP_DROP;
 	}
 	count(COUNTER_DSR_SENT);
 	if (fresh && events_on())
 		xdp_event_service(ctx, p, svc->id, backend_id, be);
-	if (fib.ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	return bpf_redirect(fib.ifindex, 0);
+	return xdp_send(ctx, &fib);
 }
 
 /* ---- receiving it (the backend's node) ---- */

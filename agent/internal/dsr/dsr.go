@@ -1,10 +1,12 @@
-// Package dsr keeps what direct server return (loadBalancerMode dsr) needs
-// from the Node list: in the datapath, the node serving each other pod
-// CIDR (where a flow for a backend there is sent on), every node address
-// (the only senders whose sent-on flows are accepted) and this node's own
-// (the outer source); in the kernel, resolved neighbours for the other
-// nodes, because XDP forwards only to a neighbour the kernel has resolved
-// and nothing else on a node need ever talk to another.
+// Package dsr keeps what xdp_netdev needs from the Node list to send flows
+// on to other nodes, under direct server return (loadBalancerMode dsr) or
+// the XDP masquerade (snat with acceleration): in the datapath, the node
+// serving each other pod CIDR (where a DSR flow for a backend there is
+// sent on), every node address (the only senders whose sent-on flows are
+// accepted) and this node's own (the outer source, the masquerade's
+// address); in the kernel, resolved neighbours for the other nodes,
+// because XDP forwards only to a neighbour the kernel has resolved and
+// nothing else on a node need ever talk to another.
 package dsr
 
 import (
@@ -91,7 +93,7 @@ func (k *Kernel) Sync(s State) (int, error) {
 		changed += n + m
 		errs = append(errs, err)
 	}
-	n, err := k.syncNeighbors(s.Endpoints)
+	n, err := k.syncNeighbors(s.others())
 	changed += n
 	errs = append(errs, err)
 	return changed, errors.Join(errs...)
@@ -137,10 +139,23 @@ func keyOf(n netlink.Neigh) neighbourKey {
 	return neighbourKey{n.LinkIndex, a.Unmap()}
 }
 
+// others are the other nodes' addresses, of both families: XDP sends to
+// either (a DSR flow's outer packets go to one, a masqueraded flow's to
+// a pod behind the node's address of the pod's family).
+func (s State) others() []netip.Addr {
+	var out []netip.Addr
+	for _, a := range s.Nodes {
+		if !slices.Contains(s.Self, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // syncNeighbors keeps a managed neighbour entry (the kernel resolves and
-// refreshes it on its own) for the next hop towards every other node, and
-// removes those no node needs any more.
-func (k *Kernel) syncNeighbors(eps []routes.Route) (int, error) {
+// refreshes it on its own) for the next hop towards every other node
+// address, and removes those no node needs any more.
+func (k *Kernel) syncNeighbors(nodes []netip.Addr) (int, error) {
 	if k.neighbors == nil {
 		adopted, err := managedNeighbors()
 		if err != nil {
@@ -150,13 +165,8 @@ func (k *Kernel) syncNeighbors(eps []routes.Route) (int, error) {
 	}
 	want := map[neighbourKey]netlink.Neigh{}
 	var errs []error
-	looked := map[netip.Addr]bool{} // a node with several pod CIDRs is looked up once
-	for _, r := range eps {
-		if looked[r.Via] {
-			continue
-		}
-		looked[r.Via] = true
-		n, err := nextHop(r.Via)
+	for _, addr := range nodes {
+		n, err := nextHop(addr)
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -84,6 +84,48 @@ func PortsOutside(nodePorts PortRange) (PortRange, error) {
 	return best, nil
 }
 
+// EphemeralPorts reads the range the node's sockets take their local
+// ports from (net.ipv4.ip_local_port_range of the calling namespace).
+func EphemeralPorts() (PortRange, error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return PortRange{}, fmt.Errorf("read the ephemeral port range: %w", err)
+	}
+	lo, hi, _ := strings.Cut(strings.Join(strings.Fields(string(b)), "-"), "-")
+	r, err := ParsePortRange(lo + "-" + hi)
+	if err != nil {
+		return PortRange{}, fmt.Errorf("net.ipv4.ip_local_port_range: %w", err)
+	}
+	return r, nil
+}
+
+// MinXDPPorts is the fewest ports the XDP masquerade takes a range for:
+// its ports are per backend, and a flow that finds none free is left to
+// netfilter, so a small range only makes the fast path rarer.
+const MinXDPPorts = 1024
+
+// SplitForXDP divides the masquerade range ports between netfilter and
+// the XDP masquerade (loadBalancerMode snat with acceleration), which
+// cannot see netfilter's conntrack or the node's sockets: XDP takes the
+// ports above the node's ephemeral range local (net.ipv4.ip_local_port_range),
+// which no socket binds unasked, and netfilter keeps the rest. It fails,
+// saying why, when either part would be smaller than its minimum; the
+// caller then leaves those flows to netfilter.
+func SplitForXDP(ports, local PortRange) (netfilter, xdp PortRange, err error) {
+	if local.Max >= ports.Max {
+		return ports, PortRange{}, fmt.Errorf("the ephemeral port range %v reaches the top of the masquerade range %v: no port is left that no socket takes", local, ports)
+	}
+	xdp = PortRange{max(ports.Min, local.Max+1), ports.Max}
+	if xdp.Size() < MinXDPPorts {
+		return ports, PortRange{}, fmt.Errorf("only %v lies above the ephemeral port range %v in the masquerade range %v, fewer than %d ports", xdp, local, ports, MinXDPPorts)
+	}
+	netfilter = PortRange{ports.Min, xdp.Min - 1}
+	if xdp.Min == ports.Min || netfilter.Size() < MinMasqPorts {
+		return ports, PortRange{}, fmt.Errorf("the masquerade range %v would leave netfilter fewer than %d ports below %v", ports, MinMasqPorts, xdp)
+	}
+	return netfilter, xdp, nil
+}
+
 // Apply replaces Sluice's table with one masquerading packets carrying
 // snatMark, and traffic from the cluster CIDRs to any address outside all
 // of them, mapping TCP, UDP and SCTP source ports into ports (the zero

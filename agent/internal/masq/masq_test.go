@@ -247,3 +247,33 @@ func TestPortsOutside(t *testing.T) {
 		t.Errorf("spaces: %v, %v", r, err)
 	}
 }
+
+func TestSplitForXDP(t *testing.T) {
+	for _, c := range []struct {
+		ports, local   PortRange
+		netfilter, xdp PortRange
+		err            string
+	}{
+		// Linux's default ephemeral range, NodePorts 30000-32767.
+		{PortRange{32768, 65535}, PortRange{32768, 60999}, PortRange{32768, 60999}, PortRange{61000, 65535}, ""},
+		{PortRange{32768, 65535}, PortRange{1024, 60999}, PortRange{32768, 60999}, PortRange{61000, 65535}, ""},
+		{PortRange{32768, 65535}, PortRange{32768, 65535}, PortRange{}, PortRange{}, "reaches the top"},
+		{PortRange{32768, 65535}, PortRange{32768, 65000}, PortRange{}, PortRange{}, "fewer than 1024 ports"},
+		// The ephemeral range below the masquerade range: nothing left
+		// for netfilter.
+		{PortRange{32768, 65535}, PortRange{1024, 20000}, PortRange{}, PortRange{}, "leave netfilter"},
+		// NodePorts above the ephemeral range: masquerade below them.
+		{PortRange{1024, 32767}, PortRange{32768, 60999}, PortRange{}, PortRange{}, "reaches the top"},
+	} {
+		nf, xdp, err := SplitForXDP(c.ports, c.local)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) || nf != c.ports || xdp != (PortRange{}) {
+				t.Errorf("SplitForXDP(%v, %v) = %v, %v, %v; want %v, none and an error %q", c.ports, c.local, nf, xdp, err, c.ports, c.err)
+			}
+			continue
+		}
+		if err != nil || nf != c.netfilter || xdp != c.xdp {
+			t.Errorf("SplitForXDP(%v, %v) = %v, %v, %v; want %v, %v", c.ports, c.local, nf, xdp, err, c.netfilter, c.xdp)
+		}
+	}
+}

@@ -106,6 +106,13 @@ var (
 		"Direct server return (loadBalancerMode dsr), by direction: sent (a packet from outside sent on to its backend's node), "+
 			"received (one sent on here, for a local backend) and replied (a backend's reply sent straight to the client).",
 		[]string{"direction"}, nil)
+	masqPackets = prometheus.NewDesc("sluice_xdp_masquerade_packets_total",
+		"XDP masquerade (loadBalancerMode snat with acceleration), by direction: forward (a packet from outside sent on to a remote "+
+			"backend from the node's address) and reply (a backend's reply sent back to the client).",
+		[]string{"direction"}, nil)
+	masqPortsBusy = prometheus.NewDesc("sluice_xdp_masquerade_ports_busy_total",
+		"New flows the XDP masquerade left to tc and netfilter's masquerade because none of the ports it tried for their backend was free.",
+		nil, nil)
 )
 
 // counterCollector reads the per-CPU event counters at scrape time.
@@ -119,12 +126,14 @@ func (c *counterCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- eventsLost
 	ch <- eventsSuppressed
 	ch <- dsrPackets
+	ch <- masqPackets
+	ch <- masqPortsBusy
 }
 
 func (c *counterCollector) Collect(ch chan<- prometheus.Metric) {
 	v, err := c.dp.CounterValues()
 	if err != nil {
-		for _, d := range []*prometheus.Desc{ctRestored, ctReopened, affinityStale, ctInsertFailed, eventsLost, eventsSuppressed, dsrPackets} {
+		for _, d := range []*prometheus.Desc{ctRestored, ctReopened, affinityStale, ctInsertFailed, eventsLost, eventsSuppressed, dsrPackets, masqPackets, masqPortsBusy} {
 			ch <- prometheus.NewInvalidMetric(d, err)
 		}
 		return
@@ -142,4 +151,7 @@ func (c *counterCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(dsrPackets, v[bpf.CounterDSRSent], "sent")
 	counter(dsrPackets, v[bpf.CounterDSRReceived], "received")
 	counter(dsrPackets, v[bpf.CounterDSRReplies], "replied")
+	counter(masqPackets, v[bpf.CounterMasqForward], "forward")
+	counter(masqPackets, v[bpf.CounterMasqReply], "reply")
+	counter(masqPortsBusy, v[bpf.CounterMasqPortsBusy])
 }

@@ -1,0 +1,248 @@
+package bpf
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluice-net/sluice/internal/testutil/netnstest"
+)
+
+// The XDP masquerade's range in these tests, and netfilter's (the
+// agent's nftables masquerade of what tc marks): disjoint, as the agent
+// keeps them, so the port a pod sees tells which of the two took the flow.
+const (
+	testMasqMin, testMasqMax = 61000, 61001
+	testNftMasq              = "40000-40999"
+)
+
+// newMasqCluster is the DSR test's cluster under loadBalancerMode snat
+// with the XDP masquerade: node A routes the pod CIDR via node B (native
+// routing), keeps node B's neighbours resolved, and masquerades what tc
+// marks for it with nftables, as the agent does.
+func newMasqCluster(t *testing.T) *dsrCluster {
+	c := newDSRCluster(t, Config{MasqPortMin: testMasqMin, MasqPortMax: testMasqMax})
+	c.a.IP(t, "route", "add", dsrPodCIDRs[0].String(), "via", dsrB4.String())
+	c.a.IP(t, "-6", "route", "add", dsrPodCIDRs[1].String(), "via", dsrB6.String())
+	c.a.IP(t, "neigh", "replace", dsrB6.String(), "dev", "eth0", "managed")
+	// Node A's XDP turns node B's replies round: like the client, node B
+	// is a wire's far end, whose frames carry full checksums.
+	c.b.Do(t, func() {
+		if out, err := exec.Command("ethtool", "-K", "eth0", "tx", "off").CombinedOutput(); err != nil {
+			t.Fatalf("ethtool -K eth0 tx off in node B: %v %s", err, out)
+		}
+	})
+	c.a.Do(t, func() {
+		nft(t, "add table inet sl-test",
+			"add chain inet sl-test post { type nat hook postrouting priority 100 ; }",
+			fmt.Sprintf("add rule inet sl-test post meta mark %#x meta l4proto { tcp, udp } masquerade to :%s", MarkSNAT, testNftMasq))
+	})
+	return c
+}
+
+// servePeer answers on port of ns (TCP and UDP, both families) with the
+// address and port it saw the client at; a TCP connection stays open
+// until the client closes its side, and is then told how many bytes it
+// sent.
+func servePeer(t *testing.T, ns *netnstest.NS, port int) {
+	t.Helper()
+	for _, fam := range []struct{ tcp, udp, any string }{{"tcp4", "udp4", "0.0.0.0"}, {"tcp6", "udp6", "::"}} {
+		addr := net.JoinHostPort(fam.any, strconv.Itoa(port))
+		var ln net.Listener
+		var pc net.PacketConn
+		var err error
+		ns.Do(t, func() {
+			if ln, err = net.Listen(fam.tcp, addr); err == nil {
+				pc, err = net.ListenPacket(fam.udp, addr)
+			}
+		})
+		if err != nil {
+			t.Fatalf("listen on %s in %s: %v", addr, ns.Name, err)
+		}
+		t.Cleanup(func() { ln.Close(); pc.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					fmt.Fprintln(c, c.RemoteAddr().(*net.TCPAddr).AddrPort())
+					n, _ := io.Copy(io.Discard, c)
+					fmt.Fprintln(c, n)
+				}()
+			}
+		}()
+		go func() {
+			buf := make([]byte, 64)
+			for {
+				_, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				_, _ = pc.WriteTo([]byte(from.(*net.UDPAddr).AddrPort().String()), from)
+			}
+		}()
+	}
+}
+
+// askPeer opens a connection (or sends a datagram) from the client to dst
+// and returns the connection and the address the pod saw it from. The
+// caller closes the connection.
+func askPeer(t *testing.T, from *netnstest.NS, network string, dst netip.AddrPort) (net.Conn, netip.AddrPort) {
+	t.Helper()
+	var conn net.Conn
+	var seen string
+	var err error
+	from.Do(t, func() {
+		if conn, err = net.DialTimeout(network, dst.String(), 3*time.Second); err != nil {
+			return
+		}
+		_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+		if network == "udp" {
+			if _, err = conn.Write([]byte("?")); err != nil {
+				return
+			}
+			buf := make([]byte, 64)
+			var k int
+			k, err = conn.Read(buf)
+			seen = string(buf[:k])
+			return
+		}
+		seen, err = bufio.NewReader(conn).ReadString('\n')
+	})
+	if err != nil {
+		t.Fatalf("%s to %s from the client: %v", network, dst, err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	ap, err := netip.ParseAddrPort(strings.TrimSpace(seen))
+	if err != nil {
+		t.Fatalf("%s to %s: the pod answered %q", network, dst, seen)
+	}
+	return conn, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+func inMasqRange(port uint16) bool { return port >= testMasqMin && port <= testMasqMax }
+
+// TestXDPMasquerade: loadBalancerMode snat with acceleration. Node A's
+// XDP sends a NodePort flow to the pod behind node B from its own address
+// and a port of the XDP masquerade's range, and the pod's replies back to
+// the client, both without the kernel's stack: the counters show both
+// ways, and the port shows it was not netfilter.
+func TestXDPMasquerade(t *testing.T) {
+	c := newMasqCluster(t)
+	servePeer(t, c.pod, 8081)
+	serveSink(t, c.pod, 9000)
+	for _, vip := range []netip.Addr{dsrA4, dsrA6} {
+		c.addService(t, vip, 30081, 8081, 6)
+		c.addService(t, vip, 30081, 8081, 17)
+	}
+	for _, fam := range []struct{ vip, self netip.Addr }{{dsrA4, dsrA4}, {dsrA6, dsrA6}} {
+		for _, network := range []string{"tcp", "udp"} {
+			conn, seen := askPeer(t, c.client, network, netip.AddrPortFrom(fam.vip, 30081))
+			conn.Close()
+			if seen.Addr() != fam.self || !inMasqRange(seen.Port()) {
+				t.Errorf("client -> NodePort %s:30081 over %s: the pod saw %s, want node A's %s and a port of %d-%d",
+					fam.vip, network, seen, fam.self, testMasqMin, testMasqMax)
+			}
+		}
+	}
+	a := c.counters(t, c.dpA)
+	if a[CounterMasqForward] < 4 || a[CounterMasqReply] < 4 {
+		t.Errorf("XDP masquerade counters on node A: %d sent on, %d replies sent back; want at least 4 each",
+			a[CounterMasqForward], a[CounterMasqReply])
+	}
+
+	// Full-size segments both ways through the rewritten checksums.
+	const size = 2 << 20
+	for _, vip := range []netip.Addr{dsrA6, dsrA4} {
+		c.addService(t, vip, 30090, 9000, 6)
+		if got, err := upload(t, c.client, netip.AddrPortFrom(vip, 30090), size); err != nil || got != strconv.Itoa(size) {
+			t.Errorf("upload of %d bytes through NodePort %s:30090: sink counted %q (%v)", size, vip, got, err)
+		}
+	}
+
+	// An agent restart: a connection open across it keeps its port, so
+	// the pod still knows it.
+	conn, before := askPeer(t, c.client, "tcp", netip.AddrPortFrom(dsrA4, 30081))
+	defer conn.Close()
+	if _, err := conn.Write(make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	c.restartA(t)
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write(make([]byte, 100000)); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(conn)
+	if !strings.HasSuffix(strings.TrimSpace(string(got)), "101000") {
+		t.Errorf("a connection (pod saw %s) across node A's restart: the pod answered %q (%v), want 101000 bytes", before, got, err)
+	}
+}
+
+// TestXDPMasqueradePortsBusy is the hostile twin: a client holds more
+// connections to one backend than the XDP masquerade's range has ports.
+// The flows past the range are left to tc and netfilter's masquerade; none
+// is lost, and none takes a port a live flow holds.
+func TestXDPMasqueradePortsBusy(t *testing.T) {
+	c := newMasqCluster(t)
+	servePeer(t, c.pod, 8082)
+	c.addService(t, dsrA4, 30082, 8082, 6)
+	var xdp, netfilter int
+	seen := map[netip.AddrPort]bool{}
+	for i := 0; i < 4; i++ {
+		conn, from := askPeer(t, c.client, "tcp", netip.AddrPortFrom(dsrA4, 30082))
+		defer conn.Close()
+		if seen[from] {
+			t.Errorf("connection %d: the pod saw %s, which an open connection already has", i, from)
+		}
+		seen[from] = true
+		if inMasqRange(from.Port()) {
+			xdp++
+		} else {
+			netfilter++
+		}
+	}
+	if xdp != 2 || netfilter != 2 {
+		t.Errorf("4 connections over a range of 2 ports: %d took the XDP masquerade, %d netfilter's; want 2 and 2 (seen %v)",
+			xdp, netfilter, seen)
+	}
+	if n := c.counters(t, c.dpA)[CounterMasqPortsBusy]; n < 2 {
+		t.Errorf("node A counted %d flows without a free port, want at least 2", n)
+	}
+}
+
+// addService adds a NodePort on node A's vip (and node B's address of
+// its family) to the pod's port, over proto.
+func (c *dsrCluster) addService(t *testing.T, vip netip.Addr, nodePort, podPort uint16, proto uint8) {
+	t.Helper()
+	pod, vipB := dsrPod4, dsrB4
+	if vip.Is6() {
+		pod, vipB = dsrPod6, dsrB6
+	}
+	id := uint32(nodePort)*100 + uint32(len(vip.AsSlice()))*2 + uint32(proto&1)
+	be := netip.AddrPortFrom(pod, podPort)
+	install(t, c.dpA, testService{id: id, vip: netip.AddrPortFrom(vip, nodePort), proto: proto, scope: ScopeExternal,
+		backends: []testBackend{{id: id, addr: be}}})
+	install(t, c.dpB, testService{id: id, vip: netip.AddrPortFrom(vipB, nodePort), proto: proto, scope: ScopeExternal,
+		backends: []testBackend{{id: id, addr: be, flags: BackendLocal}}})
+}
+
+// nft runs nft commands in the calling goroutine's network namespace.
+func nft(t *testing.T, cmds ...string) {
+	t.Helper()
+	for _, cmd := range cmds {
+		if out, err := exec.Command("nft", cmd).CombinedOutput(); err != nil {
+			t.Fatalf("nft %s: %v %s", cmd, err, out)
+		}
+	}
+}
