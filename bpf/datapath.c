@@ -13,7 +13,7 @@
  *   to_netdev    LoadBalancer traffic from outside, and its replies.
  *   xdp_netdev   XDP on the same uplinks, ahead of from_netdev: early drops,
  *                direct server return (lib/xdp.h) and the masquerade of
- *                flows to remote backends (lib/masq.h).
+ *                flows to remote backends (lib/xdp_masq.h, lib/masq.h).
  *   sock*        cgroup hooks: socket-level load balancing of the node's
  *                own sockets.
  *
@@ -38,7 +38,7 @@
 #include "lib/revnat.h"
 #include "lib/sock.h"
 #include "lib/xdp.h"
-#include "lib/masq.h"
+#include "lib/xdp_masq.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -197,6 +197,12 @@ int from_netdev(struct __sk_buff *skb)
 		return icmp_error_translate(skb, &p, HOOK_FROM_NETDEV);
 	if (!has_ports(p.proto))
 		return TC_ACT_OK;
+	if (masq_on()) {
+		int verdict = masq_reply_tc(skb, &p);
+
+		if (verdict >= 0)
+			return verdict;
+	}
 	struct svc_value *svc = lookup_service(&p, SVC_SCOPE_EXTERNAL);
 	if (!svc) {
 		if (frontend_unserved(skb, skb->ifindex, &p)) {

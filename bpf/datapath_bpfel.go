@@ -141,6 +141,7 @@ const (
 	datapathDropReasonDROP_DSR_INVALID        datapathDropReason = 15
 	datapathDropReasonDROP_DSR_TOO_BIG        datapathDropReason = 16
 	datapathDropReasonDROP_NO_FRONTEND_PORT   datapathDropReason = 17
+	datapathDropReasonDROP_NO_ROUTE           datapathDropReason = 18
 	datapathDropReasonDROP_REASON_MAX         datapathDropReason = 64
 )
 
@@ -223,9 +224,11 @@ type datapathFlowEvent struct {
 type datapathFragFlags uint32
 
 const (
-	datapathFragFlagsFRAG_F_NAT_DST   datapathFragFlags = 1
-	datapathFragFlagsFRAG_F_NAT_SRC   datapathFragFlags = 2
-	datapathFragFlagsFRAG_F_SNAT_MARK datapathFragFlags = 4
+	datapathFragFlagsFRAG_F_NAT_DST    datapathFragFlags = 1
+	datapathFragFlagsFRAG_F_NAT_SRC    datapathFragFlags = 2
+	datapathFragFlagsFRAG_F_SNAT_MARK  datapathFragFlags = 4
+	datapathFragFlagsFRAG_F_MASQ_FWD   datapathFragFlags = 8
+	datapathFragFlagsFRAG_F_MASQ_REPLY datapathFragFlags = 16
 )
 
 type datapathFragKey struct {
@@ -274,6 +277,7 @@ type datapathIpcacheValue struct {
 type datapathKeyScratch struct {
 	_     structs.HostLayout
 	Ct    datapathCtKey
+	Ct2   datapathCtKey
 	Ctv   datapathCtValue
 	Rule  datapathPolicyKey
 	Cidr  datapathCidrKey
@@ -300,7 +304,12 @@ type datapathKeyScratch struct {
 		Addrs     uint8
 		_         [3]byte
 	}
-	Ev datapathFlowEvent
+	NatOld [4]uint32
+	NatNew [4]uint32
+	Fib    [64]uint8
+	Nh     [20]uint8
+	_      [4]byte
+	Ev     datapathFlowEvent
 }
 
 type datapathLbRangeKey struct {

@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -50,7 +51,7 @@ func newMasqCluster(t *testing.T) *dsrCluster {
 // servePeer answers on port of ns (TCP and UDP, both families) with the
 // address and port it saw the client at; a TCP connection stays open
 // until the client closes its side, and is then told how many bytes it
-// sent.
+// sent. A datagram starting "echo" is sent back whole instead.
 func servePeer(t *testing.T, ns *netnstest.NS, port int) {
 	t.Helper()
 	for _, fam := range []struct{ tcp, udp, any string }{{"tcp4", "udp4", "0.0.0.0"}, {"tcp6", "udp6", "::"}} {
@@ -82,13 +83,17 @@ func servePeer(t *testing.T, ns *netnstest.NS, port int) {
 			}
 		}()
 		go func() {
-			buf := make([]byte, 64)
+			buf := make([]byte, 65536)
 			for {
-				_, from, err := pc.ReadFrom(buf)
+				k, from, err := pc.ReadFrom(buf)
 				if err != nil {
 					return
 				}
-				_, _ = pc.WriteTo([]byte(from.(*net.UDPAddr).AddrPort().String()), from)
+				reply := []byte(from.(*net.UDPAddr).AddrPort().String())
+				if bytes.HasPrefix(buf[:k], []byte("echo")) {
+					reply = buf[:k]
+				}
+				_, _ = pc.WriteTo(reply, from)
 			}
 		}()
 	}
@@ -244,5 +249,87 @@ func nft(t *testing.T, cmds ...string) {
 		if out, err := exec.Command("nft", cmd).CombinedOutput(); err != nil {
 			t.Fatalf("nft %s: %v %s", cmd, err, out)
 		}
+	}
+}
+
+// TestXDPMasqueradeFragments: a UDP flow the XDP masquerade began carries
+// datagrams larger than the MTU both ways. XDP leaves fragments to tc,
+// which translates each as the flow's entries say (the later ones by the
+// first one's record) and sends them on itself; client and pod get every
+// datagram whole.
+func TestXDPMasqueradeFragments(t *testing.T) {
+	c := newMasqCluster(t)
+	servePeer(t, c.pod, 8081)
+	for _, vip := range []netip.Addr{dsrA4, dsrA6} {
+		c.addService(t, vip, 30081, 8081, 17)
+		conn, seen := askPeer(t, c.client, "udp", netip.AddrPortFrom(vip, 30081))
+		defer conn.Close()
+		if !inMasqRange(seen.Port()) {
+			t.Fatalf("the flow to %s:30081 did not take the XDP masquerade: the pod saw %s", vip, seen)
+		}
+		big := append([]byte("echo"), bytes.Repeat([]byte{0xa5}, 4000)...)
+		_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := conn.Write(big); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 8192)
+		k, err := conn.Read(buf)
+		if err != nil || !bytes.Equal(buf[:k], big) {
+			t.Errorf("a %d-byte datagram to %s:30081 and back: got %d bytes (%v)", len(big), vip, k, err)
+		}
+	}
+	drops, err := c.dpA.DropCounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for reason, n := range drops {
+		t.Errorf("node A dropped %d packets: %v", n.Packets, reason)
+	}
+}
+
+// TestXDPMasqueradeWithoutXDP: node A's XDP goes (acceleration turned
+// off, or a packet with no way on from XDP): tc carries on the flows XDP
+// began, from the same port, both ways. Netfilter would have given the
+// flow another port, which the pod would not know.
+func TestXDPMasqueradeWithoutXDP(t *testing.T) {
+	c := newMasqCluster(t)
+	servePeer(t, c.pod, 8081)
+	c.addService(t, dsrA4, 30081, 8081, 6)
+	c.addService(t, dsrA6, 30081, 8081, 17)
+	tcp, seenTCP := askPeer(t, c.client, "tcp", netip.AddrPortFrom(dsrA4, 30081))
+	defer tcp.Close()
+	udp, seenUDP := askPeer(t, c.client, "udp", netip.AddrPortFrom(dsrA6, 30081))
+	defer udp.Close()
+	if !inMasqRange(seenTCP.Port()) || !inMasqRange(seenUDP.Port()) {
+		t.Fatalf("the flows did not take the XDP masquerade: the pod saw %s and %s", seenTCP, seenUDP)
+	}
+	before := c.counters(t, c.dpA)
+	c.a.Do(t, func() {
+		if err := c.dpA.DetachXDP("eth0"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	_ = tcp.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := tcp.Write(make([]byte, 100000)); err != nil {
+		t.Fatal(err)
+	}
+	_ = tcp.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(tcp)
+	if strings.TrimSpace(string(got)) != "100000" {
+		t.Errorf("a TCP connection XDP began, after XDP went: the pod answered %q (%v), want 100000 bytes", got, err)
+	}
+	_ = udp.SetDeadline(time.Now().Add(3 * time.Second))
+	buf := make([]byte, 64)
+	k := 0
+	if _, err = udp.Write([]byte("?")); err == nil {
+		k, err = udp.Read(buf)
+	}
+	if err != nil || string(buf[:k]) != seenUDP.String() {
+		t.Errorf("a UDP flow XDP began, after XDP went: the pod saw %q (%v), want %s as before", buf[:k], err, seenUDP)
+	}
+	after := c.counters(t, c.dpA)
+	if after[CounterMasqForward] <= before[CounterMasqForward] || after[CounterMasqReply] <= before[CounterMasqReply] {
+		t.Errorf("tc sent nothing on for the masqueraded flows: forward %d -> %d, reply %d -> %d",
+			before[CounterMasqForward], after[CounterMasqForward], before[CounterMasqReply], after[CounterMasqReply])
 	}
 }

@@ -135,6 +135,7 @@ const (
 	DropDSRInvalid       = datapathDropReasonDROP_DSR_INVALID
 	DropDSRTooBig        = datapathDropReasonDROP_DSR_TOO_BIG
 	DropNoFrontendPort   = datapathDropReasonDROP_NO_FRONTEND_PORT
+	DropNoRoute          = datapathDropReasonDROP_NO_ROUTE
 	dropReasonMax        = datapathDropReasonDROP_REASON_MAX
 )
 
@@ -157,6 +158,7 @@ var dropReasonNames = map[DropReason]string{
 	DropDSRInvalid:                 "dsr_invalid",
 	DropDSRTooBig:                  "dsr_too_big",
 	DropNoFrontendPort:             "no_frontend_port",
+	DropNoRoute:                    "no_route",
 }
 
 // Hook is where in the datapath a packet was seen.

@@ -267,6 +267,7 @@ enum drop_reason {
 	DROP_DSR_INVALID = 15, /* a DSR packet not from a node, or not for a local backend of a service */
 	DROP_DSR_TOO_BIG = 16, /* a DSR flow's packet that would not fit the uplink once encapsulated */
 	DROP_NO_FRONTEND_PORT = 17, /* from outside to a frontend address's port no Service serves */
+	DROP_NO_ROUTE = 18,	    /* a masqueraded flow's packet, translated, with no route onwards */
 	DROP_REASON_MAX = 64,
 };
 
@@ -536,6 +537,10 @@ enum frag_flags {
 	FRAG_F_NAT_DST = 1 << 0,   /* later fragments get nat_addr as destination */
 	FRAG_F_NAT_SRC = 1 << 1,   /* later fragments get nat_addr as source */
 	FRAG_F_SNAT_MARK = 1 << 2, /* from_netdev: mark for masquerade (MARK_SNAT) */
+	/* from_netdev, the XDP masquerade's flows: later fragments are
+	 * translated as their flow's entries say, and sent on (lib/masq.h). */
+	FRAG_F_MASQ_FWD = 1 << 3,
+	FRAG_F_MASQ_REPLY = 1 << 4,
 };
 
 struct frag_value {

@@ -97,4 +97,39 @@ static __always_inline __u16 csum_fold(__s64 sum)
 	return (__u16)~s;
 }
 
+/* ---- checksums by direct packet access (RFC 1624) ---- */
+
+static __always_inline __u16 csum_fold32(__u32 c)
+{
+	c = (c & 0xffff) + (c >> 16);
+	c = (c & 0xffff) + (c >> 16);
+	return (__u16)~c;
+}
+
+/* csum_replace_words folds the change of n (at most 4) 32-bit words
+ * (from -> to) into the checksum at sum, in plain arithmetic: a
+ * bpf_csum_diff call costs more than the sum itself. */
+static __always_inline void csum_replace_words(__sum16 *sum, const __be32 *from, const __be32 *to, __u32 n)
+{
+	__u64 c = (__u16) ~*sum;
+
+#pragma unroll
+	for (__u32 i = 0; i < 4; i++) {
+		if (i < n) {
+			c += (__u32)~from[i];
+			c += to[i];
+		}
+	}
+	c = (c & 0xffffffff) + (c >> 32);
+	c = (c & 0xffffffff) + (c >> 32);
+	*sum = csum_fold32((__u32)c);
+}
+
+static __always_inline void csum_replace2(__sum16 *sum, __be16 from, __be16 to)
+{
+	__u32 c = (__u16) ~*sum + (__u16)~from + (__u16)to;
+
+	*sum = csum_fold32(c);
+}
+
 #endif

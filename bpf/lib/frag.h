@@ -53,6 +53,9 @@ static __noinline void frag_record(const struct pkt *p, const struct ct_key *flo
 	bpf_map_update_elem(&sluice_frags_v1, &s->frag, &s->fragv, BPF_ANY);
 }
 
+/* lib/masq.h: later fragments of the XDP masquerade's flows. */
+static int masq_frag_follow(struct __sk_buff *skb, struct pkt *p, __u32 flags);
+
 /* frag_follow decides a later fragment at hook by its first fragment's
  * record. Without one it passes untouched, unless the endpoint judged here
  * is isolated (it cannot be judged: dropped). A fragment that would
@@ -80,13 +83,16 @@ static __noinline int frag_follow(struct __sk_buff *skb, struct pkt *p, __u8 hoo
 
 	p->sport = f->sport;
 	p->dport = f->dport;
+	if (flags & (FRAG_F_MASQ_FWD | FRAG_F_MASQ_REPLY))
+		return masq_frag_follow(skb, p, flags);
 	if (flags & (FRAG_F_NAT_DST | FRAG_F_NAT_SRC)) {
-		/* No L4 header here: only the IP header changes. */
+		/* No L4 header here: only the IP header changes. The
+		 * addresses are read where they are kept: this frame comes on
+		 * top of from_netdev's. */
 		int is_src = flags & FRAG_F_NAT_SRC;
-		__u32 o[4], n[4];
+		const __u32 *o = (const __u32 *)(is_src ? p->src : p->dst);
+		const __u32 *n = (const __u32 *)f->nat_addr;
 
-		__builtin_memcpy(o, is_src ? p->src : p->dst, 16);
-		__builtin_memcpy(n, f->nat_addr, 16);
 		if (ip_store_addr((void *)(long)skb->data, (void *)(long)skb->data_end, p->family, is_src, n,
 				  1, addr_csum_diff(p->family, o, n)) < 0) {
 			record_drop(skb, p, DROP_NAT_FAILED, 0, hook);

@@ -6,6 +6,7 @@
 
 #include "conntrack.h"
 #include "frag.h"
+#include "masq.h"
 #include "nat.h"
 #include "policy.h"
 #include "reject.h"
@@ -218,6 +219,7 @@ static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, cons
 	struct backend_value *be = 0;
 	__u32 backend_id = 0;
 	__u8 hairpin = 0;
+	__be16 masq_port = 0; /* a flow the XDP masquerade began */
 	__u64 now = ct_now();
 
 	/* Every packet, as kube-proxy filters them: a range removed cuts the
@@ -244,8 +246,12 @@ static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, cons
 
 				if (replied & ~ct->flags)
 					ct->flags |= replied;
+				if (ct->flags & CT_F_MASQ)
+					masq_keep(p, ct, now);
 			}
 			hairpin = ct->flags & CT_F_HAIRPIN;
+			if (hook == HOOK_FROM_NETDEV && (ct->flags & CT_F_MASQ))
+				masq_port = ct->masq_port;
 			goto nat;
 		}
 	}
@@ -301,6 +307,10 @@ nat:
 	 * the packet as it came. */
 	if (nat_dst(skb, p, be->addr, be->port) < 0)
 		goto fail;
+	/* XDP left a packet of a flow it masquerades: the same port, or the
+	 * backend would see another flow. */
+	if (masq_port)
+		return masq_forward_tc(skb, p, &fwd, masq_port, svc->id);
 	__u32 frag_flags = FRAG_F_NAT_DST;
 	if (hook == HOOK_FROM_NETDEV && !(be->flags & BACKEND_F_LOCAL)) {
 		skb->mark = MARK_SNAT;

@@ -126,6 +126,28 @@ struct {
 #define AF_INET6 10
 #endif
 
+/* fib_lookup_way asks the kernel's FIB for the way from src to dst
+ * (16-byte addresses of one family) for a packet that came in on ifindex,
+ * and returns its answer (BPF_FIB_LKUP_RET_*): on SUCCESS fib holds the
+ * device and the MAC addresses; on NO_NEIGH the device and the next hop.
+ * ctx is the program's context (xdp_md or __sk_buff). */
+static __always_inline long fib_lookup_way(void *ctx, __u32 ifindex, const __u8 *dst, const __u8 *src,
+					   struct bpf_fib_lookup *fib)
+{
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->ifindex = ifindex;
+	if (is_v4_mapped(dst)) {
+		fib->family = AF_INET;
+		__builtin_memcpy(&fib->ipv4_src, src + 12, 4);
+		__builtin_memcpy(&fib->ipv4_dst, dst + 12, 4);
+	} else {
+		fib->family = AF_INET6;
+		__builtin_memcpy(fib->ipv6_src, src, 16);
+		__builtin_memcpy(fib->ipv6_dst, dst, 16);
+	}
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+}
+
 /* frontend_unserved reports a packet from outside, which no Service entry
  * matched, to one of those addresses that the node would route on: it is
  * dropped. One the FIB delivers locally goes up the stack, as before: the
@@ -137,20 +159,8 @@ static __always_inline int frontend_unserved(void *ctx, __u32 ifindex, const str
 {
 	if (!bpf_map_lookup_elem(&sluice_frontend_addrs_v1, p->dst))
 		return 0;
-	struct bpf_fib_lookup fib = {};
-
-	fib.ifindex = ifindex;
-	fib.l4_protocol = p->proto;
-	if (p->family == 4) {
-		fib.family = AF_INET;
-		__builtin_memcpy(&fib.ipv4_src, p->src + 12, 4);
-		__builtin_memcpy(&fib.ipv4_dst, p->dst + 12, 4);
-	} else {
-		fib.family = AF_INET6;
-		__builtin_memcpy(fib.ipv6_src, p->src, 16);
-		__builtin_memcpy(fib.ipv6_dst, p->dst, 16);
-	}
-	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	struct bpf_fib_lookup fib;
+	long rc = fib_lookup_way(ctx, ifindex, p->dst, p->src, &fib);
 
 	return rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH;
 }
@@ -187,6 +197,18 @@ struct {
 	__type(value, struct node_key);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_node_addrs_v1 SEC(".maps");
+
+/* node_addr is this node's address of family (4 or 6), or 0 before the
+ * agent wrote it. */
+static __always_inline const __u8 *node_addr(__u8 family)
+{
+	__u32 idx = family == 4 ? 0 : 1;
+	struct node_key *own = bpf_map_lookup_elem(&sluice_node_addrs_v1, &idx);
+
+	if (!own || addr_is_zero(own->addr))
+		return 0;
+	return own->addr;
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -346,12 +368,22 @@ struct {
  * between packets. */
 struct key_scratch {
 	struct ct_key ct;
+	struct ct_key ct2; /* a key kept while ct serves a callee (lib/masq.h) */
 	struct ct_value ctv;
 	struct policy_key rule;
 	struct cidr_key cidr;
 	struct frag_key frag;
 	struct frag_value fragv;
 	struct pkt inner; /* the packet an ICMP error quotes */
+	/* nat_rewrite's old and new address: its frame comes on top of the
+	 * hooks' own, which leave little room. */
+	__u32 nat_old[4];
+	__u32 nat_new[4];
+	/* The way on of a packet tc sends on itself (lib/masq.h): a struct
+	 * bpf_fib_lookup and a struct bpf_redir_neigh, as bytes (their
+	 * anonymous unions have no Go type). */
+	__u8 fib[sizeof(struct bpf_fib_lookup)] __attribute__((aligned(8)));
+	__u8 nh[sizeof(struct bpf_redir_neigh)] __attribute__((aligned(8)));
 	/* The flow event being made (lib/events.h); pending while its type
 	 * is set. policy_enforce fills its policy part, the service path its
 	 * service part, event_emit the rest. */

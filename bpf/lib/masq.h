@@ -1,18 +1,27 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* masq.h: XDP masquerade (loadBalancerMode snat with acceleration).
- * xdp_netdev sends a flow from outside to a remote backend on itself, from
- * this node's address and a port of its own range, instead of leaving it
- * to tc and netfilter's masquerade; it sends the backend's replies back to
- * the client the same way. A flow has three conntrack entries: forward
- * (client -> service, CT_F_MASQ, with the port), reply (backend -> client,
- * naming the service, as any service flow's) and masq (backend -> this
- * node's port, naming the client). */
+/* masq.h: the XDP masquerade's flows (loadBalancerMode snat with
+ * acceleration). xdp_netdev (lib/xdp_masq.h) sends a flow from outside to
+ * a remote backend on itself, from this node's address and a port of its
+ * own range, instead of leaving it to tc and netfilter's masquerade, and
+ * sends the backend's replies back to the client the same way. A flow has
+ * three conntrack entries: forward (client -> service, CT_F_MASQ, with
+ * the port), reply (backend -> client, naming the service, as any service
+ * flow's) and masq (backend -> this node's port, naming the client).
+ *
+ * What XDP leaves of such flows comes here, at from_netdev: fragments,
+ * and packets XDP found no way on for (or all of them, once acceleration
+ * is off). tc translates them the same way and sends them on itself: the
+ * kernel would not forward a packet from its own address. */
 #ifndef SLUICE_LIB_MASQ_H
 #define SLUICE_LIB_MASQ_H
 
+#include <linux/pkt_cls.h>
+
 #include "conntrack.h"
-#include "lb.h"
-#include "xdp.h"
+#include "drop.h"
+#include "frag.h"
+#include "maps.h"
+#include "nat.h"
 
 /* Ports a new flow tries before it is left to netfilter: the range is
  * per backend, so it is full only for a backend with about as many
@@ -77,11 +86,12 @@ static __noinline __be16 masq_claim(const struct pkt *p, const struct backend_va
  * refreshed its entry fwd (as ct_keep_reply does): the masq entry, gone
  * from the map, is made again, so replies still find the client. A live
  * entry of another client on the port is left alone: this flow lost it. */
-static __noinline void masq_keep(const struct pkt *p, const struct ct_value *fwd, const __u8 *self, __u64 now)
+static __noinline void masq_keep(const struct pkt *p, const struct ct_value *fwd, __u64 now)
 {
 	struct key_scratch *s = key_scratch();
+	const __u8 *self = node_addr(p->family);
 
-	if (!s)
+	if (!s || !self)
 		return;
 	masq_key(&s->ct, fwd->nat_addr, fwd->nat_port, self, fwd->masq_port, p->proto);
 	struct ct_value *m = bpf_map_lookup_elem(ct_map(p->proto), &s->ct);
@@ -100,9 +110,60 @@ static __noinline void masq_keep(const struct pkt *p, const struct ct_value *fwd
 	ct_put(&s->ct, v);
 }
 
-/* xdp_ttl takes one hop off the packet's TTL (hop limit), as a router
- * does; -1 when it has none left to give, for the kernel to answer. */
-static __always_inline int xdp_ttl(void *data, void *end, __u8 family)
+/* masq_entry finds the masq entry of a reply p (backend -> this node's
+ * address and a port of the range) and makes rk the key of the flow's
+ * reply entry (backend -> client). 0 when p is no reply of a live
+ * masqueraded flow. */
+static __always_inline struct ct_value *masq_entry(const struct pkt *p, __u64 now, struct ct_key *rk)
+{
+	__u32 port = bpf_ntohs(p->dport);
+
+	if (port < masq_port_min || port > masq_port_max ||
+	    (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
+		return 0;
+	const __u8 *self = node_addr(p->family);
+	if (!self || !addr_eq(self, p->dst))
+		return 0;
+	ct_key_of(rk, p, 0, CT_DIR_MASQ);
+	struct ct_value *m = bpf_map_lookup_elem(ct_map(p->proto), rk);
+	if (!m || m->expires_ns <= now)
+		return 0;
+	__builtin_memcpy(rk->dst, m->nat_addr, SLUICE_ADDR_LEN);
+	rk->dport = m->nat_port;
+	rk->dir = CT_DIR_REPLY;
+	return m;
+}
+
+/* masq_reply_entry is the reply entry (key rk, from masq_entry) of the
+ * masqueraded flow whose masq entry is m: nat_addr and nat_port name the
+ * service the reply comes from. 0 when it is gone or another flow's. */
+static __always_inline struct ct_value *masq_reply_entry(const struct pkt *p, const struct ct_value *m,
+							 const struct ct_key *rk, __u64 now)
+{
+	struct ct_value *r = bpf_map_lookup_elem(ct_map(p->proto), rk);
+
+	if (!r || r->expires_ns <= now || !(r->flags & CT_F_MASQ) || r->svc_id != m->svc_id ||
+	    r->masq_port != p->dport)
+		return 0;
+	return r;
+}
+
+/* masq_reply_seen refreshes a reply's two entries and, when the reply
+ * entry was written (a second at most apart), the forward entry, made
+ * again if gone so the client's next packet keeps its port. */
+static __always_inline void masq_reply_seen(const struct pkt *p, struct ct_value *m, struct ct_value *r,
+					    const struct ct_key *rk, __u64 now)
+{
+	ct_refresh(m, p, now, CT_F_REPLIED);
+	if (ct_refresh(r, p, now, CT_F_REPLIED))
+		ct_keep_forward(rk, r, now);
+}
+
+/* ttl_dec takes one hop off the TTL (hop limit) of the packet whose
+ * Ethernet header is at data, as a router does; -1 when it has none left
+ * to give. The IPv4 header checksum is never offloaded: plain arithmetic
+ * keeps it. */
+static __always_inline int ttl_dec(void *data, void *end, __u8 family)
 {
 	if (family == 4) {
 		struct iphdr *ip = data + ETH_HLEN;
@@ -123,138 +184,164 @@ static __always_inline int xdp_ttl(void *data, void *end, __u8 family)
 	return 0;
 }
 
-/* masq_forward sends a flow from outside to the service svc on to a
- * remote backend from this node's address. It returns the XDP verdict, or
- * -1 to leave the packet to from_netdev unchanged: a flow tc began, a
- * local backend, no route or neighbour, no free port. */
-static __always_inline int masq_forward(struct xdp_md *ctx, struct pkt *p, const struct svc_value *svc)
+/* ---- the tc path's share ---- */
+
+/* tc_send_on sends skb, translated (p: its addresses now), the way the
+ * FIB says, resolving the neighbour if need be; the kernel's forwarding
+ * would take no packet from the node's own address. -1 without a route,
+ * or with no TTL left. The lookup's parameters live in the scratch: the
+ * fragment path's frames leave no room. */
+static __noinline int tc_send_on(struct __sk_buff *skb, const struct pkt *p)
 {
 	struct key_scratch *s = key_scratch();
-	struct backend_value *be = 0;
-	__u32 backend_id = 0;
-	__be16 mport = 0;
-	__u64 now = ct_now();
+	long rc = -1;
 
-	if (!s || svc->backend_count == 0 || p->proto == IPPROTO_SCTP)
-		return -1;
-	/* As from_netdev: a SYN-ACK or RST is no client's first packet. */
-	if (p->proto == IPPROTO_TCP &&
-	    ((p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK) ||
-	     (p->tcp_flags & TCP_FLAG_RST)))
-		return -1;
-	ct_key_of(&s->ct, p, 0, CT_DIR_SERVICE);
-	struct ct_value *ct = bpf_map_lookup_elem(ct_map(p->proto), &s->ct);
-	if (ct && ct->expires_ns > now && ct->svc_id == svc->id &&
-	    !((ct->flags & CT_F_CLOSING) && opens_connection(p))) {
-		if (!(ct->flags & CT_F_MASQ))
-			return -1;
-		be = bpf_map_lookup_elem(&sluice_backends_v2, &ct->backend_id);
-		if (be && be->svc_id == svc->id && addr_eq(be->addr, ct->nat_addr) &&
-		    be->port == ct->nat_port) {
-			backend_id = ct->backend_id;
-			mport = ct->masq_port;
+	if (!s)
+		return TC_ACT_SHOT;
+	struct bpf_fib_lookup *fib = (void *)s->fib;
+	if (ttl_dec((void *)(long)skb->data, (void *)(long)skb->data_end, p->family) == 0)
+		rc = fib_lookup_way(skb, skb->ifindex, p->dst, p->src, fib);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		struct ethhdr *eth = (void *)(long)skb->data;
+
+		if ((void *)(eth + 1) > (void *)(long)skb->data_end)
+			return TC_ACT_SHOT;
+		__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+		return bpf_redirect(fib->ifindex, 0);
+	}
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		struct bpf_redir_neigh *nh = (void *)s->nh;
+
+		__builtin_memset(nh, 0, sizeof(*nh));
+		if (fib->family == AF_INET) {
+			nh->nh_family = AF_INET;
+			nh->ipv4_nh = fib->ipv4_dst;
 		} else {
-			be = 0;
+			nh->nh_family = AF_INET6;
+			__builtin_memcpy(nh->ipv6_nh, fib->ipv6_dst, 16);
 		}
+		return bpf_redirect_neigh(fib->ifindex, nh, sizeof(*nh), 0);
 	}
-	int fresh = !be;
-	if (fresh)
-		be = select_backend(svc, p, now, &backend_id);
-	if (!be || (be->flags & BACKEND_F_LOCAL))
-		return -1;
-	const __u8 *self = node_addr(p->family);
-	struct bpf_fib_lookup fib;
-	if (!self || xdp_fib(ctx, be->addr, self, &fib) < 0)
-		return -1;
-	if (fresh) {
-		mport = masq_claim(p, be, self, flow_hash(p), now);
-		if (!mport)
-			return -1;
-		struct ct_value *v = &s->ctv;
-
-		ct_key_of(&s->ct, p, 0, CT_DIR_SERVICE);
-		__builtin_memset(v, 0, sizeof(*v));
-		v->expires_ns = now + ct_update(p, &v->flags);
-		v->flags |= CT_F_MASQ;
-		v->backend_id = backend_id;
-		v->svc_id = svc->id;
-		v->masq_port = mport;
-		__builtin_memcpy(v->nat_addr, be->addr, SLUICE_ADDR_LEN);
-		v->nat_port = be->port;
-		ct_put(&s->ct, v);
-		ct_reply_key(&s->ct, p, be->addr, be->port, 0);
-		__builtin_memcpy(v->nat_addr, p->dst, SLUICE_ADDR_LEN);
-		v->nat_port = p->dport;
-		ct_put(&s->ct, v);
-	} else if (ct_refresh(ct, p, now, 0)) {
-		__u8 replied = ct_keep_reply(p, ct, now);
-
-		if (replied & ~ct->flags)
-			ct->flags |= replied;
-		masq_keep(p, ct, self, now);
-	}
-
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	if (xdp_ttl(data, end, p->family) < 0)
-		return -1;
-	if (xdp_nat(data, end, p, 0, be->addr, be->port) < 0 || xdp_nat(data, end, p, 1, self, mport) < 0) {
-		xdp_record_drop(ctx, p, DROP_NAT_FAILED, svc->id);
-		return XDP_DROP;
-	}
-	count(COUNTER_MASQ_FORWARD);
-	if (fresh && events_on())
-		xdp_event_service(ctx, p, svc->id, backend_id, be);
-	return xdp_send(ctx, &fib);
+	return -1;
 }
 
-/* masq_reply sends a backend's reply to a masqueraded flow (p: to this
- * node's address and a port of the range) back to the client, from the
- * service. It returns the XDP verdict, or -1 when p is none (or has no
- * way back yet), for from_netdev. */
-static __always_inline int masq_reply(struct xdp_md *ctx, const struct pkt *p)
+/* masq_send_on is tc_send_on, dropping (no_route) what has no way on. */
+static __always_inline int masq_send_on(struct __sk_buff *skb, const struct pkt *p, __u32 svc_id)
 {
-	__u32 port = bpf_ntohs(p->dport);
+	int verdict = tc_send_on(skb, p);
 
-	if (port < masq_port_min || port > masq_port_max ||
-	    (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
-		return -1;
+	if (verdict >= 0)
+		return verdict;
+	record_drop(skb, p, DROP_NO_ROUTE, svc_id, HOOK_FROM_NETDEV);
+	return TC_ACT_SHOT;
+}
+
+/* masq_forward_tc sends on a forward packet of a masqueraded flow that XDP
+ * left (lb_service translated its destination already): from this node's
+ * address and the flow's port mport, as XDP would have. fwd is the flow's
+ * forward key, under which a first fragment's later ones will follow. */
+static __always_inline int masq_forward_tc(struct __sk_buff *skb, struct pkt *p, const struct ct_key *fwd,
+					   __be16 mport, __u32 svc_id)
+{
 	const __u8 *self = node_addr(p->family);
-	struct key_scratch *s = key_scratch();
-	if (!self || !s || !addr_eq(self, p->dst))
-		return -1;
-	__u64 now = ct_now();
-	ct_key_of(&s->ct, p, 0, CT_DIR_MASQ);
-	struct ct_value *m = bpf_map_lookup_elem(ct_map(p->proto), &s->ct);
-	if (!m || m->expires_ns <= now)
-		return -1;
-	/* The reply entry (backend -> client) names the service. */
-	struct ct_key rk = s->ct;
-	__builtin_memcpy(rk.dst, m->nat_addr, SLUICE_ADDR_LEN);
-	rk.dport = m->nat_port;
-	rk.dir = CT_DIR_REPLY;
-	struct ct_value *r = bpf_map_lookup_elem(ct_map(p->proto), &rk);
-	if (!r || r->expires_ns <= now || !(r->flags & CT_F_MASQ) || r->svc_id != m->svc_id ||
-	    r->masq_port != p->dport)
-		return -1;
-	struct bpf_fib_lookup fib;
-	if (xdp_fib(ctx, rk.dst, r->nat_addr, &fib) < 0)
-		return -1;
-	ct_refresh(m, p, now, CT_F_REPLIED);
-	if (ct_refresh(r, p, now, CT_F_REPLIED))
-		ct_keep_forward(&rk, r, now);
 
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	if (xdp_ttl(data, end, p->family) < 0)
+	if (!self || nat_src(skb, p, self, mport) < 0) {
+		record_drop(skb, p, DROP_NAT_FAILED, svc_id, HOOK_FROM_NETDEV);
+		return TC_ACT_SHOT;
+	}
+	if (p->frag_first)
+		frag_record(p, fwd, 0, FRAG_F_MASQ_FWD, HOOK_FROM_NETDEV);
+	count(COUNTER_MASQ_FORWARD);
+	return masq_send_on(skb, p, svc_id);
+}
+
+/* masq_reply_tc sends a backend's reply to a masqueraded flow back to the
+ * client, from the service, when XDP left it. It returns the verdict, or
+ * -1 when p is none. Its frame is small (from_netdev's comes first): the
+ * reply key in the scratch, the service address where the entry keeps it. */
+static __noinline int masq_reply_tc(struct __sk_buff *skb, struct pkt *p)
+{
+	struct key_scratch *s = key_scratch();
+	__u64 now = ct_now();
+
+	if (!s)
 		return -1;
-	if (xdp_nat(data, end, p, 1, r->nat_addr, r->nat_port) < 0 ||
-	    xdp_nat(data, end, p, 0, rk.dst, rk.dport) < 0) {
-		xdp_record_drop(ctx, p, DROP_NAT_FAILED, r->svc_id);
-		return XDP_DROP;
+	struct ct_key *rk = &s->ct2;
+	struct ct_value *m = masq_entry(p, now, rk);
+	struct ct_value *r = m ? masq_reply_entry(p, m, rk, now) : 0;
+	if (!r)
+		return -1;
+	masq_reply_seen(p, m, r, rk, now);
+	if (p->frag_first)
+		frag_record(p, 0, 0, FRAG_F_MASQ_REPLY, HOOK_FROM_NETDEV);
+	if (nat_src(skb, p, r->nat_addr, r->nat_port) < 0 || nat_dst(skb, p, rk->dst, rk->dport) < 0) {
+		record_drop(skb, p, DROP_NAT_FAILED, r->svc_id, HOOK_FROM_NETDEV);
+		return TC_ACT_SHOT;
 	}
 	count(COUNTER_MASQ_REPLY);
-	return xdp_send(ctx, &fib);
+	return masq_send_on(skb, p, r->svc_id);
+}
+
+/* masq_frag_store writes the addresses src and dst into the IP header of
+ * the later fragment p (it has no L4 header), and into p. */
+static __always_inline int masq_frag_store(struct __sk_buff *skb, struct pkt *p, const __u8 *src,
+					   const __u8 *dst)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	const __u32 *o = (const __u32 *)p->src, *n = (const __u32 *)src;
+
+	if (ip_store_addr(data, end, p->family, 1, n, 1, addr_csum_diff(p->family, o, n)) < 0)
+		return -1;
+	o = (const __u32 *)p->dst;
+	n = (const __u32 *)dst;
+	if (ip_store_addr(data, end, p->family, 0, n, 1, addr_csum_diff(p->family, o, n)) < 0)
+		return -1;
+	__builtin_memcpy(p->src, src, SLUICE_ADDR_LEN);
+	__builtin_memcpy(p->dst, dst, SLUICE_ADDR_LEN);
+	return 0;
+}
+
+/* masq_frag_follow sends on a later fragment of a masqueraded flow (flags:
+ * its first fragment's record, whose ports p now carries), translated as
+ * the flow's entries say. Its frame is small (frag_follow's and
+ * from_netdev's come first): keys in the scratch, addresses read where
+ * the entries keep them. */
+static __noinline int masq_frag_follow(struct __sk_buff *skb, struct pkt *p, __u32 flags)
+{
+	struct key_scratch *s = key_scratch();
+	__u64 now = ct_now();
+	const __u8 *src, *dst;
+	__u32 svc_id;
+
+	if (!s)
+		return TC_ACT_SHOT;
+	if (flags & FRAG_F_MASQ_FWD) {
+		ct_key_of(&s->ct, p, 0, CT_DIR_SERVICE);
+		struct ct_value *ct = bpf_map_lookup_elem(ct_map(p->proto), &s->ct);
+		src = node_addr(p->family);
+		if (!ct || ct->expires_ns <= now || !(ct->flags & CT_F_MASQ) || !src)
+			goto gone;
+		dst = ct->nat_addr;
+		svc_id = ct->svc_id;
+	} else {
+		struct ct_value *m = masq_entry(p, now, &s->ct);
+		struct ct_value *r = m ? masq_reply_entry(p, m, &s->ct, now) : 0;
+		if (!r)
+			goto gone;
+		src = r->nat_addr;
+		dst = m->nat_addr;
+		svc_id = r->svc_id;
+	}
+	if (masq_frag_store(skb, p, src, dst) < 0) {
+		record_drop(skb, p, DROP_NAT_FAILED, svc_id, HOOK_FROM_NETDEV);
+		return TC_ACT_SHOT;
+	}
+	return masq_send_on(skb, p, svc_id);
+gone:
+	record_drop(skb, p, DROP_FRAG_NO_FLOW, 0, HOOK_FROM_NETDEV);
+	return TC_ACT_SHOT;
 }
 
 #endif

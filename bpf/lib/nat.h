@@ -4,6 +4,7 @@
 #define SLUICE_LIB_NAT_H
 
 #include "csum.h"
+#include "maps.h"
 
 /* ip_store_addr writes the new address n (16 bytes, IPv4 in the last
  * word) into the IP header and, for IPv4 when it changed, folds diff (the
@@ -68,12 +69,15 @@ static __always_inline __u32 addr_csum_diff(__u8 family, const __u32 *o, const _
 static __noinline int nat_rewrite(struct __sk_buff *skb, struct pkt *p, int is_src, const __u8 *addr,
 				  __be16 port)
 {
-	__u32 o[4], n[4];
+	struct key_scratch *s = key_scratch();
 	__u8 *cur = is_src ? p->src : p->dst;
 	__be16 old_port = is_src ? p->sport : p->dport;
 	int csum = l4_csum_off(p);
 	__u64 flags = l4_csum_flags(p);
 
+	if (!s)
+		return -1;
+	__u32 *o = s->nat_old, *n = s->nat_new;
 	__builtin_memcpy(o, cur, 16);
 	__builtin_memcpy(n, addr, 16);
 	__u32 diff = addr_csum_diff(p->family, o, n);

@@ -56,41 +56,6 @@ static __noinline void xdp_event_service(struct xdp_md *ctx, const struct pkt *p
 	event_emit(s, ctx->ingress_ifindex, p, HOOK_FROM_NETDEV);
 }
 
-/* ---- checksums by direct packet access (RFC 1624) ---- */
-
-static __always_inline __u16 csum_fold32(__u32 c)
-{
-	c = (c & 0xffff) + (c >> 16);
-	c = (c & 0xffff) + (c >> 16);
-	return (__u16)~c;
-}
-
-/* csum_replace_words folds the change of n (at most 4) 32-bit words
- * (from -> to) into the checksum at sum, in plain arithmetic: a
- * bpf_csum_diff call costs more than the sum itself. */
-static __always_inline void csum_replace_words(__sum16 *sum, const __be32 *from, const __be32 *to, __u32 n)
-{
-	__u64 c = (__u16) ~*sum;
-
-#pragma unroll
-	for (__u32 i = 0; i < 4; i++) {
-		if (i < n) {
-			c += (__u32)~from[i];
-			c += to[i];
-		}
-	}
-	c = (c & 0xffffffff) + (c >> 32);
-	c = (c & 0xffffffff) + (c >> 32);
-	*sum = csum_fold32((__u32)c);
-}
-
-static __always_inline void csum_replace2(__sum16 *sum, __be16 from, __be16 to)
-{
-	__u32 c = (__u16) ~*sum + (__u16)~from + (__u16)to;
-
-	*sum = csum_fold32(c);
-}
-
 /* xdp_nat rewrites the source (is_src) or destination of the TCP or UDP
  * packet p (whose Ethernet header is at data) to addr:port, keeping its
  * checksums exact. It reads the old address and port from the packet, so
@@ -161,18 +126,7 @@ static __always_inline int xdp_nat(void *data, void *end, const struct pkt *p, i
 static __always_inline int xdp_fib(struct xdp_md *ctx, const __u8 *dst, const __u8 *src,
 				   struct bpf_fib_lookup *fib)
 {
-	__builtin_memset(fib, 0, sizeof(*fib));
-	fib->ifindex = ctx->ingress_ifindex;
-	if (is_v4_mapped(dst)) {
-		fib->family = AF_INET;
-		__builtin_memcpy(&fib->ipv4_src, src + 12, 4);
-		__builtin_memcpy(&fib->ipv4_dst, dst + 12, 4);
-	} else {
-		fib->family = AF_INET6;
-		__builtin_memcpy(fib->ipv6_src, src, 16);
-		__builtin_memcpy(fib->ipv6_dst, dst, 16);
-	}
-	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0) == BPF_FIB_LKUP_RET_SUCCESS ? 0 : -1;
+	return fib_lookup_way(ctx, ctx->ingress_ifindex, dst, src, fib) == BPF_FIB_LKUP_RET_SUCCESS ? 0 : -1;
 }
 
 /* xdp_send puts the frame on its way as fib found it: the next hop's
@@ -189,18 +143,6 @@ static __always_inline int xdp_send(struct xdp_md *ctx, const struct bpf_fib_loo
 	if (fib->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	return bpf_redirect(fib->ifindex, 0);
-}
-
-/* node_addr is this node's address of family (4 or 6), or 0 before the
- * agent wrote it. */
-static __always_inline const __u8 *node_addr(__u8 family)
-{
-	__u32 idx = family == 4 ? 0 : 1;
-	struct node_key *own = bpf_map_lookup_elem(&sluice_node_addrs_v1, &idx);
-
-	if (!own || addr_is_zero(own->addr))
-		return 0;
-	return own->addr;
 }
 
 /* ---- sending a flow on (the node that received it) ---- */

@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* xdp_masq.h: the XDP masquerade in xdp_netdev (the flows and their
+ * entries: lib/masq.h). */
+#ifndef SLUICE_LIB_XDP_MASQ_H
+#define SLUICE_LIB_XDP_MASQ_H
+
+#include "conntrack.h"
+#include "lb.h"
+#include "masq.h"
+#include "xdp.h"
+
+/* masq_forward sends a flow from outside to the service svc on to a
+ * remote backend from this node's address. It returns the XDP verdict, or
+ * -1 to leave the packet to from_netdev unchanged: a flow tc began, a
+ * local backend, no route or neighbour, no free port, no TTL left. */
+static __always_inline int masq_forward(struct xdp_md *ctx, struct pkt *p, const struct svc_value *svc)
+{
+	struct key_scratch *s = key_scratch();
+	struct backend_value *be = 0;
+	__u32 backend_id = 0;
+	__be16 mport = 0;
+	__u64 now = ct_now();
+
+	if (!s || svc->backend_count == 0 || p->proto == IPPROTO_SCTP)
+		return -1;
+	/* As from_netdev: a SYN-ACK or RST is no client's first packet. */
+	if (p->proto == IPPROTO_TCP &&
+	    ((p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK) ||
+	     (p->tcp_flags & TCP_FLAG_RST)))
+		return -1;
+	ct_key_of(&s->ct, p, 0, CT_DIR_SERVICE);
+	struct ct_value *ct = bpf_map_lookup_elem(ct_map(p->proto), &s->ct);
+	if (ct && ct->expires_ns > now && ct->svc_id == svc->id &&
+	    !((ct->flags & CT_F_CLOSING) && opens_connection(p))) {
+		if (!(ct->flags & CT_F_MASQ))
+			return -1;
+		be = bpf_map_lookup_elem(&sluice_backends_v2, &ct->backend_id);
+		if (be && be->svc_id == svc->id && addr_eq(be->addr, ct->nat_addr) &&
+		    be->port == ct->nat_port) {
+			backend_id = ct->backend_id;
+			mport = ct->masq_port;
+		} else {
+			be = 0;
+		}
+	}
+	int fresh = !be;
+	if (fresh)
+		be = select_backend(svc, p, now, &backend_id);
+	if (!be || (be->flags & BACKEND_F_LOCAL))
+		return -1;
+	const __u8 *self = node_addr(p->family);
+	struct bpf_fib_lookup fib;
+	if (!self || xdp_fib(ctx, be->addr, self, &fib) < 0)
+		return -1;
+	if (fresh) {
+		mport = masq_claim(p, be, self, flow_hash(p), now);
+		if (!mport)
+			return -1;
+		struct ct_value *v = &s->ctv;
+
+		ct_key_of(&s->ct, p, 0, CT_DIR_SERVICE);
+		__builtin_memset(v, 0, sizeof(*v));
+		v->expires_ns = now + ct_update(p, &v->flags);
+		v->flags |= CT_F_MASQ;
+		v->backend_id = backend_id;
+		v->svc_id = svc->id;
+		v->masq_port = mport;
+		__builtin_memcpy(v->nat_addr, be->addr, SLUICE_ADDR_LEN);
+		v->nat_port = be->port;
+		ct_put(&s->ct, v);
+		ct_reply_key(&s->ct, p, be->addr, be->port, 0);
+		__builtin_memcpy(v->nat_addr, p->dst, SLUICE_ADDR_LEN);
+		v->nat_port = p->dport;
+		ct_put(&s->ct, v);
+	} else if (ct_refresh(ct, p, now, 0)) {
+		__u8 replied = ct_keep_reply(p, ct, now);
+
+		if (replied & ~ct->flags)
+			ct->flags |= replied;
+		masq_keep(p, ct, now);
+	}
+
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (ttl_dec(data, end, p->family) < 0)
+		return -1;
+	if (xdp_nat(data, end, p, 0, be->addr, be->port) < 0 || xdp_nat(data, end, p, 1, self, mport) < 0) {
+		xdp_record_drop(ctx, p, DROP_NAT_FAILED, svc->id);
+		return XDP_DROP;
+	}
+	count(COUNTER_MASQ_FORWARD);
+	if (fresh && events_on())
+		xdp_event_service(ctx, p, svc->id, backend_id, be);
+	return xdp_send(ctx, &fib);
+}
+
+/* masq_reply sends a backend's reply to a masqueraded flow (p: to this
+ * node's address and a port of the range) back to the client, from the
+ * service. It returns the XDP verdict, or -1 when p is none (or has no
+ * way back yet), for from_netdev. */
+static __always_inline int masq_reply(struct xdp_md *ctx, const struct pkt *p)
+{
+	struct ct_key rk;
+	struct bpf_fib_lookup fib;
+	__u64 now = ct_now();
+	struct ct_value *m = masq_entry(p, now, &rk);
+	struct ct_value *r = m ? masq_reply_entry(p, m, &rk, now) : 0;
+
+	if (!r || xdp_fib(ctx, rk.dst, r->nat_addr, &fib) < 0)
+		return -1;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	if (ttl_dec(data, end, p->family) < 0)
+		return -1;
+	masq_reply_seen(p, m, r, &rk, now);
+	if (xdp_nat(data, end, p, 1, r->nat_addr, r->nat_port) < 0 ||
+	    xdp_nat(data, end, p, 0, rk.dst, rk.dport) < 0) {
+		xdp_record_drop(ctx, p, DROP_NAT_FAILED, r->svc_id);
+		return XDP_DROP;
+	}
+	count(COUNTER_MASQ_REPLY);
+	return xdp_send(ctx, &fib);
+}
+
+#endif
