@@ -9,7 +9,7 @@ PKGS    := ./...
 
 export CGO_ENABLED := 0
 
-.PHONY: all build generate check-generate lint test unit e2e e2e-overlay e2e-dsr demo demo-down deps bench bench-quick bench-packet-rate bench-datapath fuzz k8s kind-up kind-e2e kind-down kind-node-image kind-conformance
+.PHONY: all build generate check-generate lint test unit e2e e2e-overlay e2e-dsr e2e-xdp demo demo-down deps bench bench-quick bench-packet-rate bench-datapath fuzz k8s kind-up kind-e2e kind-down kind-node-image kind-conformance
 
 all: build
 
@@ -75,8 +75,13 @@ e2e-overlay:
 e2e-dsr:
 	./test/e2e/run-dsr.sh
 
+## e2e-xdp: traffic from outside, pod e2e tests on a local cluster with
+## XDP under loadBalancerMode snat (the XDP masquerade; brought up and removed)
+e2e-xdp:
+	./test/e2e/run-xdp.sh
+
 ## test: the README's test command, and what CI runs
-test: deps check-generate lint unit e2e e2e-overlay e2e-dsr
+test: deps check-generate lint unit e2e e2e-overlay e2e-dsr e2e-xdp
 
 ## demo: the local cluster with a sample app, probed from every node
 demo: deps

@@ -71,7 +71,7 @@ type prMode struct {
 // BenchmarkPacketRate floods a NodePort from outside with small UDP
 // packets, from one CPU, and measures how many packets node-a forwards to
 // the backend's node per second of CPU: Sluice in XDP (direct server
-// return; native, and generic), Sluice's XDP passing to tc (SNAT), Sluice in tc alone (SNAT),
+// return; native, and generic), Sluice's XDP masquerade (SNAT), Sluice in tc alone (SNAT),
 // and kube-proxy in nftables mode, one after the other in one run, all
 // fed by one kube-apiserver. The baseline is the same flood dropped by
 // XDP as it reaches node-a: what sending and delivering a packet costs
@@ -237,13 +237,13 @@ func sluiceMode(acceleration, lbMode string) func(*packetRate, *testing.B) func(
 				return ok && v == 1
 			})
 		}
-		if lbMode == "dsr" {
+		if acceleration != "off" {
 			// A flow that begins before XDP knows node-b (its pod CIDR, a
 			// resolved neighbour) stays on the tc path, as it should: let
 			// the dsr controller sync and the managed entry resolve first.
 			eventually(b, "the agent's dsr controller synced", func() bool {
 				log, _ := os.ReadFile(filepath.Join(dir, "sluice-agent.log"))
-				return strings.Contains(string(log), "direct server return: nodes updated")
+				return strings.Contains(string(log), "nodes XDP sends flows on to updated")
 			})
 			eventually(b, "node-b's neighbour entry resolved", func() bool {
 				out, _ := exec.Command("ip", "-n", pr.nodeA.Name, "neigh", "show", prNodeB.String()).CombinedOutput()
@@ -251,11 +251,13 @@ func sluiceMode(acceleration, lbMode string) func(*packetRate, *testing.B) func(
 			})
 		}
 		return func() {
-			if lbMode == "dsr" {
-				// The figure is XDP's only if XDP sent the packets on.
+			// The figure is XDP's only if XDP sent the packets on.
+			sent := map[string]string{"dsr": `sluice_dsr_packets_total{direction="sent"}`,
+				"snat": `sluice_xdp_masquerade_packets_total{direction="forward"}`}[lbMode]
+			if acceleration != "off" {
 				fwd := float64(pr.sinkCount(b) - first)
-				if v, _ := metric(`sluice_dsr_packets_total{direction="sent"}`); v < 0.99*fwd {
-					b.Fatalf("%s/%s: node-b received %.0f packets, direct server return sent on %.0f", acceleration, lbMode, fwd, v)
+				if v, _ := metric(sent); v < 0.99*fwd {
+					b.Fatalf("%s/%s: node-b received %.0f packets, XDP sent on %.0f (%s)", acceleration, lbMode, fwd, v, sent)
 				}
 			}
 			agent.stop()

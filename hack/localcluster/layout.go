@@ -93,7 +93,10 @@ type state struct {
 	Overlay bool `json:"overlay,omitempty"`
 	// DSR: the agents run acceleration native and loadBalancerMode dsr
 	// (up --dsr).
-	DSR     bool               `json:"dsr,omitempty"`
+	DSR bool `json:"dsr,omitempty"`
+	// XDP: the agents run acceleration native and loadBalancerMode snat,
+	// the XDP masquerade (up --xdp).
+	XDP     bool               `json:"xdp,omitempty"`
 	K8sBin  string             `json:"k8sBin"`
 	Nodes   []nodeState        `json:"nodes"`
 	Daemons map[string]*daemon `json:"daemons"`

@@ -6,7 +6,7 @@
 // kubelet. No packet leaves these namespaces; the only thing in this
 // machine's own namespace is a loopback port forwarded to the API server.
 //
-//	go run ./hack/localcluster up [--nodes N] [--overlay] [--dsr]
+//	go run ./hack/localcluster up [--nodes N] [--overlay] [--dsr|--xdp]
 //	go run ./hack/localcluster status | kubeconfig | down
 //	go run ./hack/localcluster exec NAMESPACE/POD -- CMD [ARGS...]
 //	go run ./hack/localcluster outside -- CMD [ARGS...]
@@ -27,11 +27,12 @@ import (
 
 const usage = `usage: localcluster COMMAND
 
-  up [--nodes N] [--api-port P] [--overlay] [--dsr]
+  up [--nodes N] [--api-port P] [--overlay] [--dsr|--xdp]
                                   bring the cluster up (default 2 nodes); prints the kubeconfig.
                                   --overlay: every other node on a second subnet the underlay
                                   routes to, agents in routingMode vxlan
                                   --dsr: agents with XDP (native) and direct server return
+                                  --xdp: agents with XDP (native) and the XDP masquerade
   down                            remove every process, namespace, link, pin and file it made
   status                          show components and nodes; exit 1 unless all are up
   kubeconfig                      print the admin kubeconfig path

@@ -36,8 +36,12 @@ func up(args []string) error {
 	keep := fs.Bool("keep-on-failure", false, "leave everything in place when up fails, for debugging")
 	overlay := fs.Bool("overlay", false, "put every other node on a second subnet, routed by the underlay, and run the agents in routingMode vxlan")
 	dsr := fs.Bool("dsr", false, "run the agents with acceleration native and loadBalancerMode dsr (XDP on the uplinks, direct server return)")
+	xdp := fs.Bool("xdp", false, "run the agents with acceleration native and loadBalancerMode snat (XDP on the uplinks, the XDP masquerade)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *dsr && *xdp {
+		return fmt.Errorf("--dsr and --xdp: choose one (both run XDP; --dsr with direct server return, --xdp with the XDP masquerade)")
 	}
 	if *nodes < 1 || *nodes > 20 {
 		return fmt.Errorf("--nodes: %d is outside 1..20", *nodes)
@@ -52,7 +56,7 @@ func up(args []string) error {
 	if err != nil {
 		return err
 	}
-	s := &state{APIPort: *apiPort, Overlay: *overlay, DSR: *dsr, Daemons: map[string]*daemon{}}
+	s := &state{APIPort: *apiPort, Overlay: *overlay, DSR: *dsr, XDP: *xdp, Daemons: map[string]*daemon{}}
 	err = bringUp(s, proxyOf)
 	if err != nil && !*keep {
 		fmt.Fprintf(os.Stderr, "localcluster: up failed: %v\nlocalcluster: cleaning up (pass --keep-on-failure to keep it for debugging)\n", err)
@@ -152,7 +156,7 @@ func makeNetworks(s *state, proxyOf []string) error {
 	if err := makeUnderlay(s.Overlay); err != nil {
 		return err
 	}
-	if s.DSR {
+	if s.DSR || s.XDP {
 		// The outside host is a wire's far end: what it sends carries full
 		// checksums, which a veth's sender otherwise leaves to an offload
 		// that XDP (given no socket buffer) cannot tell is pending.
@@ -186,8 +190,15 @@ func makeNetworks(s *state, proxyOf []string) error {
 		if err := attachToUnderlay(n.Netns, sub.bridge, addrs...); err != nil {
 			return err
 		}
-		if s.DSR {
+		if s.DSR || s.XDP {
 			if err := xdpPass(underlayPort(n.Netns)); err != nil {
+				return err
+			}
+		}
+		if s.XDP {
+			// So are the nodes, whose replies the XDP masquerade of
+			// another node sends on.
+			if err := ethtool(n.Netns, "-K", "eth0", "tx", "off"); err != nil {
 				return err
 			}
 		}
@@ -566,6 +577,9 @@ func applyManifest(s *state) error {
 	if s.DSR {
 		settings["acceleration"] = "native"
 		settings["loadBalancerMode"] = "dsr"
+	}
+	if s.XDP {
+		settings["acceleration"] = "native"
 	}
 	doc, err := manifestWithAPIServer(controlPlaneIP.String(), settings)
 	if err != nil {

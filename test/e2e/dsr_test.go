@@ -76,14 +76,21 @@ func TestDirectServerReturn(t *testing.T) {
 // agent's metrics.
 func (f *testNS) dsrPackets(node, direction string) int {
 	f.t.Helper()
+	return f.agentCounter(node, "sluice_dsr_packets_total", direction)
+}
+
+// agentCounter reads the series of the counter name with the label
+// direction from node's agent's metrics.
+func (f *testNS) agentCounter(node, name, direction string) int {
+	f.t.Helper()
 	out := f.agentMetrics(node)
-	m := regexp.MustCompile(fmt.Sprintf(`(?m)^sluice_dsr_packets_total\{direction="%s"\} (\S+)`, direction)).FindStringSubmatch(out)
+	m := regexp.MustCompile(fmt.Sprintf(`(?m)^%s\{direction="%s"\} (\S+)`, name, direction)).FindStringSubmatch(out)
 	if m == nil {
-		f.t.Fatalf("the agent on %s reports no sluice_dsr_packets_total{direction=%q}", node, direction)
+		f.t.Fatalf("the agent on %s reports no %s{direction=%q}", node, name, direction)
 	}
 	n, err := strconv.ParseFloat(m[1], 64)
 	if err != nil {
-		f.t.Fatalf("sluice_dsr_packets_total on %s: %v", node, err)
+		f.t.Fatalf("%s on %s: %v", name, node, err)
 	}
 	return int(n)
 }

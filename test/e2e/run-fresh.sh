@@ -2,8 +2,8 @@
 # run-fresh.sh UP_FLAG ENV TESTS [go test args...]: brings up a local
 # cluster with `localcluster up UP_FLAG`, runs the e2e tests matching TESTS
 # against it with ENV=1 set (the tests that need that layout check it), and
-# removes the cluster afterwards, pass or fail. Used by run-overlay.sh and
-# run-dsr.sh; refused while another local cluster is up.
+# removes the cluster afterwards, pass or fail. Used by run-overlay.sh,
+# run-dsr.sh and run-xdp.sh; refused while another local cluster is up.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -269,14 +269,14 @@ func New(log *slog.Logger, factory informers.SharedInformerFactory, writer Write
 	sync := func(nodes []*v1.Node) (int, error) {
 		s, errs := Desired(nodes, self)
 		for _, e := range errs {
-			log.Warn("node not reachable by direct server return", "err", e)
+			log.Warn("node XDP cannot send flows on to", "err", e)
 		}
 		if len(s.Self) == 0 {
 			log.Warn("this node has no InternalIP yet: it sends no flow on and accepts none", "node", self)
 		}
 		n, err := writer.Sync(s)
 		if n > 0 {
-			log.Info("direct server return: nodes updated", "changed", n, "nodes", len(s.Nodes), "podCIDRs", len(s.Endpoints))
+			log.Info("nodes XDP sends flows on to updated", "changed", n, "nodes", len(s.Nodes), "podCIDRs", len(s.Endpoints))
 		}
 		return len(errs), err
 	}
