@@ -195,6 +195,18 @@ const (
 	datapathEventTypeEVENT_TRACE datapathEventType = 2
 )
 
+type datapathFibCacheEntry struct {
+	_         structs.HostLayout
+	Dst       [16]uint8
+	Src       [16]uint8
+	InIfindex uint32
+	Ifindex   uint32
+	Dmac      [6]uint8
+	Smac      [6]uint8
+	_         [4]byte
+	ExpiresNs uint64
+}
+
 type datapathFlowEvent struct {
 	_           structs.HostLayout
 	TimestampNs uint64
@@ -483,6 +495,7 @@ const (
 	datapathMapSluiceEndpointsV1         = "sluice_endpoints_v1"
 	datapathMapSluiceEventBucket         = "sluice_event_bucket"
 	datapathMapSluiceEventsV3            = "sluice_events_v3"
+	datapathMapSluiceFibCache            = "sluice_fib_cache"
 	datapathMapSluiceFragsV1             = "sluice_frags_v1"
 	datapathMapSluiceFrontendAddrsV1     = "sluice_frontend_addrs_v1"
 	datapathMapSluiceIpcacheV1           = "sluice_ipcache_v1"
@@ -641,6 +654,7 @@ type datapathMapSpecs struct {
 	SluiceEndpointsV1       *ebpf.MapSpec `ebpf:"sluice_endpoints_v1"`
 	SluiceEventBucket       *ebpf.MapSpec `ebpf:"sluice_event_bucket"`
 	SluiceEventsV3          *ebpf.MapSpec `ebpf:"sluice_events_v3"`
+	SluiceFibCache          *ebpf.MapSpec `ebpf:"sluice_fib_cache"`
 	SluiceFragsV1           *ebpf.MapSpec `ebpf:"sluice_frags_v1"`
 	SluiceFrontendAddrsV1   *ebpf.MapSpec `ebpf:"sluice_frontend_addrs_v1"`
 	SluiceIpcacheV1         *ebpf.MapSpec `ebpf:"sluice_ipcache_v1"`
@@ -749,6 +763,7 @@ type datapathMaps struct {
 	SluiceEndpointsV1       *ebpf.Map `ebpf:"sluice_endpoints_v1"`
 	SluiceEventBucket       *ebpf.Map `ebpf:"sluice_event_bucket"`
 	SluiceEventsV3          *ebpf.Map `ebpf:"sluice_events_v3"`
+	SluiceFibCache          *ebpf.Map `ebpf:"sluice_fib_cache"`
 	SluiceFragsV1           *ebpf.Map `ebpf:"sluice_frags_v1"`
 	SluiceFrontendAddrsV1   *ebpf.Map `ebpf:"sluice_frontend_addrs_v1"`
 	SluiceIpcacheV1         *ebpf.Map `ebpf:"sluice_ipcache_v1"`
@@ -790,6 +805,7 @@ func (m *datapathMaps) Close() error {
 		m.SluiceEndpointsV1,
 		m.SluiceEventBucket,
 		m.SluiceEventsV3,
+		m.SluiceFibCache,
 		m.SluiceFragsV1,
 		m.SluiceFrontendAddrsV1,
 		m.SluiceIpcacheV1,

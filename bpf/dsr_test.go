@@ -43,7 +43,7 @@ var (
 
 const dsrNodePort = 30080
 
-func newDSRCluster(t *testing.T, cfg Config) *dsrCluster {
+func newDSRCluster(t testing.TB, cfg Config) *dsrCluster {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces, XDP and BPF")
@@ -155,7 +155,7 @@ func newDSRCluster(t *testing.T, cfg Config) *dsrCluster {
 	return c
 }
 
-func (c *dsrCluster) attachA(t *testing.T) {
+func (c *dsrCluster) attachA(t testing.TB) {
 	t.Helper()
 	c.a.Do(t, func() {
 		if err := c.dpA.AttachDevice("eth0", AttachTCX); err != nil {
@@ -184,7 +184,7 @@ func (c *dsrCluster) restartA(t *testing.T) {
 
 // xdpPass attaches a program that passes everything to dev in ns, for as
 // long as the test runs.
-func xdpPass(t *testing.T, ns *netnstest.NS, dev string) {
+func xdpPass(t testing.TB, ns *netnstest.NS, dev string) {
 	t.Helper()
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()}})
@@ -205,7 +205,7 @@ func xdpPass(t *testing.T, ns *netnstest.NS, dev string) {
 	})
 }
 
-func netlinkIndex(t *testing.T, ns *netnstest.NS, dev string) (int, error) {
+func netlinkIndex(t testing.TB, ns *netnstest.NS, dev string) (int, error) {
 	var idx int
 	var err error
 	ns.Do(t, func() {
@@ -217,7 +217,7 @@ func netlinkIndex(t *testing.T, ns *netnstest.NS, dev string) (int, error) {
 	return idx, err
 }
 
-func (c *dsrCluster) counters(t *testing.T, dp *Datapath) map[Counter]uint64 {
+func (c *dsrCluster) counters(t testing.TB, dp *Datapath) map[Counter]uint64 {
 	t.Helper()
 	v, err := dp.CounterValues()
 	if err != nil {

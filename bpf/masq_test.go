@@ -29,7 +29,13 @@ const (
 // routing), keeps node B's neighbours resolved, and masquerades what tc
 // marks for it with nftables, as the agent does.
 func newMasqCluster(t *testing.T) *dsrCluster {
-	c := newDSRCluster(t, Config{MasqPortMin: testMasqMin, MasqPortMax: testMasqMax})
+	return newMasqClusterPorts(t, testMasqMin, testMasqMax)
+}
+
+// newMasqClusterPorts is newMasqCluster with the XDP masquerade's ports
+// min..max.
+func newMasqClusterPorts(t testing.TB, min, max uint16) *dsrCluster {
+	c := newDSRCluster(t, Config{MasqPortMin: min, MasqPortMax: max})
 	c.a.IP(t, "route", "add", dsrPodCIDRs[0].String(), "via", dsrB4.String())
 	c.a.IP(t, "-6", "route", "add", dsrPodCIDRs[1].String(), "via", dsrB6.String())
 	c.a.IP(t, "neigh", "replace", dsrB6.String(), "dev", "eth0", "managed")
@@ -52,7 +58,7 @@ func newMasqCluster(t *testing.T) *dsrCluster {
 // address and port it saw the client at; a TCP connection stays open
 // until the client closes its side, and is then told how many bytes it
 // sent. A datagram starting "echo" is sent back whole instead.
-func servePeer(t *testing.T, ns *netnstest.NS, port int) {
+func servePeer(t testing.TB, ns *netnstest.NS, port int) {
 	t.Helper()
 	for _, fam := range []struct{ tcp, udp, any string }{{"tcp4", "udp4", "0.0.0.0"}, {"tcp6", "udp6", "::"}} {
 		addr := net.JoinHostPort(fam.any, strconv.Itoa(port))
@@ -228,7 +234,7 @@ func TestXDPMasqueradePortsBusy(t *testing.T) {
 
 // addService adds a NodePort on node A's vip (and node B's address of
 // its family) to the pod's port, over proto.
-func (c *dsrCluster) addService(t *testing.T, vip netip.Addr, nodePort, podPort uint16, proto uint8) {
+func (c *dsrCluster) addService(t testing.TB, vip netip.Addr, nodePort, podPort uint16, proto uint8) {
 	t.Helper()
 	pod, vipB := dsrPod4, dsrB4
 	if vip.Is6() {
@@ -243,7 +249,7 @@ func (c *dsrCluster) addService(t *testing.T, vip netip.Addr, nodePort, podPort 
 }
 
 // nft runs nft commands in the calling goroutine's network namespace.
-func nft(t *testing.T, cmds ...string) {
+func nft(t testing.TB, cmds ...string) {
 	t.Helper()
 	for _, cmd := range cmds {
 		if out, err := exec.Command("nft", cmd).CombinedOutput(); err != nil {
@@ -331,5 +337,41 @@ func TestXDPMasqueradeWithoutXDP(t *testing.T) {
 	if after[CounterMasqForward] <= before[CounterMasqForward] || after[CounterMasqReply] <= before[CounterMasqReply] {
 		t.Errorf("tc sent nothing on for the masqueraded flows: forward %d -> %d, reply %d -> %d",
 			before[CounterMasqForward], after[CounterMasqForward], before[CounterMasqReply], after[CounterMasqReply])
+	}
+}
+
+// TestXDPMasqueradeFollowsRoutes: XDP keeps the FIB's answers for a flow's
+// way on only briefly (FIB_CACHE_NS). Once node A loses its route to the
+// pod CIDR, a flow XDP was sending on stops being sent (tc finds no route
+// either: no_route); once the route is back, it flows again.
+func TestXDPMasqueradeFollowsRoutes(t *testing.T) {
+	c := newMasqCluster(t)
+	servePeer(t, c.pod, 8081)
+	c.addService(t, dsrA4, 30081, 8081, 17)
+	conn, seen := askPeer(t, c.client, "udp", netip.AddrPortFrom(dsrA4, 30081))
+	defer conn.Close()
+	ask := func() error {
+		_ = conn.SetDeadline(time.Now().Add(time.Second))
+		if _, err := conn.Write([]byte("?")); err != nil {
+			return err
+		}
+		buf := make([]byte, 64)
+		_, err := conn.Read(buf)
+		return err
+	}
+	if err := ask(); err != nil {
+		t.Fatalf("the flow (pod saw %s) before the route change: %v", seen, err)
+	}
+	c.a.IP(t, "route", "del", dsrPodCIDRs[0].String())
+	time.Sleep(300 * time.Millisecond)
+	if err := ask(); err == nil {
+		t.Errorf("node A has no route to %s, yet the flow's datagram was answered", dsrPodCIDRs[0])
+	}
+	if n := dropsAt(t, c.dpA, DropNoRoute, HookFromNetdev); n == 0 {
+		t.Errorf("node A counted no no_route drop")
+	}
+	c.a.IP(t, "route", "add", dsrPodCIDRs[0].String(), "via", dsrB4.String())
+	if err := ask(); err != nil {
+		t.Errorf("the flow after the route came back: %v", err)
 	}
 }

@@ -543,6 +543,19 @@ enum frag_flags {
 	FRAG_F_MASQ_REPLY = 1 << 4,
 };
 
+/* sluice_fib_cache (per CPU, never pinned): the way on to dst from src,
+ * for a packet in on in_ifindex, as bpf_fib_lookup last found it, until
+ * expires_ns (lib/xdp.h). */
+struct fib_cache_entry {
+	__u8 dst[SLUICE_ADDR_LEN];
+	__u8 src[SLUICE_ADDR_LEN];
+	__u32 in_ifindex;
+	__u32 ifindex; /* the device out */
+	__u8 dmac[6];  /* the next hop's */
+	__u8 smac[6];  /* the device's */
+	__u64 expires_ns;
+};
+
 struct frag_value {
 	__u8 nat_addr[SLUICE_ADDR_LEN];
 	__be16 sport; /* the first fragment's ports, for events and metrics */

@@ -362,6 +362,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_policy_state_v1 SEC(".maps");
 
+/* XDP's cache of bpf_fib_lookup answers (lib/xdp.h), direct-mapped by
+ * the destination's hash. */
+#define FIB_CACHE_SLOTS 256
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FIB_CACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct fib_cache_entry);
+} sluice_fib_cache SEC(".maps");
+
 /* Lookup keys and values built off the fast path (policy, stale replies)
  * live here rather than on the stack: from_pod's frame plus these would
  * pass the verifier's 512-byte limit. Per CPU, never pinned, no state

@@ -118,46 +118,78 @@ static __always_inline int xdp_nat(void *data, void *end, const struct pkt *p, i
 	return 0;
 }
 
-/* xdp_fib asks the kernel's FIB for the way from src to dst (16-byte
- * addresses of one family) for a packet that came in on ctx's device: 0
- * when it has a route and a resolved neighbour (fib then holds the
- * device and the MAC addresses). XDP cannot resolve a neighbour: the
- * agent keeps the other nodes' resolved (managed entries). */
-static __always_inline int xdp_fib(struct xdp_md *ctx, const __u8 *dst, const __u8 *src,
-				   struct bpf_fib_lookup *fib)
+/* How long XDP trusts an answer of the FIB: a lookup costs as much as
+ * the rest of a forwarded packet's work, and a flood asks it again for
+ * every packet. A route or neighbour change reaches XDP this much later
+ * at most (the kernel's neighbour entries themselves are trusted for
+ * seconds). */
+#define FIB_CACHE_NS (100ULL * 1000 * 1000)
+
+static __always_inline __u32 fib_cache_slot(const __u8 *dst)
 {
-	return fib_lookup_way(ctx, ctx->ingress_ifindex, dst, src, fib) == BPF_FIB_LKUP_RET_SUCCESS ? 0 : -1;
+	__u32 w[4];
+
+	__builtin_memcpy(w, dst, 16);
+	return ((w[0] ^ w[1] ^ w[2] ^ w[3]) * 0x9e3779b1u) >> 24; /* FIB_CACHE_SLOTS */
 }
 
-/* xdp_send puts the frame on its way as fib found it: the next hop's
- * Ethernet header, then out of the device it came in on (XDP_TX) or
- * another. */
-static __always_inline int xdp_send(struct xdp_md *ctx, const struct bpf_fib_lookup *fib)
+/* xdp_way is the way from src to dst (16-byte addresses of one family)
+ * for a packet that came in on ctx's device: this CPU's cached answer of
+ * the FIB while it is fresh, else the FIB's, cached. 0 when the FIB has a
+ * route and a resolved neighbour: XDP cannot resolve a neighbour, and the
+ * agent keeps the other nodes' resolved (managed entries). */
+static __always_inline const struct fib_cache_entry *xdp_way(struct xdp_md *ctx, const __u8 *dst,
+							     const __u8 *src, __u64 now)
+{
+	__u32 slot = fib_cache_slot(dst);
+	struct fib_cache_entry *e = bpf_map_lookup_elem(&sluice_fib_cache, &slot);
+
+	if (!e)
+		return 0;
+	if (e->expires_ns > now && e->in_ifindex == ctx->ingress_ifindex && addr_eq(e->dst, dst) &&
+	    addr_eq(e->src, src))
+		return e;
+	struct bpf_fib_lookup fib;
+	if (fib_lookup_way(ctx, ctx->ingress_ifindex, dst, src, &fib) != BPF_FIB_LKUP_RET_SUCCESS)
+		return 0;
+	__builtin_memcpy(e->dst, dst, SLUICE_ADDR_LEN);
+	__builtin_memcpy(e->src, src, SLUICE_ADDR_LEN);
+	e->in_ifindex = ctx->ingress_ifindex;
+	e->ifindex = fib.ifindex;
+	__builtin_memcpy(e->dmac, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(e->smac, fib.smac, ETH_ALEN);
+	e->expires_ns = now + FIB_CACHE_NS;
+	return e;
+}
+
+/* xdp_send puts the frame on its way: the next hop's Ethernet header,
+ * then out of the device it came in on (XDP_TX) or another. */
+static __always_inline int xdp_send(struct xdp_md *ctx, const struct fib_cache_entry *way)
 {
 	struct ethhdr *eth = (void *)(long)ctx->data;
 
 	if ((void *)(eth + 1) > (void *)(long)ctx->data_end)
 		return XDP_DROP;
-	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
-	if (fib->ifindex == ctx->ingress_ifindex)
+	__builtin_memcpy(eth->h_dest, way->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, way->smac, ETH_ALEN);
+	if (way->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
-	return bpf_redirect(fib->ifindex, 0);
+	return bpf_redirect(way->ifindex, 0);
 }
 
 /* ---- sending a flow on (the node that received it) ---- */
 
-/* dsr_route finds the next hop towards the backend's node ep, and this
- * node's address of its family (the outer source); 0 when both are known. */
-static __always_inline int dsr_route(struct xdp_md *ctx, const __u8 *ep, struct bpf_fib_lookup *fib,
-				     __u8 *self)
+/* dsr_route finds the way towards the backend's node ep, and this node's
+ * address of its family (the outer source). */
+static __always_inline const struct fib_cache_entry *dsr_route(struct xdp_md *ctx, const __u8 *ep, __u8 *self,
+							       __u64 now)
 {
 	const __u8 *own = node_addr(is_v4_mapped(ep) ? 4 : 6);
 
 	if (!own || addr_eq(own, ep))
-		return -1;
+		return 0;
 	__builtin_memcpy(self, own, SLUICE_ADDR_LEN);
-	return xdp_fib(ctx, ep, self, fib);
+	return xdp_way(ctx, ep, self, now);
 }
 
 /* ipv4_csum is the header checksum of a 20-byte IPv4 header. */
@@ -292,9 +324,9 @@ static __always_inline int dsr_forward(struct xdp_md *ctx, struct pkt *p, const 
 	struct cidr_key key = {.prefixlen = 128};
 	__builtin_memcpy(key.addr, be->addr, SLUICE_ADDR_LEN);
 	struct tunnel_endpoint *ep = bpf_map_lookup_elem(&sluice_tunnel_v1, &key);
-	struct bpf_fib_lookup fib;
+	const struct fib_cache_entry *way;
 	__u8 self[SLUICE_ADDR_LEN];
-	if (!ep || dsr_route(ctx, ep->addr, &fib, self) < 0)
+	if (!ep || !(way = dsr_route(ctx, ep->addr, self, now)))
 		return -1;
 	if (p->l4_off - ETH_HLEN + p->l4_len > dsr_max_inner) {
 		xdp_record_drop(ctx, p, DROP_DSR_TOO_BIG, svc->id);
@@ -327,7 +359,7 @@ static __always_inline int dsr_forward(struct xdp_md *ctx, struct pkt *p, const 
 	count(COUNTER_DSR_SENT);
 	if (fresh && events_on())
 		xdp_event_service(ctx, p, svc->id, backend_id, be);
-	return xdp_send(ctx, &fib);
+	return xdp_send(ctx, way);
 }
 
 /* ---- receiving it (the backend's node) ---- */

@@ -49,8 +49,8 @@ static __always_inline int masq_forward(struct xdp_md *ctx, struct pkt *p, const
 	if (!be || (be->flags & BACKEND_F_LOCAL))
 		return -1;
 	const __u8 *self = node_addr(p->family);
-	struct bpf_fib_lookup fib;
-	if (!self || xdp_fib(ctx, be->addr, self, &fib) < 0)
+	const struct fib_cache_entry *way = self ? xdp_way(ctx, be->addr, self, now) : 0;
+	if (!way)
 		return -1;
 	if (fresh) {
 		mport = masq_claim(p, be, self, flow_hash(p), now);
@@ -91,7 +91,7 @@ static __always_inline int masq_forward(struct xdp_md *ctx, struct pkt *p, const
 	count(COUNTER_MASQ_FORWARD);
 	if (fresh && events_on())
 		xdp_event_service(ctx, p, svc->id, backend_id, be);
-	return xdp_send(ctx, &fib);
+	return xdp_send(ctx, way);
 }
 
 /* masq_reply sends a backend's reply to a masqueraded flow (p: to this
@@ -101,12 +101,12 @@ static __always_inline int masq_forward(struct xdp_md *ctx, struct pkt *p, const
 static __always_inline int masq_reply(struct xdp_md *ctx, const struct pkt *p)
 {
 	struct ct_key rk;
-	struct bpf_fib_lookup fib;
 	__u64 now = ct_now();
 	struct ct_value *m = masq_entry(p, now, &rk);
 	struct ct_value *r = m ? masq_reply_entry(p, m, &rk, now) : 0;
+	const struct fib_cache_entry *way = r ? xdp_way(ctx, rk.dst, r->nat_addr, now) : 0;
 
-	if (!r || xdp_fib(ctx, rk.dst, r->nat_addr, &fib) < 0)
+	if (!way)
 		return -1;
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -119,7 +119,7 @@ static __always_inline int masq_reply(struct xdp_md *ctx, const struct pkt *p)
 		return XDP_DROP;
 	}
 	count(COUNTER_MASQ_REPLY);
-	return xdp_send(ctx, &fib);
+	return xdp_send(ctx, way);
 }
 
 #endif
