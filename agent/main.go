@@ -153,7 +153,7 @@ func run(ctx context.Context, log *slog.Logger, cfg config.Config) error {
 		return err
 	}
 	nodeNet.masquerade = remasquerade
-	nodeNet.xdpMasquerade = xdpPorts != (masq.PortRange{})
+	nodeNet.xdpMasquerade = xdpPorts != (masq.PortRange{}) && cfg.XDP() != config.AccelerationOff
 	ctrls, err := newControllers(log, cfg, client, factory, dp, m, hc, proxyHealth, nodeNet)
 	if err != nil {
 		return err
@@ -421,13 +421,15 @@ func masquerade(log *slog.Logger, cfg config.Config, ports masq.PortRange) (func
 // outside to remote backends under loadBalancerMode snat with
 // acceleration on, where the way to a backend is an uplink (not the
 // overlay's device, to which XDP cannot send); it takes the part of the
-// range above the node's ephemeral ports.
+// range above the node's ephemeral ports. The range is kept with
+// acceleration off too: tc then carries on the flows an earlier agent's
+// XDP began, and netfilter stays off their ports.
 func masqueradePorts(log *slog.Logger, cfg config.Config) (netfilter, xdp masq.PortRange, err error) {
 	ports, err := cfg.MasqueradePorts()
 	if err != nil {
 		return ports, xdp, err
 	}
-	if cfg.XDP() == config.AccelerationOff || cfg.DSR() || cfg.Routing() == config.RoutingVXLAN {
+	if cfg.DSR() || cfg.Routing() == config.RoutingVXLAN {
 		return ports, xdp, nil
 	}
 	local, err := masq.EphemeralPorts()
@@ -438,7 +440,8 @@ func masqueradePorts(log *slog.Logger, cfg config.Config) (netfilter, xdp masq.P
 		log.Warn("XDP masquerade off: flows from outside to remote backends take tc and netfilter's masquerade", "err", err)
 		return ports, masq.PortRange{}, nil
 	}
-	log.Info("XDP masquerade of flows from outside to remote backends", "sourcePorts", xdp.String(), "ephemeralPorts", local.String())
+	log.Info("XDP masquerade of flows from outside to remote backends", "sourcePorts", xdp.String(), "ephemeralPorts", local.String(),
+		"acceleration", cfg.XDP())
 	return netfilter, xdp, nil
 }
 

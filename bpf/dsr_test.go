@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -182,6 +183,28 @@ func (c *dsrCluster) restartA(t *testing.T) {
 	c.attachA(t)
 }
 
+// sendAcrossRestartA sends 1,000 bytes on conn, restarts node A's agent
+// (restartA), sends 100,000 more and closes its side; it returns the last
+// line the server answered (serveSink and servePeer: the bytes they got).
+func (c *dsrCluster) sendAcrossRestartA(t *testing.T, conn net.Conn) (string, error) {
+	t.Helper()
+	if _, err := conn.Write(make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	c.restartA(t)
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := conn.Write(make([]byte, 100000)); err != nil {
+		return "", err
+	}
+	_ = conn.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(conn)
+	lines := strings.Fields(string(got))
+	if len(lines) == 0 {
+		return "", err
+	}
+	return lines[len(lines)-1], err
+}
+
 // xdpPass attaches a program that passes everything to dev in ns, for as
 // long as the test runs.
 func xdpPass(t testing.TB, ns *netnstest.NS, dev string) {
@@ -350,17 +373,7 @@ func TestDirectServerReturn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if _, err := conn.Write(make([]byte, 1000)); err != nil {
-		t.Fatal(err)
-	}
-	c.restartA(t)
-	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := conn.Write(make([]byte, 100000)); err != nil {
-		t.Fatal(err)
-	}
-	_ = conn.(*net.TCPConn).CloseWrite()
-	got, err := io.ReadAll(conn)
-	if string(bytes.TrimSpace(got)) != "101000" {
+	if got, err := c.sendAcrossRestartA(t, conn); got != "101000" {
 		t.Errorf("a connection across node A's restart: sink counted %q (%v), want 101000", got, err)
 	}
 

@@ -111,6 +111,9 @@ const (
 const (
 	CTDirService      = uint8(datapathCtDirCT_DIR_SERVICE)
 	CTDirReply        = uint8(datapathCtDirCT_DIR_REPLY)
+	CTDirMasq         = uint8(datapathCtDirCT_DIR_MASQ)
+	CTFlagDSR         = uint8(datapathCtFlagsCT_F_DSR)
+	CTFlagMasq        = uint8(datapathCtFlagsCT_F_MASQ)
 	CTFlagEstablished = uint8(datapathCtFlagsCT_F_ESTABLISHED)
 	CTFlagClosing     = uint8(datapathCtFlagsCT_F_CLOSING)
 	CTFlagHairpin     = uint8(datapathCtFlagsCT_F_HAIRPIN)

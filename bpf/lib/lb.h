@@ -246,8 +246,11 @@ static __always_inline int lb_service(struct __sk_buff *skb, struct pkt *p, cons
 
 				if (replied & ~ct->flags)
 					ct->flags |= replied;
-				if (ct->flags & CT_F_MASQ)
-					masq_keep(p, ct, now);
+				if ((ct->flags & CT_F_MASQ) && masq_keep(p, ct, now) < 0) {
+					masq_lost(p);
+					record_drop(skb, p, DROP_NAT_FAILED, svc->id, hook);
+					return TC_ACT_SHOT;
+				}
 			}
 			hairpin = ct->flags & CT_F_HAIRPIN;
 			if (hook == HOOK_FROM_NETDEV && (ct->flags & CT_F_MASQ))

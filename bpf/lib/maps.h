@@ -127,15 +127,17 @@ struct {
 #endif
 
 /* fib_lookup_way asks the kernel's FIB for the way from src to dst
- * (16-byte addresses of one family) for a packet that came in on ifindex,
- * and returns its answer (BPF_FIB_LKUP_RET_*): on SUCCESS fib holds the
- * device and the MAC addresses; on NO_NEIGH the device and the next hop.
- * ctx is the program's context (xdp_md or __sk_buff). */
+ * (16-byte addresses of one family) for a packet of protocol proto (0:
+ * any) that came in on ifindex, and returns its answer
+ * (BPF_FIB_LKUP_RET_*): on SUCCESS fib holds the device and the MAC
+ * addresses; on NO_NEIGH the device and the next hop. ctx is the
+ * program's context (xdp_md or __sk_buff). */
 static __always_inline long fib_lookup_way(void *ctx, __u32 ifindex, const __u8 *dst, const __u8 *src,
-					   struct bpf_fib_lookup *fib)
+					   __u8 proto, struct bpf_fib_lookup *fib)
 {
 	__builtin_memset(fib, 0, sizeof(*fib));
 	fib->ifindex = ifindex;
+	fib->l4_protocol = proto; /* for rules on it (ip rule ipproto) */
 	if (is_v4_mapped(dst)) {
 		fib->family = AF_INET;
 		__builtin_memcpy(&fib->ipv4_src, src + 12, 4);
@@ -160,7 +162,7 @@ static __always_inline int frontend_unserved(void *ctx, __u32 ifindex, const str
 	if (!bpf_map_lookup_elem(&sluice_frontend_addrs_v1, p->dst))
 		return 0;
 	struct bpf_fib_lookup fib;
-	long rc = fib_lookup_way(ctx, ifindex, p->dst, p->src, &fib);
+	long rc = fib_lookup_way(ctx, ifindex, p->dst, p->src, p->proto, &fib);
 
 	return rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH;
 }

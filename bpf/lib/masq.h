@@ -44,11 +44,22 @@ static __always_inline void masq_key(struct ct_key *k, const __u8 *addr, __be16 
 	k->dir = CT_DIR_MASQ;
 }
 
-/* masq_claim finds a free port of the range for the new flow p (from the
+/* masq_holds reports whether the live masq entry m is the one of the
+ * flow p (from the client, as it came) of service svc_id. */
+static __always_inline int masq_holds(const struct ct_value *m, const struct pkt *p, __u32 svc_id, __u64 now)
+{
+	return m->expires_ns > now && addr_eq(m->nat_addr, p->src) && m->nat_port == p->sport &&
+	       m->svc_id == svc_id;
+}
+
+/* masq_claim finds a port of the range for the new flow p (from the
  * client, as it came) to backend be, starting where hash points, and
  * writes the flow's masq entry under it. It returns the port (network
  * order), or 0 when the tries found none free. A port is free when no
- * live masq entry of the same backend holds it. */
+ * live masq entry of the same backend holds it; one whose entry names
+ * this very flow (its forward entry was lost) is taken back, so the
+ * backend still sees the flow it knows. An expired entry is taken over
+ * with a compare-and-swap of its lifetime: two CPUs cannot both win it. */
 static __noinline __be16 masq_claim(const struct pkt *p, const struct backend_value *be, const __u8 *self,
 				    __u32 hash, __u64 now)
 {
@@ -75,39 +86,94 @@ static __noinline __be16 masq_claim(const struct pkt *p, const struct backend_va
 		if (bpf_map_update_elem(map, k, v, BPF_NOEXIST) == 0)
 			return k->dport;
 		struct ct_value *old = bpf_map_lookup_elem(map, k);
-		if (old && old->expires_ns <= now && bpf_map_update_elem(map, k, v, BPF_ANY) == 0)
+		if (!old)
+			continue;
+		if (masq_holds(old, p, be->svc_id, now)) {
+			/* The same tuple opened again: its state starts afresh. */
+			old->flags = v->flags;
+			old->expires_ns = v->expires_ns;
 			return k->dport;
+		}
+		__u64 seen = old->expires_ns;
+		if (seen <= now &&
+		    __sync_val_compare_and_swap(&old->expires_ns, seen, v->expires_ns) == seen) {
+			__builtin_memcpy(old->nat_addr, p->src, SLUICE_ADDR_LEN);
+			old->nat_port = p->sport;
+			old->flags = v->flags;
+			old->svc_id = v->svc_id;
+			old->masq_port = k->dport;
+			return k->dport;
+		}
 	}
 	count(COUNTER_MASQ_PORTS_BUSY);
 	return 0;
 }
 
 /* masq_keep runs when a forward packet of a live masqueraded flow
- * refreshed its entry fwd (as ct_keep_reply does): the masq entry, gone
- * from the map, is made again, so replies still find the client. A live
- * entry of another client on the port is left alone: this flow lost it. */
-static __noinline void masq_keep(const struct pkt *p, const struct ct_value *fwd, __u64 now)
+ * refreshed its entry fwd (as ct_keep_reply does). The masq entry must
+ * live at least as long as the forward entry, or another flow could claim
+ * the port while this one still sends from it: it is extended (made
+ * again when gone), and closes when the forward entry does. -1 when
+ * another flow holds the port (its entry was lost, a full map): this flow
+ * cannot go on from it. */
+static __noinline int masq_keep(const struct pkt *p, const struct ct_value *fwd, __u64 now)
 {
 	struct key_scratch *s = key_scratch();
 	const __u8 *self = node_addr(p->family);
 
 	if (!s || !self)
-		return;
+		return 0;
 	masq_key(&s->ct, fwd->nat_addr, fwd->nat_port, self, fwd->masq_port, p->proto);
 	struct ct_value *m = bpf_map_lookup_elem(ct_map(p->proto), &s->ct);
-	if (m && m->expires_ns > now)
-		return;
+	if (m && m->expires_ns > now) {
+		if (!masq_holds(m, p, fwd->svc_id, now))
+			return -1;
+		if (fwd->flags & CT_F_CLOSING) {
+			m->flags |= CT_F_CLOSING;
+			m->expires_ns = fwd->expires_ns;
+		} else if (m->expires_ns < fwd->expires_ns) {
+			m->expires_ns = fwd->expires_ns;
+		}
+		return 0;
+	}
 	count(COUNTER_CT_REPLY_RESTORED);
 	struct ct_value *v = &s->ctv;
 
 	__builtin_memset(v, 0, sizeof(*v));
 	__builtin_memcpy(v->nat_addr, p->src, SLUICE_ADDR_LEN);
 	v->nat_port = p->sport;
-	v->flags = fwd->flags & (CT_F_ESTABLISHED | CT_F_REPLIED | CT_F_MASQ);
+	v->flags = fwd->flags & (CT_F_ESTABLISHED | CT_F_REPLIED | CT_F_CLOSING | CT_F_MASQ);
 	v->expires_ns = fwd->expires_ns;
 	v->svc_id = fwd->svc_id;
 	v->masq_port = fwd->masq_port;
 	ct_put(&s->ct, v);
+	return 0;
+}
+
+/* masq_lost forgets the forward entry of flow p, whose port another flow
+ * holds, and drops the packet: the next one starts the flow afresh. */
+static __noinline void masq_lost(const struct pkt *p)
+{
+	struct key_scratch *s = key_scratch();
+
+	if (!s)
+		return;
+	ct_key_of(&s->ct, p, 0, CT_DIR_SERVICE);
+	bpf_map_delete_elem(ct_map(p->proto), &s->ct);
+}
+
+/* ttl_left says whether the packet (Ethernet header at data) has a hop
+ * left to take, before anything is claimed for it. */
+static __always_inline int ttl_left(void *data, void *end, __u8 family)
+{
+	if (family == 4) {
+		struct iphdr *ip = data + ETH_HLEN;
+
+		return (void *)(ip + 1) <= end && ip->ttl > 1;
+	}
+	struct ipv6hdr *ip6 = data + ETH_HLEN;
+
+	return (void *)(ip6 + 1) <= end && ip6->hop_limit > 1;
 }
 
 /* masq_entry finds the masq entry of a reply p (backend -> this node's
@@ -150,11 +216,17 @@ static __always_inline struct ct_value *masq_reply_entry(const struct pkt *p, co
 
 /* masq_reply_seen refreshes a reply's two entries and, when the reply
  * entry was written (a second at most apart), the forward entry, made
- * again if gone so the client's next packet keeps its port. */
+ * again if gone so the client's next packet keeps its port. A reply never
+ * shortens the masq entry's life (a backend's FIN would, while the client
+ * may still send): the forward side closes it (masq_keep). */
 static __always_inline void masq_reply_seen(const struct pkt *p, struct ct_value *m, struct ct_value *r,
 					    const struct ct_key *rk, __u64 now)
 {
+	__u64 held = m->expires_ns;
+
 	ct_refresh(m, p, now, CT_F_REPLIED);
+	if (m->expires_ns < held)
+		m->expires_ns = held;
 	if (ct_refresh(r, p, now, CT_F_REPLIED))
 		ct_keep_forward(rk, r, now);
 }
@@ -200,7 +272,7 @@ static __noinline int tc_send_on(struct __sk_buff *skb, const struct pkt *p)
 		return TC_ACT_SHOT;
 	struct bpf_fib_lookup *fib = (void *)s->fib;
 	if (ttl_dec((void *)(long)skb->data, (void *)(long)skb->data_end, p->family) == 0)
-		rc = fib_lookup_way(skb, skb->ifindex, p->dst, p->src, fib);
+		rc = fib_lookup_way(skb, skb->ifindex, p->dst, p->src, p->proto, fib);
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		struct ethhdr *eth = (void *)(long)skb->data;
 
@@ -338,6 +410,7 @@ static __noinline int masq_frag_follow(struct __sk_buff *skb, struct pkt *p, __u
 		record_drop(skb, p, DROP_NAT_FAILED, svc_id, HOOK_FROM_NETDEV);
 		return TC_ACT_SHOT;
 	}
+	count(flags & FRAG_F_MASQ_FWD ? COUNTER_MASQ_FORWARD : COUNTER_MASQ_REPLY);
 	return masq_send_on(skb, p, svc_id);
 gone:
 	record_drop(skb, p, DROP_FRAG_NO_FLOW, 0, HOOK_FROM_NETDEV);

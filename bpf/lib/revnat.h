@@ -110,6 +110,11 @@ static __noinline int icmp_error_translate(struct __sk_buff *skb, struct pkt *p,
 	struct ct_value *ct = bpf_map_lookup_elem(ct_map(s->inner.proto), &s->ct);
 	if (!ct || ct->expires_ns <= ct_now())
 		return TC_ACT_OK;
+	/* A flow the XDP masquerade carries: the backend knows it as from
+	 * this node's port, which this translation would not restore. Left
+	 * untouched rather than sent to the backend wrong. */
+	if (ct->flags & CT_F_MASQ)
+		return TC_ACT_OK;
 	if (icmp_quote_nat(skb, p, &s->inner, inward, ct->nat_addr, ct->nat_port) < 0) {
 		record_drop(skb, p, DROP_NAT_FAILED, ct->svc_id, hook);
 		return TC_ACT_SHOT;

@@ -150,7 +150,7 @@ static __always_inline const struct fib_cache_entry *xdp_way(struct xdp_md *ctx,
 	    addr_eq(e->src, src))
 		return e;
 	struct bpf_fib_lookup fib;
-	if (fib_lookup_way(ctx, ctx->ingress_ifindex, dst, src, &fib) != BPF_FIB_LKUP_RET_SUCCESS)
+	if (fib_lookup_way(ctx, ctx->ingress_ifindex, dst, src, 0, &fib) != BPF_FIB_LKUP_RET_SUCCESS)
 		return 0;
 	__builtin_memcpy(e->dst, dst, SLUICE_ADDR_LEN);
 	__builtin_memcpy(e->src, src, SLUICE_ADDR_LEN);
@@ -280,6 +280,47 @@ static __always_inline int dsr_encap(struct xdp_md *ctx, const struct pkt *p, co
 	return 0;
 }
 
+/* xdp_flow finds the backend for XDP of p's flow to svc: the one its live
+ * forward entry names when that entry is XDP's (flag: CT_F_DSR or
+ * CT_F_MASQ; *live is then set to it), else a new choice (*live 0). 0
+ * when the packet is tc's: the service has no backend, a flow tc began,
+ * what no client sends first (a SYN-ACK or RST, as from_netdev judges),
+ * SCTP, a local backend. */
+static __always_inline struct backend_value *xdp_flow(struct pkt *p, const struct svc_value *svc, __u8 flag,
+						      __u64 now, __u32 *backend_id, struct ct_value **live)
+{
+	struct key_scratch *s = key_scratch();
+	struct backend_value *be = 0;
+
+	*live = 0;
+	if (!s || svc->backend_count == 0 || p->proto == IPPROTO_SCTP)
+		return 0;
+	if (p->proto == IPPROTO_TCP &&
+	    ((p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK) ||
+	     (p->tcp_flags & TCP_FLAG_RST)))
+		return 0;
+	ct_key_of(&s->ct, p, 0, CT_DIR_SERVICE);
+	struct ct_value *ct = bpf_map_lookup_elem(ct_map(p->proto), &s->ct);
+	if (ct && ct->expires_ns > now && ct->svc_id == svc->id &&
+	    !((ct->flags & CT_F_CLOSING) && opens_connection(p))) {
+		if (!(ct->flags & flag))
+			return 0;
+		be = bpf_map_lookup_elem(&sluice_backends_v2, &ct->backend_id);
+		if (be && be->svc_id == svc->id && addr_eq(be->addr, ct->nat_addr) &&
+		    be->port == ct->nat_port) {
+			*backend_id = ct->backend_id;
+			*live = ct;
+		} else {
+			be = 0;
+		}
+	}
+	if (!be)
+		be = select_backend(svc, p, now, backend_id);
+	if (!be || (be->flags & BACKEND_F_LOCAL))
+		return 0;
+	return be;
+}
+
 /* dsr_forward sends a flow from outside to the service svc on to a remote
  * backend's node (loadBalancerMode dsr). It returns the XDP verdict, or -1
  * to leave the packet to from_netdev (tc) unchanged: a flow tc began, a
@@ -289,37 +330,14 @@ static __always_inline int dsr_encap(struct xdp_md *ctx, const struct pkt *p, co
 static __always_inline int dsr_forward(struct xdp_md *ctx, struct pkt *p, const struct svc_value *svc)
 {
 	struct key_scratch *s = key_scratch();
-	struct backend_value *be = 0;
+	struct ct_value *ct;
 	__u32 backend_id = 0;
 	__u64 now = ct_now();
+	struct backend_value *be = xdp_flow(p, svc, CT_F_DSR, now, &backend_id, &ct);
 
-	if (!s || svc->backend_count == 0 || p->proto == IPPROTO_SCTP)
+	if (!s || !be)
 		return -1;
-	/* As from_netdev: a SYN-ACK or RST is no client's first packet. */
-	if (p->proto == IPPROTO_TCP &&
-	    ((p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK) ||
-	     (p->tcp_flags & TCP_FLAG_RST)))
-		return -1;
-	ct_key_of(&s->ct, p, 0, CT_DIR_SERVICE);
-	struct ct_value *ct = bpf_map_lookup_elem(ct_map(p->proto), &s->ct);
-	int fresh = 1;
-	if (ct && ct->expires_ns > now && ct->svc_id == svc->id &&
-	    !((ct->flags & CT_F_CLOSING) && opens_connection(p))) {
-		if (!(ct->flags & CT_F_DSR))
-			return -1;
-		be = bpf_map_lookup_elem(&sluice_backends_v2, &ct->backend_id);
-		if (be && be->svc_id == svc->id && addr_eq(be->addr, ct->nat_addr) &&
-		    be->port == ct->nat_port) {
-			backend_id = ct->backend_id;
-			fresh = 0;
-		} else {
-			be = 0;
-		}
-	}
-	if (!be)
-		be = select_backend(svc, p, now, &backend_id);
-	if (!be || (be->flags & BACKEND_F_LOCAL))
-		return -1;
+	int fresh = !ct;
 
 	struct cidr_key key = {.prefixlen = 128};
 	__builtin_memcpy(key.addr, be->addr, SLUICE_ADDR_LEN);

@@ -16,41 +16,18 @@
 static __always_inline int masq_forward(struct xdp_md *ctx, struct pkt *p, const struct svc_value *svc)
 {
 	struct key_scratch *s = key_scratch();
-	struct backend_value *be = 0;
+	struct ct_value *ct;
 	__u32 backend_id = 0;
-	__be16 mport = 0;
 	__u64 now = ct_now();
+	struct backend_value *be = xdp_flow(p, svc, CT_F_MASQ, now, &backend_id, &ct);
 
-	if (!s || svc->backend_count == 0 || p->proto == IPPROTO_SCTP)
+	if (!s || !be)
 		return -1;
-	/* As from_netdev: a SYN-ACK or RST is no client's first packet. */
-	if (p->proto == IPPROTO_TCP &&
-	    ((p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK) ||
-	     (p->tcp_flags & TCP_FLAG_RST)))
-		return -1;
-	ct_key_of(&s->ct, p, 0, CT_DIR_SERVICE);
-	struct ct_value *ct = bpf_map_lookup_elem(ct_map(p->proto), &s->ct);
-	if (ct && ct->expires_ns > now && ct->svc_id == svc->id &&
-	    !((ct->flags & CT_F_CLOSING) && opens_connection(p))) {
-		if (!(ct->flags & CT_F_MASQ))
-			return -1;
-		be = bpf_map_lookup_elem(&sluice_backends_v2, &ct->backend_id);
-		if (be && be->svc_id == svc->id && addr_eq(be->addr, ct->nat_addr) &&
-		    be->port == ct->nat_port) {
-			backend_id = ct->backend_id;
-			mport = ct->masq_port;
-		} else {
-			be = 0;
-		}
-	}
-	int fresh = !be;
-	if (fresh)
-		be = select_backend(svc, p, now, &backend_id);
-	if (!be || (be->flags & BACKEND_F_LOCAL))
-		return -1;
+	int fresh = !ct;
+	__be16 mport = ct ? ct->masq_port : 0;
 	const __u8 *self = node_addr(p->family);
 	const struct fib_cache_entry *way = self ? xdp_way(ctx, be->addr, self, now) : 0;
-	if (!way)
+	if (!way || !ttl_left((void *)(long)ctx->data, (void *)(long)ctx->data_end, p->family))
 		return -1;
 	if (fresh) {
 		mport = masq_claim(p, be, self, flow_hash(p), now);
@@ -77,7 +54,11 @@ static __always_inline int masq_forward(struct xdp_md *ctx, struct pkt *p, const
 
 		if (replied & ~ct->flags)
 			ct->flags |= replied;
-		masq_keep(p, ct, now);
+		if (masq_keep(p, ct, now) < 0) {
+			masq_lost(p);
+			xdp_record_drop(ctx, p, DROP_NAT_FAILED, svc->id);
+			return XDP_DROP;
+		}
 	}
 
 	void *data = (void *)(long)ctx->data;

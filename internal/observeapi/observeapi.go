@@ -172,12 +172,14 @@ type Peer struct {
 type ConntrackEntry struct {
 	Proto string `json:"proto"`
 	// Kind: service (client to frontend), reply (backend to client),
+	// masq (backend to this node's port, under the XDP masquerade),
 	// policy-egress or policy-ingress (a flow policy let through).
 	Kind      string        `json:"kind"`
 	Src       Addr          `json:"src"`
 	Dst       Addr          `json:"dst"`
 	Service   string        `json:"service,omitempty"` // NAMESPACE/NAME:PORT
 	Backend   *Addr         `json:"backend,omitempty"` // service entries: the chosen backend
+	Client    *Addr         `json:"client,omitempty"`  // masq entries: where the replies go back to
 	Flags     []string      `json:"flags,omitempty"`   // established, replied, closing, hairpin
 	ExpiresIn time.Duration `json:"expiresIn"`
 }

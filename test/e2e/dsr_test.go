@@ -3,7 +3,6 @@
 package e2e_test
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -41,12 +40,7 @@ func TestDirectServerReturn(t *testing.T) {
 
 		for _, port := range []int{nodePort, lbPort} {
 			url := "http://" + net.JoinHostPort(ipA, strconv.Itoa(port)) + "/clientip"
-			var seen string
-			f.eventually("the backend on "+b+" answering through "+url, datapathTimeout, func(context.Context) error {
-				got, err := f.fromOutside(url)
-				seen = got
-				return err
-			})
+			seen := f.clientSeenThrough(url, b)
 			host, _, err := net.SplitHostPort(seen)
 			if err != nil || host == ipA || host == ipB {
 				t.Errorf("through %s the backend saw the client as %q; want the outside client's own address", url, seen)
@@ -64,11 +58,7 @@ func TestDirectServerReturn(t *testing.T) {
 
 		// A connection kept alive across a restart of node A's agent.
 		url := "http://" + net.JoinHostPort(ipA, strconv.Itoa(nodePort)) + "/hostname"
-		s := f.startStream("", url, 12, true)
-		s.waitAnswered(5)
-		f.restartAgent(a)
-		s.requireRunning("an agent restart on " + a)
-		s.finish("agent restart on "+a+" under dsr", "outside->nodeport-dsr")
+		f.keptAcrossAgentRestart(a, url, "agent restart on "+a+" under dsr", "outside->nodeport-dsr")
 	})
 }
 

@@ -24,6 +24,32 @@ func (f *testNS) fromOutside(url string) (string, error) {
 	return strings.TrimSpace(out), err
 }
 
+// clientSeenThrough asks /clientip at url from outside until the backend
+// on node answers, and returns the host it saw the client as.
+func (f *testNS) clientSeenThrough(url, node string) string {
+	f.t.Helper()
+	var seen string
+	f.eventually("the backend on "+node+" answering through "+url, datapathTimeout, func(context.Context) error {
+		got, err := f.fromOutside(url)
+		seen = got
+		return err
+	})
+	return seen
+}
+
+// keptAcrossAgentRestart streams requests from outside to url over one
+// kept-alive connection while node's agent restarts; the stream must not
+// break. label names the case in failures, summary the stream in the
+// run's summary of streams.
+func (f *testNS) keptAcrossAgentRestart(node, url, label, summary string) {
+	f.t.Helper()
+	s := f.startStream("", url, 12, true)
+	s.waitAnswered(5)
+	f.restartAgent(node)
+	s.requireRunning("an agent restart on " + node)
+	s.finish(label, summary)
+}
+
 // nodeIP is the node's InternalIP of the test's family.
 func (f *testNS) nodeIP(node string) string {
 	f.t.Helper()

@@ -3,7 +3,6 @@
 package e2e_test
 
 import (
-	"context"
 	"net"
 	"os"
 	"strconv"
@@ -41,12 +40,7 @@ func TestXDPMasquerade(t *testing.T) {
 
 		for _, port := range []int{nodePort, lbPort} {
 			url := "http://" + net.JoinHostPort(ipA, strconv.Itoa(port)) + "/clientip"
-			var seen string
-			f.eventually("the backend on "+b+" answering through "+url, datapathTimeout, func(context.Context) error {
-				got, err := f.fromOutside(url)
-				seen = got
-				return err
-			})
+			seen := f.clientSeenThrough(url, b)
 			host, p, err := net.SplitHostPort(seen)
 			srcPort, _ := strconv.Atoi(p)
 			if err != nil || host != ipA || srcPort < xdpMasqFirstPort {
@@ -63,10 +57,6 @@ func TestXDPMasquerade(t *testing.T) {
 
 		// A connection kept alive across a restart of node A's agent.
 		url := "http://" + net.JoinHostPort(ipA, strconv.Itoa(nodePort)) + "/hostname"
-		s := f.startStream("", url, 12, true)
-		s.waitAnswered(5)
-		f.restartAgent(a)
-		s.requireRunning("an agent restart on " + a)
-		s.finish("agent restart on "+a+" under the XDP masquerade", "outside->nodeport-xdp-masq")
+		f.keptAcrossAgentRestart(a, url, "agent restart on "+a+" under the XDP masquerade", "outside->nodeport-xdp-masq")
 	})
 }

@@ -349,8 +349,11 @@ func printConntrack(w io.Writer, remote bool, res []result[[]observeapi.Conntrac
 	for _, r := range res {
 		for _, e := range r.val {
 			be := ""
-			if e.Backend != nil {
+			switch {
+			case e.Backend != nil:
 				be = addrPort(*e.Backend)
+			case e.Client != nil: // a masq entry: whom the replies go back to
+				be = "client " + addrPort(*e.Client)
 			}
 			t.row(r.agent.Node, strings.ToUpper(e.Proto), e.Kind, addrPort(e.Src), addrPort(e.Dst), e.Service, be,
 				strings.Join(e.Flags, ","), roundDuration(e.ExpiresIn))

@@ -119,8 +119,11 @@ func SplitForXDP(ports, local PortRange) (netfilter, xdp PortRange, err error) {
 	if xdp.Size() < MinXDPPorts {
 		return ports, PortRange{}, fmt.Errorf("only %v lies above the ephemeral port range %v in the masquerade range %v, fewer than %d ports", xdp, local, ports, MinXDPPorts)
 	}
+	if xdp.Min == ports.Min {
+		return ports, PortRange{}, fmt.Errorf("the ephemeral port range %v lies below the masquerade range %v: the split keeps netfilter the ports the ephemeral range shares with it, and there are none", local, ports)
+	}
 	netfilter = PortRange{ports.Min, xdp.Min - 1}
-	if xdp.Min == ports.Min || netfilter.Size() < MinMasqPorts {
+	if netfilter.Size() < MinMasqPorts {
 		return ports, PortRange{}, fmt.Errorf("the masquerade range %v would leave netfilter fewer than %d ports below %v", ports, MinMasqPorts, xdp)
 	}
 	return netfilter, xdp, nil

@@ -261,7 +261,8 @@ func TestSplitForXDP(t *testing.T) {
 		{PortRange{32768, 65535}, PortRange{32768, 65000}, PortRange{}, PortRange{}, "fewer than 1024 ports"},
 		// The ephemeral range below the masquerade range: nothing left
 		// for netfilter.
-		{PortRange{32768, 65535}, PortRange{1024, 20000}, PortRange{}, PortRange{}, "leave netfilter"},
+		{PortRange{32768, 65535}, PortRange{1024, 20000}, PortRange{}, PortRange{}, "lies below the masquerade range"},
+		{PortRange{32768, 65535}, PortRange{32768, 33000}, PortRange{}, PortRange{}, "fewer than 1024 ports below"},
 		// NodePorts above the ephemeral range: masquerade below them.
 		{PortRange{1024, 32767}, PortRange{32768, 60999}, PortRange{}, PortRange{}, "reaches the top"},
 	} {

@@ -93,6 +93,12 @@ func (s *Source) ctEntry(k bpf.CTKey, v bpf.CTValue, now uint64) observeapi.Conn
 		e.Backend = &b
 	case bpf.CTDirReply:
 		e.Kind = "reply"
+	case bpf.CTDirMasq:
+		// The XDP masquerade's: the backend's replies to this node's
+		// port go back to the client named here.
+		e.Kind = "masq"
+		c := s.addr(nat)
+		e.Client = &c
 	case ctDirPolicyEgress:
 		e.Kind = "policy-egress"
 	case ctDirPolicyIngress:
@@ -106,7 +112,8 @@ func (s *Source) ctEntry(k bpf.CTKey, v bpf.CTValue, now uint64) observeapi.Conn
 	for _, fl := range []struct {
 		bit  uint8
 		name string
-	}{{bpf.CTFlagEstablished, "established"}, {ctFlagReplied, "replied"}, {bpf.CTFlagClosing, "closing"}, {bpf.CTFlagHairpin, "hairpin"}} {
+	}{{bpf.CTFlagEstablished, "established"}, {ctFlagReplied, "replied"}, {bpf.CTFlagClosing, "closing"}, {bpf.CTFlagHairpin, "hairpin"},
+		{bpf.CTFlagDSR, "dsr"}, {bpf.CTFlagMasq, "masq"}} {
 		if v.Flags&fl.bit != 0 {
 			e.Flags = append(e.Flags, fl.name)
 		}

@@ -125,6 +125,19 @@ func (n *NS) HTTPClient(t testing.TB) *http.Client {
 // asserts about NAT. It stops when the test ends.
 func (n *NS) ServeWhoAmI(t testing.TB, port int) {
 	t.Helper()
+	n.Serve(t, port, func(c net.Conn) {
+		fmt.Fprintln(c, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
+	}, func(_ []byte, from netip.AddrPort) []byte {
+		return []byte(from.Addr().Unmap().String())
+	})
+}
+
+// Serve listens on port over TCP and UDP, IPv4 and IPv6, inside the
+// namespace: each connection goes to onConn (in a goroutine of its own;
+// closed when it returns), each datagram to onDatagram, whose answer (if
+// any) is sent back. It stops when the test ends.
+func (n *NS) Serve(t testing.TB, port int, onConn func(net.Conn), onDatagram func(payload []byte, from netip.AddrPort) []byte) {
+	t.Helper()
 	for _, fam := range []struct{ tcp, udp, any string }{{"tcp4", "udp4", "0.0.0.0"}, {"tcp6", "udp6", "::"}} {
 		addr := net.JoinHostPort(fam.any, strconv.Itoa(port))
 		var ln net.Listener
@@ -145,18 +158,22 @@ func (n *NS) ServeWhoAmI(t testing.TB, port int) {
 				if err != nil {
 					return
 				}
-				fmt.Fprintln(c, c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap())
-				c.Close()
+				go func() {
+					defer c.Close()
+					onConn(c)
+				}()
 			}
 		}()
 		go func() {
-			buf := make([]byte, 64)
+			buf := make([]byte, 65536)
 			for {
-				_, from, err := pc.ReadFrom(buf)
+				k, from, err := pc.ReadFrom(buf)
 				if err != nil {
 					return
 				}
-				_, _ = pc.WriteTo([]byte(from.(*net.UDPAddr).AddrPort().Addr().Unmap().String()), from)
+				if reply := onDatagram(buf[:k], from.(*net.UDPAddr).AddrPort()); reply != nil {
+					_, _ = pc.WriteTo(reply, from)
+				}
 			}
 		}()
 	}
