@@ -197,7 +197,7 @@ int from_netdev(struct __sk_buff *skb)
 		return icmp_error_translate(skb, &p, HOOK_FROM_NETDEV);
 	if (!has_ports(p.proto))
 		return TC_ACT_OK;
-	if (masq_on()) {
+	if (masq_port_of(&p)) {
 		int verdict = masq_reply_tc(skb, &p);
 
 		if (verdict >= 0)
@@ -248,7 +248,7 @@ int xdp_netdev(struct xdp_md *ctx)
 
 		if (verdict >= 0)
 			return verdict;
-	} else if (masq_on()) {
+	} else if (masq_port_of(&p)) {
 		int verdict = masq_reply(ctx, &p);
 
 		if (verdict >= 0)

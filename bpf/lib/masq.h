@@ -30,6 +30,17 @@
 
 static __always_inline int masq_on(void) { return masq_port_min != 0 && masq_port_max >= masq_port_min; }
 
+/* masq_port_of says whether p (TCP or UDP) is addressed to a port of the
+ * range: the only packets that can be replies of a masqueraded flow. The
+ * hooks ask it inline, before any call, since every packet passes here. */
+static __always_inline int masq_port_of(const struct pkt *p)
+{
+	__u32 port = bpf_ntohs(p->dport);
+
+	return masq_on() && port >= masq_port_min && port <= masq_port_max &&
+	       (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP);
+}
+
 /* masq_key is the key of the masq entry of a flow to the backend addr:port
  * given the source port mport of this node's address self. */
 static __always_inline void masq_key(struct ct_key *k, const __u8 *addr, __be16 port, const __u8 *self,
@@ -182,10 +193,7 @@ static __always_inline int ttl_left(void *data, void *end, __u8 family)
  * masqueraded flow. */
 static __always_inline struct ct_value *masq_entry(const struct pkt *p, __u64 now, struct ct_key *rk)
 {
-	__u32 port = bpf_ntohs(p->dport);
-
-	if (port < masq_port_min || port > masq_port_max ||
-	    (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
+	if (!masq_port_of(p))
 		return 0;
 	const __u8 *self = node_addr(p->family);
 	if (!self || !addr_eq(self, p->dst))
